@@ -1,0 +1,93 @@
+//! Parse-and-validate time of a large plan (10 000 nodes, 50 steps), reported against a
+//! baseline measured in the same run: reading the same text as a bare YAML tree.
+//!
+//! Run with `cargo xtask bench parse` (release mode).
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use dop_core::{load_str, LookupSettings};
+
+const NODES: usize = 10_000;
+const STEPS: usize = 50;
+const ROUNDS: usize = 7;
+
+/// A plan with `NODES` explicit nodes (each with an interface in a managed network) and
+/// `STEPS` steps selecting nodes by regex, role and name.
+fn big_plan() -> String {
+    let mut t = String::from(
+        "name: bench\ncredentials:\n  api: {type: username_password, username: u, password: p}\n\
+         infrastructures:\n  cloud:\n    type: ovirt\n    endpoint: https://ovirt.example.com/api\n    \
+         credentials: api\n    networks:\n      prod:\n        ip_pool: {from: 10.0.1.1, to: 10.0.254.254}\n        \
+         ip_netmask: 255.255.0.0\n        ip_defgw: 10.0.0.1\nnodes:\n",
+    );
+    let t_ip = |i: usize| format!("10.0.{}.{}", i / 250 + 1, i % 250 + 1);
+    for i in 0..NODES {
+        let _ = write!(
+            t,
+            "  node{i:05}.example.com:\n    infrastructure: cloud\n    image: rhel9\n    \
+             flavor: medium\n    infrastructure_properties: {{datacenter: dc1, cluster: c1}}\n    \
+             interfaces:\n      eth0: {{network: prod, ip: {}}}\n",
+            t_ip(i)
+        );
+    }
+    t.push_str("configuration:\n  defaults: {role: app}\nsteps:\n");
+    for s in 0..STEPS {
+        let _ = write!(
+            t,
+            "  - name: step {s}\n    nodes: '/node0{}/'\n    roles: [app]\n    exclude_nodes: [node00001.example.com]\n    \
+             commands:\n      - {{plugin: ssh/custom, exec: /bin/true, plugin_timeout: 60}}\n",
+            s % 10
+        );
+    }
+    t
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn measure(mut f: impl FnMut()) -> Duration {
+    median(
+        (0..ROUNDS)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let text = big_plan();
+    let settings = LookupSettings::default();
+    let loaded = load_str(&text, None, &settings);
+    assert!(loaded.is_valid(), "{:?}", loaded.diagnostics.first());
+    assert_eq!(loaded.plan.as_ref().map(|p| p.nodes.len()), Some(NODES));
+
+    let baseline = measure(|| {
+        dop_core::yaml::parse(&text).expect("yaml");
+    });
+    let full = measure(|| {
+        let l = load_str(&text, None, &settings);
+        assert!(l.is_valid());
+    });
+    println!(
+        "parse: plan of {NODES} nodes and {STEPS} steps, {:.1} MiB, median of {ROUNDS} rounds",
+        text.len() as f64 / 1_048_576.0
+    );
+    println!(
+        "  baseline  YAML tree only          {:>8.1} ms",
+        baseline.as_secs_f64() * 1e3
+    );
+    println!(
+        "  load      parse + validate + filters {:>5.1} ms",
+        full.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratio     load / baseline         {:>8.2}x",
+        full.as_secs_f64() / baseline.as_secs_f64()
+    );
+}

@@ -1,0 +1,217 @@
+//! Command-line pieces shared by `dopi`, `dopv` and `dopc`: the node-selection flags and the
+//! `validate` and `plan-nodes` commands, so every tool reads plans and filters the same way.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::configuration::{LookupSettings, Resolver};
+use crate::filter::{FilterError, FilterFlags, NodeFacts, NodeFilter};
+use crate::load::{load_file, Loaded};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the plan is invalid or the command failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: the command line is wrong (clap's own status for usage errors).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The node-selection flags. With no include flag every node is selected, so excludes alone
+/// mean "all except". Lists are comma-separated; a `/regex/` may contain commas.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NodeFilterArgs {
+    /// Nodes to include: names or /regex/, comma-separated; `all` alone selects every node.
+    #[arg(long, value_name = "LIST", alias = "node")]
+    pub nodes: Option<String>,
+    /// Roles to include: names or /regex/, comma-separated.
+    #[arg(long, value_name = "LIST", alias = "role")]
+    pub roles: Option<String>,
+    /// Nodes to leave out: names or /regex/, comma-separated.
+    #[arg(long, value_name = "LIST", alias = "exclude_nodes")]
+    pub exclude_nodes: Option<String>,
+    /// Roles to leave out: names or /regex/, comma-separated.
+    #[arg(long, value_name = "LIST", alias = "exclude_roles")]
+    pub exclude_roles: Option<String>,
+    /// Include nodes by configuration value: JSON such as '{"role": ["web", "/db/"]}'.
+    #[arg(long, value_name = "JSON", alias = "nodes_by_config")]
+    pub nodes_by_config: Option<String>,
+    /// Leave out nodes by configuration value: JSON such as '{"env": "test"}'.
+    #[arg(long, value_name = "JSON", alias = "exclude_nodes_by_config")]
+    pub exclude_nodes_by_config: Option<String>,
+}
+
+impl NodeFilterArgs {
+    /// The filter the flags describe.
+    pub fn to_filter(&self) -> Result<NodeFilter, FilterError> {
+        NodeFilter::from_flags(&FilterFlags {
+            nodes: self.nodes.as_deref(),
+            roles: self.roles.as_deref(),
+            exclude_nodes: self.exclude_nodes.as_deref(),
+            exclude_roles: self.exclude_roles.as_deref(),
+            nodes_by_config: self.nodes_by_config.as_deref(),
+            exclude_nodes_by_config: self.exclude_nodes_by_config.as_deref(),
+        })
+    }
+}
+
+/// How roles are found: the configuration variable and the default.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LookupArgs {
+    /// The configuration variable that holds a node's role.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "role",
+        alias = "role_variable"
+    )]
+    pub role_variable: String,
+    /// The role of nodes that have none in the configuration.
+    #[arg(long, value_name = "ROLE", alias = "role_default")]
+    pub role_default: Option<String>,
+}
+
+impl LookupArgs {
+    /// The lookup settings the flags describe.
+    pub fn settings(&self) -> LookupSettings {
+        LookupSettings {
+            role_variable: self.role_variable.clone(),
+            role_default: self.role_default.clone(),
+            ..LookupSettings::default()
+        }
+    }
+}
+
+/// `validate PLANFILE`: check a plan and report every problem.
+#[derive(Args, Clone, Debug)]
+pub struct ValidateArgs {
+    /// The plan file (includes are expanded).
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: PathBuf,
+    /// Print the findings as a JSON array of {file, path, line, column, message, severity}.
+    #[arg(long)]
+    pub json: bool,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// `plan-nodes PLANFILE [filters]`: list the nodes a filter selects, without running anything.
+#[derive(Args, Clone, Debug)]
+pub struct PlanNodesArgs {
+    /// The plan file.
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: PathBuf,
+    /// Print the nodes as a JSON array of {name, fqdn, role, infrastructure}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub filter: NodeFilterArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// Runs `validate`, writing the report to `out` and findings to `err`; returns the exit status.
+pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let loaded = load_file(&args.plan_file, &args.lookup.settings());
+    let failed = !loaded.is_valid() || (args.strict && loaded.warnings().next().is_some());
+    let status = if failed { EXIT_FAILURE } else { EXIT_OK };
+    if args.json {
+        let _ = serde_json::to_writer_pretty(&mut *out, &loaded.diagnostics);
+        let _ = writeln!(out);
+        return status;
+    }
+    report_findings(&loaded, err);
+    match &loaded.plan {
+        Some(plan) if !failed => {
+            let _ = writeln!(out, "{}", plan.summary());
+        }
+        _ => {
+            let errors = loaded.errors().count();
+            let warnings = loaded.warnings().count();
+            let _ = writeln!(
+                err,
+                "error: {} is not valid: {errors} error{}, {warnings} warning{}",
+                args.plan_file.display(),
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" },
+            );
+        }
+    }
+    status
+}
+
+/// Writes every finding, one blank line apart.
+fn report_findings(loaded: &Loaded, err: &mut dyn Write) {
+    for d in &loaded.diagnostics {
+        let _ = writeln!(err, "{d}\n");
+    }
+}
+
+/// One line of `plan-nodes --json`.
+#[derive(Serialize)]
+struct SelectedNode<'a> {
+    name: &'a str,
+    fqdn: &'a str,
+    role: &'a str,
+    infrastructure: &'a str,
+}
+
+/// Runs `plan-nodes`; returns the exit status.
+pub fn plan_nodes(args: &PlanNodesArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let filter = match args.filter.to_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let settings = args.lookup.settings();
+    let loaded = load_file(&args.plan_file, &settings);
+    let Some(plan) = &loaded.plan else {
+        for d in loaded.errors() {
+            let _ = writeln!(err, "{d}\n");
+        }
+        let _ = writeln!(
+            err,
+            "error: {} is not valid; run `validate` for details",
+            args.plan_file.display()
+        );
+        return EXIT_FAILURE;
+    };
+    let resolver = Resolver::new(plan, &settings);
+    let selection = filter.select(&resolver);
+    for pattern in &selection.unmatched {
+        let _ = writeln!(err, "warning: {pattern} does not match any node");
+    }
+    let nodes: Vec<SelectedNode<'_>> = selection
+        .nodes
+        .iter()
+        .map(|&i| SelectedNode {
+            name: &plan.nodes[i].name,
+            fqdn: &plan.nodes[i].fqdn,
+            role: resolver.role(i),
+            infrastructure: &plan.nodes[i].infrastructure,
+        })
+        .collect();
+    if args.json {
+        let _ = serde_json::to_writer_pretty(&mut *out, &nodes);
+        let _ = writeln!(out);
+    } else if !nodes.is_empty() {
+        let wn = nodes.iter().map(|n| n.name.len()).max().unwrap_or(0).max(4);
+        let wr = nodes.iter().map(|n| n.role.len()).max().unwrap_or(0).max(4);
+        let _ = writeln!(out, "{:wn$}  {:wr$}  INFRASTRUCTURE", "NODE", "ROLE");
+        for n in &nodes {
+            let _ = writeln!(out, "{:wn$}  {:wr$}  {}", n.name, n.role, n.infrastructure);
+        }
+    } else {
+        let _ = writeln!(err, "no node matches the filter");
+    }
+    EXIT_OK
+}

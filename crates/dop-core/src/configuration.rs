@@ -1,0 +1,167 @@
+//! Node configuration lookup and roles, from the plan's `configuration` mapping.
+//!
+//! The mapping's top level mirrors a Hiera hierarchy: for the level `nodes/%{::clientcert}` the
+//! variable is looked up in `configuration.nodes.<fqdn>`. This is the in-plan lookup the
+//! original used to validate plans before they were stored; serving the data to Puppet is the
+//! Hiera integration's job.
+
+use serde::{Deserialize, Serialize};
+
+use crate::filter::NodeFacts;
+use crate::plan::{Node, Plan};
+
+/// How roles and configuration are looked up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupSettings {
+    /// The configuration variable that holds a node's role.
+    pub role_variable: String,
+    /// The role of nodes whose lookup finds none.
+    pub role_default: Option<String>,
+    /// Hierarchy levels, most specific first; `%{::fqdn}`, `%{::clientcert}`,
+    /// `%{::hostname}`, `%{::domain}` and `%{::role}` are interpolated (`%{name}` works too).
+    pub hierarchy: Vec<String>,
+}
+
+impl Default for LookupSettings {
+    fn default() -> LookupSettings {
+        LookupSettings {
+            role_variable: "role".to_string(),
+            role_default: None,
+            hierarchy: vec![
+                "nodes/%{::clientcert}".to_string(),
+                "roles/%{::role}".to_string(),
+                "defaults".to_string(),
+            ],
+        }
+    }
+}
+
+/// The role of nodes for which none is found and no default is set.
+pub const NO_ROLE: &str = "-";
+
+/// Interpolates a hierarchy level. `None` when the level must be skipped: it interpolates to
+/// nothing, or to a path with an empty segment (Hiera's rule).
+fn interpolate(level: &str, node: &Node, role: Option<&str>) -> Option<String> {
+    let mut out = String::with_capacity(level.len());
+    let mut rest = level;
+    while let Some(start) = rest.find("%{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        let name = after[..end].trim_start_matches("::");
+        let value = match name {
+            "fqdn" | "clientcert" => node.fqdn.as_str(),
+            "hostname" => node.hostname(),
+            "domain" => node.domainname(),
+            "role" => role.unwrap_or(""),
+            _ => "",
+        };
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    let skip = out.is_empty() || out.starts_with('/') || out.ends_with('/') || out.contains("//");
+    (!skip).then_some(out)
+}
+
+/// Looks `variable` up in `configuration` through the hierarchy. The first value that is
+/// neither null nor `false` wins; a `false` that nothing beats is returned.
+fn lookup<'c>(
+    configuration: &'c serde_json::Value,
+    settings: &LookupSettings,
+    node: &Node,
+    role: Option<&str>,
+    variable: &str,
+) -> Option<&'c serde_json::Value> {
+    let mut found_false = None;
+    for level in &settings.hierarchy {
+        let Some(source) = interpolate(level, node, role) else {
+            continue;
+        };
+        let scope = source
+            .split('/')
+            .try_fold(configuration, |value, segment| value.get(segment));
+        match scope
+            .and_then(|s| s.as_object())
+            .and_then(|s| s.get(variable))
+        {
+            None | Some(serde_json::Value::Null) => {}
+            Some(f @ serde_json::Value::Bool(false)) => found_false = found_false.or(Some(f)),
+            Some(v) => return Some(v),
+        }
+    }
+    found_false
+}
+
+/// A plan's nodes with their roles resolved once, for filters and display.
+pub struct Resolver<'p> {
+    plan: &'p Plan,
+    settings: &'p LookupSettings,
+    roles: Vec<String>,
+}
+
+impl<'p> Resolver<'p> {
+    /// Resolves every node's role.
+    pub fn new(plan: &'p Plan, settings: &'p LookupSettings) -> Resolver<'p> {
+        let roles = plan
+            .nodes
+            .iter()
+            .map(|node| {
+                lookup(
+                    &plan.configuration,
+                    settings,
+                    node,
+                    None,
+                    &settings.role_variable,
+                )
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Bool(false) => None,
+                    other => Some(other.to_string()),
+                })
+                .or_else(|| settings.role_default.clone())
+                .unwrap_or_else(|| NO_ROLE.to_string())
+            })
+            .collect();
+        Resolver {
+            plan,
+            settings,
+            roles,
+        }
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &'p Plan {
+        self.plan
+    }
+
+    /// The value of a configuration variable for a node, looked up with its role known.
+    pub fn config_of(&self, i: usize, variable: &str) -> Option<&'p serde_json::Value> {
+        let node = self.plan.nodes.get(i)?;
+        lookup(
+            &self.plan.configuration,
+            self.settings,
+            node,
+            Some(&self.roles[i]),
+            variable,
+        )
+    }
+}
+
+impl NodeFacts for Resolver<'_> {
+    fn len(&self) -> usize {
+        self.plan.nodes.len()
+    }
+
+    fn name(&self, i: usize) -> &str {
+        &self.plan.nodes[i].name
+    }
+
+    fn role(&self, i: usize) -> &str {
+        &self.roles[i]
+    }
+
+    fn config(&self, i: usize, variable: &str) -> Option<serde_json::Value> {
+        self.config_of(i, variable).cloned()
+    }
+}

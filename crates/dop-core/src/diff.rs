@@ -1,0 +1,286 @@
+//! Structural differences between two plans, keyed by name: nodes, infrastructures,
+//! credentials, step sets and steps are matched by name (never by position, so inserting a node
+//! does not "change" every node after it), and each change lists the fields that differ.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::plan::Plan;
+
+/// What happened to a named part of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// Only in the new plan.
+    Added,
+    /// Only in the old plan.
+    Removed,
+    /// In both, with different content.
+    Changed,
+}
+
+/// One field that differs, as a JSON pointer into the part (`/interfaces/0/ip`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// JSON pointer of the field inside the part; empty for the whole part.
+    pub path: String,
+    /// The old value (absent when the field was added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Json>,
+    /// The new value (absent when the field was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Json>,
+}
+
+/// A named part that was added, removed or changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Added, removed or changed.
+    pub kind: ChangeKind,
+    /// Its name (`set/step` for steps; a repeated step name gets `#2`, `#3`).
+    pub name: String,
+    /// The fields that differ (for changes only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+}
+
+/// Everything that differs between two plans.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanDiff {
+    /// Plan-level settings: name, run options, hooks.
+    pub plan: Vec<FieldChange>,
+    /// Infrastructures by name.
+    pub infrastructures: Vec<Change>,
+    /// Credentials by name.
+    pub credentials: Vec<Change>,
+    /// Nodes by name.
+    pub nodes: Vec<Change>,
+    /// Step sets by name: added, removed, or changed when their step order differs.
+    pub step_sets: Vec<Change>,
+    /// Steps by `set/step`.
+    pub steps: Vec<Change>,
+    /// The configuration, by JSON pointer.
+    pub configuration: Vec<FieldChange>,
+}
+
+impl PlanDiff {
+    /// Computes what changed from `old` to `new`.
+    pub fn between(old: &Plan, new: &Plan) -> PlanDiff {
+        let named = |items: Vec<(String, Json)>| items;
+        let json = |v: &dyn erased::ToJson| v.to_json();
+        let plan_fields = |p: &Plan| {
+            serde_json::json!({
+                "name": p.name,
+                "run_options": p.run_options,
+                "hooks": p.hooks,
+            })
+        };
+        let step_set_order = |p: &Plan| {
+            p.step_sets
+                .iter()
+                .map(|s| {
+                    let names: Vec<String> =
+                        keyed(s.steps.iter().map(|st| (st.name.clone(), Json::Null)))
+                            .into_iter()
+                            .map(|(n, _)| n)
+                            .collect();
+                    (s.name.clone(), serde_json::json!({ "steps": names }))
+                })
+                .collect::<Vec<_>>()
+        };
+        let steps = |p: &Plan| {
+            p.step_sets
+                .iter()
+                .flat_map(|s| {
+                    keyed(s.steps.iter().map(|st| (st.name.clone(), json(st))))
+                        .into_iter()
+                        .map(move |(n, v)| (format!("{}/{n}", s.name), v))
+                })
+                .collect::<Vec<_>>()
+        };
+        PlanDiff {
+            plan: fields(&plan_fields(old), &plan_fields(new)),
+            infrastructures: compare(
+                named(keyed(
+                    old.infrastructures
+                        .iter()
+                        .map(|i| (i.name.clone(), json(i))),
+                )),
+                named(keyed(
+                    new.infrastructures
+                        .iter()
+                        .map(|i| (i.name.clone(), json(i))),
+                )),
+            ),
+            credentials: compare(
+                keyed(old.credentials.iter().map(|c| (c.name.clone(), json(c)))),
+                keyed(new.credentials.iter().map(|c| (c.name.clone(), json(c)))),
+            ),
+            nodes: compare(
+                keyed(old.nodes.iter().map(|n| (n.name.clone(), json(n)))),
+                keyed(new.nodes.iter().map(|n| (n.name.clone(), json(n)))),
+            ),
+            step_sets: compare(step_set_order(old), step_set_order(new)),
+            steps: compare(steps(old), steps(new)),
+            configuration: fields(&old.configuration, &new.configuration),
+        }
+    }
+
+    /// True when the plans are the same.
+    pub fn is_empty(&self) -> bool {
+        self.plan.is_empty()
+            && self.infrastructures.is_empty()
+            && self.credentials.is_empty()
+            && self.nodes.is_empty()
+            && self.step_sets.is_empty()
+            && self.steps.is_empty()
+            && self.configuration.is_empty()
+    }
+}
+
+/// Serialisation to JSON for the parts of a plan (which cannot fail for these types).
+mod erased {
+    pub trait ToJson {
+        fn to_json(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+/// Gives repeated names a `#2`, `#3` suffix so every entry has a unique key.
+fn keyed(items: impl Iterator<Item = (String, Json)>) -> Vec<(String, Json)> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    items
+        .map(|(name, value)| {
+            let count = seen.entry(name.clone()).or_insert(0);
+            *count += 1;
+            let key = if *count == 1 {
+                name
+            } else {
+                format!("{name}#{count}")
+            };
+            (key, value)
+        })
+        .collect()
+}
+
+/// Matches entries by key: removed in old order, then added and changed in new order.
+fn compare(old: Vec<(String, Json)>, new: Vec<(String, Json)>) -> Vec<Change> {
+    let new_index: std::collections::HashMap<&str, &Json> =
+        new.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let old_index: std::collections::HashMap<&str, &Json> =
+        old.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out: Vec<Change> = old
+        .iter()
+        .filter(|(k, _)| !new_index.contains_key(k.as_str()))
+        .map(|(k, _)| Change {
+            kind: ChangeKind::Removed,
+            name: k.clone(),
+            fields: Vec::new(),
+        })
+        .collect();
+    for (key, value) in &new {
+        match old_index.get(key.as_str()) {
+            None => out.push(Change {
+                kind: ChangeKind::Added,
+                name: key.clone(),
+                fields: Vec::new(),
+            }),
+            Some(old_value) if *old_value != value => out.push(Change {
+                kind: ChangeKind::Changed,
+                name: key.clone(),
+                fields: fields(old_value, value),
+            }),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// The fields that differ between two JSON values, from a JSON patch.
+fn fields(old: &Json, new: &Json) -> Vec<FieldChange> {
+    json_patch::diff(old, new)
+        .0
+        .into_iter()
+        .map(|op| {
+            let path = |p: &json_patch::jsonptr::PointerBuf| p.to_string();
+            match op {
+                json_patch::PatchOperation::Add(a) => FieldChange {
+                    old: None,
+                    new: Some(a.value),
+                    path: path(&a.path),
+                },
+                json_patch::PatchOperation::Remove(r) => FieldChange {
+                    old: old.pointer(&r.path.to_string()).cloned(),
+                    new: None,
+                    path: path(&r.path),
+                },
+                json_patch::PatchOperation::Replace(r) => FieldChange {
+                    old: old.pointer(&r.path.to_string()).cloned(),
+                    new: Some(r.value),
+                    path: path(&r.path),
+                },
+                other => FieldChange {
+                    path: other.to_string(),
+                    old: None,
+                    new: None,
+                },
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for PlanDiff {
+    /// Terraform-like: `+` added, `-` removed, `~` changed, with the changed fields below.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return writeln!(f, "no changes");
+        }
+        let write_fields = |f: &mut fmt::Formatter<'_>, fields: &[FieldChange]| {
+            for field in fields {
+                let show =
+                    |v: &Option<Json>| v.as_ref().map_or("(none)".to_string(), Json::to_string);
+                writeln!(
+                    f,
+                    "    {}: {} -> {}",
+                    field.path,
+                    show(&field.old),
+                    show(&field.new)
+                )?;
+            }
+            Ok(())
+        };
+        if !self.plan.is_empty() {
+            writeln!(f, "~ plan settings")?;
+            write_fields(f, &self.plan)?;
+        }
+        for (what, changes) in [
+            ("infrastructure", &self.infrastructures),
+            ("credential", &self.credentials),
+            ("node", &self.nodes),
+            ("step set", &self.step_sets),
+            ("step", &self.steps),
+        ] {
+            for change in changes {
+                let sign = match change.kind {
+                    ChangeKind::Added => '+',
+                    ChangeKind::Removed => '-',
+                    ChangeKind::Changed => '~',
+                };
+                writeln!(f, "{sign} {what} {}", change.name)?;
+                write_fields(f, &change.fields)?;
+            }
+        }
+        if !self.configuration.is_empty() {
+            writeln!(f, "~ configuration")?;
+            write_fields(f, &self.configuration)?;
+        }
+        Ok(())
+    }
+}

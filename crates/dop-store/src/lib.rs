@@ -1,0 +1,1 @@
+//! The dop plan store (to come: plan iterations, diffs, tool state and locks on sled).

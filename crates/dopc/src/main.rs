@@ -1,0 +1,32 @@
+//! `dopc`: the server that queues dopv and dopi executions and serves their logs and state.
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dop_core::cli::{self, ValidateArgs};
+
+/// The dop server: queues executions of dopv and dopi, streams their logs and serves the
+/// combined state of each plan.
+#[derive(Parser)]
+#[command(name = "dopc", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage error.";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a plan file and report every problem at once (file, plan path, line).
+    Validate(ValidateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+    ExitCode::from(match &cli.command {
+        Command::Validate(args) => cli::validate(args, &mut out, &mut err),
+    })
+}

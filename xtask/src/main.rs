@@ -1,0 +1,100 @@
+//! `cargo xtask …`: the project's own tasks, in Rust instead of shell scripts.
+//!
+//! * `cargo xtask demo` — the main job on built-in defaults (today: validate the bundled plan
+//!   and show what dopv would deploy and dopi would run).
+//! * `cargo xtask bench [parse]` — benchmarks, built in release mode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
+
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(args.get(1).map(PathBuf::from)),
+        Some("bench") => bench(args.get(1).map_or("all", String::as_str)),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
+    let plan_file = plan_file.unwrap_or_else(|| root().join("fixtures/plans/valid/demo.yaml"));
+    println!("== dop demo: {}", plan_file.display());
+    let settings = LookupSettings::default();
+    let loaded = load_file(&plan_file, &settings);
+    for d in &loaded.diagnostics {
+        println!("{d}");
+    }
+    let plan = loaded.plan.ok_or("the demo plan is not valid")?;
+    println!("{}\n", plan.summary());
+
+    let resolver = Resolver::new(&plan, &settings);
+    println!("== dopv would deploy");
+    for infra in &plan.infrastructures {
+        println!("infrastructure '{}' ({})", infra.name, infra.provider);
+        for (i, node) in plan.nodes.iter().enumerate() {
+            if node.infrastructure != infra.name {
+                continue;
+            }
+            let size = node.sizing(infra.provider).map_or_else(
+                || format!("flavor {}", node.flavor.as_deref().unwrap_or("m1.medium")),
+                |s| format!("{} cores, {} memory, {} disk", s.cores, s.memory, s.storage),
+            );
+            println!("  + {:<20} role {:<6} {size}", node.name, resolver.role(i));
+        }
+    }
+    println!();
+    for set in &plan.step_sets {
+        println!("== dopi would run step set '{}'", set.name);
+        for (n, step) in set.steps.iter().enumerate() {
+            let selection = step.filter.select(&resolver);
+            let nodes: Vec<&str> = selection.nodes.iter().map(|&i| resolver.name(i)).collect();
+            let commands: Vec<&str> = step.commands.iter().map(|c| c.title.as_str()).collect();
+            println!("  {}. {} [{}]", n + 1, step.name, commands.join(", "));
+            println!("     on {} node(s): {}", nodes.len(), nodes.join(", "));
+        }
+    }
+    println!(
+        "\ndemo finished: the plan is valid and the deployment and run above are what it describes"
+    );
+    Ok(())
+}
+
+fn bench(which: &str) -> Result<(), String> {
+    let benches: &[&str] = match which {
+        "all" | "parse" => &["parse"],
+        other => return Err(format!("unknown benchmark '{other}'; available: parse")),
+    };
+    for name in benches {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(["bench", "--quiet", "-p", "dop-core", "--bench", name])
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("benchmark '{name}' failed"));
+        }
+    }
+    Ok(())
+}
