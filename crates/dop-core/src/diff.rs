@@ -68,8 +68,6 @@ pub struct PlanDiff {
 impl PlanDiff {
     /// Computes what changed from `old` to `new`.
     pub fn between(old: &Plan, new: &Plan) -> PlanDiff {
-        let named = |items: Vec<(String, Json)>| items;
-        let json = |v: &dyn erased::ToJson| v.to_json();
         let plan_fields = |p: &Plan| {
             serde_json::json!({
                 "name": p.name,
@@ -77,52 +75,47 @@ impl PlanDiff {
                 "hooks": p.hooks,
             })
         };
-        let step_set_order = |p: &Plan| {
-            p.step_sets
-                .iter()
-                .map(|s| {
-                    let names: Vec<String> =
-                        keyed(s.steps.iter().map(|st| (st.name.clone(), Json::Null)))
-                            .into_iter()
-                            .map(|(n, _)| n)
-                            .collect();
-                    (s.name.clone(), serde_json::json!({ "steps": names }))
-                })
-                .collect::<Vec<_>>()
-        };
-        let steps = |p: &Plan| {
-            p.step_sets
-                .iter()
-                .flat_map(|s| {
-                    keyed(s.steps.iter().map(|st| (st.name.clone(), json(st))))
+        let mut step_sets = compare(step_orders(old), step_orders(new));
+        // A step set "changes" when its step order does: show the whole order, old and new,
+        // rather than a patch of list positions.
+        for change in &mut step_sets {
+            if change.kind == ChangeKind::Changed {
+                let order = |p: &Plan| {
+                    step_orders(p)
                         .into_iter()
-                        .map(move |(n, v)| (format!("{}/{n}", s.name), v))
-                })
-                .collect::<Vec<_>>()
-        };
+                        .find(|(n, _)| *n == change.name)
+                        .map(|(_, v)| v["steps"].clone())
+                };
+                change.fields = vec![FieldChange {
+                    path: "/steps".to_string(),
+                    old: order(old),
+                    new: order(new),
+                }];
+            }
+        }
         PlanDiff {
             plan: fields(&plan_fields(old), &plan_fields(new)),
             infrastructures: compare(
-                named(keyed(
+                keyed(
                     old.infrastructures
                         .iter()
-                        .map(|i| (i.name.clone(), json(i))),
-                )),
-                named(keyed(
+                        .map(|i| (i.name.clone(), to_json(i))),
+                ),
+                keyed(
                     new.infrastructures
                         .iter()
-                        .map(|i| (i.name.clone(), json(i))),
-                )),
+                        .map(|i| (i.name.clone(), to_json(i))),
+                ),
             ),
             credentials: compare(
-                keyed(old.credentials.iter().map(|c| (c.name.clone(), json(c)))),
-                keyed(new.credentials.iter().map(|c| (c.name.clone(), json(c)))),
+                keyed(old.credentials.iter().map(|c| (c.name.clone(), to_json(c)))),
+                keyed(new.credentials.iter().map(|c| (c.name.clone(), to_json(c)))),
             ),
             nodes: compare(
-                keyed(old.nodes.iter().map(|n| (n.name.clone(), json(n)))),
-                keyed(new.nodes.iter().map(|n| (n.name.clone(), json(n)))),
+                keyed(old.nodes.iter().map(|n| (n.name.clone(), to_json(n)))),
+                keyed(new.nodes.iter().map(|n| (n.name.clone(), to_json(n)))),
             ),
-            step_sets: compare(step_set_order(old), step_set_order(new)),
+            step_sets,
             steps: compare(steps(old), steps(new)),
             configuration: fields(&old.configuration, &new.configuration),
         }
@@ -140,17 +133,35 @@ impl PlanDiff {
     }
 }
 
-/// Serialisation to JSON for the parts of a plan (which cannot fail for these types).
-mod erased {
-    pub trait ToJson {
-        fn to_json(&self) -> serde_json::Value;
-    }
+/// A part of a plan as JSON (serialising these types cannot fail).
+fn to_json(value: &impl Serialize) -> Json {
+    serde_json::to_value(value).unwrap_or(Json::Null)
+}
 
-    impl<T: serde::Serialize> ToJson for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
+/// Each step set with the (keyed) names of its steps in order.
+fn step_orders(p: &Plan) -> Vec<(String, Json)> {
+    p.step_sets
+        .iter()
+        .map(|s| {
+            let names: Vec<String> = keyed(s.steps.iter().map(|st| (st.name.clone(), Json::Null)))
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            (s.name.clone(), serde_json::json!({ "steps": names }))
+        })
+        .collect()
+}
+
+/// Every step, keyed `set/step`.
+fn steps(p: &Plan) -> Vec<(String, Json)> {
+    p.step_sets
+        .iter()
+        .flat_map(|s| {
+            keyed(s.steps.iter().map(|st| (st.name.clone(), to_json(st))))
+                .into_iter()
+                .map(move |(n, v)| (format!("{}/{n}", s.name), v))
+        })
+        .collect()
 }
 
 /// Gives repeated names a `#2`, `#3` suffix so every entry has a unique key.

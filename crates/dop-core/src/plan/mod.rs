@@ -164,9 +164,7 @@ pub(crate) fn parse_plan(
     fallback_name: Option<&str>,
     settings: &LookupSettings,
 ) -> Option<Plan> {
-    if mapping(c, root, "", "a plan").is_none() {
-        return None;
-    }
+    mapping(c, root, "", "a plan")?;
     warn_unknown_keys(c, root, "", &TOP_KEYS);
 
     let name = parse_name(c, root, fallback_name);

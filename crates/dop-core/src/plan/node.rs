@@ -199,7 +199,7 @@ pub struct Interface {
 pub struct DataDisk {
     /// The key it is defined under.
     pub name: String,
-    /// The storage pool (falls back to `infrastructure_properties.default_pool`).
+    /// The storage pool: its own, else `infrastructure_properties.default_pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     /// Its size.
@@ -864,10 +864,12 @@ fn parse_disks(
     let Some(entries) = mapping(c, v, path, "'disks'") else {
         return Vec::new();
     };
+    // A disk without a pool uses the node's default pool.
     let default_pool = node
         .get("infrastructure_properties")
         .and_then(|p| p.get("default_pool"))
-        .is_some_and(|p| !p.is_null());
+        .and_then(Yaml::as_str)
+        .map(str::to_string);
     let mut out = Vec::new();
     for (key, def) in entries {
         let name = key.key_text();
@@ -879,13 +881,13 @@ fn parse_disks(
         let errors = c.error_count();
         let pool = match field(def, "pool") {
             Some(pl) => non_empty_string(c, pl, &join(&p, "pool"), "'pool'"),
-            None if !default_pool
+            None if default_pool.is_none()
                 && matches!(provider, Some(Provider::Ovirt | Provider::Vsphere)) =>
             {
                 c.error(def, &join(&p, "pool"), format!("a 'pool' is required on {} (or set infrastructure_properties.default_pool)", provider.unwrap_or(Provider::Ovirt)));
                 None
             }
-            None => None,
+            None => default_pool.clone(),
         };
         let size = match field(def, "size") {
             None => {

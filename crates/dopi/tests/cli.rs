@@ -1,0 +1,340 @@
+//! The `dopi` command line, run as a real process: `validate`, `plan-nodes`, exit codes,
+//! JSON output, and hostile input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn dopi(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dopi"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("dopi runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_prints_a_summary_and_exits_0_for_a_valid_plan() {
+    let out = dopi(&root(), &["validate", "fixtures/plans/valid/demo.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "plan 'demo' is valid: 4 nodes, 2 step sets, 4 steps\n"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_1() {
+    let out = dopi(
+        &root(),
+        &["validate", "fixtures/plans/invalid/wrong-types.yaml"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    insta::assert_snapshot!(text(&out.stderr));
+}
+
+#[test]
+fn validate_json_lists_findings_with_their_places() {
+    let out = dopi(
+        &root(),
+        &[
+            "validate",
+            "--json",
+            "fixtures/plans/invalid/interface-errors.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(findings.len(), 11);
+    for f in &findings {
+        for key in ["file", "path", "line", "column", "message", "severity"] {
+            assert!(f.get(key).is_some(), "{key} missing in {f}");
+        }
+    }
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+#[test]
+fn validate_json_of_a_valid_plan_is_an_empty_array() {
+    let out = dopi(
+        &root(),
+        &["validate", "--json", "fixtures/plans/valid/minimal.yaml"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn strict_turns_warnings_into_failure() {
+    let plan = "fixtures/plans/valid/warnings.yaml";
+    assert_eq!(dopi(&root(), &["validate", plan]).status.code(), Some(0));
+    let out = dopi(&root(), &["validate", "--strict", plan]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("7 warnings"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn plan_nodes_applies_the_filter_flags() {
+    let plan = "fixtures/plans/valid/all-features.yaml";
+    let out = dopi(
+        &root(),
+        &[
+            "plan-nodes",
+            plan,
+            "--nodes",
+            r"/^web(0[1-3]|1\d{1,2})\./,puppet.example.com",
+            "--exclude_nodes",
+            "web02.example.com",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+#[test]
+fn plan_nodes_selects_all_by_default_and_by_roles_and_config() {
+    let plan = "fixtures/plans/valid/all-features.yaml";
+    let all = dopi(&root(), &["plan-nodes", "--json", plan]);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(all.len(), 17);
+
+    let out = dopi(
+        &root(),
+        &[
+            "plan-nodes",
+            "--json",
+            plan,
+            "--roles",
+            "database,puppetmaster",
+        ],
+    );
+    let picked: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = picked.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["db01.example.com", "puppet.example.com"]);
+    assert_eq!(picked[0]["role"], "database");
+
+    let out = dopi(
+        &root(),
+        &[
+            "plan-nodes",
+            "--json",
+            plan,
+            "--nodes-by-config",
+            r#"{"my_alias": "/primary/"}"#,
+        ],
+    );
+    let picked: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(picked.len(), 1);
+    assert_eq!(picked[0]["name"], "db01.example.com");
+}
+
+#[test]
+fn plan_nodes_warns_about_patterns_that_match_nothing() {
+    let out = dopi(
+        &root(),
+        &[
+            "plan-nodes",
+            "fixtures/plans/valid/minimal.yaml",
+            "--nodes",
+            "nope,linux01.example.com",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("warning: nodes => 'nope' does not match any node"));
+    assert!(text(&out.stdout).contains("linux01.example.com"));
+}
+
+#[test]
+fn bad_filter_flags_are_usage_errors() {
+    let plan = "fixtures/plans/valid/minimal.yaml";
+    let out = dopi(
+        &root(),
+        &["plan-nodes", plan, "--nodes-by-config", "{role: web}"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--nodes-by-config: not valid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = dopi(&root(), &["plan-nodes", plan, "--roles", "/(a/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not a valid regular expression"));
+    let out = dopi(&root(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = dopi(&root(), &["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+/// The original projects' plans, validated from each project's root (hooks and secret paths
+/// are relative to the working directory, as they were).
+#[test]
+fn original_plans_load_as_the_original_tools_judged_them() {
+    let base = root().join("fixtures/plans/original");
+    let cases: &[(&str, &str, bool)] = &[
+        (
+            "dop_common",
+            "doc/examples/example_deploment_plan_v0.0.1.yaml",
+            true,
+        ),
+        ("dop_common", "spec/fixtures/simple_plan.yaml", true),
+        (
+            "dop_common",
+            "spec/fixtures/simple_plan_modified.yaml",
+            true,
+        ),
+        (
+            "dop_common",
+            "spec/fixtures/other_plan_same_nodes.yaml",
+            true,
+        ),
+        (
+            "dop_common",
+            "spec/fixtures/simple_plan_invalid.yaml",
+            false,
+        ),
+        (
+            "dop_common",
+            "spec/fixtures/simple_include_with_errors.yaml",
+            false,
+        ),
+        ("dopv", "spec/data/plans/test-plan-1.yaml", true),
+        ("dopi", "spec/fixtures/testenv_plan.yaml", true),
+        ("dopi", "spec/fixtures/plans/hello_world.yaml", true),
+        ("dopi", "spec/fixtures/plans/fail_on_timeout.yaml", true),
+        ("dopi", "spec/fixtures/plans/test_role_variable.yaml", true),
+        ("dopi", "spec/fixtures/plans/non_existing_node.yaml", true),
+        (
+            "dopi",
+            "doc/getting_started_examples/001_hello_world.yaml",
+            true,
+        ),
+        (
+            "dopi",
+            "doc/getting_started_examples/002_connecting_over_ssh.yaml",
+            true,
+        ),
+    ];
+    let mut report = String::new();
+    for (project, plan, valid) in cases {
+        let out = dopi(&base.join(project), &["validate", plan]);
+        assert_eq!(
+            out.status.code(),
+            Some(if *valid { 0 } else { 1 }),
+            "{project}/{plan}: {}",
+            text(&out.stderr)
+        );
+        let verdict = if *valid {
+            text(&out.stdout)
+        } else {
+            "refused\n".to_string()
+        };
+        report.push_str(&format!("{project}/{plan}: {verdict}"));
+    }
+    // Every dopi integration plan is valid.
+    let integration = base.join("dopi/spec/integration/dopi");
+    let mut plans: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![integration.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                plans.push(path);
+            }
+        }
+    }
+    plans.sort();
+    assert!(plans.len() >= 20, "found {} integration plans", plans.len());
+    for plan in plans {
+        let out = dopi(&base.join("dopi"), &["validate", plan.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            plan.display(),
+            text(&out.stderr)
+        );
+        let shown = plan.strip_prefix(&base).unwrap().display().to_string();
+        report.push_str(&format!("{shown}: {}", text(&out.stdout)));
+    }
+    insta::assert_snapshot!(report);
+}
+
+#[test]
+fn hostile_files_give_a_clear_error_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.file_name().unwrap().to_str().unwrap().to_string()
+    };
+    let mut cases: Vec<(String, &str)> = vec![
+        (write("empty.yaml", b""), "a plan must be a mapping"),
+        (
+            write("huge.yaml", &vec![b'#'; 50 * 1024 * 1024]),
+            "larger than 32 MiB",
+        ),
+        (
+            write("binary.yaml", &[0xff, 0x00, 0x13, 0x37]),
+            "not UTF-8 text",
+        ),
+        (
+            write("tabs.yaml", b"name: x\n\tnodes: 1\n"),
+            "not valid YAML",
+        ),
+        ("no-such-file.yaml".to_string(), "cannot read the plan file"),
+        (".".to_string(), "cannot read the plan file"),
+    ];
+    let deep: String = (0..300)
+        .map(|d| format!("{}k{d}:\n", " ".repeat(d)))
+        .collect();
+    cases.push((
+        write("deep.yaml", deep.as_bytes()),
+        "nests deeper than 128 levels",
+    ));
+    let flow = "[".repeat(200_000);
+    cases.push((write("flow.yaml", flow.as_bytes()), "not valid YAML"));
+    let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    cases.push((
+        write("laughs.yaml", laughs.as_bytes()),
+        "expands to more than",
+    ));
+    for (file, expected) in cases {
+        let out = dopi(dir.path(), &["validate", &file]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{file}: expected '{expected}' in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{file}: {stderr}");
+    }
+}
