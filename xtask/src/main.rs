@@ -98,3 +98,17 @@ fn bench(which: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_runs_on_its_bundled_plan() {
+        super::demo(None).expect("demo");
+    }
+
+    #[test]
+    fn the_demo_refuses_an_invalid_plan() {
+        let plan = super::root().join("fixtures/plans/invalid/wrong-types.yaml");
+        assert!(super::demo(Some(plan)).is_err());
+    }
+}

@@ -165,3 +165,91 @@ impl NodeFacts for Resolver<'_> {
         self.config_of(i, variable).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_str;
+
+    const PLAN: &str = "
+name: roles
+infrastructures: {lab: {type: baremetal}}
+nodes:
+  web01.example.com: {infrastructure: lab}
+  db01.example.com: {infrastructure: lab}
+  odd01.example.com: {infrastructure: lab}
+configuration:
+  nodes:
+    db01.example.com: {role: db, backup: false}
+    odd01.example.com: {role: false}
+  roles:
+    db: {port: 5432, backup: true}
+    base: {port: 80}
+  defaults: {role: base, backup: false, port: 1}
+";
+
+    fn plan() -> Plan {
+        load_str(PLAN, None, &LookupSettings::default())
+            .plan
+            .expect("valid")
+    }
+
+    #[test]
+    fn roles_come_from_the_most_specific_level() {
+        let plan = plan();
+        let settings = LookupSettings::default();
+        let r = Resolver::new(&plan, &settings);
+        assert_eq!((r.role(0), r.role(1)), ("base", "db"));
+        // `false` at the node level does not stop the search; the default wins.
+        assert_eq!(r.role(2), "base");
+    }
+
+    #[test]
+    fn other_variables_see_the_role_level() {
+        let plan = plan();
+        let settings = LookupSettings::default();
+        let r = Resolver::new(&plan, &settings);
+        assert_eq!(r.config_of(1, "port"), Some(&serde_json::json!(5432)));
+        assert_eq!(r.config_of(0, "port"), Some(&serde_json::json!(80)));
+        // A node-level `false` is beaten by a truthy role-level value...
+        assert_eq!(r.config_of(1, "backup"), Some(&serde_json::json!(true)));
+        // ...and is returned when nothing beats it.
+        assert_eq!(r.config_of(0, "backup"), Some(&serde_json::json!(false)));
+        assert_eq!(r.config_of(0, "missing"), None);
+    }
+
+    #[test]
+    fn role_default_and_no_role() {
+        let plan = plan();
+        let bare = LookupSettings {
+            role_variable: "nothing_here".into(),
+            ..LookupSettings::default()
+        };
+        assert_eq!(Resolver::new(&plan, &bare).role(0), NO_ROLE);
+        let with_default = LookupSettings {
+            role_default: Some("fallback".into()),
+            ..bare
+        };
+        assert_eq!(Resolver::new(&plan, &with_default).role(0), "fallback");
+    }
+
+    #[test]
+    fn levels_with_empty_segments_are_skipped() {
+        let plan = plan();
+        let node = &plan.nodes[0];
+        assert_eq!(interpolate("roles/%{::role}", node, None), None);
+        assert_eq!(
+            interpolate("roles/%{::role}", node, Some("web")).as_deref(),
+            Some("roles/web")
+        );
+        assert_eq!(
+            interpolate("nodes/%{clientcert}", node, None).as_deref(),
+            Some("nodes/web01.example.com")
+        );
+        assert_eq!(
+            interpolate("%{::domain}/%{::hostname}", node, None).as_deref(),
+            Some("example.com/web01")
+        );
+        assert_eq!(interpolate("x/%{::unknown}", node, None), None);
+    }
+}

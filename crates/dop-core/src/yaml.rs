@@ -407,17 +407,43 @@ impl Builder {
     }
 }
 
+/// Mappings with this many entries get a key index.
+const INDEX_FROM: usize = 16;
+
 impl MapBuilder {
+    /// Indexes every entry; from then on all inserts go through the index.
+    fn build_index(&mut self) {
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            if let Some(id) = fingerprint(&k.value) {
+                self.index.entry(id).or_insert(i);
+            }
+        }
+    }
+
+    /// Gives an existing entry its new value: silently for a key that came from a merge (an
+    /// explicit key overriding a merged one is what merges are for), else as a duplicate.
+    fn replace(&mut self, at: usize, key: &Yaml, value: Yaml, duplicates: &mut Vec<DuplicateKey>) {
+        let merged = fingerprint(&key.value).is_some_and(|id| self.merged.remove(&id));
+        if !merged {
+            duplicates.push(DuplicateKey {
+                key: key.key_text(),
+                mark: key.mark,
+            });
+        }
+        self.entries[at].1 = value;
+    }
+
     /// Inserts an entry the way a Ruby Hash does: a repeated key keeps its first position and
     /// takes the later value. `<<` merge keys bring in the entries the mapping lacks.
     fn insert(&mut self, key: Yaml, value: Yaml, duplicates: &mut Vec<DuplicateKey>) {
-        if key.value == Value::Str("<<".to_string()) {
+        if matches!(&key.value, Value::Str(k) if k == "<<") {
             let sources: Vec<&Yaml> = match &value.value {
                 Value::Map(_) => vec![&value],
                 Value::Seq(items) => items.iter().collect(),
                 _ => Vec::new(),
             };
             if !sources.is_empty() && sources.iter().all(|s| s.as_map().is_some()) {
+                self.build_index();
                 for source in sources {
                     for (k, v) in source.as_map().unwrap_or_default() {
                         let Some(id) = fingerprint(&k.value) else {
@@ -433,21 +459,23 @@ impl MapBuilder {
                 return;
             }
         }
+        // Small mappings (most of a plan) are searched; large ones (`nodes`) are indexed.
+        if self.index.is_empty() && self.entries.len() < INDEX_FROM {
+            match self.entries.iter().position(|(k, _)| k.value == key.value) {
+                Some(at) => self.replace(at, &key, value, duplicates),
+                None => self.entries.push((key, value)),
+            }
+            if self.entries.len() == INDEX_FROM {
+                self.build_index();
+            }
+            return;
+        }
         let Some(id) = fingerprint(&key.value) else {
             self.entries.push((key, value));
             return;
         };
         match self.index.get(&id) {
-            Some(&at) => {
-                // An explicit key overrides a merged one silently: that is what merges are for.
-                if !self.merged.remove(&id) {
-                    duplicates.push(DuplicateKey {
-                        key: key.key_text(),
-                        mark: key.mark,
-                    });
-                }
-                self.entries[at].1 = value;
-            }
+            Some(&at) => self.replace(at, &key, value, duplicates),
             None => {
                 self.index.insert(id, self.entries.len());
                 self.entries.push((key, value));
@@ -482,10 +510,12 @@ fn resolve_plain(text: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         _ => {}
     }
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" => return Value::Bool(true),
-        "false" | "no" | "off" => return Value::Bool(false),
-        _ => {}
+    let is = |word: &str| text.eq_ignore_ascii_case(word);
+    if is("true") || is("yes") || is("on") {
+        return Value::Bool(true);
+    }
+    if is("false") || is("no") || is("off") {
+        return Value::Bool(false);
     }
     if let Some(name) = text.strip_prefix(':') {
         if !name.is_empty() && !name.starts_with(':') && !name.contains(' ') {
@@ -609,12 +639,27 @@ mod tests {
 
     #[test]
     fn merge_keys_and_duplicates() {
-        let doc = parse("base: &b {x: 1, y: 2}\nn:\n  <<: *b\n  y: 3\n  y: 4\n").unwrap();
+        let doc =
+            parse("base: &b {x: 1, y: 2}\nn:\n  w: 0\n  <<: *b\n  y: 3\n  y: 4\n  w: 5\n").unwrap();
         let n = doc.root.get("n").unwrap();
         assert_eq!(n.get("x").unwrap().value, Value::Int(1));
         assert_eq!(n.get("y").unwrap().value, Value::Int(4));
-        assert_eq!(doc.duplicate_keys.len(), 1, "{:?}", doc.duplicate_keys);
-        assert_eq!(doc.duplicate_keys[0].key, "y");
+        assert_eq!(n.get("w").unwrap().value, Value::Int(5));
+        assert_eq!(n.as_map().unwrap().len(), 3);
+        let keys: Vec<&str> = doc.duplicate_keys.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["y", "w"]);
+    }
+
+    #[test]
+    fn large_mappings_keep_first_positions_and_report_duplicates() {
+        let mut text: String = (0..40).map(|i| format!("k{i}: {i}\n")).collect();
+        text.push_str("k3: again\nk39: last\n");
+        let doc = parse(&text).unwrap();
+        let map = doc.root.as_map().unwrap();
+        assert_eq!(map.len(), 40);
+        assert_eq!(map[3].1.value, Value::Str("again".into()));
+        assert_eq!(map[39].1.value, Value::Str("last".into()));
+        assert_eq!(doc.duplicate_keys.len(), 2);
     }
 
     #[test]

@@ -351,3 +351,39 @@ pub(crate) fn parse(c: &mut Collector<'_>, name: &str, v: &Yaml, path: &str) -> 
         kind: credential,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_lose_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "secret\n\n").unwrap();
+        assert_eq!(ContentSource::File(path).load().unwrap(), "secret\n");
+    }
+
+    #[test]
+    fn programs_run_without_a_shell_and_with_a_clean_environment() {
+        let argv = |a: &[&str]| ContentSource::Exec(a.iter().map(|s| s.to_string()).collect());
+        // No shell: `$HOME` and `;` reach the program literally.
+        assert_eq!(
+            argv(&["/bin/echo", "$HOME;", "x"]).load().unwrap(),
+            "$HOME; x"
+        );
+        // Only HOME and PATH are set.
+        std::env::set_var("DOP_TEST_LEAK", "leaked");
+        let env = argv(&["/usr/bin/env"]).load().unwrap();
+        assert!(!env.contains("DOP_TEST_LEAK"), "{env}");
+        assert!(env.contains("PATH=/usr/local/sbin:"), "{env}");
+        let err = argv(&["/bin/false"]).load().unwrap_err();
+        assert!(err.to_string().contains("non-zero exit status 1"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_literal_secret() {
+        let shown = format!("{:?}", ContentSource::Literal("hunter2".into()));
+        assert!(!shown.contains("hunter2"));
+    }
+}
