@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
+use crate::config::{Config, ConfigError, Environment};
 use crate::configuration::{LookupSettings, Resolver};
 use crate::filter::{FilterError, FilterFlags, NodeFacts, NodeFilter};
 use crate::load::{load_file, Loaded};
@@ -56,30 +57,44 @@ impl NodeFilterArgs {
     }
 }
 
+/// Options every command of every tool takes.
+#[derive(Args, Clone, Debug, Default)]
+pub struct GlobalArgs {
+    /// The configuration file (default: /etc/dop/dop.conf for root, else
+    /// ~/.config/dop/dop.conf, when it exists).
+    #[arg(long, global = true, value_name = "FILE", env = "DOP_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The settings: defaults, configuration file, environment.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&Environment::of_process(), self.config.as_deref())
+    }
+}
+
 /// How roles are found: the configuration variable and the default.
 #[derive(Args, Clone, Debug, Default)]
 pub struct LookupArgs {
-    /// The configuration variable that holds a node's role.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "role",
-        alias = "role_variable"
-    )]
-    pub role_variable: String,
-    /// The role of nodes that have none in the configuration.
+    /// The configuration variable that holds a node's role [default: role, or dop.conf's].
+    #[arg(long, value_name = "NAME", alias = "role_variable")]
+    pub role_variable: Option<String>,
+    /// The role of nodes that have none in the configuration [default: dop.conf's, else `-`].
     #[arg(long, value_name = "ROLE", alias = "role_default")]
     pub role_default: Option<String>,
 }
 
 impl LookupArgs {
-    /// The lookup settings the flags describe.
-    pub fn settings(&self) -> LookupSettings {
-        LookupSettings {
-            role_variable: self.role_variable.clone(),
-            role_default: self.role_default.clone(),
-            ..LookupSettings::default()
+    /// The lookup settings: these flags over the configuration's.
+    pub fn settings(&self, config: &Config) -> LookupSettings {
+        let mut settings = config.lookup.clone();
+        if let Some(v) = &self.role_variable {
+            settings.role_variable.clone_from(v);
         }
+        if let Some(d) = &self.role_default {
+            settings.role_default = Some(d.clone());
+        }
+        settings
     }
 }
 
@@ -118,8 +133,13 @@ pub struct PlanNodesArgs {
 }
 
 /// Runs `validate`, writing the report to `out` and findings to `err`; returns the exit status.
-pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let loaded = load_file(&args.plan_file, &args.lookup.settings());
+pub fn validate(
+    args: &ValidateArgs,
+    config: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let loaded = load_file(&args.plan_file, &args.lookup.settings(config));
     let failed = !loaded.is_valid() || (args.strict && loaded.warnings().next().is_some());
     let status = if failed { EXIT_FAILURE } else { EXIT_OK };
     if args.json {
@@ -164,7 +184,12 @@ struct SelectedNode<'a> {
 }
 
 /// Runs `plan-nodes`; returns the exit status.
-pub fn plan_nodes(args: &PlanNodesArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub fn plan_nodes(
+    args: &PlanNodesArgs,
+    config: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let filter = match args.filter.to_filter() {
         Ok(f) => f,
         Err(e) => {
@@ -172,7 +197,7 @@ pub fn plan_nodes(args: &PlanNodesArgs, out: &mut dyn Write, err: &mut dyn Write
             return EXIT_USAGE;
         }
     };
-    let settings = args.lookup.settings();
+    let settings = args.lookup.settings(config);
     let loaded = load_file(&args.plan_file, &settings);
     let Some(plan) = &loaded.plan else {
         for d in loaded.errors() {
@@ -214,4 +239,12 @@ pub fn plan_nodes(args: &PlanNodesArgs, out: &mut dyn Write, err: &mut dyn Write
         let _ = writeln!(err, "no node matches the filter");
     }
     EXIT_OK
+}
+
+/// Loads the settings for a binary's `main`, or prints why not and gives the exit status.
+pub fn load_config(global: &GlobalArgs, err: &mut dyn Write) -> Result<Config, u8> {
+    global.load().map_err(|e| {
+        let _ = writeln!(err, "error: {e}");
+        EXIT_FAILURE
+    })
 }

@@ -31,6 +31,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+mod config;
 mod configuration;
 mod datasize;
 mod diagnostic;
@@ -42,6 +43,7 @@ mod pattern;
 pub mod plan;
 pub mod yaml;
 
+pub use config::{Config, ConfigError, Environment, Level};
 pub use configuration::{LookupSettings, Resolver, NO_ROLE};
 pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};

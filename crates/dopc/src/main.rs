@@ -11,6 +11,8 @@ use dop_core::cli::{self, ValidateArgs};
 #[derive(Parser)]
 #[command(name = "dopc", version, after_help = EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,7 +28,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+    let config = match cli::load_config(&cli.global, &mut err) {
+        Ok(config) => config,
+        Err(status) => return ExitCode::from(status),
+    };
     ExitCode::from(match &cli.command {
-        Command::Validate(args) => cli::validate(args, &mut out, &mut err),
+        Command::Validate(args) => cli::validate(args, &config, &mut out, &mut err),
     })
 }

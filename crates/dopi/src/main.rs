@@ -11,6 +11,8 @@ use dop_core::cli::{self, PlanNodesArgs, ValidateArgs};
 #[derive(Parser)]
 #[command(name = "dopi", version, after_help = EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,8 +30,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+    let config = match cli::load_config(&cli.global, &mut err) {
+        Ok(config) => config,
+        Err(status) => return ExitCode::from(status),
+    };
     ExitCode::from(match &cli.command {
-        Command::Validate(args) => cli::validate(args, &mut out, &mut err),
-        Command::PlanNodes(args) => cli::plan_nodes(args, &mut out, &mut err),
+        Command::Validate(args) => cli::validate(args, &config, &mut out, &mut err),
+        Command::PlanNodes(args) => cli::plan_nodes(args, &config, &mut out, &mut err),
     })
 }

@@ -338,3 +338,63 @@ fn hostile_files_give_a_clear_error_and_exit_1() {
         assert!(!stderr.contains("panicked"), "{file}: {stderr}");
     }
 }
+
+#[test]
+fn role_settings_come_from_flags_over_the_configuration_file() {
+    let plan =
+        root().join("fixtures/plans/original/dopi/spec/fixtures/plans/test_role_variable.yaml");
+    let plan = plan.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("dop.conf");
+    std::fs::write(&conf, ":role_variable: test_role\n").unwrap();
+    let roles = |args: &[&str]| {
+        let mut all = vec!["plan-nodes", "--json", plan];
+        all.extend_from_slice(args);
+        let out = dopi(dir.path(), &all);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        nodes[0]["role"].as_str().unwrap().to_string()
+    };
+    assert_eq!(roles(&[]), "-");
+    assert_eq!(roles(&["--config", conf.to_str().unwrap()]), "testnode");
+    assert_eq!(
+        roles(&[
+            "--config",
+            conf.to_str().unwrap(),
+            "--role-variable",
+            "role",
+            "--role-default",
+            "x"
+        ]),
+        "x"
+    );
+    // The step that selects by role finds its node only when the role is known.
+    let validate = dopi(
+        dir.path(),
+        &[
+            "validate",
+            "--strict",
+            "--config",
+            conf.to_str().unwrap(),
+            plan,
+        ],
+    );
+    assert_eq!(
+        validate.status.code(),
+        Some(0),
+        "{}",
+        text(&validate.stderr)
+    );
+
+    std::fs::write(&conf, "role_varaible: test_role\n").unwrap();
+    let out = dopi(
+        dir.path(),
+        &["validate", "--config", conf.to_str().unwrap(), plan],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("dop.conf:1: unknown setting 'role_varaible'"),
+        "{}",
+        text(&out.stderr)
+    );
+}

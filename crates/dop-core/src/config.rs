@@ -1,0 +1,344 @@
+//! Global settings every tool shares: where the store and logs live, how roles are found, log
+//! levels. Read from `dop.conf` (YAML), with environment variables and flags on top.
+//!
+//! Precedence, highest first: command-line flag, environment variable (`DOP_STORE_DIR`,
+//! `DOP_LOG_DIR`), configuration file, built-in default. Defaults differ for root (system
+//! paths) and other users (XDG paths).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::configuration::LookupSettings;
+use crate::yaml::{self, Value, Yaml};
+
+/// A log level, with the original's names accepted (`FATAL`, `UNKNOWN` mean error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Failures.
+    Error,
+    /// Things that are probably wrong.
+    Warn,
+    /// What is happening.
+    Info,
+    /// Details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl FromStr for Level {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Level, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "error" | "fatal" | "unknown" => Level::Error,
+            "warn" | "warning" => Level::Warn,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            "trace" => Level::Trace,
+            _ => {
+                return Err(format!(
+                    "unknown log level '{s}': use error, warn, info, debug or trace"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+            Level::Trace => "trace",
+        })
+    }
+}
+
+/// The settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// The plan store directory (`--store-dir`, `DOP_STORE_DIR`).
+    pub store_dir: PathBuf,
+    /// The log directory (`--log-dir`, `DOP_LOG_DIR`).
+    pub log_dir: PathBuf,
+    /// The level of the log files.
+    pub log_level: Level,
+    /// The level of console output.
+    pub verbosity: Level,
+    /// The configuration variable holding a node's role, and the default role.
+    pub lookup: LookupSettings,
+    /// Seconds to wait for a node to answer a connection check.
+    pub connection_check_timeout: u64,
+}
+
+/// Facts about the process the defaults depend on.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// Running as root.
+    pub root: bool,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`.
+    pub xdg_config_home: Option<PathBuf>,
+    /// `$XDG_DATA_HOME`.
+    pub xdg_data_home: Option<PathBuf>,
+    /// `$XDG_STATE_HOME`.
+    pub xdg_state_home: Option<PathBuf>,
+    /// `$DOP_STORE_DIR`.
+    pub store_dir: Option<PathBuf>,
+    /// `$DOP_LOG_DIR`.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads the environment of this process. Root is recognised by the owner of
+    /// `/proc/self` (the effective user).
+    pub fn of_process() -> Environment {
+        use std::os::unix::fs::MetadataExt;
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Environment {
+            root: std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+            home: var("HOME"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
+            xdg_data_home: var("XDG_DATA_HOME"),
+            xdg_state_home: var("XDG_STATE_HOME"),
+            store_dir: var("DOP_STORE_DIR"),
+            log_dir: var("DOP_LOG_DIR"),
+        }
+    }
+
+    fn xdg(&self, explicit: &Option<PathBuf>, fallback: &str) -> PathBuf {
+        explicit
+            .clone()
+            .or_else(|| self.home.as_ref().map(|h| h.join(fallback)))
+            .unwrap_or_else(|| PathBuf::from(fallback))
+    }
+
+    /// The configuration file read when none is named: `/etc/dop/dop.conf` for root, else
+    /// `$XDG_CONFIG_HOME/dop/dop.conf`.
+    pub fn default_config_file(&self) -> PathBuf {
+        if self.root {
+            PathBuf::from("/etc/dop/dop.conf")
+        } else {
+            self.xdg(&self.xdg_config_home, ".config")
+                .join("dop/dop.conf")
+        }
+    }
+}
+
+/// Why the configuration file is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A setting is wrong.
+    #[error("{}:{line}: {message}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Its line.
+        line: u32,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn defaults(env: &Environment) -> Config {
+        let (store_dir, log_dir) = if env.root {
+            (PathBuf::from("/var/lib/dop"), PathBuf::from("/var/log/dop"))
+        } else {
+            (
+                env.xdg(&env.xdg_data_home, ".local/share").join("dop"),
+                env.xdg(&env.xdg_state_home, ".local/state").join("dop/log"),
+            )
+        };
+        Config {
+            store_dir,
+            log_dir,
+            log_level: Level::Debug,
+            verbosity: Level::Info,
+            lookup: LookupSettings::default(),
+            connection_check_timeout: 5,
+        }
+    }
+
+    /// The settings for this process: defaults, then the configuration file (`file`, or the
+    /// default one if it exists), then the environment.
+    pub fn load(env: &Environment, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Config::defaults(env);
+        let default_file = env.default_config_file();
+        let file = match file {
+            Some(f) => Some(f.to_path_buf()),
+            None => default_file.exists().then_some(default_file),
+        };
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                file: file.clone(),
+                source,
+            })?;
+            config.apply_file(&file, &text)?;
+        }
+        if let Some(dir) = &env.store_dir {
+            config.store_dir.clone_from(dir);
+        }
+        if let Some(dir) = &env.log_dir {
+            config.log_dir.clone_from(dir);
+        }
+        Ok(config)
+    }
+
+    /// Applies the settings of a configuration file: a YAML mapping whose keys are the global
+    /// option names, with dashes or underscores, optionally written as `:symbols` (as the
+    /// original's GLI files were).
+    fn apply_file(&mut self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |line: u32, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line,
+            message,
+        };
+        let doc =
+            yaml::parse(text).map_err(|e| invalid(e.mark.map_or(0, |m| m.line), e.message))?;
+        let entries = match &doc.root.value {
+            Value::Null => return Ok(()),
+            Value::Map(entries) => entries,
+            _ => {
+                return Err(invalid(
+                    1,
+                    "the configuration must be a mapping of settings".into(),
+                ))
+            }
+        };
+        for (key, value) in entries {
+            let name = key.key_text().replace('-', "_");
+            let line = key.mark.line;
+            let text = |v: &Yaml| match &v.value {
+                Value::Str(s) | Value::Sym(s) => Ok(s.clone()),
+                Value::Int(i) => Ok(i.to_string()),
+                _ => Err(invalid(line, format!("'{name}' must be a string"))),
+            };
+            let level = |v: &Yaml| text(v)?.parse::<Level>().map_err(|e| invalid(line, e));
+            match name.as_str() {
+                "store_dir" | "plan_store_dir" => self.store_dir = PathBuf::from(text(value)?),
+                "log_dir" => self.log_dir = PathBuf::from(text(value)?),
+                "log_level" => self.log_level = level(value)?,
+                "verbosity" => self.verbosity = level(value)?,
+                "role_variable" => self.lookup.role_variable = text(value)?,
+                "role_default" => self.lookup.role_default = Some(text(value)?),
+                "connection_check_timeout" => match value.value {
+                    Value::Int(n) if n > 0 => self.connection_check_timeout = n.unsigned_abs(),
+                    _ => {
+                        return Err(invalid(
+                            line,
+                            "'connection_check_timeout' must be a positive number of seconds"
+                                .into(),
+                        ))
+                    }
+                },
+                // Settings of the original that dop does not use (Hiera, MCollective, tracing).
+                "trace" | "use_hiera" | "hiera_yaml" | "load_facts" | "facts_dir"
+                | "mco_config" | "mco_dopi_logger" | "config_file" => {}
+                _ => {
+                    return Err(invalid(
+                        line,
+                        format!("unknown setting '{}'", key.key_text()),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> Environment {
+        Environment {
+            home: Some(PathBuf::from("/home/op")),
+            ..Environment::default()
+        }
+    }
+
+    #[test]
+    fn defaults_depend_on_root() {
+        let root = Config::defaults(&Environment {
+            root: true,
+            ..Environment::default()
+        });
+        assert_eq!(root.store_dir, Path::new("/var/lib/dop"));
+        assert_eq!(root.log_dir, Path::new("/var/log/dop"));
+        let op = Config::defaults(&user());
+        assert_eq!(op.store_dir, Path::new("/home/op/.local/share/dop"));
+        assert_eq!(op.log_dir, Path::new("/home/op/.local/state/dop/log"));
+        let xdg = Config::defaults(&Environment {
+            xdg_data_home: Some(PathBuf::from("/data")),
+            ..user()
+        });
+        assert_eq!(xdg.store_dir, Path::new("/data/dop"));
+        assert_eq!(
+            user().default_config_file(),
+            Path::new("/home/op/.config/dop/dop.conf")
+        );
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        std::fs::write(&file, ":plan_store_dir: /srv/store\nlog-dir: /srv/log\n:log_level: WARN\nrole_default: base\n").unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(config.store_dir, Path::new("/srv/store"));
+        assert_eq!(config.log_dir, Path::new("/srv/log"));
+        assert_eq!(config.log_level, Level::Warn);
+        assert_eq!(config.lookup.role_default.as_deref(), Some("base"));
+        let env = Environment {
+            store_dir: Some(PathBuf::from("/env/store")),
+            ..user()
+        };
+        assert_eq!(
+            Config::load(&env, Some(&file)).unwrap().store_dir,
+            Path::new("/env/store")
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        std::fs::write(&file, "log_dir: /x\nlog_levle: debug\n").unwrap();
+        let err = Config::load(&user(), Some(&file)).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("dop.conf:2: unknown setting 'log_levle'"),
+            "{err}"
+        );
+        std::fs::write(&file, "verbosity: loud\n").unwrap();
+        let err = Config::load(&user(), Some(&file)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown log level 'loud'"),
+            "{err}"
+        );
+        let missing = Config::load(&user(), Some(&dir.path().join("nope"))).unwrap_err();
+        assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+}
