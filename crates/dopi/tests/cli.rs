@@ -13,6 +13,8 @@ fn root() -> PathBuf {
 
 fn dopi(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dopi"))
+        // Hermetic: no configuration file of the machine running the tests.
+        .env("DOP_CONFIG", "/dev/null")
         .args(args)
         .current_dir(dir)
         .output()

@@ -11,7 +11,9 @@ fn root() -> PathBuf {
 fn validate_accepts_a_valid_plan_and_refuses_an_invalid_one() {
     let run = |plan: &str, json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dopv"));
-        cmd.current_dir(root()).arg("validate");
+        cmd.current_dir(root())
+            .env("DOP_CONFIG", "/dev/null")
+            .arg("validate");
         if json {
             cmd.arg("--json");
         }
@@ -26,6 +28,6 @@ fn validate_accepts_a_valid_plan_and_refuses_an_invalid_one() {
     let bad = run("fixtures/plans/invalid/generated-nodes.yaml", true);
     assert_eq!(bad.status.code(), Some(1));
     let findings: Vec<serde_json::Value> = serde_json::from_slice(&bad.stdout).unwrap();
-    assert_eq!(findings.len(), 8);
+    assert_eq!(findings.len(), 9);
     assert_eq!(findings[0]["path"], "nodes.no-range{i}.range");
 }

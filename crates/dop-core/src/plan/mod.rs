@@ -342,6 +342,10 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
     let mut defined_at: HashMap<String, String> = HashMap::new();
     for (key, body) in named_entries(c, root, "nodes", true) {
         let path = join("nodes", &key);
+        if let Err(e) = check_node_name(&key) {
+            c.error(body, &path, e);
+            continue;
+        }
         let generated = key.contains("{i}");
         let range = if generated {
             parse_range(c, body, &path)
@@ -400,6 +404,24 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
         }
     }
     nodes
+}
+
+/// Node names name per-node log files and state entries: no `/`, NUL, `.` or `..`, at most
+/// 255 bytes. (The original had no such rule; a name with an explicit `fqdn` could be any text.)
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\0'])
+    {
+        return Err(format!(
+            "the node name '{}' cannot be used: node names name log files, so they must be 1 to \
+             255 bytes without '/' and not '.' or '..'",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads `range` (a string with exactly two numbers, the first smaller) and `digits`.
