@@ -62,7 +62,13 @@ impl NodeFilterArgs {
 pub struct GlobalArgs {
     /// The configuration file (default: /etc/dop/dop.conf for root, else
     /// ~/.config/dop/dop.conf, when it exists).
-    #[arg(long, global = true, value_name = "FILE", env = "DOP_CONFIG", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DOP_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
 }
 
