@@ -140,6 +140,37 @@ pub(crate) fn mapping<'y>(
     }
 }
 
+/// The entries of a mapping of names to definitions (`networks`, `interfaces`, …): each string
+/// name with its mapping and path. Entries with another kind of name or a definition that is not
+/// a mapping are reported and left out.
+pub(crate) fn named_mappings<'y>(
+    c: &mut Collector<'_>,
+    v: &'y Yaml,
+    path: &str,
+    what: &str,
+    entry: &str,
+) -> Vec<(&'y str, &'y Yaml, String)> {
+    let Some(entries) = mapping(c, v, path, what) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, def) in entries {
+        let Some(name) = key.as_str() else {
+            c.error(
+                key,
+                path,
+                format!("names in {what} must be strings, not {}", key.describe()),
+            );
+            continue;
+        };
+        let p = join(path, name);
+        if mapping(c, def, &p, entry).is_some() {
+            out.push((name, def, p));
+        }
+    }
+    out
+}
+
 /// A list of non-empty strings, optionally required to be non-empty.
 pub(crate) fn string_list(
     c: &mut Collector<'_>,

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::check::{
-    boolean, field, mapping, non_empty_string, string, string_list, warn_unknown_keys,
+    boolean, field, mapping, named_mappings, non_empty_string, string, string_list,
+    warn_unknown_keys,
 };
 use super::run_options::{self, RunOptions};
 use crate::diagnostic::{join, Collector};
@@ -286,28 +287,10 @@ pub(crate) fn parse(
 }
 
 fn parse_networks(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Vec<Network> {
-    let Some(entries) = mapping(c, v, path, "networks") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (key, def) in entries {
-        let Some(name) = key.as_str() else {
-            c.error(
-                key,
-                path,
-                format!("network names must be strings, not {}", key.describe()),
-            );
-            continue;
-        };
-        let p = join(path, name);
-        if mapping(c, def, &p, "a network definition").is_none() {
-            continue;
-        }
-        if let Some(n) = parse_network(c, name, def, &p) {
-            out.push(n);
-        }
-    }
-    out
+    named_mappings(c, v, path, "networks", "a network definition")
+        .into_iter()
+        .filter_map(|(name, def, p)| parse_network(c, name, def, &p))
+        .collect()
 }
 
 fn ip(c: &mut Collector<'_>, v: &Yaml, path: &str, what: &str) -> Option<IpAddr> {
@@ -426,26 +409,8 @@ fn masked(ip: IpAddr, mask: IpAddr) -> Option<u128> {
 }
 
 fn parse_affinity_groups(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Vec<AffinityGroup> {
-    let Some(entries) = mapping(c, v, path, "affinity_groups") else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for (key, def) in entries {
-        let Some(name) = key.as_str() else {
-            c.error(
-                key,
-                path,
-                format!(
-                    "affinity group names must be strings, not {}",
-                    key.describe()
-                ),
-            );
-            continue;
-        };
-        let p = join(path, name);
-        if mapping(c, def, &p, "an affinity group").is_none() {
-            continue;
-        }
+    for (name, def, p) in named_mappings(c, v, path, "affinity_groups", "an affinity group") {
         warn_unknown_keys(c, def, &p, &["positive", "enforce", "cluster"]);
         let mut flag = |key: &str| match def.get(key) {
             Some(b) => boolean(c, b, &join(&p, key), &format!("the '{key}' flag")),

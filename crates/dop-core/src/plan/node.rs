@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::check::{
-    boolean, field, integer, mapping, non_empty_string, string, string_list, warn_unknown_keys,
+    boolean, field, integer, mapping, named_mappings, non_empty_string, string, string_list,
+    warn_unknown_keys,
 };
 use super::credential::{Credential, CredentialKind};
 use super::infrastructure::{Gateway, Infrastructure, Provider};
@@ -582,28 +583,10 @@ fn parse_interfaces(
     path: &str,
     infra: Option<&Infrastructure>,
 ) -> Vec<Interface> {
-    let Some(entries) = mapping(c, v, path, "'interfaces'") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (key, def) in entries {
-        let Some(name) = key.as_str() else {
-            c.error(
-                key,
-                path,
-                format!("interface names must be strings, not {}", key.describe()),
-            );
-            continue;
-        };
-        let p = join(path, name);
-        if mapping(c, def, &p, "an interface").is_none() {
-            continue;
-        }
-        if let Some(i) = parse_interface(c, name, def, &p, infra) {
-            out.push(i);
-        }
-    }
-    out
+    named_mappings(c, v, path, "'interfaces'", "an interface")
+        .into_iter()
+        .filter_map(|(name, def, p)| parse_interface(c, name, def, &p, infra))
+        .collect()
 }
 
 fn parse_interface(
