@@ -166,7 +166,9 @@ pub(crate) fn parse_selector(
     key: &str,
 ) -> Option<Selector> {
     let pattern = |c: &mut Collector<'_>, item: &Yaml, p: &str| -> Option<Pattern> {
-        let Some(text) = item.as_str_or_sym() else {
+        // Numbers are names too (`123:` is a valid node name).
+        let number = matches!(item.value, Value::Int(_)).then(|| item.key_text());
+        let Some(text) = item.as_str_or_sym().or(number.as_deref()) else {
             c.error(
                 item,
                 p,
@@ -180,7 +182,9 @@ pub(crate) fn parse_selector(
     };
     match &v.value {
         Value::Str(s) | Value::Sym(s) if Selector::is_all_keyword(s) => Some(Selector::All),
-        Value::Str(_) | Value::Sym(_) => pattern(c, v, path).map(|p| Selector::List(vec![p])),
+        Value::Str(_) | Value::Sym(_) | Value::Int(_) => {
+            pattern(c, v, path).map(|p| Selector::List(vec![p]))
+        }
         Value::Seq(items) => {
             let parsed: Vec<Option<Pattern>> = items
                 .iter()

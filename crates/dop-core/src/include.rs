@@ -4,8 +4,9 @@
 //!
 //! It keeps the original tool's textual model (plans written for it expand the same way) but
 //! only treats a line that *is* a directive as one: `include: PATH` or `- include: PATH`, with
-//! an optional trailing comment. Commented-out directives, directives after other text and
-//! text inside strings are left alone.
+//! an optional trailing comment. Commented-out directives and directives after other text are
+//! left alone. Like the original, the pre-processor does not know YAML: a line of a block scalar
+//! (`|`, `>`) that consists of a directive is expanded too.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -84,7 +84,7 @@ fn strict_turns_warnings_into_failure() {
     let out = dopi(&root(), &["validate", "--strict", plan]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("7 warnings"),
+        text(&out.stderr).contains("8 warnings"),
         "{}",
         text(&out.stderr)
     );

@@ -217,7 +217,21 @@ pub(crate) fn parse(
     let credentials = match field(v, "credentials") {
         Some(cr) => {
             let p = join(path, "credentials");
-            string(c, cr, &p, "the credentials pointer").and_then(|s| {
+            let name = match cr.as_str_or_sym() {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    c.error(
+                        cr,
+                        &p,
+                        format!(
+                            "the credentials pointer must be a credential name, not {}",
+                            cr.describe()
+                        ),
+                    );
+                    None
+                }
+            };
+            name.and_then(|s| {
                 if credential_names.contains(&s.as_str()) {
                     Some(s)
                 } else {

@@ -331,6 +331,16 @@ fn named_entries<'y>(
             );
             continue;
         }
+        // `web01`, `:web01` and (for numbers) `1` and `'1'` are one name: say so instead of
+        // letting one definition silently replace the other.
+        if out.iter().any(|(n, _): &(String, &Yaml)| *n == name) {
+            c.error(
+                k,
+                &join(key, &name),
+                format!("'{name}' is defined twice in '{key}'"),
+            );
+            continue;
+        }
         out.push((name, value));
     }
     out
@@ -566,13 +576,15 @@ fn warn_steps_without_nodes(
                 );
             }
             if selection.nodes.is_empty() && selection.unmatched.is_empty() {
+                let why = if step.filter.has_no_include() {
+                    "give nodes, roles or nodes_by_config"
+                } else {
+                    "its excludes remove every node it includes"
+                };
                 c.warn(
                     at,
                     &path,
-                    format!(
-                        "step '{}' selects no node (give nodes, roles or nodes_by_config)",
-                        step.name
-                    ),
+                    format!("step '{}' selects no node ({why})", step.name),
                 );
             }
         }

@@ -554,7 +554,15 @@ fn parse_sizing(
     let cores = field(v, "cores").and_then(|x| {
         let p = join(path, "cores");
         match integer(c, x, &p, "cores")? {
-            n if n > 0 => u32::try_from(n).ok(),
+            n if n > 0 && n <= i64::from(u32::MAX) => u32::try_from(n).ok(),
+            n if n > 0 => {
+                c.error(
+                    x,
+                    &p,
+                    format!("cores must be at most {}, not {n}", u32::MAX),
+                );
+                None
+            }
             n => {
                 c.error(x, &p, format!("cores must be a positive number, not {n}"));
                 None
@@ -781,8 +789,16 @@ fn parse_dns(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Dns {
         let p = join(path, "name_servers");
         if let Some(list) = string_list(c, ns, &p, "name_servers", true) {
             for (i, server) in list.iter().enumerate() {
-                let address = server.split_once('/').map_or(server.as_str(), |(a, _)| a);
-                if address.parse::<IpAddr>().is_err() {
+                // The original (Ruby IPAddr) also took `address/prefix`; keep that, but check it.
+                let (address, prefix) = match server.split_once('/') {
+                    Some((a, p)) => (a, Some(p)),
+                    None => (server.as_str(), None),
+                };
+                let valid = address.parse::<IpAddr>().is_ok_and(|ip| {
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+                });
+                if !valid {
                     c.error(
                         ns,
                         &index(&p, i),
