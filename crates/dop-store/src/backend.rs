@@ -1,0 +1,177 @@
+//! The key-value layer under the store, and its sled implementation.
+//!
+//! sled takes an exclusive lock on a database for as long as it is open, and only one process
+//! can have it open. The store therefore never keeps a database open: every operation opens
+//! it, does its reads or one atomic, flushed write, and closes it. A process that finds a
+//! database open elsewhere waits briefly and retries, so readers (`show`, `list`) work while a
+//! run writes state, and runs on different plans (different databases) never meet.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, StoreError};
+
+/// Writes applied together: all or nothing, durable when `commit` returns.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An open database.
+pub trait Database {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// The last entry whose key starts with `prefix`.
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Applies the batch atomically and makes it durable before returning.
+    fn commit(&self, batch: Batch) -> Result<()>;
+}
+
+/// Opens databases by path.
+pub trait Backend: Send + Sync {
+    /// Opens (creating if needed) the database at `path`, waiting while another process has it.
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>>;
+}
+
+/// The sled backend.
+#[derive(Clone, Debug)]
+pub struct SledBackend {
+    /// How long to wait for a database another process has open.
+    pub wait: Duration,
+}
+
+impl Default for SledBackend {
+    fn default() -> SledBackend {
+        SledBackend {
+            wait: Duration::from_secs(30),
+        }
+    }
+}
+
+struct SledDatabase {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl SledDatabase {
+    fn fail(&self, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(io) => StoreError::io(&self.path, io),
+            other => corrupt(&self.path, other),
+        }
+    }
+}
+
+impl Database for SledDatabase {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.fail(e))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.fail(e))
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .scan_prefix(prefix)
+            .next_back()
+            .transpose()
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map_err(|e| self.fail(e))
+    }
+
+    fn commit(&self, batch: Batch) -> Result<()> {
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(|e| self.fail(e))?;
+        self.db.flush().map(|_| ()).map_err(|e| self.fail(e))
+    }
+}
+
+/// sled reports a database open elsewhere as an `Other` error whose text names the lock (and,
+/// in the same process, a database still shutting down after its last handle was dropped).
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
+impl Backend for SledBackend {
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let config = sled::Config::new()
+                .path(path)
+                // We flush after every write ourselves; no background flusher thread.
+                .flush_every_ms(None)
+                .cache_capacity(32 * 1024 * 1024);
+            // sled can panic on some damaged files; a damaged store is an error, not a crash.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+                .unwrap_or_else(|_| {
+                    Err(sled::Error::Unsupported(
+                        "the database files are damaged".into(),
+                    ))
+                });
+            match opened {
+                Ok(db) => {
+                    return Ok(Box::new(SledDatabase {
+                        db,
+                        path: path.to_path_buf(),
+                    }))
+                }
+                Err(sled::Error::Io(e)) if is_lock_contention(&e) => {
+                    if start.elapsed() >= self.wait {
+                        return Err(StoreError::Busy {
+                            path: path.to_path_buf(),
+                            seconds: self.wait.as_secs(),
+                        });
+                    }
+                    // Jittered back-off: holders keep a database for milliseconds.
+                    let jitter =
+                        Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 997));
+                    std::thread::sleep(pause + jitter);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(sled::Error::Io(e)) => return Err(StoreError::io(path, e)),
+                Err(e) => return Err(corrupt(path, e)),
+            }
+        }
+    }
+}

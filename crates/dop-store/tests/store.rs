@@ -1,0 +1,501 @@
+//! The store against a real sled directory: iterations, diffs, node ownership, locks between
+//! processes, and durability when a writer is killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use std::time::{Duration, Instant};
+
+use dop_core::{load_file, LookupSettings, Plan};
+use dop_store::{App, Store, StoreError, Stored};
+
+fn fixture(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/plans")
+        .join(relative)
+}
+
+fn plan(relative: &str) -> (String, Plan) {
+    let loaded = load_file(&fixture(relative), &LookupSettings::default());
+    let text = loaded.expanded.as_ref().unwrap().text.clone();
+    (text, loaded.plan.expect("valid fixture"))
+}
+
+// ---- child processes -------------------------------------------------------------------------
+
+/// A helper process: this test binary run again in a role, with its protocol output.
+struct Helper {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Helper {
+    /// Runs this test binary again as a helper process doing `role` on the store at `dir`.
+    fn spawn(role: &str, dir: &Path, arg: &str) -> Helper {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DOP_STORE_TEST_ROLE", role)
+            .env("DOP_STORE_TEST_DIR", dir)
+            .env("DOP_STORE_TEST_ARG", arg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Helper { child, out }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads protocol lines (`@@ ...`, possibly after test-harness text on the same line)
+    /// until `until` returns true or the helper ends.
+    fn read(&mut self, mut until: impl FnMut(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        while self.out.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(at) = line.find("@@ ") {
+                let msg = line[at + 3..].trim().to_string();
+                let stop = until(&msg);
+                lines.push(msg);
+                if stop {
+                    break;
+                }
+            }
+            line.clear();
+        }
+        lines
+    }
+
+    /// Stops the helper by pid (SIGKILL) and reaps it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The helper process: not a test of its own (it returns at once when run normally).
+#[test]
+fn child_process() {
+    let Ok(role) = std::env::var("DOP_STORE_TEST_ROLE") else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("DOP_STORE_TEST_DIR").unwrap());
+    let arg = std::env::var("DOP_STORE_TEST_ARG").unwrap();
+    let store = Store::open(&dir).unwrap();
+    let say = |msg: String| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "@@ {msg}");
+        let _ = out.flush();
+    };
+    match role.as_str() {
+        // Writes state record after state record until killed, reporting each one done.
+        "writer" => {
+            let start: u64 = arg.parse().unwrap();
+            let lock = store.lock("crash", "writer").unwrap();
+            say(format!(
+                "locked {}",
+                lock.took_over_from().map_or(0, |h| h.pid)
+            ));
+            for i in start.. {
+                let value =
+                    serde_json::json!({ "i": i, "padding": "x".repeat((i % 7) as usize * 100) });
+                store
+                    .write_state(&lock, App::Dopi, &[(format!("k{i:06}"), Some(value))], None)
+                    .unwrap();
+                say(format!("done {i}"));
+            }
+        }
+        // Takes the lock of plan `arg` and holds it until killed.
+        "holder" => match store.lock(&arg, "holder") {
+            Ok(_lock) => {
+                say("locked".into());
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Err(e) => say(format!("refused {e}")),
+        },
+        // Tries to take the lock of plan `arg`, holds it a moment, reports.
+        "racer" => match store.lock(&arg, "racer") {
+            Ok(_lock) => {
+                std::thread::sleep(Duration::from_millis(400));
+                say("won".into());
+            }
+            Err(e) => say(format!("refused {e}")),
+        },
+        other => panic!("unknown role {other}"),
+    }
+}
+
+// ---- iterations ------------------------------------------------------------------------------
+
+#[test]
+fn add_update_versions_export_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (before_text, before) = plan("diff/before.yaml");
+    let (after_text, after) = plan("diff/after.yaml");
+
+    let Stored::New(first) = store.add(&before_text, &before, None, false).unwrap() else {
+        panic!("stored")
+    };
+    assert_eq!((first.number, first.nodes), (1, 5));
+    assert!(matches!(
+        store.add(&before_text, &before, None, false),
+        Err(StoreError::PlanExists(_))
+    ));
+    assert!(
+        matches!(store.update(&before_text, &before, None).unwrap(), Stored::Unchanged(i) if i.number == 1)
+    );
+    let Stored::New(second) = store.update(&after_text, &after, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(second.number, 2);
+    assert_ne!(first.hash, second.hash);
+
+    let versions = store.versions("shop").unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.number).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(store.iteration("shop", Some(1)).unwrap().text, before_text);
+    assert_eq!(store.iteration("shop", None).unwrap().plan, after);
+    let (from, to, diff) = store.diff("shop", None, None).unwrap();
+    assert_eq!((from, to), (1, 2));
+    assert_eq!(diff, dop_core::PlanDiff::between(&before, &after));
+    assert!(matches!(
+        store.iteration("shop", Some(7)),
+        Err(StoreError::NoSuchIteration {
+            number: 7,
+            latest: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.versions("nope"),
+        Err(StoreError::NoSuchPlan(_))
+    ));
+
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].latest), ("shop", 2));
+    assert!(listed[0].nodes.contains(&"web04.example.com".to_string()));
+}
+
+#[test]
+fn node_names_are_unique_across_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (text, simple) = plan("original/dop_common/spec/fixtures/simple_plan.yaml");
+    store.add(&text, &simple, None, false).unwrap();
+    let (other_text, other) = plan("original/dop_common/spec/fixtures/other_plan_same_nodes.yaml");
+    let err = store.add(&other_text, &other, None, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plan 'other_plan' declares nodes that belong to other plans: 'linux01.example.com' (in \
+         plan 'simple_plan'); node names are unique across the store"
+    );
+    // Removing the owner frees the name.
+    store.remove("simple_plan", false, false).unwrap();
+    assert!(matches!(
+        store.add(&other_text, &other, None, false).unwrap(),
+        Stored::New(_)
+    ));
+    assert!(!dir.path().join("plans/simple_plan").exists());
+}
+
+#[test]
+fn remove_keeps_or_refuses_deployed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (text, p) = plan("valid/minimal.yaml");
+    store.add(&text, &p, None, false).unwrap();
+    let lock = store.lock("minimal", "test").unwrap();
+    let serial = store
+        .write_state(
+            &lock,
+            App::Dopv,
+            &[(
+                "linux01.example.com".into(),
+                Some(serde_json::json!({"deployed": true})),
+            )],
+            None,
+        )
+        .unwrap();
+    assert_eq!(serial, 1);
+    // A mutating command needs the lock this test holds.
+    assert!(matches!(
+        store.remove("minimal", false, false),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(lock);
+    let err = store.remove("minimal", false, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1 deployed node in the dopv state (linux01.example.com)"),
+        "{err}"
+    );
+    store.remove("minimal", true, false).unwrap();
+    assert!(matches!(
+        store.entry("minimal"),
+        Err(StoreError::NoSuchPlan(_))
+    ));
+    // The state survived, and a plan added again under the name finds it.
+    store.add(&text, &p, None, false).unwrap();
+    assert_eq!(store.state("minimal", App::Dopv).unwrap().records.len(), 1);
+    store.remove("minimal", false, true).unwrap();
+    assert!(store
+        .state("minimal", App::Dopv)
+        .unwrap()
+        .records
+        .is_empty());
+}
+
+// ---- state and serials -----------------------------------------------------------------------
+
+#[test]
+fn state_writes_move_the_serial_and_stale_writes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let lock = store.lock("plan-a", "test").unwrap();
+    let one = store
+        .write_state(&lock, App::Dopi, &[("a".into(), Some(1.into()))], Some(0))
+        .unwrap();
+    let two = store
+        .write_state(
+            &lock,
+            App::Dopi,
+            &[("b".into(), Some(2.into())), ("a".into(), None)],
+            Some(one),
+        )
+        .unwrap();
+    assert_eq!((one, two), (1, 2));
+    let err = store
+        .write_state(&lock, App::Dopi, &[("c".into(), Some(3.into()))], Some(1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::StaleSerial {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let state = store.state("plan-a", App::Dopi).unwrap();
+    assert_eq!(state.serial, 2);
+    assert_eq!(state.records.keys().collect::<Vec<_>>(), ["b"]);
+    assert!(store.state("plan-a", App::Dopv).unwrap().records.is_empty());
+}
+
+// ---- locks between processes -----------------------------------------------------------------
+
+#[test]
+fn a_second_holder_is_refused_with_the_holders_name_and_readers_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (text, p) = plan("valid/minimal.yaml");
+    store.add(&text, &p, None, false).unwrap();
+    let mut holder = Helper::spawn("holder", dir.path(), "minimal");
+    assert_eq!(holder.read(|l| l == "locked"), ["locked"]);
+
+    let err = store.lock("minimal", "test").unwrap_err();
+    let StoreError::Locked { holder: who, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(who.pid, holder.id());
+    assert_eq!(who.command, "holder");
+    assert!(
+        err.to_string()
+            .starts_with("plan 'minimal' is locked by 'holder' (pid "),
+        "{err}"
+    );
+    assert!(matches!(
+        store.update(&text, &p, None),
+        Err(StoreError::Locked { .. })
+    ));
+    // Reading works while the plan is held.
+    assert_eq!(store.versions("minimal").unwrap().len(), 1);
+    assert!(store
+        .state("minimal", App::Dopi)
+        .unwrap()
+        .records
+        .is_empty());
+    assert_eq!(
+        store.lock_holder("minimal").map(|h| h.pid),
+        Some(holder.id())
+    );
+
+    // When the holder dies without cleaning up, the lock is free and the taker knows.
+    holder.kill();
+    let lock = store.lock("minimal", "test").unwrap();
+    assert_eq!(lock.took_over_from().map(|h| h.pid), Some(holder.id()));
+    drop(lock);
+    assert_eq!(store.lock_holder("minimal"), None);
+}
+
+#[test]
+fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path()).unwrap();
+    let mut racers: Vec<Helper> = (0..2)
+        .map(|_| Helper::spawn("racer", dir.path(), "same"))
+        .collect();
+    let mut results: Vec<String> = racers
+        .iter_mut()
+        .map(|c| c.read(|_| true).pop().unwrap_or_default())
+        .collect();
+    results.sort();
+    assert_eq!(results[1], "won", "{results:?}");
+    assert!(
+        results[0].starts_with("refused plan 'same' is locked by 'racer'"),
+        "{results:?}"
+    );
+
+    let mut racers: Vec<Helper> = ["one", "two"]
+        .iter()
+        .map(|p| Helper::spawn("racer", dir.path(), p))
+        .collect();
+    for r in &mut racers {
+        assert_eq!(r.read(|_| true), ["won"]);
+    }
+}
+
+// ---- durability ------------------------------------------------------------------------------
+
+/// A writer is killed with SIGKILL at varying points, many times. After each kill the store
+/// opens, and every transition the writer reported done is there with its value.
+#[test]
+fn sigkill_loses_no_reported_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut next = 0u64;
+    let mut previous_pid = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0..12u64 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let mut writer = Helper::spawn("writer", dir.path(), &next.to_string());
+        let first = writer.read(|l| l.starts_with("locked"));
+        // Each writer takes over the lock its killed predecessor left.
+        assert_eq!(first, [format!("locked {previous_pid}")]);
+        previous_pid = writer.id();
+        // Let it write for a varying number of transitions, then kill it mid-stream.
+        let target = 5 + (round * 7919) % 40;
+        let lines = writer.read(|l| l == format!("done {}", next + target));
+        writer.kill();
+        let reported: Vec<u64> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("done ")?.parse().ok())
+            .collect();
+        assert_eq!(
+            reported.last(),
+            Some(&(next + target)),
+            "round {round}: {lines:?}"
+        );
+
+        let state = Store::open(dir.path())
+            .unwrap()
+            .state("crash", App::Dopi)
+            .unwrap();
+        for i in 0..=next + target {
+            let value = state
+                .records
+                .get(&format!("k{i:06}"))
+                .unwrap_or_else(|| panic!("round {round}: k{i} lost"));
+            assert_eq!(value["i"], i);
+        }
+        // Writes after the last report may or may not have landed; none is half there.
+        assert!(state.serial > next + target);
+        assert_eq!(state.records.len() as u64, state.serial);
+        next = state.serial;
+    }
+    assert!(next > 50, "only {next} transitions in the time given");
+    let _ = store;
+}
+
+// ---- bad input -------------------------------------------------------------------------------
+
+#[test]
+fn bad_plan_names_and_damaged_stores_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for bad in ["../escape", "a/b", "x\0y", ""] {
+        assert!(
+            matches!(store.lock(bad, "t"), Err(StoreError::InvalidName(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            store.state(bad, App::Dopi),
+            Err(StoreError::InvalidName(_))
+        ));
+    }
+    assert!(!dir.path().join("escape").exists());
+
+    // A damaged catalog database.
+    let (text, p) = plan("valid/minimal.yaml");
+    store.add(&text, &p, None, false).unwrap();
+    let catalog = dir.path().join("catalog");
+    for entry in std::fs::read_dir(&catalog).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::write(&path, vec![0xa5u8; 4096]).unwrap();
+        }
+    }
+    let result = std::panic::catch_unwind(|| Store::open(dir.path()).unwrap().list());
+    let outcome = result.expect("no panic");
+    assert!(
+        matches!(outcome, Err(StoreError::Corrupt { .. })),
+        "{outcome:?}"
+    );
+
+    // A state database whose log is overwritten in the middle (the header intact).
+    let lock = store.lock("minimal", "t").unwrap();
+    for i in 0..50 {
+        store
+            .write_state(&lock, App::Dopi, &[(format!("r{i}"), Some(i.into()))], None)
+            .unwrap();
+    }
+    drop(lock);
+    let db_file = dir.path().join("plans/minimal/state/db");
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    let middle = bytes.len() / 2;
+    let end = (middle + 512).min(bytes.len());
+    for b in &mut bytes[middle..end] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db_file, bytes).unwrap();
+    let result =
+        std::panic::catch_unwind(|| Store::open(dir.path()).unwrap().state("minimal", App::Dopi));
+    let outcome = result.expect("no panic");
+    // sled either notices (an error naming the database) or recovers to a consistent prefix.
+    match outcome {
+        Err(StoreError::Corrupt { path, .. }) => assert!(path.ends_with("state"), "{path:?}"),
+        Ok(state) => assert_eq!(state.records.len() as u64, state.serial),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+
+    // A directory that is not a store.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("notes.txt"), "mine").unwrap();
+    assert!(matches!(
+        Store::open(foreign.path()),
+        Err(StoreError::Foreign { .. })
+    ));
+}
