@@ -18,6 +18,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: the command line is wrong (clap's own status for usage errors).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the plan is locked by another process (or the store is busy); try again later.
+pub const EXIT_LOCKED: u8 = 3;
 
 /// The node-selection flags. With no include flag every node is selected, so excludes alone
 /// mean "all except". Lists are comma-separated; a `/regex/` may contain commas.
@@ -70,12 +72,26 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub config: Option<PathBuf>,
+    /// The plan store directory [default: /var/lib/dop for root, else ~/.local/share/dop].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DOP_STORE_DIR",
+        hide_env_values = true,
+        alias = "plan_store_dir"
+    )]
+    pub store_dir: Option<PathBuf>,
 }
 
 impl GlobalArgs {
-    /// The settings: defaults, configuration file, environment.
+    /// The settings: defaults, configuration file, environment, these flags.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        Config::load(&Environment::of_process(), self.config.as_deref())
+        let mut config = Config::load(&Environment::of_process(), self.config.as_deref())?;
+        if let Some(dir) = &self.store_dir {
+            config.store_dir.clone_from(dir);
+        }
+        Ok(config)
     }
 }
 

@@ -1,2 +1,493 @@
 //! The plan commands, one implementation for every tool: `add`, `update`, `list`, `remove`,
-//! `versions`, `diff`, `export`, `show`, `import-store`.
+//! `versions`, `diff`, `export`, and dopi's `show` and `import-store`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use dop_core::cli::{LookupArgs, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK};
+use dop_core::{load_file, Config, NodeFacts, Resolver};
+use serde_json::json;
+
+use crate::error::StoreError;
+use crate::store::{App, Store, Stored};
+use crate::time::rfc3339;
+
+/// The commands that manage stored plans.
+#[derive(Subcommand, Clone, Debug)]
+pub enum PlanCommand {
+    /// Store a new plan (validated first; its node names must not belong to another plan).
+    Add(AddArgs),
+    /// Store a new iteration of a plan and show what changed (an unchanged plan is a no-op).
+    Update(UpdateArgs),
+    /// List the stored plans.
+    List(JsonArg),
+    /// Remove a plan and its iterations (and its state, unless --keep-state).
+    Remove(RemoveArgs),
+    /// List the stored iterations of a plan.
+    Versions(PlanArg),
+    /// Show what changed between two iterations of a plan (default: the last two).
+    Diff(DiffArgs),
+    /// Print the text of a stored iteration (default: the latest).
+    Export(ExportArgs),
+}
+
+/// `--json`.
+#[derive(Args, Clone, Debug)]
+pub struct JsonArg {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A stored plan's name and `--json`.
+#[derive(Args, Clone, Debug)]
+pub struct PlanArg {
+    /// The plan's name.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `add PLANFILE [--force]`.
+#[derive(Args, Clone, Debug)]
+pub struct AddArgs {
+    /// The plan file (includes are expanded and stored expanded).
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: PathBuf,
+    /// If a plan of this name is stored, store this as its next iteration instead of refusing.
+    #[arg(long, short = 'f', alias = "update")]
+    pub force: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// `update PLANFILE`.
+#[derive(Args, Clone, Debug)]
+pub struct UpdateArgs {
+    /// The plan file.
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// `remove PLAN`.
+#[derive(Args, Clone, Debug)]
+pub struct RemoveArgs {
+    /// The plan's name.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// Keep the dopi and dopv state, for a plan added again under this name.
+    #[arg(long, alias = "keep_state")]
+    pub keep_state: bool,
+    /// Remove even though dopv still has deployed nodes of the plan (they are forgotten, not
+    /// undeployed).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `diff PLAN [--from N] [--to M]`.
+#[derive(Args, Clone, Debug)]
+pub struct DiffArgs {
+    /// The plan's name.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// The older iteration [default: the one before --to].
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// The newer iteration [default: the latest].
+    #[arg(long, value_name = "M")]
+    pub to: Option<u64>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `export PLAN [--version N]`.
+#[derive(Args, Clone, Debug)]
+pub struct ExportArgs {
+    /// The plan's name.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// The iteration [default: the latest].
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+}
+
+/// `show PLAN`: the plan and its dopi state.
+#[derive(Args, Clone, Debug)]
+pub struct ShowArgs {
+    /// The plan's name.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// `import-store DIR`: plans and state of an original DOP store.
+#[derive(Args, Clone, Debug)]
+pub struct ImportArgs {
+    /// The original store directory (its plan_store_dir, e.g. /var/lib/dop/cache).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lookup: LookupArgs,
+}
+
+/// Output streams of a command.
+pub struct Io<'a> {
+    /// Data: the command's result.
+    pub out: &'a mut dyn Write,
+    /// Findings and messages.
+    pub err: &'a mut dyn Write,
+}
+
+fn fail(io: &mut Io<'_>, e: &StoreError) -> u8 {
+    let _ = writeln!(io.err, "error: {e}");
+    match e {
+        StoreError::Locked { .. } | StoreError::Busy { .. } => EXIT_LOCKED,
+        _ => EXIT_FAILURE,
+    }
+}
+
+fn json_out(io: &mut Io<'_>, value: &serde_json::Value) {
+    let _ = serde_json::to_writer_pretty(&mut *io.out, value);
+    let _ = writeln!(io.out);
+}
+
+fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {
+    Store::open(&config.store_dir).map_err(|e| fail(io, &e))
+}
+
+/// Runs a plan command; returns the exit status.
+pub fn run(command: &PlanCommand, config: &Config, io: &mut Io<'_>) -> u8 {
+    let store = match open(config, io) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
+    let result = match command {
+        PlanCommand::Add(a) => store_plan(
+            &store,
+            config,
+            io,
+            &a.plan_file,
+            &a.lookup,
+            a.json,
+            Some(a.force),
+        ),
+        PlanCommand::Update(u) => {
+            store_plan(&store, config, io, &u.plan_file, &u.lookup, u.json, None)
+        }
+        PlanCommand::List(a) => list(&store, io, a.json),
+        PlanCommand::Remove(r) => store.remove(&r.plan, r.keep_state, r.force).map(|()| {
+            let kept = if r.keep_state {
+                " (its state is kept)"
+            } else {
+                ""
+            };
+            let _ = writeln!(io.out, "removed plan '{}'{kept}", r.plan);
+            EXIT_OK
+        }),
+        PlanCommand::Versions(v) => versions(&store, io, &v.plan, v.json),
+        PlanCommand::Diff(d) => diff(&store, io, d),
+        PlanCommand::Export(e) => store.iteration(&e.plan, e.version).map(|it| {
+            let _ = io.out.write_all(it.text.as_bytes());
+            EXIT_OK
+        }),
+    };
+    result.unwrap_or_else(|e| fail(io, &e))
+}
+
+fn store_plan(
+    store: &Store,
+    config: &Config,
+    io: &mut Io<'_>,
+    file: &std::path::Path,
+    lookup: &LookupArgs,
+    json: bool,
+    add: Option<bool>,
+) -> Result<u8, StoreError> {
+    let loaded = load_file(file, &lookup.settings(config));
+    for d in &loaded.diagnostics {
+        let _ = writeln!(io.err, "{d}\n");
+    }
+    let (Some(plan), Some(expanded)) = (&loaded.plan, &loaded.expanded) else {
+        return Err(StoreError::InvalidPlan {
+            errors: loaded.errors().count(),
+        });
+    };
+    let stored = match add {
+        Some(force) => store.add(&expanded.text, plan, Some(file), force)?,
+        None => store.update(&expanded.text, plan, Some(file))?,
+    };
+    let (status, info) = match &stored {
+        Stored::New(info) if info.number == 1 => ("added", info),
+        Stored::New(info) => ("updated", info),
+        Stored::Unchanged(info) => ("unchanged", info),
+    };
+    let diff = match &stored {
+        Stored::New(info) if info.number > 1 => Some(store.diff(&plan.name, None, None)?.2),
+        _ => None,
+    };
+    if json {
+        json_out(
+            io,
+            &json!({ "plan": plan.name, "status": status, "iteration": info, "diff": diff }),
+        );
+        return Ok(EXIT_OK);
+    }
+    let _ = match status {
+        "added" => writeln!(
+            io.out,
+            "added plan '{}' as iteration 1 ({} node{})",
+            plan.name,
+            info.nodes,
+            if info.nodes == 1 { "" } else { "s" }
+        ),
+        "updated" => writeln!(
+            io.out,
+            "updated plan '{}' to iteration {}:",
+            plan.name, info.number
+        ),
+        _ => writeln!(
+            io.out,
+            "plan '{}' is unchanged (iteration {})",
+            plan.name, info.number
+        ),
+    };
+    if let Some(diff) = diff {
+        let _ = write!(io.out, "{diff}");
+    }
+    Ok(EXIT_OK)
+}
+
+fn list(store: &Store, io: &mut Io<'_>, json: bool) -> Result<u8, StoreError> {
+    let plans = store.list()?;
+    let locks: Vec<Option<crate::lock::Holder>> =
+        plans.iter().map(|p| store.lock_holder(&p.name)).collect();
+    if json {
+        let rows: Vec<_> = plans
+            .iter()
+            .zip(&locks)
+            .map(|(p, l)| {
+                json!({
+                    "name": p.name, "latest": p.latest, "nodes": p.nodes.len(),
+                    "created": rfc3339(p.created_ms), "updated": rfc3339(p.updated_ms), "locked_by": l,
+                })
+            })
+            .collect();
+        json_out(io, &serde_json::Value::Array(rows));
+        return Ok(EXIT_OK);
+    }
+    if plans.is_empty() {
+        let _ = writeln!(io.err, "no plans in {}", store.root().display());
+        return Ok(EXIT_OK);
+    }
+    let width = plans.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        io.out,
+        "{:width$}  ITERATION  NODES  UPDATED               LOCKED BY",
+        "PLAN"
+    );
+    for (p, l) in plans.iter().zip(&locks) {
+        let locked = l.as_ref().map_or("-".to_string(), ToString::to_string);
+        let _ = writeln!(
+            io.out,
+            "{:width$}  {:>9}  {:>5}  {}  {locked}",
+            p.name,
+            p.latest,
+            p.nodes.len(),
+            rfc3339(p.updated_ms)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn versions(store: &Store, io: &mut Io<'_>, plan: &str, json: bool) -> Result<u8, StoreError> {
+    let versions = store.versions(plan)?;
+    if json {
+        json_out(io, &serde_json::to_value(&versions).unwrap_or_default());
+        return Ok(EXIT_OK);
+    }
+    let _ = writeln!(
+        io.out,
+        "ITERATION  STORED                HASH          NODES  STEPS  SOURCE"
+    );
+    for v in versions {
+        let _ = writeln!(
+            io.out,
+            "{:>9}  {}  {}  {:>5}  {:>5}  {}",
+            v.number,
+            rfc3339(v.time_ms),
+            &v.hash[..12.min(v.hash.len())],
+            v.nodes,
+            v.steps,
+            v.source.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn diff(store: &Store, io: &mut Io<'_>, d: &DiffArgs) -> Result<u8, StoreError> {
+    let (from, to, diff) = store.diff(&d.plan, d.from, d.to)?;
+    if d.json {
+        json_out(
+            io,
+            &json!({ "plan": d.plan, "from": from, "to": to, "diff": diff }),
+        );
+    } else {
+        let _ = writeln!(io.out, "plan '{}': iteration {from} -> {to}", d.plan);
+        let _ = write!(io.out, "{diff}");
+    }
+    Ok(EXIT_OK)
+}
+
+/// Runs `show`: the plan's latest iteration, who holds it, and the dopi state of every step.
+pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
+    let store = match open(config, io) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
+    let result = (|| {
+        let iteration = store.iteration(&args.plan, None)?;
+        let state = store.state(&args.plan, App::Dopi)?;
+        let holder = store.lock_holder(&args.plan);
+        let plan = &iteration.plan;
+        let settings = args.lookup.settings(config);
+        let resolver = Resolver::new(plan, &settings);
+        let mut sets = Vec::new();
+        for set in &plan.step_sets {
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut steps = Vec::new();
+            for step in &set.steps {
+                let n = seen.entry(step.name.as_str()).or_insert(0);
+                *n += 1;
+                let key = if *n == 1 {
+                    step.name.clone()
+                } else {
+                    format!("{}#{n}", step.name)
+                };
+                let nodes: BTreeMap<String, String> = step
+                    .filter
+                    .select(&resolver)
+                    .nodes
+                    .iter()
+                    .map(|&i| {
+                        let node = resolver.name(i);
+                        let record = state.records.get(&format!("{}/{key}/{node}", set.name));
+                        let s = record.and_then(|r| r["state"].as_str()).unwrap_or("ready");
+                        (node.to_string(), s.to_string())
+                    })
+                    .collect();
+                steps.push((key, nodes));
+            }
+            sets.push((set.name.clone(), steps));
+        }
+        if args.json {
+            let step_sets: Vec<_> = sets
+                .iter()
+                .map(|(name, steps)| {
+                    let steps: Vec<_> = steps
+                        .iter()
+                        .map(|(s, nodes)| json!({"name": s, "nodes": nodes}))
+                        .collect();
+                    json!({"name": name, "steps": steps})
+                })
+                .collect();
+            json_out(
+                io,
+                &json!({
+                    "plan": plan.name, "iteration": iteration.info, "serial": state.serial,
+                    "locked_by": holder, "step_sets": step_sets,
+                }),
+            );
+            return Ok(EXIT_OK);
+        }
+        let _ = writeln!(
+            io.out,
+            "plan '{}': iteration {} stored {}, {} nodes, state serial {}",
+            plan.name,
+            iteration.info.number,
+            rfc3339(iteration.info.time_ms),
+            plan.nodes.len(),
+            state.serial
+        );
+        if let Some(h) = &holder {
+            let _ = writeln!(io.out, "locked by {h}");
+        }
+        for (name, steps) in &sets {
+            let _ = writeln!(io.out, "step set '{name}'");
+            for (i, (step, nodes)) in steps.iter().enumerate() {
+                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for s in nodes.values() {
+                    *counts.entry(s.as_str()).or_insert(0) += 1;
+                }
+                let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                let _ = writeln!(
+                    io.out,
+                    "  {}. {step}: {} node(s): {}",
+                    i + 1,
+                    nodes.len(),
+                    counts.join(", ")
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    })();
+    result.unwrap_or_else(|e| fail(io, &e))
+}
+
+/// Runs `import-store`.
+pub fn import(args: &ImportArgs, config: &Config, io: &mut Io<'_>) -> u8 {
+    let store = match open(config, io) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
+    let report = match crate::import::import_store(&store, &args.dir, &args.lookup.settings(config))
+    {
+        Ok(r) => r,
+        Err(e) => return fail(io, &e),
+    };
+    if args.json {
+        json_out(io, &serde_json::to_value(&report).unwrap_or_default());
+    } else {
+        for p in &report.plans {
+            let _ = writeln!(
+                io.out,
+                "imported plan '{}': {} iteration(s), {} dopi and {} dopv state record(s)",
+                p.name, p.iterations, p.dopi_records, p.dopv_records
+            );
+            for s in &p.skipped_versions {
+                let _ = writeln!(io.err, "warning: left out {}: {}", s.what, s.reason);
+            }
+        }
+        for s in &report.skipped {
+            let _ = writeln!(io.err, "warning: did not import {}: {}", s.what, s.reason);
+        }
+    }
+    if report.plans.is_empty() {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    }
+}

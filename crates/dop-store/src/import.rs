@@ -83,15 +83,20 @@ fn import_plan(store: &Store, plan_dir: &Path, settings: &LookupSettings) -> Res
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    // Version names are UTC stamps; before 0.9.2 they were not zero-padded, so sort by the
-    // number, not the text.
+    // Version names are a UTC stamp (14 digits) and microseconds, which before 0.9.2 were not
+    // zero-padded: sort by the stamp, then the microseconds as a number.
     versions.sort_by_key(|p| {
         let stem = p
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
-        (stem.len(), stem)
+        let (stamp, micros) = stem.split_at(stem.len().min(14));
+        (
+            stamp.to_string(),
+            micros.parse::<u64>().unwrap_or(0),
+            stem.clone(),
+        )
     });
     let mut skipped_versions = Vec::new();
     let mut valid: Vec<(String, Plan, PathBuf, Option<u64>)> = Vec::new();
