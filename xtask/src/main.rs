@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse]>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -82,14 +82,20 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn bench(which: &str) -> Result<(), String> {
-    let benches: &[&str] = match which {
-        "all" | "parse" => &["parse"],
-        other => return Err(format!("unknown benchmark '{other}'; available: parse")),
+    let benches: &[(&str, &str)] = match which {
+        "all" => &[("dop-core", "parse"), ("dop-store", "store")],
+        "parse" => &[("dop-core", "parse")],
+        "store" => &[("dop-store", "store")],
+        other => {
+            return Err(format!(
+                "unknown benchmark '{other}'; available: parse, store"
+            ))
+        }
     };
-    for name in benches {
+    for (package, name) in benches {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
-            .args(["bench", "--quiet", "-p", "dop-core", "--bench", name])
+            .args(["bench", "--quiet", "-p", package, "--bench", name])
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
