@@ -75,10 +75,45 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
             println!("     on {} node(s): {}", nodes.len(), nodes.join(", "));
         }
     }
+    store_demo(&plan_file)?;
     println!(
-        "\ndemo finished: the plan is valid and the deployment and run above are what it describes"
+        "\ndemo finished: the plan is valid, stored, and the deployment and run above are what \
+         it describes"
     );
     Ok(())
+}
+
+/// Stores the plan in a throw-away store, stores a changed iteration and shows the diff, as an
+/// operator would with `dopi add` / `dopi update` / `dopi diff`.
+fn store_demo(plan_file: &Path) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("dop-demo-store-{}", std::process::id()));
+    let result = (|| {
+        let store = dop_store::Store::open(&dir).map_err(|e| e.to_string())?;
+        let settings = LookupSettings::default();
+        let loaded = load_file(plan_file, &settings);
+        let (Some(plan), Some(expanded)) = (loaded.plan, loaded.expanded) else {
+            return Err("the demo plan is not valid".to_string());
+        };
+        store
+            .add(&expanded.text, &plan, Some(plan_file), false)
+            .map_err(|e| e.to_string())?;
+        // The next iteration: one more web node.
+        let changed_text = expanded.text.replace("range: 1..3", "range: 1..4");
+        let changed = dop_core::load_str(&changed_text, Some(plan_file), &settings)
+            .plan
+            .ok_or("the changed demo plan is not valid")?;
+        store
+            .update(&changed_text, &changed, Some(plan_file))
+            .map_err(|e| e.to_string())?;
+        let (from, to, diff) = store
+            .diff(&plan.name, None, None)
+            .map_err(|e| e.to_string())?;
+        println!("\n== dopi add + dopi update: stored iteration {from}, then {to}; what changed:");
+        print!("{diff}");
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn bench(which: &str) -> Result<(), String> {
