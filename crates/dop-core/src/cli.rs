@@ -165,8 +165,7 @@ pub fn validate(
     let failed = !loaded.is_valid() || (args.strict && loaded.warnings().next().is_some());
     let status = if failed { EXIT_FAILURE } else { EXIT_OK };
     if args.json {
-        let _ = serde_json::to_writer_pretty(&mut *out, &loaded.diagnostics);
-        let _ = writeln!(out);
+        print_json(out, &loaded.diagnostics);
         return status;
     }
     report_findings(&loaded, err);
@@ -248,8 +247,7 @@ pub fn plan_nodes(
         })
         .collect();
     if args.json {
-        let _ = serde_json::to_writer_pretty(&mut *out, &nodes);
-        let _ = writeln!(out);
+        print_json(out, &nodes);
     } else if !nodes.is_empty() {
         let wn = nodes.iter().map(|n| n.name.len()).max().unwrap_or(0).max(4);
         let wr = nodes.iter().map(|n| n.role.len()).max().unwrap_or(0).max(4);
@@ -263,10 +261,25 @@ pub fn plan_nodes(
     EXIT_OK
 }
 
-/// Loads the settings for a binary's `main`, or prints why not and gives the exit status.
-pub fn load_config(global: &GlobalArgs, err: &mut dyn Write) -> Result<Config, u8> {
-    global.load().map_err(|e| {
-        let _ = writeln!(err, "error: {e}");
-        EXIT_FAILURE
-    })
+/// Prints a value as pretty JSON and a newline: the `--json` output of every command.
+pub fn print_json(out: &mut dyn Write, value: &impl Serialize) {
+    let _ = serde_json::to_writer_pretty(&mut *out, value);
+    let _ = writeln!(out);
+}
+
+/// The body of every binary's `main`: loads the settings (or reports why not), then runs the
+/// command with standard output and standard error, and turns its status into the exit code.
+pub fn main_with(
+    global: &GlobalArgs,
+    command: impl FnOnce(&Config, &mut dyn Write, &mut dyn Write) -> u8,
+) -> std::process::ExitCode {
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let status = match global.load() {
+        Ok(config) => command(&config, &mut out, &mut err),
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            EXIT_FAILURE
+        }
+    };
+    std::process::ExitCode::from(status)
 }

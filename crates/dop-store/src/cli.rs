@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use dop_core::cli::{LookupArgs, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK};
+use dop_core::cli::{print_json, LookupArgs, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK};
 use dop_core::{load_file, Config, NodeFacts, Resolver};
 use serde_json::json;
 
@@ -171,8 +171,7 @@ fn fail(io: &mut Io<'_>, e: &StoreError) -> u8 {
 }
 
 fn json_out(io: &mut Io<'_>, value: &serde_json::Value) {
-    let _ = serde_json::to_writer_pretty(&mut *io.out, value);
-    let _ = writeln!(io.out);
+    print_json(io.out, value);
 }
 
 fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {

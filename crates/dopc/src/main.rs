@@ -1,6 +1,5 @@
 //! `dopc`: the server that queues dopv and dopi executions and serves their logs and state.
 
-use std::io;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,12 +26,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
-    let config = match cli::load_config(&cli.global, &mut err) {
-        Ok(config) => config,
-        Err(status) => return ExitCode::from(status),
-    };
-    ExitCode::from(match &cli.command {
-        Command::Validate(args) => cli::validate(args, &config, &mut out, &mut err),
+    cli::main_with(&cli.global, |config, out, err| match &cli.command {
+        Command::Validate(args) => cli::validate(args, config, out, err),
     })
 }

@@ -1,6 +1,5 @@
 //! `dopi`: runs a plan's steps on its nodes.
 
-use std::io;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -37,20 +36,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
-    let config = match cli::load_config(&cli.global, &mut err) {
-        Ok(config) => config,
-        Err(status) => return ExitCode::from(status),
-    };
-    let mut streams = Io {
-        out: &mut out,
-        err: &mut err,
-    };
-    ExitCode::from(match &cli.command {
-        Command::Validate(args) => cli::validate(args, &config, streams.out, streams.err),
-        Command::PlanNodes(args) => cli::plan_nodes(args, &config, streams.out, streams.err),
-        Command::Plan(command) => plans::run(command, &config, &mut streams),
-        Command::Show(args) => plans::show(args, &config, &mut streams),
-        Command::ImportStore(args) => plans::import(args, &config, &mut streams),
+    cli::main_with(&cli.global, |config, out, err| {
+        let mut io = Io { out, err };
+        match &cli.command {
+            Command::Validate(args) => cli::validate(args, config, io.out, io.err),
+            Command::PlanNodes(args) => cli::plan_nodes(args, config, io.out, io.err),
+            Command::Plan(command) => plans::run(command, config, &mut io),
+            Command::Show(args) => plans::show(args, config, &mut io),
+            Command::ImportStore(args) => plans::import(args, config, &mut io),
+        }
     })
 }

@@ -1,6 +1,5 @@
 //! `dopv`: makes the infrastructure match the plan.
 
-use std::io;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -30,17 +29,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
-    let config = match cli::load_config(&cli.global, &mut err) {
-        Ok(config) => config,
-        Err(status) => return ExitCode::from(status),
-    };
-    let mut streams = Io {
-        out: &mut out,
-        err: &mut err,
-    };
-    ExitCode::from(match &cli.command {
-        Command::Validate(args) => cli::validate(args, &config, streams.out, streams.err),
-        Command::Plan(command) => plans::run(command, &config, &mut streams),
+    cli::main_with(&cli.global, |config, out, err| match &cli.command {
+        Command::Validate(args) => cli::validate(args, config, out, err),
+        Command::Plan(command) => plans::run(command, config, &mut Io { out, err }),
     })
 }
