@@ -83,12 +83,19 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// Stores the plan in a throw-away store, stores a changed iteration and shows the diff, as an
-/// operator would with `dopi add` / `dopi update` / `dopi diff`.
+/// Stores the plan in a throw-away store, stores a changed iteration and shows the diff (as
+/// `dopi add` / `dopi update` would), then runs the default step set with dopi in a scratch
+/// directory and shows the resulting state; a second run shows that done work is not redone.
 fn store_demo(plan_file: &Path) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("dop-demo-store-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
     let result = (|| {
-        let store = dop_store::Store::open(&dir).map_err(|e| e.to_string())?;
+        let config = {
+            let mut c = dop_core::Config::defaults(&dop_core::Environment::default());
+            c.store_dir = dir.join("store");
+            c.log_dir = dir.join("logs");
+            c
+        };
+        let store = dop_store::Store::open(&config.store_dir).map_err(|e| e.to_string())?;
         let settings = LookupSettings::default();
         let loaded = load_file(plan_file, &settings);
         let (Some(plan), Some(expanded)) = (loaded.plan, loaded.expanded) else {
@@ -110,6 +117,57 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         println!("\n== dopi add + dopi update: stored iteration {from}, then {to}; what changed:");
         print!("{diff}");
+
+        // The commands write below the working directory: run them in the scratch directory.
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let previous = std::env::current_dir().map_err(|e| e.to_string())?;
+        std::env::set_current_dir(&work).map_err(|e| e.to_string())?;
+        let opts = dopi::RunOptions {
+            step_set: "default".into(),
+            filter: dop_core::NodeFilter::from_flags(&dop_core::FilterFlags::default())
+                .map_err(|e| e.to_string())?,
+            noop: false,
+            settings: settings.clone(),
+            log_dir: config.log_dir.clone(),
+            echo: true,
+            handle_signals: false,
+        };
+        let store = std::sync::Arc::new(store);
+        println!("\n== dopi run {} (step set 'default')", plan.name);
+        let first = dopi::run(store.clone(), &plan.name, &opts, &dopi::Registry::local());
+        println!("\n== dopi run {} again: done work is not redone", plan.name);
+        let second = dopi::run(store.clone(), &plan.name, &opts, &dopi::Registry::local());
+        std::env::set_current_dir(previous).map_err(|e| e.to_string())?;
+        let first = first.map_err(|e| e.to_string())?;
+        second.map_err(|e| e.to_string())?;
+        if first.result != dopi::RunResult::Done {
+            return Err(format!("the demo run did not finish: {:?}", first.result));
+        }
+        let page = std::fs::read_to_string(work.join("demo-nodes/web04.demo.local/srv/index.html"))
+            .map_err(|e| format!("the run did not write web04's page: {e}"))?;
+        println!("\n== web04.demo.local/srv/index.html: {}", page.trim());
+        println!("\n== dopi show {}", plan.name);
+        let show = dopi::cli::ShowArgs {
+            plan: plan.name.clone(),
+            stepset: None,
+            json: false,
+            detailed: false,
+            watch: false,
+            lookup: Default::default(),
+        };
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        let status = dopi::cli::show(
+            &show,
+            &config,
+            &mut dop_store::cli::Io {
+                out: &mut out,
+                err: &mut err,
+            },
+        );
+        if status != 0 {
+            return Err("dopi show failed".into());
+        }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -82,6 +82,16 @@ pub struct GlobalArgs {
         alias = "plan_store_dir"
     )]
     pub store_dir: Option<PathBuf>,
+    /// Where execution logs go [default: /var/log/dop for root, else ~/.local/state/dop/log].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "DOP_LOG_DIR",
+        hide_env_values = true,
+        alias = "log_dir"
+    )]
+    pub log_dir: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -90,6 +100,9 @@ impl GlobalArgs {
         let mut config = Config::load(&Environment::of_process(), self.config.as_deref())?;
         if let Some(dir) = &self.store_dir {
             config.store_dir.clone_from(dir);
+        }
+        if let Some(dir) = &self.log_dir {
+            config.log_dir.clone_from(dir);
         }
         Ok(config)
     }
@@ -161,7 +174,22 @@ pub fn validate(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let loaded = load_file(&args.plan_file, &args.lookup.settings(config));
+    validate_with(args, config, &|_| Vec::new(), out, err)
+}
+
+/// A tool's own checks of a valid plan (dopi: plugins and their parameters), as findings.
+pub type PlanCheck<'a> = &'a dyn Fn(&crate::Plan) -> Vec<crate::Diagnostic>;
+
+/// Runs `validate` with a tool's own checks added to the plan's.
+pub fn validate_with(
+    args: &ValidateArgs,
+    config: &Config,
+    check: PlanCheck<'_>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let mut loaded = load_file(&args.plan_file, &args.lookup.settings(config));
+    add_checks(&mut loaded, &args.plan_file, check);
     let failed = !loaded.is_valid() || (args.strict && loaded.warnings().next().is_some());
     let status = if failed { EXIT_FAILURE } else { EXIT_OK };
     if args.json {
@@ -186,6 +214,20 @@ pub fn validate(
         }
     }
     status
+}
+
+/// Adds a tool's findings about a valid plan; errors among them make it invalid.
+pub fn add_checks(loaded: &mut Loaded, file: &std::path::Path, check: PlanCheck<'_>) {
+    let Some(plan) = &loaded.plan else { return };
+    let mut found = check(plan);
+    for d in &mut found {
+        d.file.get_or_insert_with(|| file.to_path_buf());
+    }
+    if found.iter().any(crate::Diagnostic::is_error) {
+        loaded.plan = None;
+    }
+    loaded.diagnostics.extend(found);
+    loaded.diagnostics.sort_by_key(|d| d.severity);
 }
 
 /// Writes every finding, one blank line apart.
@@ -273,7 +315,8 @@ pub fn main_with(
     global: &GlobalArgs,
     command: impl FnOnce(&Config, &mut dyn Write, &mut dyn Write) -> u8,
 ) -> std::process::ExitCode {
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    // Not locked for the whole run: other threads (progress lines) write to stderr too.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let status = match global.load() {
         Ok(config) => command(&config, &mut out, &mut err),
         Err(e) => {

@@ -1,17 +1,18 @@
 //! The plan commands, one implementation for every tool: `add`, `update`, `list`, `remove`,
-//! `versions`, `diff`, `export`, and dopi's `show` and `import-store`.
+//! `versions`, `diff`, `export`, and `import-store`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use dop_core::cli::{print_json, LookupArgs, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK};
-use dop_core::{load_file, Config, NodeFacts, Resolver};
+use dop_core::cli::{
+    add_checks, print_json, LookupArgs, PlanCheck, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK,
+};
+use dop_core::{load_file, Config};
 use serde_json::json;
 
 use crate::error::StoreError;
-use crate::store::{App, Store, Stored};
+use crate::store::{Store, Stored};
 use crate::time::rfc3339;
 
 /// The commands that manage stored plans.
@@ -126,20 +127,6 @@ pub struct ExportArgs {
     pub version: Option<u64>,
 }
 
-/// `show PLAN`: the plan and its dopi state.
-#[derive(Args, Clone, Debug)]
-pub struct ShowArgs {
-    /// The plan's name.
-    #[arg(value_name = "PLAN")]
-    pub plan: String,
-    /// Print JSON for scripts.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub lookup: LookupArgs,
-}
-
 /// `import-store DIR`: plans and state of an original DOP store.
 #[derive(Args, Clone, Debug)]
 pub struct ImportArgs {
@@ -162,7 +149,8 @@ pub struct Io<'a> {
     pub err: &'a mut dyn Write,
 }
 
-fn fail(io: &mut Io<'_>, e: &StoreError) -> u8 {
+/// Reports a store error and gives its exit status (3 for a locked plan or busy store).
+pub fn fail(io: &mut Io<'_>, e: &StoreError) -> u8 {
     let _ = writeln!(io.err, "error: {e}");
     match e {
         StoreError::Locked { .. } | StoreError::Busy { .. } => EXIT_LOCKED,
@@ -174,12 +162,14 @@ fn json_out(io: &mut Io<'_>, value: &serde_json::Value) {
     print_json(io.out, value);
 }
 
-fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {
+/// Opens the configured store, or reports why not.
+pub fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {
     Store::open(&config.store_dir).map_err(|e| fail(io, &e))
 }
 
-/// Runs a plan command; returns the exit status.
-pub fn run(command: &PlanCommand, config: &Config, io: &mut Io<'_>) -> u8 {
+/// Runs a plan command; returns the exit status. `check` adds the tool's own checks of a plan
+/// before it is stored (dopi: its plugins).
+pub fn run(command: &PlanCommand, config: &Config, check: PlanCheck<'_>, io: &mut Io<'_>) -> u8 {
     let store = match open(config, io) {
         Ok(s) => s,
         Err(status) => return status,
@@ -188,15 +178,23 @@ pub fn run(command: &PlanCommand, config: &Config, io: &mut Io<'_>) -> u8 {
         PlanCommand::Add(a) => store_plan(
             &store,
             config,
+            check,
             io,
             &a.plan_file,
             &a.lookup,
             a.json,
             Some(a.force),
         ),
-        PlanCommand::Update(u) => {
-            store_plan(&store, config, io, &u.plan_file, &u.lookup, u.json, None)
-        }
+        PlanCommand::Update(u) => store_plan(
+            &store,
+            config,
+            check,
+            io,
+            &u.plan_file,
+            &u.lookup,
+            u.json,
+            None,
+        ),
         PlanCommand::List(a) => list(&store, io, a.json),
         PlanCommand::Remove(r) => store.remove(&r.plan, r.keep_state, r.force).map(|()| {
             let kept = if r.keep_state {
@@ -217,16 +215,19 @@ pub fn run(command: &PlanCommand, config: &Config, io: &mut Io<'_>) -> u8 {
     result.unwrap_or_else(|e| fail(io, &e))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn store_plan(
     store: &Store,
     config: &Config,
+    check: PlanCheck<'_>,
     io: &mut Io<'_>,
     file: &std::path::Path,
     lookup: &LookupArgs,
     json: bool,
     add: Option<bool>,
 ) -> Result<u8, StoreError> {
-    let loaded = load_file(file, &lookup.settings(config));
+    let mut loaded = load_file(file, &lookup.settings(config));
+    add_checks(&mut loaded, file, check);
     for d in &loaded.diagnostics {
         let _ = writeln!(io.err, "{d}\n");
     }
@@ -359,101 +360,6 @@ fn diff(store: &Store, io: &mut Io<'_>, d: &DiffArgs) -> Result<u8, StoreError> 
         let _ = write!(io.out, "{diff}");
     }
     Ok(EXIT_OK)
-}
-
-/// Runs `show`: the plan's latest iteration, who holds it, and the dopi state of every step.
-pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
-    let store = match open(config, io) {
-        Ok(s) => s,
-        Err(status) => return status,
-    };
-    let result = (|| {
-        let iteration = store.iteration(&args.plan, None)?;
-        let state = store.state(&args.plan, App::Dopi)?;
-        let holder = store.lock_holder(&args.plan);
-        let plan = &iteration.plan;
-        let settings = args.lookup.settings(config);
-        let resolver = Resolver::new(plan, &settings);
-        let mut sets = Vec::new();
-        for set in &plan.step_sets {
-            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-            let mut steps = Vec::new();
-            for step in &set.steps {
-                let n = seen.entry(step.name.as_str()).or_insert(0);
-                *n += 1;
-                let key = if *n == 1 {
-                    step.name.clone()
-                } else {
-                    format!("{}#{n}", step.name)
-                };
-                let nodes: BTreeMap<String, String> = step
-                    .filter
-                    .select(&resolver)
-                    .nodes
-                    .iter()
-                    .map(|&i| {
-                        let node = resolver.name(i);
-                        let record = state.records.get(&format!("{}/{key}/{node}", set.name));
-                        let s = record.and_then(|r| r["state"].as_str()).unwrap_or("ready");
-                        (node.to_string(), s.to_string())
-                    })
-                    .collect();
-                steps.push((key, nodes));
-            }
-            sets.push((set.name.clone(), steps));
-        }
-        if args.json {
-            let step_sets: Vec<_> = sets
-                .iter()
-                .map(|(name, steps)| {
-                    let steps: Vec<_> = steps
-                        .iter()
-                        .map(|(s, nodes)| json!({"name": s, "nodes": nodes}))
-                        .collect();
-                    json!({"name": name, "steps": steps})
-                })
-                .collect();
-            json_out(
-                io,
-                &json!({
-                    "plan": plan.name, "iteration": iteration.info, "serial": state.serial,
-                    "locked_by": holder, "step_sets": step_sets,
-                }),
-            );
-            return Ok(EXIT_OK);
-        }
-        let _ = writeln!(
-            io.out,
-            "plan '{}': iteration {} stored {}, {} nodes, state serial {}",
-            plan.name,
-            iteration.info.number,
-            rfc3339(iteration.info.time_ms),
-            plan.nodes.len(),
-            state.serial
-        );
-        if let Some(h) = &holder {
-            let _ = writeln!(io.out, "locked by {h}");
-        }
-        for (name, steps) in &sets {
-            let _ = writeln!(io.out, "step set '{name}'");
-            for (i, (step, nodes)) in steps.iter().enumerate() {
-                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-                for s in nodes.values() {
-                    *counts.entry(s.as_str()).or_insert(0) += 1;
-                }
-                let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-                let _ = writeln!(
-                    io.out,
-                    "  {}. {step}: {} node(s): {}",
-                    i + 1,
-                    nodes.len(),
-                    counts.join(", ")
-                );
-            }
-        }
-        Ok(EXIT_OK)
-    })();
-    result.unwrap_or_else(|e| fail(io, &e))
 }
 
 /// Runs `import-store`.

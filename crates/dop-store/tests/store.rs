@@ -128,14 +128,24 @@ fn child_process() {
             }
             Err(e) => say(format!("refused {e}")),
         },
-        // Tries to take the lock of plan `arg`, holds it a moment, reports.
-        "racer" => match store.lock(&arg, "racer") {
-            Ok(_lock) => {
-                std::thread::sleep(Duration::from_millis(400));
-                say("won".into());
+        // Waits for `go`, tries to take the lock of plan `arg`, reports, and holds a won lock
+        // until `release` appears (bounded), so the race does not depend on timing.
+        "racer" => {
+            let wait_for = |name: &str| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while !dir.join(name).exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            wait_for("go");
+            match store.lock(&arg, "racer") {
+                Ok(_lock) => {
+                    say("won".into());
+                    wait_for("release");
+                }
+                Err(e) => say(format!("refused {e}")),
             }
-            Err(e) => say(format!("refused {e}")),
-        },
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -356,6 +366,7 @@ fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
     let mut racers: Vec<Helper> = (0..2)
         .map(|_| Helper::spawn("racer", dir.path(), "same"))
         .collect();
+    std::fs::write(dir.path().join("go"), "").unwrap();
     let mut results: Vec<String> = racers
         .iter_mut()
         .map(|c| c.read(|_| true).pop().unwrap_or_default())
@@ -367,6 +378,12 @@ fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
         "{results:?}"
     );
 
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    drop(racers);
+
+    // Two plans: both racers hold their lock at the same time (neither releases before both
+    // reported).
+    std::fs::remove_file(dir.path().join("release")).unwrap();
     let mut racers: Vec<Helper> = ["one", "two"]
         .iter()
         .map(|p| Helper::spawn("racer", dir.path(), p))
@@ -374,6 +391,7 @@ fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
     for r in &mut racers {
         assert_eq!(r.read(|_| true), ["won"]);
     }
+    std::fs::write(dir.path().join("release"), "").unwrap();
 }
 
 // ---- durability ------------------------------------------------------------------------------

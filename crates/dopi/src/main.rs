@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dop_core::cli::{self, PlanNodesArgs, ValidateArgs};
-use dop_store::cli::{self as plans, ImportArgs, Io, PlanCommand, ShowArgs};
+use dop_store::cli::{self as plans, ImportArgs, Io, PlanCommand};
+use dopi::cli::{self as runs, plugin_check, ResetArgs, RunArgs, ShowArgs};
 
 /// Run a plan's steps on its nodes: commands, files, reboots and Puppet runs over SSH, with
 /// canaries, concurrency limits and resumable state.
@@ -17,18 +18,24 @@ struct Cli {
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage \
-                          error, 3 plan locked by another process.";
+const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command or run, 2 \
+                          usage error, 3 plan locked by another process, 4 run stopped by a \
+                          signal (run again to continue).";
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a plan file and report every problem at once (file, plan path, line).
+    /// Check a plan file and report every problem at once (file, plan path, line), plugins
+    /// and their parameters included.
     Validate(ValidateArgs),
     /// List the nodes that node-selection flags pick from a plan, without running anything.
     PlanNodes(PlanNodesArgs),
     #[command(flatten)]
     Plan(PlanCommand),
-    /// Show a stored plan and the dopi state of each step (works while a run holds the plan).
+    /// Run a step set of a stored plan; done work is never redone.
+    Run(RunArgs),
+    /// Put failed (with --force: all) work back to ready, by step set, step and node.
+    Reset(ResetArgs),
+    /// Show a stored plan and the state of every step and node (works while a run holds it).
     Show(ShowArgs),
     /// Import the plans, history and state of an original DOP plan store.
     ImportStore(ImportArgs),
@@ -39,10 +46,14 @@ fn main() -> ExitCode {
     cli::main_with(&cli.global, |config, out, err| {
         let mut io = Io { out, err };
         match &cli.command {
-            Command::Validate(args) => cli::validate(args, config, io.out, io.err),
+            Command::Validate(args) => {
+                cli::validate_with(args, config, &plugin_check, io.out, io.err)
+            }
             Command::PlanNodes(args) => cli::plan_nodes(args, config, io.out, io.err),
-            Command::Plan(command) => plans::run(command, config, &mut io),
-            Command::Show(args) => plans::show(args, config, &mut io),
+            Command::Plan(command) => plans::run(command, config, &plugin_check, &mut io),
+            Command::Run(args) => runs::run(args, config, &mut io),
+            Command::Reset(args) => runs::reset(args, config, &mut io),
+            Command::Show(args) => runs::show(args, config, &mut io),
             Command::ImportStore(args) => plans::import(args, config, &mut io),
         }
     })

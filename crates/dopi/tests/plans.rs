@@ -147,7 +147,7 @@ fn show_works_while_another_process_holds_the_plan() {
             &lock,
             App::Dopi,
             &[(
-                "default/wait for the nodes/db01.demo.local".into(),
+                "default/prepare the nodes/db01.demo.local".into(),
                 Some(serde_json::json!({"state": "done"})),
             )],
             None,
@@ -163,7 +163,7 @@ fn show_works_while_another_process_holds_the_plan() {
         "{shown}"
     );
     assert!(
-        shown.contains("  1. wait for the nodes: 4 node(s): 1 done, 3 ready"),
+        shown.contains("  [ready] 1. prepare the nodes: 4 node(s): 1 done, 3 ready"),
         "{shown}"
     );
 
@@ -243,8 +243,8 @@ fn import_of_an_original_store() {
     let out = dopi(store_dir, &["show", "simple_plan", "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = &shown["step_sets"][0]["steps"][0]["nodes"];
-    assert_eq!(nodes["linux01.example.com"], "done");
-    assert_eq!(nodes["linux02.example.com"], "failed");
+    assert_eq!(nodes["linux01.example.com"]["state"], "done");
+    assert_eq!(nodes["linux02.example.com"]["state"], "failed");
     let dopv = Store::open(store_dir)
         .unwrap()
         .state("simple_plan", App::Dopv)

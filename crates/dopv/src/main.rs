@@ -31,6 +31,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::main_with(&cli.global, |config, out, err| match &cli.command {
         Command::Validate(args) => cli::validate(args, config, out, err),
-        Command::Plan(command) => plans::run(command, config, &mut Io { out, err }),
+        Command::Plan(command) => {
+            plans::run(command, config, &|_| Vec::new(), &mut Io { out, err })
+        }
     })
 }

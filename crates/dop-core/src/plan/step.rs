@@ -14,6 +14,10 @@ use crate::yaml::{Value, Yaml};
 pub struct StepSet {
     /// The step set's name.
     pub name: String,
+    /// The plan wrote `steps` as a plain list (this set is `default`); plan paths then read
+    /// `steps[2]` rather than `steps.default[2]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
     /// Its steps, in order.
     pub steps: Vec<Step>,
 }
@@ -103,6 +107,10 @@ pub(crate) fn parse_step_sets(c: &mut Collector<'_>, v: &Yaml) -> Vec<StepSet> {
     match &v.value {
         Value::Null => Vec::new(),
         Value::Seq(_) => parse_step_set(c, "default", v, "steps")
+            .map(|mut set| {
+                set.implicit = true;
+                set
+            })
             .into_iter()
             .collect(),
         Value::Map(entries) => {
@@ -183,6 +191,7 @@ fn parse_step_set(c: &mut Collector<'_>, name: &str, v: &Yaml, path: &str) -> Op
     }
     (c.error_count() == errors).then(|| StepSet {
         name: name.to_string(),
+        implicit: false,
         steps,
     })
 }

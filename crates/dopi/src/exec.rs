@@ -1,0 +1,196 @@
+//! Running a local program for a command: its own process group, a clean environment, a
+//! timeout, escalation on signals, and output read in bounded pieces so that a command printing
+//! megabytes (or binary) neither blocks the run nor fills memory.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// What the run asks of running commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Carry on.
+    #[default]
+    No,
+    /// Start nothing new; let running commands finish (1st signal).
+    Graceful,
+    /// Terminate running commands' process groups (2nd signal).
+    Terminate,
+    /// Kill them (3rd signal).
+    Kill,
+}
+
+/// The `PATH` commands run with, as in the original.
+pub const EXEC_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Lines of output kept for the state record.
+pub const TAIL_LINES: usize = 20;
+/// Longest line kept whole; longer lines are split (and binary output is shown lossily).
+pub const MAX_LINE: usize = 8 * 1024;
+/// How long a terminated command gets before it is killed.
+pub const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Which stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Its exit status (`None` when a signal ended it).
+    pub exit_status: Option<i32>,
+    /// It ran past its timeout and was stopped.
+    pub timed_out: bool,
+    /// A stop signal of the run ended it.
+    pub stopped: bool,
+    /// The last lines of output (both streams, in order of arrival).
+    pub tail: Vec<String>,
+}
+
+/// A program to run.
+pub struct Program<'a> {
+    /// Run through `/bin/sh -c`, like the original's command strings.
+    pub shell_command: &'a str,
+    /// Variables on top of `HOME` and the fixed `PATH`.
+    pub env: &'a [(String, String)],
+    /// Stopped (terminated, then killed) after this long.
+    pub timeout: Duration,
+}
+
+fn signal_group(pid: Option<u32>, signal: i32) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: killpg only sends a signal; the group is the child's own (process_group(0)).
+        unsafe {
+            libc::killpg(pid, signal);
+        }
+    }
+}
+
+/// Runs the program; every output line goes to `on_line` (for logs and patterns).
+pub async fn run(
+    program: &Program<'_>,
+    mut stop: watch::Receiver<Stop>,
+    mut on_line: impl FnMut(Stream, &str) + Send,
+) -> std::io::Result<Finished> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(program.shell_command)
+        .env_clear()
+        .env("PATH", EXEC_PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(home) = std::env::var_os("HOME") {
+        cmd.env("HOME", home);
+    }
+    for (k, v) in program.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+    let mut pending = [Vec::new(), Vec::new()];
+    let (mut out_open, mut err_open) = (true, true);
+    let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let deadline = tokio::time::sleep(program.timeout);
+    tokio::pin!(deadline);
+    let (mut timed_out, mut stopped) = (false, false);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+
+    let mut emit = |stream: Stream, bytes: &[u8], tail: &mut VecDeque<String>| {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.trim_end_matches(['\r', '\n']);
+        on_line(stream, line);
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.chars().take(512).collect());
+    };
+    let mut take_lines = |which: usize,
+                          stream: Stream,
+                          data: &[u8],
+                          pending: &mut [Vec<u8>; 2],
+                          tail: &mut VecDeque<String>| {
+        pending[which].extend_from_slice(data);
+        while let Some(at) = pending[which].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending[which].drain(..=at).collect();
+            emit(stream, &line, tail);
+        }
+        while pending[which].len() >= MAX_LINE {
+            let piece: Vec<u8> = pending[which].drain(..MAX_LINE).collect();
+            emit(stream, &piece, tail);
+        }
+    };
+
+    let status = loop {
+        let kill_sleep = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = stdout.read(&mut buf_out), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => take_lines(0, Stream::Stdout, &buf_out[..n], &mut pending, &mut tail),
+            },
+            n = stderr.read(&mut buf_err), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => take_lines(1, Stream::Stderr, &buf_err[..n], &mut pending, &mut tail),
+            },
+            status = child.wait(), if !out_open && !err_open => break status?,
+            () = &mut deadline, if !timed_out => {
+                timed_out = true;
+                signal_group(pid, libc::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + TERMINATE_GRACE);
+            }
+            () = kill_sleep => {
+                signal_group(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // The run went away: nobody will ask again; keep going until the end.
+                    continue;
+                }
+                match *stop.borrow() {
+                    Stop::Terminate => {
+                        stopped = true;
+                        signal_group(pid, libc::SIGTERM);
+                    }
+                    Stop::Kill => {
+                        stopped = true;
+                        signal_group(pid, libc::SIGKILL);
+                    }
+                    Stop::No | Stop::Graceful => {}
+                }
+            }
+        }
+    };
+    for (which, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+        if !pending[which].is_empty() {
+            let rest = std::mem::take(&mut pending[which]);
+            emit(stream, &rest, &mut tail);
+        }
+    }
+    // Whatever the shell left behind in its group goes too.
+    signal_group(pid, libc::SIGKILL);
+    Ok(Finished {
+        exit_status: status.code(),
+        timed_out,
+        stopped,
+        tail: tail.into_iter().collect(),
+    })
+}

@@ -1,0 +1,32 @@
+//! dopi: runs a plan's steps on its nodes.
+//!
+//! [`run`] executes a step set of a stored plan: steps in order; within a step the selected
+//! nodes' commands concurrently under `max_in_flight` and `max_per_role`, after a canary node
+//! when `canary_host` is set. Every state transition is written to the plan store
+//! ([`dop_store`]) before the run goes on, so a run that is killed resumes where it stopped:
+//! done work is never redone, and work found `running` by the next run is put back to ready.
+//! [`reset`] puts failed (or all) work back to ready, by step set, step and node.
+//!
+//! Commands are run by [`Plugin`]s from a [`Registry`]; the local ones are `custom` (a program
+//! on the dopi host, per node), `dummy` and `noop`. Each execution writes
+//! `<log_dir>/<plan>/<execution_id>/all.log`, one log per node, and `events.jsonl`.
+#![deny(missing_docs)]
+
+pub mod cli;
+mod engine;
+pub mod exec;
+mod logs;
+mod plugin;
+pub mod plugins;
+mod reset;
+mod state;
+
+pub use engine::{
+    check_commands, run, RunError, RunOptions, RunReport, RunResult, DEFAULT_MAX_IN_FLIGHT,
+};
+pub use logs::{Event, ExecutionLog, NodeLog};
+pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Registry};
+pub use reset::{reset, ResetError, ResetOptions};
+pub use state::{
+    record_key, step_hash, step_keys, CommandState, NodeStepState, PlanState, RunState,
+};

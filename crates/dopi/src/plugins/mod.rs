@@ -1,0 +1,4 @@
+//! The plugins that run on the dopi host.
+
+pub mod custom;
+pub mod dummy;

@@ -1,0 +1,618 @@
+//! `dopi run`, `reset` and `show` as processes on real stores: limits, canary, failure and
+//! resume, signals, SIGKILL and resume, timeouts, reset combinations.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary world: store, logs, a work directory the plan's commands write into.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let w = World {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(w.work()).unwrap();
+        w
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn work(&self) -> PathBuf {
+        self.path().join("work")
+    }
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dopi"));
+        c.env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", self.path().join("store"))
+            .env("DOP_LOG_DIR", self.path().join("logs"))
+            .args(args);
+        c
+    }
+    fn dopi(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+    /// Writes a plan (with `WORK` replaced by the work directory) and adds it.
+    fn add(&self, name: &str, text: &str) {
+        let file = self.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text.replace("WORK", self.work().to_str().unwrap())).unwrap();
+        let out = self.dopi(&["add", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    }
+    fn show_json(&self, plan: &str) -> serde_json::Value {
+        let out = self.dopi(&["show", plan, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+    /// How many lines a file in the work directory has (0 when missing).
+    fn lines(&self, file: &str) -> Vec<String> {
+        std::fs::read_to_string(self.work().join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The state of `node` in step `step` (by position) of the first step set in `show --json`.
+fn node_state(show: &serde_json::Value, step: usize, node: &str) -> String {
+    show["step_sets"][0]["steps"][step]["nodes"][node]["state"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// A command that records how many commands run at once (`peak` file), per role too.
+const TRACK: &str = r#"mkdir -p WORK/running WORK/role-$ROLE; touch WORK/running/$DOP_NODE_NAME WORK/role-$ROLE/$DOP_NODE_NAME; ls WORK/running | wc -l >> WORK/peak; ls WORK/role-$ROLE | wc -l >> WORK/peak-$ROLE; sleep 0.4; rm WORK/running/$DOP_NODE_NAME WORK/role-$ROLE/$DOP_NODE_NAME"#;
+
+fn peak(w: &World, file: &str) -> usize {
+    w.lines(file)
+        .iter()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn max_in_flight_and_max_per_role_limit_concurrency() {
+    let w = World::new();
+    let plan = format!(
+        "name: limits
+infrastructures: {{lab: {{type: local}}}}
+nodes:
+  a{{i}}.lab: {{infrastructure: lab, range: 1..3}}
+  b{{i}}.lab: {{infrastructure: lab, range: 1..3}}
+configuration:
+  nodes:
+    a01.lab: {{role: a}}
+    a02.lab: {{role: a}}
+    a03.lab: {{role: a}}
+  defaults: {{role: b}}
+steps:
+  two_at_a_time:
+    - name: track
+      nodes: all
+      max_in_flight: 2
+      command: {{plugin: custom, exec: '{TRACK}', env: {{ROLE: all}}}}
+  per_role:
+    - name: track
+      nodes: all
+      max_in_flight: -1
+      max_per_role: 1
+      command: {{plugin: custom, exec: '{TRACK}', env: {{ROLE: x}}}}
+  unlimited:
+    - name: track
+      nodes: all
+      max_in_flight: -1
+      command: {{plugin: custom, exec: '{TRACK}', env: {{ROLE: free}}}}
+"
+    );
+    w.add("limits", &plan);
+    let out = w.dopi(&["run", "limits", "--stepset", "two_at_a_time"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let two = peak(&w, "peak");
+    assert!((1..=2).contains(&two), "peak {two} with max_in_flight 2");
+    std::fs::remove_file(w.work().join("peak")).unwrap();
+
+    let out = w.dopi(&["run", "limits", "--stepset", "per_role"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    // One per role at a time: at most 2 in all (roles a and b).
+    let per_role = peak(&w, "peak");
+    assert!(
+        per_role <= 2,
+        "peak {per_role} with max_per_role 1 and two roles"
+    );
+    std::fs::remove_file(w.work().join("peak")).unwrap();
+
+    let out = w.dopi(&["run", "limits", "--stepset", "unlimited"]);
+    assert_eq!(out.status.code(), Some(0));
+    let unlimited = peak(&w, "peak");
+    eprintln!(
+        "peaks: max_in_flight 2 -> {two}, max_per_role 1 -> {per_role}, unlimited -> {unlimited}"
+    );
+    assert!(
+        unlimited > 2,
+        "all six nodes at once should overlap, saw a peak of {unlimited}"
+    );
+}
+
+#[test]
+fn a_failing_canary_keeps_the_other_nodes_from_running() {
+    let w = World::new();
+    w.add(
+        "canary",
+        "name: canary
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..4}
+steps:
+  - name: risky
+    nodes: all
+    canary_host: true
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/ran; test -e WORK/fixed'}
+  - name: after
+    nodes: all
+    command: dummy
+",
+    );
+    let out = w.dopi(&["run", "canary"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(w.lines("ran"), ["n01.lab"], "only the canary ran");
+    let show = w.show_json("canary");
+    assert_eq!(node_state(&show, 0, "n01.lab"), "failed");
+    assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
+    assert_eq!(node_state(&show, 1, "n01.lab"), "ready");
+
+    // Fix the cause, reset, run again: the canary succeeds and the rest follow.
+    std::fs::write(w.work().join("fixed"), "").unwrap();
+    assert_eq!(w.dopi(&["reset", "canary"]).status.code(), Some(0));
+    let out = w.dopi(&["run", "canary"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let ran = w.lines("ran");
+    assert_eq!(ran.len(), 5);
+    assert_eq!(ran[1], "n01.lab", "the canary goes first: {ran:?}");
+    let show = w.show_json("canary");
+    assert_eq!(show["step_sets"][0]["state"], "done");
+}
+
+#[test]
+fn a_failure_stops_the_set_after_its_step_and_a_rerun_never_redoes_done_work() {
+    let w = World::new();
+    w.add(
+        "resume",
+        "name: resume
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..3}
+steps:
+  - name: first
+    nodes: all
+    commands:
+      - {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/first-a'}
+      - {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/first-b; test $DOP_NODE_NAME != n02.lab -o -e WORK/fixed'}
+  - name: second
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/second'}
+",
+    );
+    let out = w.dopi(&["run", "resume"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text_of(&out.stdout);
+    assert!(
+        stdout.contains("failed: first: n02.lab: custom: exit status 1, expected 0"),
+        "{stdout}"
+    );
+    // The other nodes of the failing step finished; the next step did not start.
+    assert_eq!(w.lines("first-b").len(), 3);
+    assert!(w.lines("second").is_empty());
+
+    // Running a failed plan again without a reset retries only what failed.
+    std::fs::write(w.work().join("fixed"), "").unwrap();
+    let out = w.dopi(&["run", "resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    assert_eq!(w.lines("first-a").len(), 3, "done commands are not redone");
+    assert_eq!(
+        w.lines("first-b").len(),
+        4,
+        "only n02's failed command ran again"
+    );
+    assert_eq!(w.lines("second").len(), 3);
+    let show = w.show_json("resume");
+    let n02 = &show["step_sets"][0]["steps"][0]["nodes"]["n02.lab"]["commands"][1];
+    assert_eq!(
+        (n02["state"].as_str(), n02["attempts"].as_u64()),
+        (Some("done"), Some(2))
+    );
+
+    // A third run has nothing to do.
+    let out = w.dopi(&["run", "resume"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(w.lines("second").len(), 3);
+}
+
+#[test]
+fn sigkill_mid_run_then_rerun_finishes_without_redoing_done_work() {
+    let w = World::new();
+    w.add(
+        "killed",
+        "name: killed
+max_in_flight: 2
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..6}
+steps:
+  - name: slow
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/started; sleep 0.5; echo $DOP_NODE_NAME >> WORK/finished'}
+",
+    );
+    let mut run = w
+        .command(&["run", "killed", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until at least two nodes are done, then kill -9 dopi mid-run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.lines("finished").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let finished_before = w.lines("finished");
+    assert!(
+        finished_before.len() >= 2 && finished_before.len() < 6,
+        "{finished_before:?}"
+    );
+    // Let orphaned commands of the killed run end before the rerun.
+    std::thread::sleep(Duration::from_millis(700));
+
+    let out = w.dopi(&["run", "killed", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"], "done");
+    let show = w.show_json("killed");
+    for i in 1..=6 {
+        assert_eq!(node_state(&show, 0, &format!("n0{i}.lab")), "done");
+    }
+    // Nodes recorded done before the kill did not run again.
+    let started = w.lines("started");
+    for node in &finished_before {
+        let times = started.iter().filter(|s| *s == node).count();
+        assert_eq!(times, 1, "{node} ran {times} times: {started:?}");
+    }
+}
+
+#[test]
+fn signals_stop_gracefully_then_terminate() {
+    let w = World::new();
+    w.add(
+        "signals",
+        "name: signals
+max_in_flight: 1
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..3}
+steps:
+  - name: work
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/started; sleep 1; echo $DOP_NODE_NAME >> WORK/finished'}
+",
+    );
+    let wait_for = |file: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w.lines(file).len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let signal = |child: &Child, sig: i32| unsafe {
+        libc::kill(child.id() as i32, sig);
+    };
+    // One SIGINT: the running command finishes, nothing new starts.
+    let mut run = w
+        .command(&["run", "signals", "-q"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("started", 1);
+    signal(&run, libc::SIGINT);
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    assert_eq!(w.lines("finished"), ["n01.lab"]);
+    assert_eq!(w.lines("started"), ["n01.lab"]);
+    let show = w.show_json("signals");
+    assert_eq!(node_state(&show, 0, "n01.lab"), "done");
+    assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
+
+    // Two SIGTERMs: the running command is terminated and goes back to ready, not failed.
+    let mut run = w
+        .command(&["run", "signals", "-q"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("started", 2);
+    signal(&run, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&run, libc::SIGTERM);
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    assert_eq!(
+        w.lines("finished"),
+        ["n01.lab"],
+        "n02's command was terminated"
+    );
+    let show = w.show_json("signals");
+    assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
+    assert!(
+        show["step_sets"][0]["steps"][0]["nodes"]["n02.lab"]["commands"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by a signal")
+    );
+
+    // And a plain run finishes the rest.
+    let out = w.dopi(&["run", "signals", "-q"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(w.lines("finished").len(), 3);
+}
+
+#[test]
+fn timeouts_exit_codes_patterns_verify_and_big_output() {
+    let w = World::new();
+    w.add(
+        "commands",
+        "name: commands
+infrastructures: {lab: {type: local}}
+nodes:
+  n01.lab: {infrastructure: lab}
+steps:
+  timeout:
+    - name: hangs
+      nodes: all
+      command: {plugin: custom, exec: 'sleep 30', plugin_timeout: 1}
+  codes:
+    - name: exit 3 is fine
+      nodes: all
+      command: {plugin: custom, exec: 'exit 3', expect_exit_codes: [0, 3]}
+    - name: any code
+      nodes: all
+      command: {plugin: custom, exec: 'exit 9', expect_exit_codes: all}
+    - name: error pattern
+      nodes: all
+      command: {plugin: custom, exec: 'echo ERROR: disk full', parse_output: {error: ['^ERROR']}}
+  verify:
+    - name: skipped when verified
+      nodes: all
+      command:
+        plugin: custom
+        exec: 'echo ran >> WORK/verify-ran'
+        verify_commands:
+          - {plugin: custom, exec: 'test -e WORK/already'}
+  output:
+    - name: megabytes
+      nodes: all
+      command: {plugin: custom, exec: 'head -c 6000000 /dev/urandom; yes line | head -n 100000'}
+  defaults:
+    - name: set
+      nodes: all
+      set_plugin_defaults:
+        - {plugins: custom, env: {GREETING: hello}}
+      command: dummy
+    - name: use
+      nodes: all
+      command: {plugin: custom, exec: 'echo $GREETING >> WORK/greeting'}
+",
+    );
+    let start = Instant::now();
+    let out = w.dopi(&["run", "commands", "-s", "timeout"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out.stdout).contains("timed out after 1 s"),
+        "{}",
+        text_of(&out.stdout)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "the timeout ended the command"
+    );
+
+    let out = w.dopi(&["run", "commands", "-s", "codes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out.stdout).contains("1 output line(s) matched an error pattern"),
+        "{}",
+        text_of(&out.stdout)
+    );
+    let show = w.show_json("commands");
+    let steps = &show["step_sets"][1]["steps"];
+    assert_eq!(steps[0]["state"], "done");
+    assert_eq!(steps[1]["state"], "done");
+    assert_eq!(steps[2]["state"], "failed");
+
+    std::fs::write(w.work().join("already"), "").unwrap();
+    assert_eq!(
+        w.dopi(&["run", "commands", "-s", "verify"]).status.code(),
+        Some(0)
+    );
+    assert!(
+        w.lines("verify-ran").is_empty(),
+        "verified commands do not run"
+    );
+
+    let out = w.dopi(&["run", "commands", "-s", "output", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let show = w.show_json("commands");
+    let tail = &show["step_sets"][3]["steps"][0]["nodes"]["n01.lab"]["commands"][0]["output_tail"];
+    assert_eq!(tail.as_array().unwrap().len(), 20);
+    assert_eq!(tail[19], "line");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node_log = PathBuf::from(report["log_dir"].as_str().unwrap()).join("n01.lab.log");
+    assert!(
+        std::fs::metadata(node_log).unwrap().len() > 1_000_000,
+        "the full output is in the node log"
+    );
+
+    assert_eq!(
+        w.dopi(&["run", "commands", "-s", "defaults"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(w.lines("greeting"), ["hello"]);
+}
+
+#[test]
+fn every_reset_combination() {
+    let w = World::new();
+    w.add(
+        "reset",
+        "name: reset
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..2}
+steps:
+  default:
+    - {name: one, nodes: all, command: dummy}
+    - {name: two, nodes: all, command: dummy}
+  maint:
+    - {name: m, nodes: all, command: dummy}
+",
+    );
+    assert_eq!(w.dopi(&["run", "reset"]).status.code(), Some(0));
+    assert_eq!(
+        w.dopi(&["run", "reset", "-s", "maint"]).status.code(),
+        Some(0)
+    );
+    let count = |args: &[&str]| -> String {
+        let mut all = vec!["reset", "reset"];
+        all.extend_from_slice(args);
+        let out = w.dopi(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text_of(&out.stderr)
+        );
+        text_of(&out.stdout).trim().to_string()
+    };
+    // Nothing failed: a normal reset changes nothing.
+    assert_eq!(count(&[]), "reset 0 node record(s) of plan 'reset'");
+    assert_eq!(
+        count(&["--force", "--nodes", "n01.lab"]),
+        "reset 3 node record(s) of plan 'reset'"
+    );
+    assert_eq!(
+        count(&["--force", "--stepset", "maint"]),
+        "reset 1 node record(s) of plan 'reset'"
+    );
+    assert_eq!(
+        count(&["--force", "--stepset", "default", "--step", "2"]),
+        "reset 1 node record(s) of plan 'reset'"
+    );
+    assert_eq!(
+        count(&[
+            "--force",
+            "--stepset",
+            "default",
+            "--step",
+            "one",
+            "--nodes",
+            "n02.lab"
+        ]),
+        "reset 1 node record(s) of plan 'reset'"
+    );
+    assert_eq!(
+        count(&["--force", "--step", "one"]),
+        "reset 0 node record(s) of plan 'reset'"
+    );
+    let show = w.show_json("reset");
+    assert_eq!(node_state(&show, 0, "n01.lab"), "ready");
+    assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
+    assert_eq!(node_state(&show, 1, "n01.lab"), "ready");
+    assert_eq!(node_state(&show, 1, "n02.lab"), "ready");
+
+    let out = w.dopi(&["reset", "reset", "--stepset", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text_of(&out.stderr).contains("has no step set 'nope'; it has: default, maint"));
+    let out = w.dopi(&["reset", "reset", "--step", "7"]);
+    assert!(text_of(&out.stderr).contains("has no step '7' (give a name or a number from 1 to 2)"));
+}
+
+#[test]
+fn unknown_plugins_and_bad_parameters_are_refused_everywhere() {
+    let w = World::new();
+    let file = w.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad
+infrastructures: {lab: {type: local}}
+nodes: {n01.lab: {infrastructure: lab}}
+steps:
+  - name: s
+    nodes: all
+    commands:
+      - {plugin: nosuch/plugin}
+      - {plugin: custom, exec: 42, expect_exit_codes: sometimes, parse_output: {error: ['(']}}
+      - {plugin: custom, exec: ok, colour: blue}
+",
+    )
+    .unwrap();
+    let out = w.dopi(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text_of(&out.stderr);
+    assert!(stderr.contains("error: steps[0].commands[0].plugin: unknown plugin 'nosuch/plugin'; dopi knows: custom, dummy, noop"), "{stderr}");
+    assert!(
+        stderr.contains("error: steps[0].commands[1].exec: 'exec' must be a non-empty string"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: steps[0].commands[1].expect_exit_codes:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: steps[0].commands[1].parse_output:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: steps[0].commands[2].colour: unknown parameter 'colour'"),
+        "{stderr}"
+    );
+    let out = w.dopi(&["add", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out.stderr).contains("the plan is not valid (4 errors)"),
+        "{}",
+        text_of(&out.stderr)
+    );
+}
+
+#[test]
+fn noop_shows_what_would_run_and_changes_nothing() {
+    let w = World::new();
+    w.add(
+        "noop",
+        "name: noop
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..2}
+steps:
+  - name: touch
+    nodes: all
+    command: {plugin: custom, exec: 'touch WORK/touched'}
+",
+    );
+    let out = w.dopi(&["run", "noop", "--noop", "--nodes", "n02.lab"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text_of(&out.stdout).replace(w.work().to_str().unwrap(), "WORK");
+    assert_eq!(
+        stdout,
+        "would run: touch: n02.lab: custom: run `touch WORK/touched` on the dopi host\n"
+    );
+    assert!(!w.work().join("touched").exists());
+    assert_eq!(w.show_json("noop")["serial"], 0);
+}
