@@ -162,11 +162,7 @@ impl Ctx {
 pub fn check_commands(plan: &Plan, registry: &Registry) -> Vec<(String, String, bool)> {
     let mut problems = Vec::new();
     for set in &plan.step_sets {
-        let set_path = if set.implicit {
-            "steps".to_string()
-        } else {
-            format!("steps.{}", set.name)
-        };
+        let set_path = set.path();
         for (i, step) in set.steps.iter().enumerate() {
             let step_path = format!("{set_path}[{i}]");
             let field = if step.commands.len() == 1 {
@@ -324,11 +320,7 @@ pub fn run(
         });
     }
     let set = plan.step_set(&opts.step_set).expect("checked");
-    let set_path = if set.implicit {
-        "steps".to_string()
-    } else {
-        format!("steps.{}", set.name)
-    };
+    let set_path = set.path();
     let missing_here = |path: &str, message: &str| {
         path.starts_with(&format!("{set_path}[")) && message.contains("not available")
     };
@@ -593,6 +585,9 @@ async fn run_step_set(ctx: Arc<Ctx>, opts: &RunOptions) -> Result<RunResult, Run
             json!({"state": "done"}),
         );
     }
+    if set.auto_reset && failures.is_empty() && !opts.noop && !ctx.stopping() {
+        auto_reset(&ctx, &set, &keys, &resolver).await?;
+    }
     let result = if opts.noop {
         RunResult::Noop { lines: noop_lines }
     } else if !failures.is_empty() {
@@ -620,6 +615,52 @@ async fn run_step_set(ctx: Arc<Ctx>, opts: &RunOptions) -> Result<RunResult, Run
 
 /// What running a node's commands of a step gives: `Ok(Err(why))` when the node failed.
 type NodeResult = Result<Result<(), String>, RunError>;
+
+/// `auto_reset`: when every node of every step of the set is done (not only those this run
+/// selected), the set goes back to ready for its next run.
+async fn auto_reset(
+    ctx: &Arc<Ctx>,
+    set: &dop_core::plan::StepSet,
+    keys: &[String],
+    resolver: &Resolver<'_>,
+) -> Result<(), RunError> {
+    let state = PlanState::from_records(&ctx.store.state(&ctx.plan_name, App::Dopi)?);
+    let mut fresh = Vec::new();
+    for (step, key) in set.steps.iter().zip(keys) {
+        let hash = step_hash(step);
+        for i in step.filter.select(resolver).nodes {
+            let k = record_key(&set.name, key, resolver.name(i));
+            if state
+                .current(&k, &hash)
+                .is_none_or(|r| r.state != RunState::Done)
+            {
+                return Ok(());
+            }
+            let mut ready = NodeStepState::ready(step, &hash, ctx.iteration);
+            for c in &mut ready.commands {
+                c.message = Some("auto_reset after the whole step set finished".into());
+            }
+            fresh.push((k, Some(serde_json::to_value(&ready).unwrap_or_default())));
+        }
+    }
+    let _guard = ctx.write.lock().await;
+    let (store, lock) = (ctx.store.clone(), ctx.lock.clone());
+    tokio::task::spawn_blocking(move || store.write_state(&lock, App::Dopi, &fresh, None))
+        .await
+        .map_err(|e| RunError::Plugins(vec![format!("the state writer stopped: {e}")]))??;
+    ctx.event(
+        "info",
+        "message",
+        None,
+        None,
+        format!(
+            "step set '{}' finished on every node; auto_reset made it ready again",
+            set.name
+        ),
+        json!({}),
+    );
+    Ok(())
+}
 
 /// Runs one step on its pending nodes; returns the failures (`step: node: why`).
 #[allow(clippy::too_many_arguments)]

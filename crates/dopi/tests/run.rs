@@ -271,6 +271,22 @@ steps:
         finished_before.len() >= 2 && finished_before.len() < 6,
         "{finished_before:?}"
     );
+    // What the store says is done: a command that finished in the instant before the kill but
+    // was not recorded runs again (at least once); recorded work never does.
+    let show = w.show_json("killed");
+    let nodes: Vec<String> = (1..=6).map(|i| format!("n0{i}.lab")).collect();
+    let done_before: Vec<&String> = nodes
+        .iter()
+        .filter(|n| node_state(&show, 0, n) == "done")
+        .collect();
+    assert!(
+        !done_before.is_empty() && done_before.len() < 6,
+        "{done_before:?}"
+    );
+    let running_before = nodes
+        .iter()
+        .filter(|n| node_state(&show, 0, n) == "running")
+        .count();
     // Let orphaned commands of the killed run end before the rerun.
     std::thread::sleep(Duration::from_millis(700));
 
@@ -282,9 +298,14 @@ steps:
     for i in 1..=6 {
         assert_eq!(node_state(&show, 0, &format!("n0{i}.lab")), "done");
     }
-    // Nodes recorded done before the kill did not run again.
+    // Nodes recorded done before the kill did not run again; interrupted ones were recovered.
+    assert_eq!(
+        report["recovered"].as_u64(),
+        Some(running_before as u64),
+        "{report}"
+    );
     let started = w.lines("started");
-    for node in &finished_before {
+    for node in done_before {
         let times = started.iter().filter(|s| *s == node).count();
         assert_eq!(times, 1, "{node} ran {times} times: {started:?}");
     }
@@ -615,4 +636,146 @@ steps:
     );
     assert!(!w.work().join("touched").exists());
     assert_eq!(w.show_json("noop")["serial"], 0);
+}
+
+#[test]
+fn auto_reset_makes_a_finished_maintenance_set_ready_again() {
+    let w = World::new();
+    w.add(
+        "maint",
+        "name: maint
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..2}
+steps:
+  rotate:
+    auto_reset: true
+    steps:
+      - name: rotate
+        nodes: all
+        command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/rotated'}
+",
+    );
+    // A partial run does not reset: not every node is done yet.
+    assert_eq!(
+        w.dopi(&["run", "maint", "-s", "rotate", "--nodes", "n01.lab"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(node_state(&w.show_json("maint"), 0, "n01.lab"), "done");
+    // The run that finishes the set resets it; the next run does the work again.
+    assert_eq!(
+        w.dopi(&["run", "maint", "-s", "rotate"]).status.code(),
+        Some(0)
+    );
+    let show = w.show_json("maint");
+    assert_eq!(node_state(&show, 0, "n01.lab"), "ready");
+    assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
+    assert_eq!(
+        w.dopi(&["run", "maint", "-s", "rotate"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        w.lines("rotated"),
+        ["n01.lab", "n02.lab", "n01.lab", "n02.lab"]
+    );
+}
+
+#[test]
+fn state_follows_a_new_plan_iteration_by_name() {
+    let w = World::new();
+    let v1 = "name: grow
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..RANGE}
+steps:
+  - name: base
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/base'}
+  - name: app
+    nodes: all
+    command: {plugin: custom, exec: 'echo VERSION $DOP_NODE_NAME >> WORK/app'}
+";
+    w.add("grow", &v1.replace("RANGE", "2").replace("VERSION", "v1"));
+    assert_eq!(w.dopi(&["run", "grow"]).status.code(), Some(0));
+    // Iteration 2: one more node, a new step before the others, the 'app' step changed.
+    let v2 = v1.replace("RANGE", "3").replace("VERSION", "v2").replace(
+        "steps:\n",
+        "steps:\n  - name: first\n    nodes: all\n    command: dummy\n",
+    );
+    let file = w.path().join("grow.yaml");
+    std::fs::write(&file, v2.replace("WORK", w.work().to_str().unwrap())).unwrap();
+    assert_eq!(
+        w.dopi(&["update", file.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let out = w.dopi(&["show", "grow"]);
+    assert!(
+        text_of(&out.stdout).contains("the state was written under iteration 1"),
+        "{}",
+        text_of(&out.stdout)
+    );
+
+    let out = w.dopi(&["run", "grow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    // 'base' is unchanged: only the new node runs it. 'app' changed: every node runs it again.
+    assert_eq!(w.lines("base"), ["n01.lab", "n02.lab", "n03.lab"]);
+    let app = w.lines("app");
+    assert_eq!(
+        app.iter().filter(|l| l.starts_with("v2")).count(),
+        3,
+        "{app:?}"
+    );
+    assert_eq!(
+        app.iter().filter(|l| l.starts_with("v1")).count(),
+        2,
+        "{app:?}"
+    );
+}
+
+#[test]
+fn a_third_signal_kills_commands_that_ignore_termination() {
+    let w = World::new();
+    w.add(
+        "stubborn",
+        "name: stubborn
+infrastructures: {lab: {type: local}}
+nodes:
+  n01.lab: {infrastructure: lab}
+steps:
+  - name: ignore TERM
+    nodes: all
+    command: {plugin: custom, exec: 'trap \"\" TERM; echo started >> WORK/started; sleep 20; echo finished >> WORK/finished'}
+",
+    );
+    let mut run = w
+        .command(&["run", "stubborn", "-q"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.lines("started").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    for _ in 0..3 {
+        unsafe {
+            libc::kill(run.id() as i32, libc::SIGINT);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "the third signal ended the command"
+    );
+    assert!(w.lines("finished").is_empty());
+    let show = w.show_json("stubborn");
+    assert_eq!(
+        node_state(&show, 0, "n01.lab"),
+        "ready",
+        "interrupted, not failed or stuck"
+    );
 }

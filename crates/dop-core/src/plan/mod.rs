@@ -552,14 +552,15 @@ fn warn_steps_without_nodes(
 ) {
     let resolver = Resolver::new(plan, settings);
     for set in &plan.step_sets {
-        let set_yaml = match root.get("steps").map(|s| &s.value) {
-            Some(Value::Seq(_)) => root.get("steps"),
-            _ => root.get("steps").and_then(|s| s.get(&set.name)),
+        let steps = root.get("steps");
+        let set_yaml = match (set.implicit, set.mapping) {
+            (true, _) => steps,
+            (false, false) => steps.and_then(|s| s.get(&set.name)),
+            (false, true) => steps
+                .and_then(|s| s.get(&set.name))
+                .and_then(|s| s.get("steps")),
         };
-        let set_path = match root.get("steps").map(|s| &s.value) {
-            Some(Value::Seq(_)) => "steps".to_string(),
-            _ => join("steps", &set.name),
-        };
+        let set_path = set.path();
         for (i, step) in set.steps.iter().enumerate() {
             let at = match set_yaml.map(|s| &s.value) {
                 Some(Value::Seq(items)) => items.get(i),

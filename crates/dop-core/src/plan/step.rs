@@ -18,6 +18,14 @@ pub struct StepSet {
     /// `steps[2]` rather than `steps.default[2]`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub implicit: bool,
+    /// Reset the set to ready when a run finished all of it successfully (for maintenance
+    /// step sets run again and again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_reset: bool,
+    /// The plan wrote the set as a mapping with `steps` (its steps are at
+    /// `steps.<name>.steps[i]`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mapping: bool,
     /// Its steps, in order.
     pub steps: Vec<Step>,
 }
@@ -87,6 +95,17 @@ pub enum DeletePluginDefaults {
     Entries(Vec<DeleteEntry>),
 }
 
+impl StepSet {
+    /// The plan path of the set's step list: `steps`, `steps.<name>` or `steps.<name>.steps`.
+    pub fn path(&self) -> String {
+        match (self.implicit, self.mapping) {
+            (true, _) => "steps".to_string(),
+            (false, false) => format!("steps.{}", self.name),
+            (false, true) => format!("steps.{}.steps", self.name),
+        }
+    }
+}
+
 impl DeletePluginDefaults {
     fn is_none(&self) -> bool {
         *self == DeletePluginDefaults::None
@@ -132,18 +151,51 @@ pub(crate) fn parse_step_sets(c: &mut Collector<'_>, v: &Yaml) -> Vec<StepSet> {
                     continue;
                 };
                 let p = join("steps", name);
-                if !matches!(list.value, Value::Seq(_)) {
-                    c.error(
-                        list,
-                        &p,
-                        format!(
-                            "a step set must be a list of steps, not {}",
-                            list.describe()
-                        ),
-                    );
-                    continue;
-                }
-                sets.extend(parse_step_set(c, name, list, &p));
+                // A step set is a list of steps, or (new in dop) a mapping with its settings
+                // and `steps`: `{auto_reset: true, steps: [...]}`.
+                let (steps, auto_reset) = match &list.value {
+                    Value::Seq(_) => (list, false),
+                    Value::Map(_) => {
+                        warn_unknown_keys(c, list, &p, &["steps", "auto_reset"]);
+                        let auto_reset = field(list, "auto_reset")
+                            .and_then(|a| boolean(c, a, &join(&p, "auto_reset"), "'auto_reset'"))
+                            .unwrap_or(false);
+                        match list.get("steps") {
+                            Some(steps) if matches!(steps.value, Value::Seq(_)) => {
+                                (steps, auto_reset)
+                            }
+                            other => {
+                                c.error(
+                                    other.unwrap_or(list),
+                                    &join(&p, "steps"),
+                                    "a step set written as a mapping needs 'steps', a list of steps",
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        c.error(
+                            list,
+                            &p,
+                            format!(
+                                "a step set must be a list of steps (or a mapping with 'steps'), not {}",
+                                list.describe()
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                let path = if std::ptr::eq(steps, list) {
+                    p.clone()
+                } else {
+                    join(&p, "steps")
+                };
+                sets.extend(parse_step_set(c, name, steps, &path).map(|mut set| {
+                    set.auto_reset = auto_reset;
+                    set.mapping = !std::ptr::eq(steps, list);
+                    set
+                }));
             }
             sets
         }
@@ -192,6 +244,8 @@ fn parse_step_set(c: &mut Collector<'_>, name: &str, v: &Yaml, path: &str) -> Op
     (c.error_count() == errors).then(|| StepSet {
         name: name.to_string(),
         implicit: false,
+        auto_reset: false,
+        mapping: false,
         steps,
     })
 }
