@@ -130,7 +130,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             noop: false,
             settings: settings.clone(),
             log_dir: config.log_dir.clone(),
-            echo: true,
+            echo: dopi::Echo::Lines,
             handle_signals: false,
         };
         let store = std::sync::Arc::new(store);

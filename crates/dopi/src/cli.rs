@@ -2,6 +2,7 @@
 //! and `update` apply.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use dop_store::{rfc3339, App};
 use serde_json::json;
 
 use crate::engine::{self, RunError, RunOptions, RunResult};
+use crate::logs::Echo;
 use crate::plugin::Registry;
 use crate::reset::{self, ResetError, ResetOptions};
 use crate::state::{PlanState, RunState};
@@ -41,9 +43,12 @@ pub struct RunArgs {
     /// Print the outcome as JSON (progress still goes to standard error).
     #[arg(long)]
     pub json: bool,
-    /// No progress lines on standard error (the logs still get everything).
-    #[arg(long, short = 'q')]
+    /// No progress on standard error (the logs still get everything).
+    #[arg(long, short = 'q', conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Also show every output line of every command on standard error.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub filter: NodeFilterArgs,
@@ -136,10 +141,21 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         noop: args.noop,
         settings: args.lookup.settings(config),
         log_dir: config.log_dir.clone(),
-        echo: !args.quiet,
+        echo: match (args.quiet, args.verbose) {
+            (true, _) => Echo::Quiet,
+            (_, true) => Echo::Verbose,
+            // A status line updated in place on a terminal, plain lines otherwise.
+            _ if std::io::stderr().is_terminal() => Echo::Progress,
+            _ => Echo::Lines,
+        },
         handle_signals: true,
     };
-    let report = match engine::run(store.clone(), &args.plan, &opts, &Registry::local()) {
+    let progress = opts.echo == Echo::Progress;
+    let report = engine::run(store.clone(), &args.plan, &opts, &Registry::local());
+    if progress {
+        eprintln!();
+    }
+    let report = match report {
         Ok(r) => r,
         Err(RunError::Store(e)) => return fail(io, &e),
         Err(e) => {

@@ -35,8 +35,8 @@ pub struct RunOptions {
     pub settings: LookupSettings,
     /// Where execution logs go.
     pub log_dir: PathBuf,
-    /// Echo progress lines to standard error.
-    pub echo: bool,
+    /// What to show on standard error while running.
+    pub echo: crate::logs::Echo,
     /// Handle SIGINT and SIGTERM: the 1st stops starting work, the 2nd terminates running
     /// commands, the 3rd kills them.
     pub handle_signals: bool,

@@ -39,6 +39,24 @@ struct Files {
     all: File,
     events: File,
     seq: u64,
+    /// Commands running and finished in the current step, for the progress line.
+    running: usize,
+    finished: usize,
+    failed: usize,
+}
+
+/// What a run shows on standard error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// Nothing (the logs still get everything).
+    Quiet,
+    /// One line per event.
+    #[default]
+    Lines,
+    /// One line per event and every output line of every command.
+    Verbose,
+    /// On a terminal: step lines, and one status line updated in place for the commands.
+    Progress,
 }
 
 /// The logs of one execution.
@@ -48,13 +66,14 @@ pub struct ExecutionLog {
     pub id: String,
     files: Mutex<Files>,
     nodes: Mutex<HashMap<String, Arc<NodeLog>>>,
-    /// Echo events to standard error as plain lines.
-    echo: bool,
+    /// What to show on standard error.
+    echo: Echo,
 }
 
 /// The log of one node in an execution; its lines also go to `all.log`.
 pub struct NodeLog {
     node: String,
+    verbose: bool,
     file: Mutex<Option<File>>,
     execution: Arc<ExecutionLogInner>,
 }
@@ -80,7 +99,7 @@ impl ExecutionLog {
         log_dir: &Path,
         plan: &str,
         id: &str,
-        echo: bool,
+        echo: Echo,
     ) -> std::io::Result<Arc<ExecutionLog>> {
         let dir = log_dir.join(plan).join(id);
         std::fs::create_dir_all(&dir)?;
@@ -88,6 +107,9 @@ impl ExecutionLog {
             all: open_append(&dir.join("all.log"))?,
             events: open_append(&dir.join("events.jsonl"))?,
             seq: 0,
+            running: 0,
+            finished: 0,
+            failed: 0,
         };
         Ok(Arc::new(ExecutionLog {
             dir,
@@ -129,11 +151,30 @@ impl ExecutionLog {
         let _ = serde_json::to_writer(&mut files.events, &event);
         let _ = files.events.write_all(b"\n");
         let _ = files.all.write_all(line.as_bytes());
-        if self.echo {
-            eprint!(
-                "{}",
-                line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest)
-            );
+        let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
+        match self.echo {
+            Echo::Quiet => {}
+            Echo::Lines | Echo::Verbose => eprint!("{shown}"),
+            Echo::Progress => {
+                match kind {
+                    "step_started" => (files.running, files.finished, files.failed) = (0, 0, 0),
+                    "command_started" => files.running += 1,
+                    "command_finished" => {
+                        files.running = files.running.saturating_sub(1);
+                        files.finished += 1;
+                        files.failed += usize::from(level == "error");
+                    }
+                    _ => {}
+                }
+                if kind.starts_with("command_") && level != "error" {
+                    eprint!(
+                        "\r\x1b[2K  {} command(s) finished, {} running, {} failed",
+                        files.finished, files.running, files.failed
+                    );
+                } else {
+                    eprint!("\r\x1b[2K{shown}");
+                }
+            }
         }
     }
 
@@ -147,6 +188,7 @@ impl ExecutionLog {
                 let all = open_append(&self.dir.join("all.log")).ok();
                 Arc::new(NodeLog {
                     node: node.to_string(),
+                    verbose: self.echo == Echo::Verbose,
                     file: Mutex::new(file),
                     execution: Arc::new(ExecutionLogInner {
                         all: Mutex::new(all),
@@ -169,6 +211,12 @@ impl NodeLog {
     /// Writes a line (command output, details) to the node's file and to `all.log`.
     pub fn line(&self, text: &str) {
         let line = format_line(now_ms(), "debug", Some(&self.node), text);
+        if self.verbose {
+            eprint!(
+                "{}",
+                line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest)
+            );
+        }
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = f.write_all(line.as_bytes());
         }

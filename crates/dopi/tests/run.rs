@@ -779,3 +779,55 @@ steps:
         "interrupted, not failed or stuck"
     );
 }
+
+#[test]
+fn verbose_shows_command_output_and_quiet_shows_nothing() {
+    let w = World::new();
+    w.add(
+        "talk",
+        "name: talk
+infrastructures: {lab: {type: local}}
+nodes: {n01.lab: {infrastructure: lab}}
+steps:
+  - {name: say, nodes: all, command: {plugin: custom, exec: 'echo hello-from-$DOP_NODE_NAME'}}
+",
+    );
+    let out = w.dopi(&["run", "talk", "-v"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = text_of(&out.stderr);
+    assert!(
+        stderr.contains("[n01.lab] stdout: hello-from-n01.lab"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("INFO  run done"), "{stderr}");
+    assert_eq!(w.dopi(&["reset", "talk", "--force"]).status.code(), Some(0));
+    let out = w.dopi(&["run", "talk", "-q"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text_of(&out.stderr), "");
+    // The execution log has everything either way.
+    let logs = w.path().join("logs/talk");
+    let runs: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let dir = run.unwrap().path();
+        let node_log = std::fs::read_to_string(dir.join("n01.lab.log")).unwrap();
+        assert!(
+            node_log.contains("stdout: hello-from-n01.lab"),
+            "{node_log}"
+        );
+        let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+        let seqs: Vec<u64> = events
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "numbered without gaps"
+        );
+    }
+}
