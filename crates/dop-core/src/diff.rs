@@ -138,16 +138,15 @@ fn to_json(value: &impl Serialize) -> Json {
     serde_json::to_value(value).unwrap_or(Json::Null)
 }
 
-/// Each step set with the (keyed) names of its steps in order.
+/// Each step set with the keys of its steps in order.
 fn step_orders(p: &Plan) -> Vec<(String, Json)> {
     p.step_sets
         .iter()
         .map(|s| {
-            let names: Vec<String> = keyed(s.steps.iter().map(|st| (st.name.clone(), Json::Null)))
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            (s.name.clone(), serde_json::json!({ "steps": names }))
+            (
+                s.name.clone(),
+                serde_json::json!({ "steps": s.step_keys() }),
+            )
         })
         .collect()
 }
@@ -157,9 +156,10 @@ fn steps(p: &Plan) -> Vec<(String, Json)> {
     p.step_sets
         .iter()
         .flat_map(|s| {
-            keyed(s.steps.iter().map(|st| (st.name.clone(), to_json(st))))
+            s.step_keys()
                 .into_iter()
-                .map(move |(n, v)| (format!("{}/{n}", s.name), v))
+                .zip(&s.steps)
+                .map(move |(key, step)| (format!("{}/{key}", s.name), to_json(step)))
         })
         .collect()
 }

@@ -204,20 +204,7 @@ fn dopi_records(doc: &Yaml, plan: &Plan) -> Records {
         let Value::Seq(steps) = &steps.value else {
             continue;
         };
-        let mut seen = std::collections::HashMap::new();
-        let step_keys: Vec<String> = set
-            .steps
-            .iter()
-            .map(|s| {
-                let n = seen.entry(s.name.clone()).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    s.name.clone()
-                } else {
-                    format!("{}#{n}", s.name)
-                }
-            })
-            .collect();
+        let step_keys = set.step_keys();
         for (index, nodes) in steps.iter().enumerate() {
             let Some(step_key) = step_keys.get(index) else {
                 continue;

@@ -133,21 +133,9 @@ pub fn record_key(set: &str, step_key: &str, node: &str) -> String {
     format!("{set}/{step_key}/{node}")
 }
 
-/// The keys of a step set's steps: the step names, a repeated name with `#2`, `#3`.
+/// The keys of a step set's steps (see `StepSet::step_keys`).
 pub fn step_keys(set: &StepSet) -> Vec<String> {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    set.steps
-        .iter()
-        .map(|s| {
-            let n = seen.entry(s.name.as_str()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                s.name.clone()
-            } else {
-                format!("{}#{n}", s.name)
-            }
-        })
-        .collect()
+    set.step_keys()
 }
 
 /// A stable hash of a step's definition (FNV-1a over its JSON form).

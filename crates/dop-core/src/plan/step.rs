@@ -96,6 +96,24 @@ pub enum DeletePluginDefaults {
 }
 
 impl StepSet {
+    /// The keys of the steps, by which state and diffs find them: the step names, a repeated
+    /// name with `#2`, `#3`.
+    pub fn step_keys(&self) -> Vec<String> {
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        self.steps
+            .iter()
+            .map(|s| {
+                let n = seen.entry(s.name.as_str()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    s.name.clone()
+                } else {
+                    format!("{}#{n}", s.name)
+                }
+            })
+            .collect()
+    }
+
     /// The plan path of the set's step list: `steps`, `steps.<name>` or `steps.<name>.steps`.
     pub fn path(&self) -> String {
         match (self.implicit, self.mapping) {
