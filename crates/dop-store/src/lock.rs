@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,6 @@ impl fmt::Display for Holder {
 #[derive(Debug)]
 pub struct RunLock {
     file: File,
-    path: PathBuf,
     /// The holder whose lock was left behind by a process that ended without releasing it
     /// (the kernel released it), if any.
     pub took_over_from: Option<Holder>,
@@ -106,7 +105,6 @@ impl RunLock {
         write(&mut file).map_err(|e| StoreError::io(path, e))?;
         Ok(RunLock {
             file,
-            path: path.to_path_buf(),
             took_over_from,
         })
     }
@@ -127,7 +125,6 @@ impl Drop for RunLock {
         let _ = self.file.set_len(0);
         let _ = self.file.sync_data();
         let _ = self.file.unlock();
-        let _ = &self.path;
     }
 }
 

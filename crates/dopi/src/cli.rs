@@ -327,7 +327,7 @@ fn render_show(args: &ShowArgs, config: &Config, store: &dop_store::Store, io: &
         let views: Vec<_> = sets
             .iter()
             .map(|set| {
-                let view = state.step_set_view(plan, set, |step| {
+                let view = state.step_set_view(set, |step| {
                     step.filter
                         .select(&resolver)
                         .nodes

@@ -61,6 +61,9 @@ pub enum RunError {
     /// Commands of the plan use unknown plugins or bad parameters.
     #[error("the plan's commands have problems:\n{}", .0.join("\n"))]
     Plugins(Vec<String>),
+    /// Something inside the engine failed (a task panicked, the state writer stopped).
+    #[error("internal error: {0}; the state in the store is as last recorded")]
+    Internal(String),
     /// The log directory could not be written.
     #[error("cannot write the execution logs in {}: {source}", path.display())]
     Logs {
@@ -647,7 +650,7 @@ async fn auto_reset(
     let (store, lock) = (ctx.store.clone(), ctx.lock.clone());
     tokio::task::spawn_blocking(move || store.write_state(&lock, App::Dopi, &fresh, None))
         .await
-        .map_err(|e| RunError::Plugins(vec![format!("the state writer stopped: {e}")]))??;
+        .map_err(|e| RunError::Internal(format!("the state writer stopped: {e}")))??;
     ctx.event(
         "info",
         "message",
@@ -756,7 +759,7 @@ async fn run_step(
             break;
         };
         let (i, result) =
-            joined.map_err(|e| RunError::Plugins(vec![format!("a node task failed: {e}")]))?;
+            joined.map_err(|e| RunError::Internal(format!("a node task failed: {e}")))?;
         if let Some(n) = per_role.get_mut(roles[i].as_str()) {
             *n -= 1;
         }

@@ -75,11 +75,7 @@ pub struct NodeLog {
     node: String,
     verbose: bool,
     file: Mutex<Option<File>>,
-    execution: Arc<ExecutionLogInner>,
-}
-
-/// What a node log needs of its execution.
-struct ExecutionLogInner {
+    /// Its own append handle on `all.log` (appends of whole lines do not interleave).
     all: Mutex<Option<File>>,
 }
 
@@ -190,9 +186,7 @@ impl ExecutionLog {
                     node: node.to_string(),
                     verbose: self.echo == Echo::Verbose,
                     file: Mutex::new(file),
-                    execution: Arc::new(ExecutionLogInner {
-                        all: Mutex::new(all),
-                    }),
+                    all: Mutex::new(all),
                 })
             })
             .clone()
@@ -220,13 +214,7 @@ impl NodeLog {
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = f.write_all(line.as_bytes());
         }
-        if let Some(f) = self
-            .execution
-            .all
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(f) = self.all.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = f.write_all(line.as_bytes());
         }
     }

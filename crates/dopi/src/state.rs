@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use dop_core::plan::StepSet;
-use dop_core::Plan;
 use serde::{Deserialize, Serialize};
 
 /// The state of a command (and, aggregated, of a node in a step, a step, a step set).
@@ -189,7 +188,6 @@ impl PlanState {
     /// state)])`, ready where nothing is recorded.
     pub fn step_set_view(
         &self,
-        plan: &Plan,
         set: &StepSet,
         nodes_of: impl Fn(&dop_core::plan::Step) -> Vec<String>,
     ) -> Vec<(String, Vec<(String, NodeStepState)>)> {
@@ -213,7 +211,6 @@ impl PlanState {
                         (node, record)
                     })
                     .collect();
-                let _ = plan;
                 (key, nodes)
             })
             .collect()
