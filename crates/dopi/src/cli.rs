@@ -229,7 +229,8 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         (EXIT_FAILURE, _) => {
             let _ = writeln!(
                 io.err,
-                "error: the run failed; fix the cause, then `dopi reset {}` and run again",
+                "error: the run failed; fix the cause and run `dopi run {}` again: failed commands \
+                 run again, done ones do not",
                 args.plan
             );
         }
