@@ -185,8 +185,11 @@ pub async fn run(
             emit(stream, &rest, &mut tail);
         }
     }
-    // Whatever the shell left behind in its group goes too.
-    signal_group(pid, libc::SIGKILL);
+    // A command that was stopped or timed out takes whatever it left in its group with it; a
+    // command that ended by itself may have started background work on purpose.
+    if timed_out || stopped {
+        signal_group(pid, libc::SIGKILL);
+    }
     Ok(Finished {
         exit_status: status.code(),
         timed_out,
