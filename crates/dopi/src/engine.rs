@@ -336,11 +336,16 @@ pub fn run(
         return Err(RunError::Plugins(problems));
     }
     let id = new_execution_id();
-    let log = ExecutionLog::create(&opts.log_dir, plan_name, &id, opts.echo).map_err(|source| {
-        RunError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        }
+    let log = ExecutionLog::create(
+        &opts.log_dir,
+        plan_name,
+        &id,
+        opts.echo,
+        crate::logs::Masker::for_plan(&plan),
+    )
+    .map_err(|source| RunError::Logs {
+        path: opts.log_dir.clone(),
+        source,
     })?;
     if let Some(h) = lock.took_over_from() {
         log.event(
@@ -887,12 +892,19 @@ async fn run_node(
             c.state = state;
             c.finished_ms = Some(now_ms());
             c.exit_status = outcome.exit_status;
-            c.output_tail = outcome.output_tail.clone();
+            c.output_tail = outcome
+                .output_tail
+                .iter()
+                .map(|l| ctx.log.masker().mask(l).into_owned())
+                .collect();
             c.message = match state {
                 RunState::Ready => {
                     Some("stopped by a signal; it runs again on the next run".into())
                 }
-                _ => outcome.message.clone(),
+                _ => outcome
+                    .message
+                    .as_deref()
+                    .map(|m| ctx.log.masker().mask(m).into_owned()),
             };
         }
         record.refresh();

@@ -24,7 +24,7 @@ mod state;
 pub use engine::{
     check_commands, run, RunError, RunOptions, RunReport, RunResult, DEFAULT_MAX_IN_FLIGHT,
 };
-pub use logs::{Echo, Event, ExecutionLog, NodeLog};
+pub use logs::{Echo, Event, ExecutionLog, Masker, NodeLog};
 pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Registry};
 pub use reset::{reset, ResetError, ResetOptions};
 pub use state::{

@@ -45,6 +45,51 @@ struct Files {
     failed: usize,
 }
 
+/// Replaces secrets in log text with `****`: the plan's passwords (literal or from a file;
+/// programs are not run just for this). Secrets shorter than 4 characters are not masked: the
+/// original masked them and garbled every log line that contained their letters.
+#[derive(Clone, Debug, Default)]
+pub struct Masker {
+    secrets: Vec<String>,
+}
+
+/// Shortest secret that is masked.
+pub const MIN_MASKED: usize = 4;
+
+impl Masker {
+    /// The masker for a plan's credentials.
+    pub fn for_plan(plan: &dop_core::Plan) -> Masker {
+        use dop_core::plan::{ContentSource, CredentialKind};
+        let mut secrets: Vec<String> = plan
+            .credentials
+            .iter()
+            .filter_map(|c| match &c.kind {
+                CredentialKind::UsernamePassword { password, .. } => match password {
+                    ContentSource::Literal(_) | ContentSource::File(_) => password.load().ok(),
+                    ContentSource::Exec(_) => None,
+                },
+                _ => None,
+            })
+            .filter(|s| s.chars().count() >= MIN_MASKED)
+            .collect();
+        // Longer secrets first, so one that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Masker { secrets }
+    }
+
+    /// The text with every secret replaced.
+    pub fn mask<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "****"));
+            }
+        }
+        out
+    }
+}
+
 /// What a run shows on standard error.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Echo {
@@ -68,12 +113,14 @@ pub struct ExecutionLog {
     nodes: Mutex<HashMap<String, Arc<NodeLog>>>,
     /// What to show on standard error.
     echo: Echo,
+    masker: Arc<Masker>,
 }
 
 /// The log of one node in an execution; its lines also go to `all.log`.
 pub struct NodeLog {
     node: String,
     verbose: bool,
+    masker: Arc<Masker>,
     file: Mutex<Option<File>>,
     /// Its own append handle on `all.log` (appends of whole lines do not interleave).
     all: Mutex<Option<File>>,
@@ -96,6 +143,7 @@ impl ExecutionLog {
         plan: &str,
         id: &str,
         echo: Echo,
+        masker: Masker,
     ) -> std::io::Result<Arc<ExecutionLog>> {
         let dir = log_dir.join(plan).join(id);
         std::fs::create_dir_all(&dir)?;
@@ -113,12 +161,18 @@ impl ExecutionLog {
             files: Mutex::new(files),
             nodes: Mutex::new(HashMap::new()),
             echo,
+            masker: Arc::new(masker),
         }))
     }
 
     /// The execution's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The secret masker of the execution.
+    pub fn masker(&self) -> &Masker {
+        &self.masker
     }
 
     /// Records an event (numbered) in `events.jsonl` and `all.log`, and echoes it.
@@ -140,7 +194,7 @@ impl ExecutionLog {
             kind: kind.to_string(),
             node: node.map(str::to_string),
             step: step.map(str::to_string),
-            message,
+            message: self.masker.mask(&message).into_owned(),
             fields,
         };
         let line = format_line(event.time_ms, level, node, &event.message);
@@ -185,6 +239,7 @@ impl ExecutionLog {
                 Arc::new(NodeLog {
                     node: node.to_string(),
                     verbose: self.echo == Echo::Verbose,
+                    masker: self.masker.clone(),
                     file: Mutex::new(file),
                     all: Mutex::new(all),
                 })
@@ -204,7 +259,8 @@ fn format_line(time_ms: u64, level: &str, node: Option<&str>, message: &str) -> 
 impl NodeLog {
     /// Writes a line (command output, details) to the node's file and to `all.log`.
     pub fn line(&self, text: &str) {
-        let line = format_line(now_ms(), "debug", Some(&self.node), text);
+        let text = self.masker.mask(text);
+        let line = format_line(now_ms(), "debug", Some(&self.node), &text);
         if self.verbose {
             eprint!(
                 "{}",
@@ -217,5 +273,33 @@ impl NodeLog {
         if let Some(f) = self.all.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = f.write_all(line.as_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_but_short_ones_are_not() {
+        let masker = Masker {
+            secrets: vec!["hunter2secret".into(), "hunter2".into()],
+        };
+        assert_eq!(
+            masker.mask("pw=hunter2secret and hunter2"),
+            "pw=**** and ****"
+        );
+        let plan = dop_core::load_str(
+            "name: p\ninfrastructures: {l: {type: local}}\nnodes: {n: {infrastructure: l}}\n\
+             credentials:\n  a: {type: username_password, username: u, password: 'sesame-42'}\n  \
+             b: {type: username_password, username: u, password: 'p'}\n",
+            None,
+            &dop_core::LookupSettings::default(),
+        )
+        .plan
+        .unwrap();
+        let masker = Masker::for_plan(&plan);
+        assert_eq!(masker.mask("open sesame-42 please"), "open **** please");
+        assert_eq!(masker.mask("a plain p"), "a plain p");
     }
 }

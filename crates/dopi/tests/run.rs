@@ -831,3 +831,38 @@ steps:
         );
     }
 }
+
+#[test]
+fn passwords_never_reach_logs_or_state() {
+    let w = World::new();
+    w.add(
+        "secret",
+        "name: secret
+infrastructures: {lab: {type: local}}
+credentials:
+  db: {type: username_password, username: app, password: 'Tr0ub4dor-3x'}
+nodes: {n01.lab: {infrastructure: lab}}
+steps:
+  - name: leak
+    nodes: all
+    command: {plugin: custom, exec: 'echo the password is Tr0ub4dor-3x; exit 1'}
+",
+    );
+    let out = w.dopi(&["run", "secret", "-v", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !text_of(&out.stderr).contains("Tr0ub4dor"),
+        "{}",
+        text_of(&out.stderr)
+    );
+    assert!(text_of(&out.stderr).contains("the password is ****"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dir = PathBuf::from(report["log_dir"].as_str().unwrap());
+    for file in ["all.log", "n01.lab.log", "events.jsonl"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(!text.contains("Tr0ub4dor"), "{file}: {text}");
+    }
+    let show = w.dopi(&["show", "secret", "--json"]);
+    assert!(!text_of(&show.stdout).contains("Tr0ub4dor"));
+    assert!(text_of(&show.stdout).contains("the password is ****"));
+}
