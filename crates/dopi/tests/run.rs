@@ -57,6 +57,29 @@ impl World {
     }
 }
 
+/// A dopi process started by a test: killed (by pid) and reaped when the test ends, pass or
+/// fail.
+struct Running(Child);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -253,19 +276,25 @@ steps:
     command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/started; sleep 0.5; echo $DOP_NODE_NAME >> WORK/finished'}
 ",
     );
-    let mut run = w
-        .command(&["run", "killed", "-q"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until at least two nodes are done, then kill -9 dopi mid-run.
+    let mut run = Running(
+        w.command(&["run", "killed", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the store records at least two nodes done (`show` reads while the run holds
+    // the plan), then kill -9 dopi mid-run.
+    let recorded_done = |show: &serde_json::Value| {
+        (1..=6)
+            .filter(|i| node_state(show, 0, &format!("n0{i}.lab")) == "done")
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while w.lines("finished").len() < 2 && Instant::now() < deadline {
+    while recorded_done(&w.show_json("killed")) < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    run.kill().unwrap();
-    run.wait().unwrap();
+    run.kill();
     let finished_before = w.lines("finished");
     assert!(
         finished_before.len() >= 2 && finished_before.len() < 6,
@@ -333,18 +362,19 @@ steps:
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let signal = |child: &Child, sig: i32| unsafe {
+    let signal = |child: &Running, sig: i32| unsafe {
         libc::kill(child.id() as i32, sig);
     };
     // One SIGINT: the running command finishes, nothing new starts.
-    let mut run = w
-        .command(&["run", "signals", "-q"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = Running(
+        w.command(&["run", "signals", "-q"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("started", 1);
     signal(&run, libc::SIGINT);
-    let status = run.wait().unwrap();
+    let status = run.wait();
     assert_eq!(status.code(), Some(4));
     assert_eq!(w.lines("finished"), ["n01.lab"]);
     assert_eq!(w.lines("started"), ["n01.lab"]);
@@ -353,16 +383,17 @@ steps:
     assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
 
     // Two SIGTERMs: the running command is terminated and goes back to ready, not failed.
-    let mut run = w
-        .command(&["run", "signals", "-q"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = Running(
+        w.command(&["run", "signals", "-q"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("started", 2);
     signal(&run, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
     signal(&run, libc::SIGTERM);
-    let status = run.wait().unwrap();
+    let status = run.wait();
     assert_eq!(status.code(), Some(4));
     assert_eq!(
         w.lines("finished"),
@@ -751,11 +782,12 @@ steps:
     command: {plugin: custom, exec: 'trap \"\" TERM; echo started >> WORK/started; sleep 20; echo finished >> WORK/finished'}
 ",
     );
-    let mut run = w
-        .command(&["run", "stubborn", "-q"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = Running(
+        w.command(&["run", "stubborn", "-q"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while w.lines("started").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -767,7 +799,7 @@ steps:
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = run.wait().unwrap();
+    let status = run.wait();
     assert_eq!(status.code(), Some(4));
     assert!(
         start.elapsed() < Duration::from_secs(15),
