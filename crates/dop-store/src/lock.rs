@@ -80,7 +80,16 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = read_holder(&mut file).unwrap_or(Holder {
+                // The holder writes its record just after it takes the lock: give it a moment.
+                let mut holder = read_holder(&mut file);
+                for _ in 0..40 {
+                    if holder.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    holder = read_holder(&mut file);
+                }
+                let holder = holder.unwrap_or(Holder {
                     pid: 0,
                     host: "an unknown host".into(),
                     command: "another process (still starting)".into(),
