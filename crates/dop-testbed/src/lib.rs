@@ -1,0 +1,303 @@
+//! Test nodes for dop's tests and `cargo xtask testbed`: real OpenSSH `sshd` processes
+//! listening on loopback addresses (`127.10.x.y`), one process per 16 addresses (sshd's limit),
+//! with generated host and client keys and a login whose shell is `/bin/sh`.
+//!
+//! Every sshd runs in the foreground (`-D`) as a child of the process that started it and is
+//! stopped by pid when the [`Testbed`] is dropped (or by `stop`), pass or fail. Nothing listens
+//! beyond loopback.
+//!
+//! As root the login is the user `doptest` (created when missing, no password, `/bin/sh`);
+//! otherwise sshd runs as the current user, who is also the login.
+#![deny(missing_docs)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The sshd binary (it must be started by its absolute path).
+pub const SSHD: &str = "/usr/sbin/sshd";
+/// Most addresses one sshd process listens on (`MAX_LISTEN_SOCKS`).
+pub const ADDRESSES_PER_SSHD: usize = 16;
+/// The login used when running as root.
+pub const ROOT_LOGIN: &str = "doptest";
+
+/// Why the testbed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// OpenSSH is not installed.
+    #[error("{SSHD} is missing: install openssh-server (`bash .ci/install-deps` does)")]
+    NoSshd,
+    /// A setup command failed.
+    #[error("{what} failed: {detail}")]
+    Setup {
+        /// What was being done.
+        what: String,
+        /// Its output or error.
+        detail: String,
+    },
+    /// sshd did not come up.
+    #[error("sshd did not listen on {address} within {seconds} s; its log: {}", log.display())]
+    NotListening {
+        /// The address.
+        address: SocketAddr,
+        /// How long we waited.
+        seconds: u64,
+        /// sshd's log file.
+        log: PathBuf,
+    },
+    /// A file could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a testbed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many nodes (addresses).
+    pub nodes: usize,
+    /// The port every node listens on.
+    pub port: u16,
+    /// sshd's `MaxSessions` (stock: 10).
+    pub max_sessions: u32,
+    /// sshd's `MaxStartups` (stock: `10:30:100`).
+    pub max_startups: String,
+    /// The first node's address is `127.10.0.<first>`; the others follow.
+    pub first: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            nodes: 4,
+            port: 2222,
+            max_sessions: 10,
+            max_startups: "10:30:100".into(),
+            first: 1,
+        }
+    }
+}
+
+/// Running test nodes.
+pub struct Testbed {
+    dir: PathBuf,
+    /// The nodes' addresses, in order.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Their port.
+    pub port: u16,
+    /// The login name.
+    pub user: String,
+    children: Vec<Child>,
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<String, TestbedError> {
+    let out = cmd.output().map_err(|e| TestbedError::Setup {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(TestbedError::Setup {
+            what: what.to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), TestbedError> {
+    std::fs::write(path, text).map_err(|source| TestbedError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The address of node `i` (from 0) for a first address `first`: `127.10.<hi>.<lo>`, skipping
+/// `.0` and `.255`.
+pub fn address(first: u32, i: usize) -> Ipv4Addr {
+    let n = first as usize - 1 + i;
+    let (hi, lo) = (n / 254, n % 254 + 1);
+    Ipv4Addr::new(
+        127,
+        10,
+        u8::try_from(hi).unwrap_or(u8::MAX),
+        u8::try_from(lo).unwrap_or(1),
+    )
+}
+
+impl Testbed {
+    /// True when OpenSSH's sshd is installed.
+    pub fn available() -> bool {
+        Path::new(SSHD).exists()
+    }
+
+    /// Starts the nodes in `dir` (created; keys and configuration go there).
+    pub fn start(dir: &Path, options: &Options) -> Result<Testbed, TestbedError> {
+        if !Testbed::available() {
+            return Err(TestbedError::NoSshd);
+        }
+        std::fs::create_dir_all(dir).map_err(|source| TestbedError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| TestbedError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for key in ["host_ed25519", "client_ed25519"] {
+            let path = dir.join(key);
+            if !path.exists() {
+                run(
+                    "ssh-keygen",
+                    Command::new("ssh-keygen")
+                        .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                        .arg(&path),
+                )?;
+            }
+        }
+        let root = run("id -u", Command::new("id").arg("-u"))? == "0";
+        let user = if root {
+            if run("id doptest", Command::new("id").arg(ROOT_LOGIN)).is_err() {
+                run(
+                    "useradd",
+                    Command::new("useradd").args([
+                        "-r",
+                        "-M",
+                        "-d",
+                        "/nonexistent",
+                        "-s",
+                        "/bin/sh",
+                        ROOT_LOGIN,
+                    ]),
+                )?;
+            }
+            // With UsePAM off, sshd treats useradd's '!' password as a locked account.
+            run(
+                "usermod",
+                Command::new("usermod").args(["-p", "*", ROOT_LOGIN]),
+            )?;
+            // sshd refuses to start without its privilege separation directory.
+            std::fs::create_dir_all("/run/sshd").map_err(|source| TestbedError::Io {
+                path: PathBuf::from("/run/sshd"),
+                source,
+            })?;
+            ROOT_LOGIN.to_string()
+        } else {
+            run("id -un", Command::new("id").arg("-un"))?
+        };
+        let addresses: Vec<Ipv4Addr> = (0..options.nodes)
+            .map(|i| address(options.first, i))
+            .collect();
+        let mut testbed = Testbed {
+            dir: dir.clone(),
+            addresses: addresses.clone(),
+            port: options.port,
+            user,
+            children: Vec::new(),
+        };
+        for (group, chunk) in addresses.chunks(ADDRESSES_PER_SSHD).enumerate() {
+            let config = dir.join(format!("sshd_config.{group}"));
+            let mut text = format!("Port {}\n", options.port);
+            for a in chunk {
+                text.push_str(&format!("ListenAddress {a}\n"));
+            }
+            text.push_str(&format!(
+                "HostKey {dir}/host_ed25519\nPidFile {dir}/sshd.{group}.pid\n\
+                 AuthorizedKeysFile {dir}/client_ed25519.pub\nPermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nMaxSessions {}\nMaxStartups {}\nAllowTcpForwarding yes\n\
+                 LogLevel VERBOSE\nPrintMotd no\n",
+                options.max_sessions,
+                options.max_startups,
+                dir = dir.display(),
+            ));
+            write(&config, &text)?;
+            run(
+                "sshd -t",
+                Command::new(SSHD).arg("-t").arg("-f").arg(&config),
+            )?;
+            let log = dir.join(format!("sshd.{group}.log"));
+            let child = Command::new(SSHD)
+                .arg("-D")
+                .arg("-f")
+                .arg(&config)
+                .arg("-E")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| TestbedError::Setup {
+                    what: "starting sshd".into(),
+                    detail: e.to_string(),
+                })?;
+            testbed.children.push(child);
+            for a in chunk {
+                testbed.wait_listening(SocketAddr::from((*a, options.port)), &log)?;
+            }
+        }
+        Ok(testbed)
+    }
+
+    fn wait_listening(&self, address: SocketAddr, log: &Path) -> Result<(), TestbedError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(TestbedError::NotListening {
+            address,
+            seconds: 10,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The directory with the keys, configuration and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The private key the nodes accept.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client_ed25519")
+    }
+
+    /// The nodes' public host key (`ssh-ed25519 AAAA… host_ed25519`).
+    pub fn host_key(&self) -> PathBuf {
+        self.dir.join("host_ed25519.pub")
+    }
+
+    /// The process ids of the sshd processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Stops every sshd (by pid) and waits for it.
+    pub fn stop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Leaves the sshd processes running when this value is dropped (for `cargo xtask testbed
+    /// up`), returning their pids for a later `down`.
+    pub fn detach(mut self) -> Vec<u32> {
+        let pids = self.pids();
+        self.children.clear();
+        pids
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
