@@ -178,7 +178,7 @@ impl Testbed {
             // With UsePAM off, sshd treats useradd's '!' password as a locked account.
             run(
                 "usermod",
-                Command::new("usermod").args(["-p", "*", ROOT_LOGIN]),
+                Command::new("usermod").args(["-p", "*", "-d", "/tmp", ROOT_LOGIN]),
             )?;
             // sshd refuses to start without its privilege separation directory.
             std::fs::create_dir_all("/run/sshd").map_err(|source| TestbedError::Io {
