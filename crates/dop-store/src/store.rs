@@ -22,6 +22,8 @@ pub enum App {
     Dopi,
     /// dopv's deployment state.
     Dopv,
+    /// SSH host keys seen per node (trust on first use).
+    Hosts,
 }
 
 impl App {
@@ -29,6 +31,7 @@ impl App {
         match self {
             App::Dopi => "rec/dopi/",
             App::Dopv => "rec/dopv/",
+            App::Hosts => "rec/hosts/",
         }
     }
 }

@@ -33,13 +33,58 @@ pub const MAX_LINE: usize = 8 * 1024;
 /// How long a terminated command gets before it is killed.
 pub const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
+/// Splits a byte stream into lines of at most `MAX_LINE` bytes and keeps the last
+/// `TAIL_LINES` of them: shared by local and remote commands.
+#[derive(Default)]
+pub struct Lines {
+    pending: [Vec<u8>; 2],
+    tail: VecDeque<String>,
+}
+
+impl Lines {
+    /// Adds bytes of one stream; calls `emit` for every complete line.
+    pub fn push(&mut self, stream: Stream, data: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
+        let which = stream as usize;
+        self.pending[which].extend_from_slice(data);
+        while let Some(at) = self.pending[which].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending[which].drain(..=at).collect();
+            self.emit(stream, &line, emit);
+        }
+        while self.pending[which].len() >= MAX_LINE {
+            let piece: Vec<u8> = self.pending[which].drain(..MAX_LINE).collect();
+            self.emit(stream, &piece, emit);
+        }
+    }
+
+    /// Emits what is left of both streams and gives the tail.
+    pub fn finish(mut self, emit: &mut dyn FnMut(Stream, &str)) -> Vec<String> {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut self.pending[stream as usize]);
+            if !rest.is_empty() {
+                self.emit(stream, &rest, emit);
+            }
+        }
+        self.tail.into_iter().collect()
+    }
+
+    fn emit(&mut self, stream: Stream, bytes: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.trim_end_matches(['\r', '\n']);
+        emit(stream, line);
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.chars().take(512).collect());
+    }
+}
+
 /// Which stream a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     /// Standard output.
-    Stdout,
+    Stdout = 0,
     /// Standard error.
-    Stderr,
+    Stderr = 1,
 }
 
 /// How a process ended.
@@ -100,39 +145,13 @@ pub async fn run(
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
-    let mut pending = [Vec::new(), Vec::new()];
+    let mut lines = Lines::default();
     let (mut out_open, mut err_open) = (true, true);
     let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let deadline = tokio::time::sleep(program.timeout);
     tokio::pin!(deadline);
     let (mut timed_out, mut stopped) = (false, false);
     let mut kill_at: Option<tokio::time::Instant> = None;
-
-    let mut emit = |stream: Stream, bytes: &[u8], tail: &mut VecDeque<String>| {
-        let line = String::from_utf8_lossy(bytes);
-        let line = line.trim_end_matches(['\r', '\n']);
-        on_line(stream, line);
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line.chars().take(512).collect());
-    };
-    let mut take_lines = |which: usize,
-                          stream: Stream,
-                          data: &[u8],
-                          pending: &mut [Vec<u8>; 2],
-                          tail: &mut VecDeque<String>| {
-        pending[which].extend_from_slice(data);
-        while let Some(at) = pending[which].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending[which].drain(..=at).collect();
-            emit(stream, &line, tail);
-        }
-        while pending[which].len() >= MAX_LINE {
-            let piece: Vec<u8> = pending[which].drain(..MAX_LINE).collect();
-            emit(stream, &piece, tail);
-        }
-    };
 
     let status = loop {
         let kill_sleep = async {
@@ -144,11 +163,11 @@ pub async fn run(
         tokio::select! {
             n = stdout.read(&mut buf_out), if out_open => match n {
                 Ok(0) | Err(_) => out_open = false,
-                Ok(n) => take_lines(0, Stream::Stdout, &buf_out[..n], &mut pending, &mut tail),
+                Ok(n) => lines.push(Stream::Stdout, &buf_out[..n], &mut on_line),
             },
             n = stderr.read(&mut buf_err), if err_open => match n {
                 Ok(0) | Err(_) => err_open = false,
-                Ok(n) => take_lines(1, Stream::Stderr, &buf_err[..n], &mut pending, &mut tail),
+                Ok(n) => lines.push(Stream::Stderr, &buf_err[..n], &mut on_line),
             },
             status = child.wait(), if !out_open && !err_open => break status?,
             () = &mut deadline, if !timed_out => {
@@ -179,12 +198,7 @@ pub async fn run(
             }
         }
     };
-    for (which, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
-        if !pending[which].is_empty() {
-            let rest = std::mem::take(&mut pending[which]);
-            emit(stream, &rest, &mut tail);
-        }
-    }
+    let tail = lines.finish(&mut on_line);
     // A command that was stopped or timed out takes whatever it left in its group with it; a
     // command that ended by itself may have started background work on purpose.
     if timed_out || stopped {
@@ -194,6 +208,6 @@ pub async fn run(
         exit_status: status.code(),
         timed_out,
         stopped,
-        tail: tail.into_iter().collect(),
+        tail,
     })
 }

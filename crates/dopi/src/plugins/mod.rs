@@ -1,4 +1,5 @@
 //! The plugins that run on the dopi host.
 
+pub mod checks;
 pub mod custom;
 pub mod dummy;
