@@ -136,6 +136,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             log_dir: config.log_dir.clone(),
             echo: dopi::Echo::Lines,
             handle_signals: false,
+            connect_timeout: 5,
         };
         let store = std::sync::Arc::new(store);
         println!("\n== dopi run {} (step set 'default')", plan.name);

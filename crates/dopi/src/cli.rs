@@ -103,6 +103,51 @@ pub struct ShowArgs {
     pub lookup: LookupArgs,
 }
 
+/// `forget-host-key PLAN NODE...`.
+#[derive(Args, Clone, Debug)]
+pub struct ForgetHostKeyArgs {
+    /// The stored plan.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    /// The nodes whose recorded SSH host key is forgotten (the next connection records the
+    /// key it finds).
+    #[arg(value_name = "NODE", required = true)]
+    pub nodes: Vec<String>,
+}
+
+/// Runs `forget-host-key`.
+pub fn forget_host_key(args: &ForgetHostKeyArgs, config: &Config, io: &mut Io<'_>) -> u8 {
+    let store = match open(config, io) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
+    let result = (|| {
+        let lock = store.lock(&args.plan, "dopi forget-host-key")?;
+        let known = store.state(&args.plan, App::Hosts)?;
+        let unknown: Vec<&String> = args
+            .nodes
+            .iter()
+            .filter(|n| !known.records.contains_key(*n))
+            .collect();
+        let changes: Vec<(String, Option<serde_json::Value>)> =
+            args.nodes.iter().map(|n| (n.clone(), None)).collect();
+        store.write_state(&lock, App::Hosts, &changes, None)?;
+        Ok::<_, dop_store::StoreError>(unknown.len())
+    })();
+    match result {
+        Ok(unknown) => {
+            let forgotten = args.nodes.len() - unknown;
+            let _ = writeln!(
+                io.out,
+                "forgot the host key of {forgotten} node(s) of plan '{}'",
+                args.plan
+            );
+            EXIT_OK
+        }
+        Err(e) => fail(io, &e),
+    }
+}
+
 /// dopi's checks of a plan: every command's plugin exists and its parameters are right.
 pub fn plugin_check(plan: &Plan) -> Vec<Diagnostic> {
     engine::check_commands(plan, &Registry::local())
@@ -149,6 +194,7 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
             _ => Echo::Lines,
         },
         handle_signals: true,
+        connect_timeout: config.connection_check_timeout,
     };
     let progress = opts.echo == Echo::Progress;
     let report = engine::run(store.clone(), &args.plan, &opts, &Registry::local());

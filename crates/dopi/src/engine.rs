@@ -40,6 +40,8 @@ pub struct RunOptions {
     /// Handle SIGINT and SIGTERM: the 1st stops starting work, the 2nd terminates running
     /// commands, the 3rd kills them.
     pub handle_signals: bool,
+    /// Seconds to wait for a node's SSH server to answer.
+    pub connect_timeout: u64,
 }
 
 /// Why a run could not start.
@@ -119,9 +121,36 @@ struct Ctx {
     log: Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
     write: Mutex<()>,
+    ssh: Arc<crate::ssh::SshPool>,
 }
 
 impl Ctx {
+    /// Records host keys seen for the first time (trust on first use).
+    async fn save_host_keys(&self) -> Result<(), StoreError> {
+        let keys = self.ssh.take_new_keys();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.write.lock().await;
+        let (store, lock) = (self.store.clone(), self.lock.clone());
+        let changes: Vec<(String, Option<serde_json::Value>)> = keys
+            .into_iter()
+            .map(|(node, fp)| {
+                (
+                    node,
+                    Some(json!({"fingerprint": fp, "first_seen_ms": now_ms()})),
+                )
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || store.write_state(&lock, App::Hosts, &changes, None))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                path: PathBuf::from("state"),
+                reason: format!("the state writer stopped: {e}"),
+            })?
+            .map(|_| ())
+    }
+
     /// Persists a node's record; returns when it is durable.
     async fn save(&self, key: String, record: &NodeStepState) -> Result<(), StoreError> {
         let _guard = self.write.lock().await;
@@ -362,7 +391,12 @@ pub fn run(
     } else {
         recover_interrupted(&store, &lock, plan_name)?
     };
+    let known: HashMap<String, String> = ctx_store_host_keys(&store, plan_name)?;
     let ctx = Arc::new(Ctx {
+        ssh: Arc::new(crate::ssh::SshPool::new(
+            known,
+            Duration::from_secs(opts.connect_timeout),
+        )),
         plan,
         plan_name: plan_name.to_string(),
         iteration: iteration.info.number,
@@ -394,6 +428,16 @@ pub fn run(
         result,
         recovered,
     })
+}
+
+/// The host keys recorded for the plan's nodes.
+fn ctx_store_host_keys(store: &Store, plan: &str) -> Result<HashMap<String, String>, StoreError> {
+    Ok(store
+        .state(plan, App::Hosts)?
+        .records
+        .into_iter()
+        .filter_map(|(node, v)| Some((node, v["fingerprint"].as_str()?.to_string())))
+        .collect())
 }
 
 /// Counts SIGINT/SIGTERM: 1st graceful stop, 2nd terminate, 3rd kill.
@@ -813,6 +857,8 @@ async fn run_node(
                     timeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(300)),
                     log,
                     stop: ctx.stop.clone(),
+                    credentials: &ctx.plan.credentials,
+                    ssh: ctx.ssh.clone(),
                 };
                 plugin.run(&cc).await
             }
@@ -868,6 +914,7 @@ async fn run_node(
         );
         let started = Instant::now();
         let mut outcome: Outcome = run_one(plugin, options[ci].clone(), cmd.plugin_timeout).await;
+        ctx.save_host_keys().await?;
         if outcome.success && cmd.verify_after_run {
             for (v, vo) in cmd.verify_commands.iter().zip(&verify_options[ci]) {
                 let Some(vp) = ctx.registry.get(&v.plugin).cloned() else {

@@ -19,6 +19,7 @@ mod logs;
 mod plugin;
 pub mod plugins;
 mod reset;
+pub mod ssh;
 mod state;
 
 pub use engine::{

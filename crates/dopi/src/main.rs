@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dop_core::cli::{self, PlanNodesArgs, ValidateArgs};
 use dop_store::cli::{self as plans, ImportArgs, Io, PlanCommand};
-use dopi::cli::{self as runs, plugin_check, ResetArgs, RunArgs, ShowArgs};
+use dopi::cli::{self as runs, plugin_check, ForgetHostKeyArgs, ResetArgs, RunArgs, ShowArgs};
 
 /// Run a plan's steps on its nodes: commands, files, reboots and Puppet runs over SSH, with
 /// canaries, concurrency limits and resumable state.
@@ -39,6 +39,8 @@ enum Command {
     Show(ShowArgs),
     /// Import the plans, history and state of an original DOP plan store.
     ImportStore(ImportArgs),
+    /// Forget the recorded SSH host key of nodes (after they were rebuilt outside dopv).
+    ForgetHostKey(ForgetHostKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             Command::Reset(args) => runs::reset(args, config, &mut io),
             Command::Show(args) => runs::show(args, config, &mut io),
             Command::ImportStore(args) => plans::import(args, config, &mut io),
+            Command::ForgetHostKey(args) => runs::forget_host_key(args, config, &mut io),
         }
     })
 }

@@ -55,6 +55,10 @@ pub struct CommandContext<'a> {
     pub log: Arc<NodeLog>,
     /// The run's stop requests.
     pub stop: watch::Receiver<Stop>,
+    /// The plan's credentials.
+    pub credentials: &'a [dop_core::plan::Credential],
+    /// The run's SSH connections.
+    pub ssh: Arc<crate::ssh::SshPool>,
 }
 
 /// How a command ended.
@@ -92,8 +96,7 @@ pub trait Plugin: Send + Sync {
 
 /// Plugins of the original dopi that this dopi does not run (yet): plans that use them stay
 /// valid (with a warning), and `run` refuses a step set that needs one before it starts.
-pub const NOT_YET_AVAILABLE: [&str; 17] = [
-    "ssh/custom",
+pub const NOT_YET_AVAILABLE: [&str; 16] = [
     "ssh/wait_for_login",
     "ssh/file_exists",
     "ssh/file_contains",
@@ -127,6 +130,7 @@ impl Registry {
         r.add(Arc::new(crate::plugins::custom::Custom));
         r.add(Arc::new(crate::plugins::dummy::Dummy { name: "dummy" }));
         r.add(Arc::new(crate::plugins::dummy::Dummy { name: "noop" }));
+        r.add(Arc::new(crate::plugins::ssh_custom::SshCustom));
         r
     }
 

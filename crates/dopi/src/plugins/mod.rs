@@ -3,3 +3,4 @@
 pub mod checks;
 pub mod custom;
 pub mod dummy;
+pub mod ssh_custom;

@@ -1,0 +1,240 @@
+//! `ssh/custom`: a command run on the node over SSH (`exec` + `arguments`, by the login
+//! shell), judged like `custom`. The environment (`DOP_NODE_*` and `env`) is exported in front
+//! of the command, each value single-quoted.
+
+use async_trait::async_trait;
+use dop_core::plan::{CredentialKind, IpSetting};
+
+use super::checks::{self, Checks};
+use super::custom::{command_line, command_problems, environment};
+use crate::exec::Stream;
+use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::ssh::{Login, Target};
+
+/// The `ssh/custom` plugin.
+pub struct SshCustom;
+
+/// `'value'` for a POSIX shell.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The parameters every ssh plugin takes: `credentials`, `port`, `check_host_key`, and the
+/// original's `quiet` and `base64` (accepted, not needed).
+pub const SSH_KEYS: [&str; 6] = [
+    "credentials",
+    "credential",
+    "port",
+    "check_host_key",
+    "quiet",
+    "base64",
+];
+
+/// Problems of the ssh connection parameters.
+pub fn ssh_problems(options: &Options) -> Vec<ParamProblem> {
+    let mut problems = Vec::new();
+    if let Some(p) = options.get("port") {
+        if !p.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
+            problems.push(ParamProblem::error(
+                "port",
+                "'port' must be a number from 1 to 65535",
+            ));
+        }
+    }
+    if options
+        .get("check_host_key")
+        .is_some_and(|c| !c.is_boolean())
+    {
+        problems.push(ParamProblem::error(
+            "check_host_key",
+            "'check_host_key' must be true or false",
+        ));
+    }
+    for key in ["credentials", "credential"] {
+        match options.get(key) {
+            None | Some(serde_json::Value::String(_)) => {}
+            Some(serde_json::Value::Array(items)) if items.iter().all(|i| i.is_string()) => {}
+            Some(_) => problems.push(ParamProblem::error(
+                key,
+                "'credentials' must be a credential name or a list of names",
+            )),
+        }
+    }
+    problems
+}
+
+/// Where and how to reach the command's node: the first ssh_key or username_password
+/// credential named in `credentials`, the fqdn and the node's static addresses.
+pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
+    let names: Vec<String> = match ctx
+        .options
+        .get("credentials")
+        .or_else(|| ctx.options.get("credential"))
+    {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        return Err("no 'credentials' for the ssh login (set them on the command or with set_plugin_defaults)".into());
+    }
+    let mut chosen = None;
+    for name in &names {
+        let credential = ctx
+            .credentials
+            .iter()
+            .find(|c| c.name == *name)
+            .ok_or_else(|| format!("the credential '{name}' does not exist in the plan"))?;
+        match &credential.kind {
+            CredentialKind::SshKey {
+                username,
+                private_key: Some(key),
+                ..
+            } => {
+                let text = key
+                    .load()
+                    .map_err(|e| format!("credential '{name}': {e}"))?;
+                let key = russh::keys::decode_secret_key(&text, None).map_err(|e| {
+                    format!("credential '{name}': the private key is not usable: {e}")
+                })?;
+                chosen = Some((username.clone(), Login::Key(std::sync::Arc::new(key))));
+                break;
+            }
+            CredentialKind::UsernamePassword { username, password } => {
+                let password = password
+                    .load()
+                    .map_err(|e| format!("credential '{name}': {e}"))?;
+                chosen = Some((username.clone(), Login::Password(password)));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (user, login) = chosen.ok_or(
+        "none of the command's credentials is an ssh_key with a private_key or a username_password",
+    )?;
+    let mut addresses = vec![ctx.node.fqdn.trim_end_matches('.').to_string()];
+    for i in &ctx.node.interfaces {
+        if let IpSetting::Static(ip) = i.ip {
+            let ip = ip.to_string();
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+    }
+    let port = ctx
+        .options
+        .get("port")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(22);
+    let check_host_key = ctx
+        .options
+        .get("check_host_key")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
+    Ok(Target {
+        node: ctx.node.name.clone(),
+        addresses,
+        port,
+        user,
+        login,
+        check_host_key,
+    })
+}
+
+#[async_trait]
+impl Plugin for SshCustom {
+    fn name(&self) -> &'static str {
+        "ssh/custom"
+    }
+
+    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+        let known: Vec<&str> = ["exec", "arguments", "env"]
+            .into_iter()
+            .chain(checks::KEYS)
+            .chain(SSH_KEYS)
+            .collect();
+        let mut problems = params::unknown_keys(options, &known);
+        problems.extend(command_problems(options));
+        problems.extend(ssh_problems(options));
+        problems
+    }
+
+    fn required(&self) -> &'static [&'static str] {
+        &["exec"]
+    }
+
+    fn describe(&self, options: &Options) -> String {
+        match command_line(options) {
+            Ok(line) => format!("run `{line}` on the node over ssh"),
+            Err(e) => e,
+        }
+    }
+
+    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+        let failed = |message: String| Outcome {
+            message: Some(message),
+            ..Outcome::default()
+        };
+        let (line, mut checks, env, target) = match (
+            command_line(ctx.options),
+            Checks::from_options(ctx.options),
+            environment(ctx),
+            target(ctx),
+        ) {
+            (Ok(l), Ok(c), Ok(e), Ok(t)) => (l, c, e, t),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return failed(e),
+        };
+        if !target.check_host_key {
+            ctx.log
+                .line("warning: check_host_key is false: the node's host key is not checked");
+        }
+        let exports: String = env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
+            .collect();
+        let remote = format!("{exports}{line}");
+        ctx.log.line(&format!(
+            "running `{line}` on {}@{}",
+            target.user,
+            target.addresses.join(" or ")
+        ));
+        let log = ctx.log.clone();
+        let mut on_line = |stream: Stream, text: &str| {
+            let tag = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            log.line(&format!("{tag}: {text}"));
+            if let Some(note) = checks.line(stream, text) {
+                log.line(&note);
+            }
+        };
+        let finished = ctx
+            .ssh
+            .exec(
+                &target,
+                &remote,
+                ctx.timeout,
+                ctx.stop.clone(),
+                &mut on_line,
+            )
+            .await;
+        match finished {
+            Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
+            Err(e) => failed(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(super::shell_quote("it's $HOME"), r"'it'\''s $HOME'");
+    }
+}

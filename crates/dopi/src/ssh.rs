@@ -1,0 +1,366 @@
+//! The SSH transport on russh: one connection per node for the whole run, a channel per
+//! command (at most 10 at once, sshd's stock `MaxSessions`), a refused channel open treated as
+//! back-pressure and retried, connection retries with jittered back-off, keepalives, and host
+//! keys checked against what the store recorded (trust on first use).
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::ChannelMsg;
+use tokio::sync::{watch, Semaphore};
+
+use crate::exec::{Finished, Lines, Stop, Stream};
+
+/// Session channels one connection opens at once (stock sshd `MaxSessions`).
+pub const MAX_CHANNELS: usize = 10;
+/// Connection attempts before a node fails.
+pub const CONNECT_ATTEMPTS: u32 = 4;
+
+/// How an SSH command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// No address of the node accepted a connection.
+    #[error("cannot reach the node on port {port} at {addresses}: {reason}")]
+    Unreachable {
+        /// The addresses tried.
+        addresses: String,
+        /// The port.
+        port: u16,
+        /// The last error.
+        reason: String,
+    },
+    /// The node presented another host key than the one recorded.
+    #[error(
+        "the host key of the node changed: recorded {expected}, now {got}; if the node was \
+         rebuilt, forget its key (`dopi forget-host-key`) or redeploy it with dopv; otherwise \
+         someone may be intercepting the connection"
+    )]
+    HostKeyChanged {
+        /// The recorded fingerprint.
+        expected: String,
+        /// The presented one.
+        got: String,
+    },
+    /// The node refused the credentials.
+    #[error("authentication as '{user}' failed (the node did not accept the {method})")]
+    Auth {
+        /// The user.
+        user: String,
+        /// `key` or `password`.
+        method: &'static str,
+    },
+    /// The private key could not be read.
+    #[error("the private key of credential '{credential}' is not usable: {reason}")]
+    Key {
+        /// The credential.
+        credential: String,
+        /// Why.
+        reason: String,
+    },
+    /// The command ended without an exit status.
+    #[error("the command ended without an exit status (the connection dropped?)")]
+    NoExitStatus,
+    /// Anything russh reports.
+    #[error("ssh: {0}")]
+    Ssh(String),
+}
+
+impl From<russh::Error> for SshError {
+    fn from(e: russh::Error) -> SshError {
+        SshError::Ssh(e.to_string())
+    }
+}
+
+/// How to log in.
+#[derive(Clone)]
+pub enum Login {
+    /// A private key.
+    Key(Arc<PrivateKey>),
+    /// A password.
+    Password(String),
+}
+
+/// Where and how to reach a node.
+#[derive(Clone)]
+pub struct Target {
+    /// The node's name (host keys are recorded by it).
+    pub node: String,
+    /// Addresses to try, in order (fqdn, interface addresses).
+    pub addresses: Vec<String>,
+    /// The port.
+    pub port: u16,
+    /// The user.
+    pub user: String,
+    /// The credentials.
+    pub login: Login,
+    /// Check the host key (`check_host_key: false` turns it off, with a warning).
+    pub check_host_key: bool,
+}
+
+struct Client {
+    expected: Option<String>,
+    check: bool,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = SshError;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, SshError> {
+        let fingerprint = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.fingerprint(HashAlg::Sha256),
+            PublicKeyOrCertificate::Certificate(c) => c.public_key().fingerprint(HashAlg::Sha256),
+        }
+        .to_string();
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint.clone());
+        match &self.expected {
+            Some(expected) if self.check && *expected != fingerprint => {
+                Err(SshError::HostKeyChanged {
+                    expected: expected.clone(),
+                    got: fingerprint,
+                })
+            }
+            _ => Ok(true),
+        }
+    }
+}
+
+struct Connection {
+    handle: client::Handle<Client>,
+    slots: Semaphore,
+}
+
+/// The run's SSH connections, by node.
+pub struct SshPool {
+    config: Arc<client::Config>,
+    connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    known: Mutex<HashMap<String, String>>,
+    new_keys: Mutex<Vec<(String, String)>>,
+    connect_timeout: Duration,
+}
+
+fn jitter(attempt: u32) -> Duration {
+    let base = 100u64 << attempt.min(5);
+    let noise = u64::from(
+        std::process::id()
+            .wrapping_mul(31)
+            .wrapping_add(attempt * 7919),
+    ) % base;
+    Duration::from_millis(base + noise)
+}
+
+impl SshPool {
+    /// A pool that trusts the recorded host keys (`node → SHA256 fingerprint`).
+    pub fn new(known: HashMap<String, String>, connect_timeout: Duration) -> SshPool {
+        SshPool {
+            config: Arc::new(client::Config {
+                keepalive_interval: Some(Duration::from_secs(15)),
+                keepalive_max: 3,
+                inactivity_timeout: None,
+                nodelay: true,
+                ..Default::default()
+            }),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            known: Mutex::new(known),
+            new_keys: Mutex::new(Vec::new()),
+            connect_timeout,
+        }
+    }
+
+    /// Host keys seen for the first time since the last call, to record.
+    pub fn take_new_keys(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.new_keys.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn connection(&self, target: &Target) -> Result<Arc<Connection>, SshError> {
+        let mut connections = self.connections.lock().await;
+        if let Some(c) = connections
+            .get(&target.node)
+            .filter(|c| !c.handle.is_closed())
+        {
+            return Ok(c.clone());
+        }
+        let mut last = String::new();
+        for attempt in 0..CONNECT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(jitter(attempt)).await;
+            }
+            for address in &target.addresses {
+                match self.connect(target, address).await {
+                    Ok(c) => {
+                        let c = Arc::new(c);
+                        connections.insert(target.node.clone(), c.clone());
+                        return Ok(c);
+                    }
+                    // These do not get better by trying again.
+                    Err(
+                        e @ (SshError::HostKeyChanged { .. }
+                        | SshError::Auth { .. }
+                        | SshError::Key { .. }),
+                    ) => return Err(e),
+                    Err(e) => last = format!("{address}: {e}"),
+                }
+            }
+        }
+        Err(SshError::Unreachable {
+            addresses: target.addresses.join(", "),
+            port: target.port,
+            reason: last,
+        })
+    }
+
+    async fn connect(&self, target: &Target, address: &str) -> Result<Connection, SshError> {
+        let addr = (address, target.port)
+            .to_socket_addrs()
+            .map_err(|e| SshError::Ssh(format!("cannot resolve {address}: {e}")))?
+            .next()
+            .ok_or_else(|| SshError::Ssh(format!("{address} has no address")))?;
+        let expected = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target.node)
+            .cloned();
+        let seen = Arc::new(Mutex::new(None));
+        let client = Client {
+            expected: expected.clone(),
+            check: target.check_host_key,
+            seen: seen.clone(),
+        };
+        let mut handle = tokio::time::timeout(
+            self.connect_timeout,
+            client::connect(self.config.clone(), addr, client),
+        )
+        .await
+        .map_err(|_| {
+            SshError::Ssh(format!(
+                "no answer within {} s",
+                self.connect_timeout.as_secs()
+            ))
+        })??;
+        let authenticated = match &target.login {
+            Login::Key(key) => {
+                let hash = if key.algorithm().is_rsa() {
+                    handle.best_supported_rsa_hash().await?.flatten()
+                } else {
+                    None
+                };
+                handle
+                    .authenticate_publickey(
+                        &target.user,
+                        PrivateKeyWithHashAlg::new(key.clone(), hash),
+                    )
+                    .await?
+                    .success()
+            }
+            Login::Password(p) => handle
+                .authenticate_password(&target.user, p)
+                .await?
+                .success(),
+        };
+        if !authenticated {
+            return Err(SshError::Auth {
+                user: target.user.clone(),
+                method: match target.login {
+                    Login::Key(_) => "key",
+                    Login::Password(_) => "password",
+                },
+            });
+        }
+        if expected.is_none() && target.check_host_key {
+            if let Some(fp) = seen.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                self.known
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(target.node.clone(), fp.clone());
+                self.new_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((target.node.clone(), fp));
+            }
+        }
+        Ok(Connection {
+            handle,
+            slots: Semaphore::new(MAX_CHANNELS),
+        })
+    }
+
+    /// Runs a shell command on the node; output lines go to `on_line`.
+    pub async fn exec(
+        &self,
+        target: &Target,
+        command: &str,
+        timeout: Duration,
+        mut stop: watch::Receiver<Stop>,
+        on_line: &mut (dyn FnMut(Stream, &str) + Send),
+    ) -> Result<Finished, SshError> {
+        let connection = self.connection(target).await?;
+        let _slot = connection
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| SshError::Ssh(e.to_string()))?;
+        // sshd frees a session slot a moment after the client sees a channel close: a refused
+        // open is back-pressure, not a failure.
+        let mut channel = None;
+        for attempt in 0..60u64 {
+            match connection.handle.channel_open_session().await {
+                Ok(c) => {
+                    channel = Some(c);
+                    break;
+                }
+                Err(russh::Error::ChannelOpenFailure(_)) => {
+                    tokio::time::sleep(Duration::from_millis((2 * (attempt + 1)).min(50))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut channel =
+            channel.ok_or_else(|| SshError::Ssh("the node kept refusing new sessions".into()))?;
+        channel.exec(true, command).await?;
+        let mut lines = Lines::default();
+        let (mut exit_status, mut signalled) = (None, false);
+        let (mut timed_out, mut stopped) = (false, false);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                msg = channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => lines.push(Stream::Stdout, &data, on_line),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => lines.push(Stream::Stderr, &data, on_line),
+                    Some(ChannelMsg::ExitStatus { exit_status: s }) => exit_status = i32::try_from(s).ok(),
+                    Some(ChannelMsg::ExitSignal { .. }) => signalled = true,
+                    Some(_) => {}
+                    None => break,
+                },
+                () = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    let _ = channel.signal(russh::Sig::TERM).await;
+                    let _ = channel.close().await;
+                }
+                changed = stop.changed() => {
+                    if changed.is_ok() && *stop.borrow() >= Stop::Terminate {
+                        stopped = true;
+                        let sig = if *stop.borrow() == Stop::Kill { russh::Sig::KILL } else { russh::Sig::TERM };
+                        let _ = channel.signal(sig).await;
+                        let _ = channel.close().await;
+                    }
+                }
+            }
+        }
+        let tail = lines.finish(on_line);
+        if exit_status.is_none() && !signalled && !timed_out && !stopped {
+            return Err(SshError::NoExitStatus);
+        }
+        Ok(Finished {
+            exit_status,
+            timed_out,
+            stopped,
+            tail,
+        })
+    }
+}

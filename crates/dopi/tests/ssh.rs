@@ -1,0 +1,208 @@
+//! `ssh/custom` against real sshd test nodes on loopback: a run over SSH, exit codes,
+//! environment and quoting, host keys recorded on first use and a changed key refused, a wrong
+//! key, an unreachable node.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dop_testbed::{Options, Testbed};
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn dopi(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dopi"))
+            .env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", self.path().join("store"))
+            .env("DOP_LOG_DIR", self.path().join("logs"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    fn add(&self, text: &str) {
+        let file = self.path().join("plan.yaml");
+        std::fs::write(&file, text).unwrap();
+        let out = self.dopi(&["add", file.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn show(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.dopi(&["show", "ssh", "--json"]).stdout).unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A plan whose nodes are the testbed's addresses, logging in with `key`.
+fn plan(testbed: &Testbed, key: &Path, extra_nodes: &str, steps: &str) -> String {
+    let mut nodes = String::new();
+    for (i, a) in testbed.addresses.iter().enumerate() {
+        nodes.push_str(&format!(
+            "  n{:02}: {{infrastructure: lab, fqdn: '{a}'}}\n",
+            i + 1
+        ));
+    }
+    nodes.push_str(extra_nodes);
+    format!(
+        "name: ssh
+infrastructures: {{lab: {{type: baremetal}}}}
+credentials:
+  login: {{type: ssh_key, username: {user}, private_key: {{file: {key}}}}}
+nodes:
+{nodes}steps:
+{steps}",
+        user = testbed.user,
+        key = key.display(),
+    )
+}
+
+fn node_message(show: &serde_json::Value, set: usize, node: &str) -> String {
+    show["step_sets"][set]["steps"][0]["nodes"][node]["commands"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
+    let w = World::new();
+    let options = Options {
+        nodes: 3,
+        port: 2311,
+        first: 21,
+        ..Options::default()
+    };
+    let mut testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let defaults = format!(
+        "      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]\n",
+        options.port
+    );
+    let steps = format!(
+        "  default:
+    - name: who
+      nodes: all
+{defaults}      command:
+        plugin: ssh/custom
+        exec: echo
+        arguments: ['$DOP_NODE_NAME', '$(id -un)', '\"$GREETING\"', '$SSH_CONNECTION']
+        env: {{GREETING: \"it's me\"}}
+    - name: exit codes
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'exit 3', expect_exit_codes: [0, 3]}}
+  again:
+    - name: again
+      nodes: all
+{defaults}      command: {{plugin: ssh/custom, exec: 'true'}}
+"
+    );
+    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
+    let out = w.dopi(&["run", "ssh", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logs = PathBuf::from(report["log_dir"].as_str().unwrap());
+    for (i, a) in testbed.addresses.iter().enumerate() {
+        let node = format!("n{:02}", i + 1);
+        let log = std::fs::read_to_string(logs.join(format!("{node}.log"))).unwrap();
+        let expected = format!("stdout: {node} {} it's me 127.0.0.1 ", testbed.user);
+        assert!(log.contains(&expected), "{node}: {log}");
+        assert!(
+            log.contains(&format!(" {a} {}", options.port)),
+            "{node}: {log}"
+        );
+    }
+    // The host keys were recorded.
+    let store = dop_store::Store::open(&w.path().join("store")).unwrap();
+    let hosts = store.state("ssh", dop_store::App::Hosts).unwrap();
+    assert_eq!(hosts.records.len(), 3);
+    assert!(hosts.records["n01"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("SHA256:"));
+
+    // The nodes come back with another host key: the run refuses them.
+    testbed.stop();
+    let rebuilt = Testbed::start(&w.path().join("testbed-rebuilt"), &options).expect("testbed");
+    let out = w.dopi(&["run", "ssh", "-s", "again"]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = node_message(&w.show(), 1, "n01");
+    assert!(
+        message.contains("the host key of the node changed: recorded SHA256:"),
+        "{message}"
+    );
+    drop(rebuilt);
+}
+
+#[test]
+fn wrong_keys_and_unreachable_nodes_fail_clearly() {
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2312,
+        first: 31,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let wrong = w.path().join("wrong_ed25519");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // 127.10.9.9 has no sshd.
+    let steps = format!(
+        "  - name: try
+    nodes: all
+    max_in_flight: -1
+    command: {{plugin: ssh/custom, exec: 'true', credentials: login, port: {}}}
+",
+        options.port
+    );
+    w.add(&plan(
+        &testbed,
+        &wrong,
+        "  ghost: {infrastructure: lab, fqdn: 127.10.9.9}\n",
+        &steps,
+    ));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(1));
+    let show = w.show();
+    let n01 = node_message(&show, 0, "n01");
+    assert_eq!(
+        n01,
+        format!(
+            "authentication as '{}' failed (the node did not accept the key)",
+            testbed.user
+        )
+    );
+    let ghost = node_message(&show, 0, "ghost");
+    assert!(
+        ghost.starts_with(&format!(
+            "cannot reach the node on port {} at 127.10.9.9",
+            options.port
+        )),
+        "{ghost}"
+    );
+}
