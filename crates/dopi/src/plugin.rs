@@ -96,10 +96,7 @@ pub trait Plugin: Send + Sync {
 
 /// Plugins of the original dopi that this dopi does not run (yet): plans that use them stay
 /// valid (with a warning), and `run` refuses a step set that needs one before it starts.
-pub const NOT_YET_AVAILABLE: [&str; 16] = [
-    "ssh/wait_for_login",
-    "ssh/file_exists",
-    "ssh/file_contains",
+pub const NOT_YET_AVAILABLE: [&str; 13] = [
     "ssh/file_replace",
     "ssh/file_deploy",
     "ssh/puppet_agent_run",
@@ -131,6 +128,9 @@ impl Registry {
         r.add(Arc::new(crate::plugins::dummy::Dummy { name: "dummy" }));
         r.add(Arc::new(crate::plugins::dummy::Dummy { name: "noop" }));
         r.add(Arc::new(crate::plugins::ssh_custom::SshCustom));
+        r.add(Arc::new(crate::plugins::ssh_more::FileExists));
+        r.add(Arc::new(crate::plugins::ssh_more::FileContains));
+        r.add(Arc::new(crate::plugins::ssh_more::WaitForLogin));
         r
     }
 

@@ -206,3 +206,71 @@ fn wrong_keys_and_unreachable_nodes_fail_clearly() {
         "{ghost}"
     );
 }
+
+#[test]
+fn file_checks_and_waiting_for_a_login() {
+    let w = World::new();
+    let options = Options {
+        nodes: 2,
+        port: 2313,
+        first: 41,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let defaults = format!(
+        "      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]\n",
+        options.port
+    );
+    let steps = format!(
+        "  default:
+    - name: wait
+      nodes: '/^n/'
+{defaults}      command: {{plugin: ssh/wait_for_login, interval: 1}}
+    - name: passwd exists
+      nodes: '/^n/'
+      command: {{plugin: ssh/file_exists, file: /etc/passwd}}
+    - name: nothing there
+      nodes: '/^n/'
+      command: {{plugin: ssh/file_exists, file: \"/no such/file's here\", expect_exit_codes: 1}}
+    - name: root in passwd
+      nodes: '/^n/'
+      command: {{plugin: ssh/file_contains, file: /etc/passwd, pattern: '^root:'}}
+  missing:
+    - name: no such line
+      nodes: [n01]
+{defaults}      command: {{plugin: ssh/file_contains, file: /etc/passwd, pattern: 'no such user here'}}
+  ghost:
+    - name: wait for a ghost
+      nodes: [ghost]
+{defaults}      command: {{plugin: ssh/wait_for_login, interval: 1, plugin_timeout: 3}}
+"
+    );
+    w.add(&plan(
+        &testbed,
+        &testbed.client_key(),
+        "  ghost: {infrastructure: lab, fqdn: 127.10.9.8}\n",
+        &steps,
+    ));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = w.dopi(&["run", "ssh", "-s", "missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        node_message(&w.show(), 1, "n01"),
+        "exit status 1, expected 0"
+    );
+    let start = std::time::Instant::now();
+    let out = w.dopi(&["run", "ssh", "-s", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(
+        node_message(&w.show(), 2, "ghost"),
+        "the node did not accept a login within 3 s"
+    );
+}

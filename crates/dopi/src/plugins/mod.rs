@@ -4,3 +4,4 @@ pub mod checks;
 pub mod custom;
 pub mod dummy;
 pub mod ssh_custom;
+pub mod ssh_more;

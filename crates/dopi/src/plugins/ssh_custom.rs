@@ -197,37 +197,52 @@ impl Plugin for SshCustom {
             .iter()
             .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
             .collect();
-        let remote = format!("{exports}{line}");
-        ctx.log.line(&format!(
-            "running `{line}` on {}@{}",
-            target.user,
-            target.addresses.join(" or ")
-        ));
-        let log = ctx.log.clone();
-        let mut on_line = |stream: Stream, text: &str| {
-            let tag = match stream {
-                Stream::Stdout => "stdout",
-                Stream::Stderr => "stderr",
-            };
-            log.line(&format!("{tag}: {text}"));
-            if let Some(note) = checks.line(stream, text) {
-                log.line(&note);
-            }
+        run_remote(
+            ctx,
+            &target,
+            &format!("{exports}{line}"),
+            &line,
+            &mut checks,
+        )
+        .await
+    }
+}
+
+/// Runs `remote` on the target, logging its output (the command shown as `shown`) and judging
+/// it with `checks`.
+pub async fn run_remote(
+    ctx: &CommandContext<'_>,
+    target: &Target,
+    remote: &str,
+    shown: &str,
+    checks: &mut Checks,
+) -> Outcome {
+    ctx.log.line(&format!(
+        "running `{shown}` on {}@{}",
+        target.user,
+        target.addresses.join(" or ")
+    ));
+    let log = ctx.log.clone();
+    let mut on_line = |stream: Stream, text: &str| {
+        let tag = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
         };
-        let finished = ctx
-            .ssh
-            .exec(
-                &target,
-                &remote,
-                ctx.timeout,
-                ctx.stop.clone(),
-                &mut on_line,
-            )
-            .await;
-        match finished {
-            Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
-            Err(e) => failed(e.to_string()),
+        log.line(&format!("{tag}: {text}"));
+        if let Some(note) = checks.line(stream, text) {
+            log.line(&note);
         }
+    };
+    match ctx
+        .ssh
+        .exec(target, remote, ctx.timeout, ctx.stop.clone(), &mut on_line)
+        .await
+    {
+        Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
+        Err(e) => Outcome {
+            message: Some(e.to_string()),
+            ..Outcome::default()
+        },
     }
 }
 
