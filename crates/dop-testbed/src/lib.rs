@@ -287,6 +287,21 @@ impl Testbed {
         self.children.clear();
     }
 
+    /// Kills the sshd processes and every session they started (a node that crashes), by pid.
+    pub fn crash(&mut self) {
+        let mut pids: Vec<u32> = Vec::new();
+        for root in self.pids() {
+            pids.extend(descendants(root));
+        }
+        self.stop();
+        for pid in pids {
+            // Only this testbed's sshd processes and their sessions.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Leaves the sshd processes running when this value is dropped (for `cargo xtask testbed
     /// up`), returning their pids for a later `down`.
     pub fn detach(mut self) -> Vec<u32> {
@@ -294,6 +309,33 @@ impl Testbed {
         self.children.clear();
         pids
     }
+}
+
+/// The processes below `pid` (children, their children, …), from `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // The parent is the second field after the parenthesised command name.
+            let after = stat.rsplit_once(')')?.1;
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, ppid))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, parent) in &parents {
+            if *parent == p && !found.contains(child) {
+                found.push(*child);
+                todo.push(*child);
+            }
+        }
+    }
+    found
 }
 
 impl Drop for Testbed {

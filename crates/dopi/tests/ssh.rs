@@ -274,3 +274,57 @@ fn file_checks_and_waiting_for_a_login() {
         "the node did not accept a login within 3 s"
     );
 }
+
+#[test]
+fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2314,
+        first: 51,
+        ..Options::default()
+    };
+    let testbed_dir = w.path().join("testbed");
+    let mut testbed = Testbed::start(&testbed_dir, &options).expect("testbed");
+    let steps = format!(
+        "  - name: long
+    nodes: all
+    command: {{plugin: ssh/custom, exec: 'sleep 3; echo done', credentials: login, port: {}}}
+",
+        options.port
+    );
+    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
+    let mut run = Command::new(env!("CARGO_BIN_EXE_dopi"))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", w.path().join("store"))
+        .env("DOP_LOG_DIR", w.path().join("logs"))
+        .args(["run", "ssh", "-q"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the command runs on the node, then kill the node's sshd (and its sessions).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let state = w.show()["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"].clone();
+        if state == "running" || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    testbed.stop();
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", &format!("sshd: {}", testbed.user)])
+        .status();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let message = node_message(&w.show(), 0, "n01");
+    assert!(
+        message.contains("without an exit status") || message.contains("connection"),
+        "a clear reason: {message}"
+    );
+    // The node comes back (same host key): the next run finishes the work.
+    let _back = Testbed::start(&testbed_dir, &options).expect("testbed");
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
