@@ -328,3 +328,44 @@ fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// Against stock sshd limits (MaxStartups 10:30:100, MaxSessions 10): 200 nodes, a 10-step plan,
+/// 50 nodes at a time, no spurious failure (refused connections are retried).
+#[test]
+fn two_hundred_nodes_ten_steps_no_spurious_failures() {
+    let w = World::new();
+    let options = Options {
+        nodes: 200,
+        port: 2315,
+        first: 300,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let mut steps = format!(
+        "  - name: step 1
+    nodes: all
+    max_in_flight: 50
+    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]
+    command: {{plugin: ssh/custom, exec: 'true'}}
+",
+        options.port
+    );
+    for i in 2..=10 {
+        steps.push_str(&format!(
+            "  - {{name: step {i}, nodes: all, max_in_flight: 50, command: {{plugin: ssh/custom, exec: 'true'}}}}\n"
+        ));
+    }
+    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
+    let start = std::time::Instant::now();
+    let out = w.dopi(&["run", "ssh", "-q", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"], "done", "{report}\n{}", text(&out.stderr));
+    eprintln!(
+        "200 nodes x 10 steps over ssh: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let show = w.show();
+    for s in 0..10 {
+        assert_eq!(show["step_sets"][0]["steps"][s]["state"], "done");
+    }
+}
