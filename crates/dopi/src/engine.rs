@@ -121,8 +121,16 @@ struct Ctx {
     log: Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
     write: Mutex<()>,
+    /// Transitions waiting to be written, and who waits for each.
+    pending: std::sync::Mutex<PendingWrites>,
     ssh: Arc<crate::ssh::SshPool>,
 }
+
+/// Records to write and the callers waiting for the write.
+type PendingWrites = (
+    Vec<(String, Option<serde_json::Value>)>,
+    Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+);
 
 impl Ctx {
     /// Records host keys seen for the first time (trust on first use).
@@ -153,19 +161,42 @@ impl Ctx {
 
     /// Persists a node's record; returns when it is durable.
     async fn save(&self, key: String, record: &NodeStepState) -> Result<(), StoreError> {
-        let _guard = self.write.lock().await;
-        let store = self.store.clone();
-        let lock = self.lock.clone();
-        let value = serde_json::to_value(record).unwrap_or_default();
-        tokio::task::spawn_blocking(move || {
-            store.write_state(&lock, App::Dopi, &[(key, Some(value))], None)
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt {
-            path: PathBuf::from("state"),
-            reason: format!("the state writer stopped: {e}"),
-        })?
-        .map(|_| ())
+        // Group commit: every transition waits until it is in the store, but transitions that
+        // arrive while a write is going on are written together by the next writer (one
+        // database open for many nodes).
+        let (done, result) = tokio::sync::oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .0
+                .push((key, Some(serde_json::to_value(record).unwrap_or_default())));
+            pending.1.push(done);
+        }
+        {
+            let _guard = self.write.lock().await;
+            let (batch, waiters) =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                let (store, lock) = (self.store.clone(), self.lock.clone());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    store.write_state(&lock, App::Dopi, &batch, None)
+                })
+                .await
+                .map_err(|e| format!("the state writer stopped: {e}"))
+                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        }
+        result
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|reason| StoreError::Corrupt {
+                path: PathBuf::from("state"),
+                reason: format!("a state transition could not be written: {reason}"),
+            })
     }
 
     fn stopping(&self) -> bool {
@@ -406,6 +437,7 @@ pub fn run(
         log: log.clone(),
         stop,
         write: Mutex::new(()),
+        pending: std::sync::Mutex::new((Vec::new(), Vec::new())),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
