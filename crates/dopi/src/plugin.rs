@@ -76,6 +76,16 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
+impl Outcome {
+    /// A failure with its reason.
+    pub fn failed(message: impl Into<String>) -> Outcome {
+        Outcome {
+            message: Some(message.into()),
+            ..Outcome::default()
+        }
+    }
+}
+
 /// A plugin.
 #[async_trait]
 pub trait Plugin: Send + Sync {

@@ -94,17 +94,13 @@ impl Plugin for Custom {
     }
 
     async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
-        let failed = |message: String| Outcome {
-            message: Some(message),
-            ..Outcome::default()
-        };
         let (line, mut checks, env) = match (
             command_line(ctx.options),
             Checks::from_options(ctx.options),
             environment(ctx),
         ) {
             (Ok(l), Ok(c), Ok(e)) => (l, c, e),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failed(e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Outcome::failed(e),
         };
         ctx.log.line(&format!("running `{line}`"));
         let log = ctx.log.clone();
@@ -126,7 +122,7 @@ impl Plugin for Custom {
         .await;
         match finished {
             Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
-            Err(e) => failed(format!("cannot start `{line}`: {e}")),
+            Err(e) => Outcome::failed(format!("cannot start `{line}`: {e}")),
         }
     }
 }

@@ -176,10 +176,6 @@ impl Plugin for SshCustom {
     }
 
     async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
-        let failed = |message: String| Outcome {
-            message: Some(message),
-            ..Outcome::default()
-        };
         let (line, mut checks, env, target) = match (
             command_line(ctx.options),
             Checks::from_options(ctx.options),
@@ -187,7 +183,9 @@ impl Plugin for SshCustom {
             target(ctx),
         ) {
             (Ok(l), Ok(c), Ok(e), Ok(t)) => (l, c, e, t),
-            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return failed(e),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+                return Outcome::failed(e)
+            }
         };
         if !target.check_host_key {
             ctx.log
@@ -239,10 +237,7 @@ pub async fn run_remote(
         .await
     {
         Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
-        Err(e) => Outcome {
-            message: Some(e.to_string()),
-            ..Outcome::default()
-        },
+        Err(e) => Outcome::failed(e.to_string()),
     }
 }
 

@@ -37,14 +37,10 @@ fn problems(options: &Options, own: &[&str]) -> Vec<ParamProblem> {
 }
 
 async fn run_check(ctx: &CommandContext<'_>, remote: Result<String, String>) -> Outcome {
-    let fail = |m: String| Outcome {
-        message: Some(m),
-        ..Outcome::default()
-    };
     let (remote, mut checks, target) =
         match (remote, Checks::from_options(ctx.options), target(ctx)) {
             (Ok(r), Ok(c), Ok(t)) => (r, c, t),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return fail(e),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
         };
     run_remote(ctx, &target, &remote, &remote, &mut checks).await
 }
@@ -151,12 +147,7 @@ impl Plugin for WaitForLogin {
     async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
         let target = match target(ctx) {
             Ok(t) => t,
-            Err(e) => {
-                return Outcome {
-                    message: Some(e),
-                    ..Outcome::default()
-                }
-            }
+            Err(e) => return Outcome::failed(e),
         };
         let interval = Duration::from_secs(
             ctx.options
@@ -189,13 +180,10 @@ impl Plugin for WaitForLogin {
                 Err(e) => ctx.log.line(&format!("cannot log in yet ({e}); retrying")),
             }
             if start.elapsed() >= ctx.timeout {
-                return Outcome {
-                    message: Some(format!(
-                        "the node did not accept a login within {} s",
-                        ctx.timeout.as_secs()
-                    )),
-                    ..Outcome::default()
-                };
+                return Outcome::failed(format!(
+                    "the node did not accept a login within {} s",
+                    ctx.timeout.as_secs()
+                ));
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
