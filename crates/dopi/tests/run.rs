@@ -1,88 +1,13 @@
 //! `dopi run`, `reset` and `show` as processes on real stores: limits, canary, failure and
 //! resume, signals, SIGKILL and resume, timeouts, reset combinations.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// A temporary world: store, logs, a work directory the plan's commands write into.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        let w = World {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(w.work()).unwrap();
-        w
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn work(&self) -> PathBuf {
-        self.path().join("work")
-    }
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopi"));
-        c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", self.path().join("store"))
-            .env("DOP_LOG_DIR", self.path().join("logs"))
-            .args(args);
-        c
-    }
-    fn dopi(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-    /// Writes a plan (with `WORK` replaced by the work directory) and adds it.
-    fn add(&self, name: &str, text: &str) {
-        let file = self.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, text.replace("WORK", self.work().to_str().unwrap())).unwrap();
-        let out = self.dopi(&["add", file.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
-    }
-    fn show_json(&self, plan: &str) -> serde_json::Value {
-        let out = self.dopi(&["show", plan, "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-    /// How many lines a file in the work directory has (0 when missing).
-    fn lines(&self, file: &str) -> Vec<String> {
-        std::fs::read_to_string(self.work().join(file))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// A dopi process started by a test: killed (by pid) and reaped when the test ends, pass or
-/// fail.
-struct Running(Child);
-
-impl Running {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-    fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.wait().unwrap()
-    }
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn text_of(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{text_of, Running, World};
 
 /// The state of `node` in step `step` (by position) of the first step set in `show --json`.
 fn node_state(show: &serde_json::Value, step: usize, node: &str) -> String {

@@ -2,51 +2,16 @@
 //! environment and quoting, host keys recorded on first use and a changed key refused, a wrong
 //! key, an unreachable node.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{text_of, World};
 use dop_testbed::{Options, Testbed};
 
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn dopi(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dopi"))
-            .env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", self.path().join("store"))
-            .env("DOP_LOG_DIR", self.path().join("logs"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-    fn add(&self, text: &str) {
-        let file = self.path().join("plan.yaml");
-        std::fs::write(&file, text).unwrap();
-        let out = self.dopi(&["add", file.to_str().unwrap()]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    fn show(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.dopi(&["show", "ssh", "--json"]).stdout).unwrap()
-    }
-}
-
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    text_of(b)
 }
 
 /// A plan whose nodes are the testbed's addresses, logging in with `key`.
@@ -111,7 +76,7 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
 {defaults}      command: {{plugin: ssh/custom, exec: 'true'}}
 "
     );
-    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
     let out = w.dopi(&["run", "ssh", "--json"]);
     assert_eq!(
         out.status.code(),
@@ -146,7 +111,7 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
     let rebuilt = Testbed::start(&w.path().join("testbed-rebuilt"), &options).expect("testbed");
     let out = w.dopi(&["run", "ssh", "-s", "again"]);
     assert_eq!(out.status.code(), Some(1));
-    let message = node_message(&w.show(), 1, "n01");
+    let message = node_message(&w.show_json("ssh"), 1, "n01");
     assert!(
         message.contains("the host key of the node changed: recorded SHA256:"),
         "{message}"
@@ -180,15 +145,18 @@ fn wrong_keys_and_unreachable_nodes_fail_clearly() {
 ",
         options.port
     );
-    w.add(&plan(
-        &testbed,
-        &wrong,
-        "  ghost: {infrastructure: lab, fqdn: 127.10.9.9}\n",
-        &steps,
-    ));
+    w.add(
+        "ssh",
+        &plan(
+            &testbed,
+            &wrong,
+            "  ghost: {infrastructure: lab, fqdn: 127.10.9.9}\n",
+            &steps,
+        ),
+    );
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(out.status.code(), Some(1));
-    let show = w.show();
+    let show = w.show_json("ssh");
     let n01 = node_message(&show, 0, "n01");
     assert_eq!(
         n01,
@@ -245,12 +213,15 @@ fn file_checks_and_waiting_for_a_login() {
 {defaults}      command: {{plugin: ssh/wait_for_login, interval: 1, plugin_timeout: 3}}
 "
     );
-    w.add(&plan(
-        &testbed,
-        &testbed.client_key(),
-        "  ghost: {infrastructure: lab, fqdn: 127.10.9.8}\n",
-        &steps,
-    ));
+    w.add(
+        "ssh",
+        &plan(
+            &testbed,
+            &testbed.client_key(),
+            "  ghost: {infrastructure: lab, fqdn: 127.10.9.8}\n",
+            &steps,
+        ),
+    );
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(
         out.status.code(),
@@ -262,7 +233,7 @@ fn file_checks_and_waiting_for_a_login() {
     let out = w.dopi(&["run", "ssh", "-s", "missing"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        node_message(&w.show(), 1, "n01"),
+        node_message(&w.show_json("ssh"), 1, "n01"),
         "exit status 1, expected 0"
     );
     let start = std::time::Instant::now();
@@ -270,7 +241,7 @@ fn file_checks_and_waiting_for_a_login() {
     assert_eq!(out.status.code(), Some(1));
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(
-        node_message(&w.show(), 2, "ghost"),
+        node_message(&w.show_json("ssh"), 2, "ghost"),
         "the node did not accept a login within 3 s"
     );
 }
@@ -293,19 +264,18 @@ fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
 ",
         options.port
     );
-    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
-    let mut run = Command::new(env!("CARGO_BIN_EXE_dopi"))
-        .env("DOP_CONFIG", "/dev/null")
-        .env("DOP_STORE_DIR", w.path().join("store"))
-        .env("DOP_LOG_DIR", w.path().join("logs"))
-        .args(["run", "ssh", "-q"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let mut run = common::Running(
+        w.command(&["run", "ssh", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Wait until the command runs on the node, then kill the node's sshd (and its sessions).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let state = w.show()["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"].clone();
+        let state = w.show_json("ssh")["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"].clone();
         if state == "running" || std::time::Instant::now() > deadline {
             break;
         }
@@ -316,9 +286,9 @@ fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
     let _ = Command::new("pkill")
         .args(["-KILL", "-f", &format!("sshd: {}", testbed.user)])
         .status();
-    let status = run.wait().unwrap();
+    let status = run.wait();
     assert_eq!(status.code(), Some(1));
-    let message = node_message(&w.show(), 0, "n01");
+    let message = node_message(&w.show_json("ssh"), 0, "n01");
     assert!(
         message.contains("without an exit status") || message.contains("connection"),
         "a clear reason: {message}"
@@ -355,7 +325,7 @@ fn two_hundred_nodes_ten_steps_no_spurious_failures() {
             "  - {{name: step {i}, nodes: all, max_in_flight: 50, command: {{plugin: ssh/custom, exec: 'true'}}}}\n"
         ));
     }
-    w.add(&plan(&testbed, &testbed.client_key(), "", &steps));
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
     let start = std::time::Instant::now();
     let out = w.dopi(&["run", "ssh", "-q", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -364,7 +334,7 @@ fn two_hundred_nodes_ten_steps_no_spurious_failures() {
         "200 nodes x 10 steps over ssh: {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let show = w.show();
+    let show = w.show_json("ssh");
     for s in 0..10 {
         assert_eq!(show["step_sets"][0]["steps"][s]["state"], "done");
     }
