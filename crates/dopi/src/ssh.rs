@@ -289,11 +289,14 @@ impl SshPool {
         })
     }
 
-    /// Runs a shell command on the node; output lines go to `on_line`.
+    /// Runs a shell command on the node, with `input` on its standard input (streamed, so its
+    /// size is not limited by the command line); output lines go to `on_line`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn exec(
         &self,
         target: &Target,
         command: &str,
+        input: Option<&[u8]>,
         timeout: Duration,
         mut stop: watch::Receiver<Stop>,
         on_line: &mut (dyn FnMut(Stream, &str) + Send),
@@ -322,6 +325,10 @@ impl SshPool {
         let mut channel =
             channel.ok_or_else(|| SshError::Ssh("the node kept refusing new sessions".into()))?;
         channel.exec(true, command).await?;
+        if let Some(input) = input {
+            channel.data(input).await?;
+            channel.eof().await?;
+        }
         let mut lines = Lines::default();
         let (mut exit_status, mut signalled) = (None, false);
         let (mut timed_out, mut stopped) = (false, false);

@@ -339,3 +339,69 @@ fn two_hundred_nodes_ten_steps_no_spurious_failures() {
         assert_eq!(show["step_sets"][0]["steps"][s]["state"], "done");
     }
 }
+
+#[test]
+fn file_deploy_streams_large_files_sets_the_mode_and_skips_unchanged_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2316,
+        first: 61,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    // The node is this machine: deploy into a directory its login may write.
+    let target_dir = w.path().join("node-files");
+    std::fs::create_dir_all(&target_dir).unwrap();
+    std::fs::set_permissions(&target_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // 5 MiB of bytes that are not text, far beyond a command line's limit.
+    let source = w.path().join("payload.bin");
+    let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&source, &payload).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let deployed = target_dir.join("payload.bin");
+    let steps = format!(
+        "  - name: deploy
+    nodes: all
+    command:
+      plugin: ssh/file_deploy
+      file: {deployed}
+      content: {{file: {source}}}
+      mode: '0640'
+      credentials: login
+      port: {port}
+",
+        deployed = deployed.display(),
+        source = source.display(),
+        port = options.port
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read(&deployed).unwrap() == payload,
+        "the deployed bytes differ"
+    );
+    assert_eq!(
+        std::fs::metadata(&deployed).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    let written = std::fs::metadata(&deployed).unwrap().modified().unwrap();
+
+    // Run again: the file has this content already and is not rewritten.
+    assert_eq!(w.dopi(&["reset", "ssh", "--force"]).status.code(), Some(0));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        node_message(&w.show_json("ssh"), 0, "n01"),
+        format!("{} unchanged", deployed.display())
+    );
+    assert_eq!(
+        std::fs::metadata(&deployed).unwrap().modified().unwrap(),
+        written
+    );
+}

@@ -200,6 +200,7 @@ impl Plugin for SshCustom {
             &target,
             &format!("{exports}{line}"),
             &line,
+            None,
             &mut checks,
         )
         .await
@@ -213,6 +214,7 @@ pub async fn run_remote(
     target: &Target,
     remote: &str,
     shown: &str,
+    input: Option<&[u8]>,
     checks: &mut Checks,
 ) -> Outcome {
     ctx.log.line(&format!(
@@ -233,7 +235,14 @@ pub async fn run_remote(
     };
     match ctx
         .ssh
-        .exec(target, remote, ctx.timeout, ctx.stop.clone(), &mut on_line)
+        .exec(
+            target,
+            remote,
+            input,
+            ctx.timeout,
+            ctx.stop.clone(),
+            &mut on_line,
+        )
         .await
     {
         Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),

@@ -42,7 +42,7 @@ async fn run_check(ctx: &CommandContext<'_>, remote: Result<String, String>) -> 
             (Ok(r), Ok(c), Ok(t)) => (r, c, t),
             (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
         };
-    run_remote(ctx, &target, &remote, &remote, &mut checks).await
+    run_remote(ctx, &target, &remote, &remote, None, &mut checks).await
 }
 
 /// `ssh/file_exists`: succeeds when `file` exists on the node.
@@ -162,7 +162,7 @@ impl Plugin for WaitForLogin {
             let mut ignore = |_: crate::exec::Stream, _: &str| {};
             match ctx
                 .ssh
-                .exec(&target, "exit 0", interval, stop.clone(), &mut ignore)
+                .exec(&target, "exit 0", None, interval, stop.clone(), &mut ignore)
                 .await
             {
                 Ok(f) if f.exit_status == Some(0) => {
@@ -197,5 +197,196 @@ impl Plugin for WaitForLogin {
                 };
             }
         }
+    }
+}
+
+/// `ssh/file_deploy`: writes `content` to `file` on the node, streamed over the channel (no
+/// command-line size limit), with an optional `owner` and `mode`, through a temporary file
+/// renamed into place; a file that already has this content, owner and mode is not rewritten.
+pub struct FileDeploy;
+
+/// The bytes to deploy: a string as written, or the exact bytes of a local file (`{file:
+/// path}`) or of a program's standard output (`{exec: [program, args…]}`).
+fn deploy_content(options: &Options) -> Result<Vec<u8>, String> {
+    match options.get("content") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone().into_bytes()),
+        Some(serde_json::Value::Object(m)) if m.len() == 1 => {
+            if let Some(path) = m.get("file").and_then(|p| p.as_str()) {
+                return std::fs::read(path)
+                    .map_err(|e| format!("cannot read the content file {path}: {e}"));
+            }
+            if let Some(serde_json::Value::Array(argv)) = m.get("exec") {
+                let argv: Vec<&str> = argv.iter().filter_map(|a| a.as_str()).collect();
+                let (program, args) = argv.split_first().ok_or("'content.exec' needs a program")?;
+                let out = std::process::Command::new(program)
+                    .args(args)
+                    .output()
+                    .map_err(|e| format!("cannot run {program}: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("{program} failed with {}", out.status));
+                }
+                return Ok(out.stdout);
+            }
+            Err("'content' must be a string, {file: path} or {exec: [program, args…]}".into())
+        }
+        Some(_) => {
+            Err("'content' must be a string, {file: path} or {exec: [program, args…]}".into())
+        }
+        None => Err("'content' is required".into()),
+    }
+}
+
+fn mode_of(options: &Options) -> Result<Option<String>, String> {
+    match options.get("mode") {
+        None => Ok(None),
+        Some(serde_json::Value::String(m))
+            if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) =>
+        {
+            Ok(Some(m.trim_start_matches('0').to_string()).map(|m| {
+                if m.is_empty() {
+                    "0".into()
+                } else {
+                    m
+                }
+            }))
+        }
+        Some(other) => Err(format!(
+            "'mode' must be an octal string such as '0640', not {other}"
+        )),
+    }
+}
+
+fn owner_of(options: &Options) -> Result<Option<String>, String> {
+    match options.get("owner") {
+        None => Ok(None),
+        Some(serde_json::Value::String(o)) if !o.is_empty() && !o.contains(char::is_whitespace) => {
+            Ok(Some(o.clone()))
+        }
+        Some(other) => Err(format!(
+            "'owner' must be 'user' or 'user:group', not {other}"
+        )),
+    }
+}
+
+#[async_trait]
+impl Plugin for FileDeploy {
+    fn name(&self) -> &'static str {
+        "ssh/file_deploy"
+    }
+    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+        let mut p = problems(options, &["file", "content", "owner", "mode"]);
+        match options.get("content") {
+            Some(serde_json::Value::String(_)) | None => {}
+            Some(serde_json::Value::Object(m))
+                if m.len() == 1 && (m.contains_key("file") || m.contains_key("exec")) => {}
+            Some(_) => p.push(ParamProblem::error(
+                "content",
+                "'content' must be a string, {file: path} or {exec: [program, args…]}",
+            )),
+        }
+        if let Err(e) = mode_of(options) {
+            p.push(ParamProblem::error("mode", e));
+        }
+        if let Err(e) = owner_of(options) {
+            p.push(ParamProblem::error("owner", e));
+        }
+        p
+    }
+    fn required(&self) -> &'static [&'static str] {
+        &["file", "content"]
+    }
+    fn describe(&self, options: &Options) -> String {
+        format!(
+            "deploy content to {} on the node",
+            options.get("file").and_then(|f| f.as_str()).unwrap_or("?")
+        )
+    }
+    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+        use sha2::Digest;
+        let prepared = (|| {
+            Ok::<_, String>((
+                absolute_file(ctx.options)?.to_string(),
+                deploy_content(ctx.options)?,
+                mode_of(ctx.options)?,
+                owner_of(ctx.options)?,
+                target(ctx)?,
+            ))
+        })();
+        let (file, content, mode, owner, target) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(e),
+        };
+        let hash: String = sha2::Sha256::digest(&content)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let quoted = shell_quote(&file);
+        // What is there now: the content's hash, then mode and owner.
+        let probe = format!(
+            "if [ -f {quoted} ]; then sha256sum < {quoted} | cut -d' ' -f1; stat -c '%a %U:%G' -- {quoted}; fi"
+        );
+        let mut lines = Vec::new();
+        let mut collect = |_: crate::exec::Stream, text: &str| lines.push(text.to_string());
+        let probed = ctx
+            .ssh
+            .exec(
+                &target,
+                &probe,
+                None,
+                ctx.timeout,
+                ctx.stop.clone(),
+                &mut collect,
+            )
+            .await;
+        if let Ok(f) = &probed {
+            let (mode_now, owner_now) = lines
+                .get(1)
+                .and_then(|l| l.split_once(' '))
+                .map_or((None, None), |(m, o)| {
+                    (Some(m.to_string()), Some(o.to_string()))
+                });
+            let same_owner = owner.as_ref().is_none_or(|o| {
+                owner_now
+                    .as_deref()
+                    .is_some_and(|now| now == o || now.split(':').next() == Some(o.as_str()))
+            });
+            if f.exit_status == Some(0)
+                && lines.first() == Some(&hash)
+                && mode
+                    .as_ref()
+                    .is_none_or(|m| mode_now.as_deref() == Some(m.as_str()))
+                && same_owner
+            {
+                ctx.log
+                    .line(&format!("{file} already has this content; not rewritten"));
+                return Outcome {
+                    success: true,
+                    exit_status: Some(0),
+                    message: Some(format!("{file} unchanged")),
+                    ..Outcome::default()
+                };
+            }
+        }
+        let mut write = format!(
+            "tmp=$(mktemp {}) && cat > \"$tmp\"",
+            shell_quote(&format!("{file}.dop.XXXXXX"))
+        );
+        if let Some(m) = &mode {
+            write.push_str(&format!(" && chmod {m} \"$tmp\""));
+        } else {
+            write.push_str(" && chmod 644 \"$tmp\"");
+        }
+        if let Some(o) = &owner {
+            write.push_str(&format!(" && chown {} \"$tmp\"", shell_quote(o)));
+        }
+        write.push_str(&format!(
+            " && mv -f \"$tmp\" {quoted} || {{ rm -f \"$tmp\"; exit 1; }}"
+        ));
+        let mut checks = match Checks::from_options(ctx.options) {
+            Ok(c) => c,
+            Err(e) => return Outcome::failed(e),
+        };
+        let shown = format!("write {} bytes to {file}", content.len());
+        run_remote(ctx, &target, &write, &shown, Some(&content), &mut checks).await
     }
 }
