@@ -405,3 +405,44 @@ fn file_deploy_streams_large_files_sets_the_mode_and_skips_unchanged_ones() {
         written
     );
 }
+
+#[test]
+fn file_replace_takes_the_replacement_literally() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2317,
+        first: 71,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let dir = w.path().join("node-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("app.conf");
+    std::fs::write(&file, "url = http://old/path\nurl = http://old/other\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let steps = format!(
+        "  - name: replace
+    nodes: all
+    command:
+      plugin: ssh/file_replace
+      file: {file}
+      pattern: 'http://old/'
+      replacement: 'https://new/a&b\\\\c/'
+      credentials: login
+      port: {port}
+",
+        file = file.display(),
+        port = options.port
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "url = https://new/a&b\\\\c/path\nurl = https://new/a&b\\\\c/other\n"
+    );
+}

@@ -390,3 +390,81 @@ impl Plugin for FileDeploy {
         run_remote(ctx, &target, &write, &shown, Some(&content), &mut checks).await
     }
 }
+
+/// `ssh/file_replace`: replaces `pattern` (grep/sed basic regex) with `replacement` (literal
+/// text: `/`, `&` and `\` in it mean themselves) in `file`, every match (`global`, default
+/// true) or the first of each line.
+pub struct FileReplace;
+
+fn replace_command(options: &Options) -> Result<String, String> {
+    let file = absolute_file(options)?;
+    let pattern = options
+        .get("pattern")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or("'pattern' (what to replace) is required")?;
+    let replacement = options
+        .get("replacement")
+        .and_then(|r| r.as_str())
+        .ok_or("'replacement' (a string) is required")?;
+    let global = options
+        .get("global")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
+    let pattern = pattern.replace('/', "\\/");
+    let replacement = replacement
+        .replace('\\', "\\\\")
+        .replace('/', "\\/")
+        .replace('&', "\\&")
+        .replace('\n', "\\n");
+    let expression = format!(
+        "s/{pattern}/{replacement}/{}",
+        if global { "g" } else { "" }
+    );
+    Ok(format!(
+        "sed -i -e {} -- {}",
+        shell_quote(&expression),
+        shell_quote(file)
+    ))
+}
+
+#[async_trait]
+impl Plugin for FileReplace {
+    fn name(&self) -> &'static str {
+        "ssh/file_replace"
+    }
+    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+        let mut p = problems(options, &["file", "pattern", "replacement", "global"]);
+        if options
+            .get("pattern")
+            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
+        {
+            p.push(ParamProblem::error(
+                "pattern",
+                "'pattern' must be a non-empty string",
+            ));
+        }
+        if options.get("replacement").is_some_and(|v| !v.is_string()) {
+            p.push(ParamProblem::error(
+                "replacement",
+                "'replacement' must be a string",
+            ));
+        }
+        if options.get("global").is_some_and(|v| !v.is_boolean()) {
+            p.push(ParamProblem::error(
+                "global",
+                "'global' must be true or false",
+            ));
+        }
+        p
+    }
+    fn required(&self) -> &'static [&'static str] {
+        &["file", "pattern", "replacement"]
+    }
+    fn describe(&self, options: &Options) -> String {
+        replace_command(options).map_or_else(|e| e, |c| format!("run `{c}` on the node"))
+    }
+    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+        run_check(ctx, replace_command(ctx.options)).await
+    }
+}
