@@ -106,9 +106,8 @@ pub trait Plugin: Send + Sync {
 
 /// Plugins of the original dopi that this dopi does not run (yet): plans that use them stay
 /// valid (with a warning), and `run` refuses a step set that needs one before it starts.
-pub const NOT_YET_AVAILABLE: [&str; 11] = [
+pub const NOT_YET_AVAILABLE: [&str; 10] = [
     "ssh/puppet_agent_run",
-    "ssh/reboot",
     "winrm/cmd",
     "winrm/powershell",
     "winrm/file_exists",
@@ -141,6 +140,7 @@ impl Registry {
         r.add(Arc::new(crate::plugins::ssh_more::WaitForLogin));
         r.add(Arc::new(crate::plugins::ssh_more::FileDeploy));
         r.add(Arc::new(crate::plugins::ssh_more::FileReplace));
+        r.add(Arc::new(crate::plugins::ssh_more::Reboot));
         r
     }
 

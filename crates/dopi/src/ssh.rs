@@ -171,6 +171,20 @@ impl SshPool {
         }
     }
 
+    /// Whether the run holds a live connection to the node.
+    pub async fn is_connected(&self, node: &str) -> bool {
+        self.connections
+            .lock()
+            .await
+            .get(node)
+            .is_some_and(|c| !c.handle.is_closed())
+    }
+
+    /// Drops the node's connection; the next command connects again.
+    pub async fn forget(&self, node: &str) {
+        self.connections.lock().await.remove(node);
+    }
+
     /// Host keys seen for the first time since the last call, to record.
     pub fn take_new_keys(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.new_keys.lock().unwrap_or_else(|p| p.into_inner()))
@@ -319,12 +333,20 @@ impl SshPool {
                 Err(russh::Error::ChannelOpenFailure(_)) => {
                     tokio::time::sleep(Duration::from_millis((2 * (attempt + 1)).min(50))).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // The connection is broken (the node went away): the next command
+                    // connects again instead of reusing it.
+                    self.forget(&target.node).await;
+                    return Err(e.into());
+                }
             }
         }
         let mut channel =
             channel.ok_or_else(|| SshError::Ssh("the node kept refusing new sessions".into()))?;
-        channel.exec(true, command).await?;
+        if let Err(e) = channel.exec(true, command).await {
+            self.forget(&target.node).await;
+            return Err(e.into());
+        }
         if let Some(input) = input {
             channel.data(input).await?;
             channel.eof().await?;
@@ -361,6 +383,7 @@ impl SshPool {
         }
         let tail = lines.finish(on_line);
         if exit_status.is_none() && !signalled && !timed_out && !stopped {
+            self.forget(&target.node).await;
             return Err(SshError::NoExitStatus);
         }
         Ok(Finished {

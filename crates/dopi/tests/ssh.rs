@@ -446,3 +446,60 @@ fn file_replace_takes_the_replacement_literally() {
         "url = https://new/a&b\\\\c/path\nurl = https://new/a&b\\\\c/other\n"
     );
 }
+
+#[test]
+fn reboot_waits_for_the_node_to_go_down_and_come_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2318,
+        first: 81,
+        ..Options::default()
+    };
+    let testbed_dir = w.path().join("testbed");
+    let mut testbed = Testbed::start(&testbed_dir, &options).expect("testbed");
+    let flag_dir = w.path().join("flags");
+    std::fs::create_dir_all(&flag_dir).unwrap();
+    std::fs::set_permissions(&flag_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flag = flag_dir.join("reboot-requested");
+    let steps = format!(
+        "  - name: reboot
+    nodes: all
+    command: {{plugin: ssh/reboot, reboot_cmd: 'touch {flag}', interval: 1, plugin_timeout: 60, credentials: login, port: {port}}}
+  - name: after
+    nodes: all
+    command: {{plugin: ssh/custom, exec: 'echo back', credentials: login, port: {port}}}
+",
+        flag = flag.display(),
+        port = options.port
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let mut run = common::Running(
+        w.command(&["run", "ssh", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // "Reboot" the node when asked: its sshd goes away for two seconds and comes back with the
+    // same host key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !flag.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(flag.exists(), "the reboot command ran");
+    testbed.crash();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _back = Testbed::start(&testbed_dir, &options).expect("testbed");
+    let status = run.wait();
+    let logs: String = std::fs::read_dir(w.path().join("logs/ssh"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path().join("all.log")).unwrap_or_default())
+        .collect();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let show = w.show_json("ssh");
+    assert_eq!(show["step_sets"][0]["steps"][0]["state"], "done");
+    assert_eq!(show["step_sets"][0]["steps"][1]["state"], "done");
+}

@@ -145,58 +145,184 @@ impl Plugin for WaitForLogin {
         "wait until the node accepts an ssh login".into()
     }
     async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+        match target(ctx) {
+            Ok(target) => {
+                wait_for_login(ctx, &target, interval_of(ctx.options), Instant::now()).await
+            }
+            Err(e) => Outcome::failed(e),
+        }
+    }
+}
+
+fn interval_of(options: &Options) -> Duration {
+    Duration::from_secs(
+        options
+            .get("interval")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(10)
+            .max(1),
+    )
+}
+
+/// Sleeps `interval` unless the run is stopped first; true when stopped.
+async fn pause(ctx: &CommandContext<'_>, interval: Duration) -> bool {
+    let mut stop = ctx.stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep(interval) => {}
+        _ = stop.changed() => {}
+    }
+    let stopped = *stop.borrow() != Stop::No;
+    stopped
+}
+
+fn interrupted(message: &str) -> Outcome {
+    Outcome {
+        message: Some(message.into()),
+        interrupted: true,
+        ..Outcome::default()
+    }
+}
+
+/// Whether a login works now.
+async fn login_works(
+    ctx: &CommandContext<'_>,
+    target: &crate::ssh::Target,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut ignore = |_: crate::exec::Stream, _: &str| {};
+    match ctx
+        .ssh
+        .exec(
+            target,
+            "exit 0",
+            None,
+            timeout,
+            ctx.stop.clone(),
+            &mut ignore,
+        )
+        .await
+    {
+        Ok(f) if f.exit_status == Some(0) => Ok(()),
+        Ok(f) => Err(format!("the login test ended with {:?}", f.exit_status)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Tries a login every `interval` until it works, `plugin_timeout` (counted from `start`)
+/// passes, or the run is stopped.
+async fn wait_for_login(
+    ctx: &CommandContext<'_>,
+    target: &crate::ssh::Target,
+    interval: Duration,
+    start: Instant,
+) -> Outcome {
+    loop {
+        match login_works(ctx, target, interval).await {
+            Ok(()) => {
+                ctx.log.line("login works");
+                return Outcome {
+                    success: true,
+                    exit_status: Some(0),
+                    ..Outcome::default()
+                };
+            }
+            Err(e) => ctx.log.line(&format!("cannot log in yet ({e}); retrying")),
+        }
+        if start.elapsed() >= ctx.timeout {
+            return Outcome::failed(format!(
+                "the node did not accept a login within {} s",
+                ctx.timeout.as_secs()
+            ));
+        }
+        if pause(ctx, interval).await {
+            return interrupted("stopped while waiting for a login");
+        }
+    }
+}
+
+/// `ssh/reboot`: runs `reboot_cmd` (default `shutdown -r now`), waits until the node stops
+/// accepting logins, then until it accepts them again; all within `plugin_timeout`.
+pub struct Reboot;
+
+#[async_trait]
+impl Plugin for Reboot {
+    fn name(&self) -> &'static str {
+        "ssh/reboot"
+    }
+    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+        let mut p = problems(options, &["reboot_cmd", "interval", "connection_timeout"]);
+        if options
+            .get("reboot_cmd")
+            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
+        {
+            p.push(ParamProblem::error(
+                "reboot_cmd",
+                "'reboot_cmd' must be a non-empty string",
+            ));
+        }
+        p
+    }
+    fn describe(&self, options: &Options) -> String {
+        let cmd = options
+            .get("reboot_cmd")
+            .and_then(|v| v.as_str())
+            .unwrap_or("shutdown -r now");
+        format!("run `{cmd}` on the node and wait until it is back")
+    }
+    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
         let target = match target(ctx) {
             Ok(t) => t,
             Err(e) => return Outcome::failed(e),
         };
-        let interval = Duration::from_secs(
-            ctx.options
-                .get("interval")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(10)
-                .max(1),
-        );
         let start = Instant::now();
-        let mut stop = ctx.stop.clone();
-        loop {
-            let mut ignore = |_: crate::exec::Stream, _: &str| {};
-            match ctx
-                .ssh
-                .exec(&target, "exit 0", None, interval, stop.clone(), &mut ignore)
-                .await
-            {
-                Ok(f) if f.exit_status == Some(0) => {
-                    ctx.log.line("login works");
-                    return Outcome {
-                        success: true,
-                        exit_status: Some(0),
-                        ..Outcome::default()
-                    };
-                }
-                Ok(f) => ctx.log.line(&format!(
-                    "login test ended with {:?}; retrying",
-                    f.exit_status
-                )),
-                Err(e) => ctx.log.line(&format!("cannot log in yet ({e}); retrying")),
-            }
+        let command = ctx
+            .options
+            .get("reboot_cmd")
+            .and_then(|v| v.as_str())
+            .unwrap_or("shutdown -r now");
+        ctx.log.line(&format!("rebooting with `{command}`"));
+        let mut log_line = |_: crate::exec::Stream, text: &str| ctx.log.line(text);
+        // The command's own result does not matter: the connection may drop under it.
+        let _ = ctx
+            .ssh
+            .exec(
+                &target,
+                command,
+                None,
+                Duration::from_secs(30),
+                ctx.stop.clone(),
+                &mut log_line,
+            )
+            .await;
+        // Wait for the node to go down: the connection that ran the command drops, or a
+        // command on it fails (a new login is no test: connection retries could miss a quick
+        // reboot).
+        let second = Duration::from_secs(1);
+        while ctx.ssh.is_connected(&target.node).await
+            && login_works(ctx, &target, second).await.is_ok()
+        {
+            ctx.log
+                .line("still able to log in, waiting for the shutdown");
             if start.elapsed() >= ctx.timeout {
                 return Outcome::failed(format!(
-                    "the node did not accept a login within {} s",
+                    "the node did not go down within {} s",
                     ctx.timeout.as_secs()
                 ));
             }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() != Stop::No {
-                return Outcome {
-                    message: Some("stopped while waiting for a login".into()),
-                    interrupted: true,
-                    ..Outcome::default()
-                };
+            if pause(ctx, second).await {
+                return interrupted("stopped while waiting for the node to go down");
             }
         }
+        ctx.ssh.forget(&target.node).await;
+        ctx.log
+            .line("the node is down; waiting for it to accept logins again");
+        wait_for_login(
+            ctx,
+            &target,
+            interval_of(ctx.options).min(Duration::from_secs(2)),
+            start,
+        )
+        .await
     }
 }
 
