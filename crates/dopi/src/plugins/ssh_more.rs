@@ -33,7 +33,21 @@ fn problems(options: &Options, own: &[&str]) -> Vec<ParamProblem> {
             p.push(ParamProblem::error("file", e));
         }
     }
+    if own.contains(&"pattern") && options.contains_key("pattern") {
+        if let Err(e) = pattern_of(options, "") {
+            p.push(ParamProblem::error("pattern", e));
+        }
+    }
     p
+}
+
+/// The non-empty `pattern` of a file plugin; `purpose` says what it is for in the error.
+fn pattern_of<'o>(options: &'o Options, purpose: &str) -> Result<&'o str, String> {
+    match options.get("pattern") {
+        Some(serde_json::Value::String(p)) if !p.is_empty() => Ok(p),
+        Some(_) => Err("'pattern' must be a non-empty string".into()),
+        None => Err(format!("'pattern' ({purpose}) is required")),
+    }
 }
 
 async fn run_check(ctx: &CommandContext<'_>, remote: Result<String, String>) -> Outcome {
@@ -79,11 +93,7 @@ pub struct FileContains;
 
 fn contains_command(options: &Options) -> Result<String, String> {
     let file = absolute_file(options)?;
-    let pattern = options
-        .get("pattern")
-        .and_then(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .ok_or("'pattern' (what to look for) is required")?;
+    let pattern = pattern_of(options, "what to look for")?;
     Ok(format!(
         "grep -q -e {} -- {}",
         shell_quote(pattern),
@@ -97,17 +107,7 @@ impl Plugin for FileContains {
         "ssh/file_contains"
     }
     fn check(&self, options: &Options) -> Vec<ParamProblem> {
-        let mut p = problems(options, &["file", "pattern"]);
-        if options
-            .get("pattern")
-            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
-        {
-            p.push(ParamProblem::error(
-                "pattern",
-                "'pattern' must be a non-empty string",
-            ));
-        }
-        p
+        problems(options, &["file", "pattern"])
     }
     fn required(&self) -> &'static [&'static str] {
         &["file", "pattern"]
@@ -524,11 +524,7 @@ pub struct FileReplace;
 
 fn replace_command(options: &Options) -> Result<String, String> {
     let file = absolute_file(options)?;
-    let pattern = options
-        .get("pattern")
-        .and_then(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .ok_or("'pattern' (what to replace) is required")?;
+    let pattern = pattern_of(options, "what to replace")?;
     let replacement = options
         .get("replacement")
         .and_then(|r| r.as_str())
@@ -561,15 +557,6 @@ impl Plugin for FileReplace {
     }
     fn check(&self, options: &Options) -> Vec<ParamProblem> {
         let mut p = problems(options, &["file", "pattern", "replacement", "global"]);
-        if options
-            .get("pattern")
-            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
-        {
-            p.push(ParamProblem::error(
-                "pattern",
-                "'pattern' must be a non-empty string",
-            ));
-        }
         if options.get("replacement").is_some_and(|v| !v.is_string()) {
             p.push(ParamProblem::error(
                 "replacement",
