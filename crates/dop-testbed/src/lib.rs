@@ -69,6 +69,8 @@ pub struct Options {
     pub max_startups: String,
     /// The first node's address is `127.10.0.<first>`; the others follow.
     pub first: u32,
+    /// sshd's `LogLevel` (`VERBOSE`; `DEBUG1` also logs each forwarded connection).
+    pub log_level: String,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             max_sessions: 10,
             max_startups: "10:30:100".into(),
             first: 1,
+            log_level: "VERBOSE".into(),
         }
     }
 }
@@ -210,9 +213,10 @@ impl Testbed {
                  AuthorizedKeysFile {dir}/client_ed25519.pub\nPermitRootLogin prohibit-password\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  UsePAM no\nStrictModes no\nMaxSessions {}\nMaxStartups {}\nAllowTcpForwarding yes\n\
-                 LogLevel VERBOSE\nPrintMotd no\n",
+                 LogLevel {}\nPrintMotd no\n",
                 options.max_sessions,
                 options.max_startups,
+                options.log_level,
                 dir = dir.display(),
             ));
             write(&config, &text)?;

@@ -61,6 +61,14 @@ pub enum SshError {
         /// Why.
         reason: String,
     },
+    /// A jump host on the way could not be used.
+    #[error("through the jump host {hop}: {reason}")]
+    JumpHost {
+        /// The hop, `host:port`.
+        hop: String,
+        /// Why.
+        reason: String,
+    },
     /// The command ended without an exit status.
     #[error("the command ended without an exit status (the connection dropped?)")]
     NoExitStatus,
@@ -84,6 +92,29 @@ pub enum Login {
     Password(String),
 }
 
+/// One hop of a jump host chain, with its login.
+#[derive(Clone)]
+pub struct Hop {
+    /// The host, resolved by the previous hop (or here, for the first).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The user.
+    pub user: String,
+    /// The credentials.
+    pub login: Login,
+}
+
+impl Hop {
+    fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Where and how to reach a node.
 #[derive(Clone)]
 pub struct Target {
@@ -99,6 +130,19 @@ pub struct Target {
     pub login: Login,
     /// Check the host key (`check_host_key: false` turns it off, with a warning).
     pub check_host_key: bool,
+    /// The jump hosts to go through, first hop first.
+    pub jumps: Vec<Hop>,
+}
+
+/// The name a jump host's key and connection are kept under: its chain up to itself. It has
+/// spaces, which node names never have.
+fn hop_key(chain: &[Hop]) -> String {
+    let mut key = String::from("jump host");
+    for (i, hop) in chain.iter().enumerate() {
+        key.push_str(if i == 0 { " " } else { " via " });
+        key.push_str(&format!("{}@{}", hop.user, hop.label()));
+    }
+    key
 }
 
 struct Client {
@@ -134,10 +178,22 @@ struct Connection {
     slots: Semaphore,
 }
 
-/// The run's SSH connections, by node.
+/// The connection to one node or jump host, set up by the first task that needs it while the
+/// others wait (nodes connect in parallel; one node is never connected twice at once).
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// Who is logging in where: a node's or a jump host's name, user and login.
+struct Endpoint<'a> {
+    name: &'a str,
+    user: &'a str,
+    login: &'a Login,
+    check_host_key: bool,
+}
+
+/// The run's SSH connections, by node (and by jump host chain).
 pub struct SshPool {
     config: Arc<client::Config>,
-    connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    connections: Mutex<HashMap<String, Slot>>,
     known: Mutex<HashMap<String, String>>,
     new_keys: Mutex<Vec<(String, String)>>,
     connect_timeout: Duration,
@@ -164,25 +220,35 @@ impl SshPool {
                 nodelay: true,
                 ..Default::default()
             }),
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             known: Mutex::new(known),
             new_keys: Mutex::new(Vec::new()),
             connect_timeout,
         }
     }
 
-    /// Whether the run holds a live connection to the node.
-    pub async fn is_connected(&self, node: &str) -> bool {
+    fn slot(&self, name: &str) -> Slot {
         self.connections
             .lock()
-            .await
-            .get(node)
-            .is_some_and(|c| !c.handle.is_closed())
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether the run holds a live connection to the node.
+    pub async fn is_connected(&self, node: &str) -> bool {
+        let slot = self.slot(node);
+        let connection = slot.lock().await;
+        connection.as_ref().is_some_and(|c| !c.handle.is_closed())
     }
 
     /// Drops the node's connection; the next command connects again.
     pub async fn forget(&self, node: &str) {
-        self.connections.lock().await.remove(node);
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
     }
 
     /// Host keys seen for the first time since the last call, to record.
@@ -191,25 +257,88 @@ impl SshPool {
     }
 
     async fn connection(&self, target: &Target) -> Result<Arc<Connection>, SshError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(c) = connections
-            .get(&target.node)
-            .filter(|c| !c.handle.is_closed())
-        {
+        let slot = self.slot(&target.node);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.handle.is_closed()) {
             return Ok(c.clone());
         }
+        let via = match target.jumps.len() {
+            0 => None,
+            n => Some(self.hop_connection(&target.jumps, n).await?),
+        };
+        let endpoint = Endpoint {
+            name: &target.node,
+            user: &target.user,
+            login: &target.login,
+            check_host_key: target.check_host_key,
+        };
+        let c = Arc::new(
+            self.connect_with_retries(&endpoint, &target.addresses, target.port, via.as_deref())
+                .await?,
+        );
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The connection to the `n`-th hop of `chain` (from 1), through the hops before it.
+    fn hop_connection<'a>(
+        &'a self,
+        chain: &'a [Hop],
+        n: usize,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Arc<Connection>, SshError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let key = hop_key(&chain[..n]);
+            let slot = self.slot(&key);
+            let mut guard = slot.lock().await;
+            if let Some(c) = guard.as_ref().filter(|c| !c.handle.is_closed()) {
+                return Ok(c.clone());
+            }
+            let via = match n {
+                1 => None,
+                _ => Some(self.hop_connection(chain, n - 1).await?),
+            };
+            let hop = &chain[n - 1];
+            let endpoint = Endpoint {
+                name: &key,
+                user: &hop.user,
+                login: &hop.login,
+                check_host_key: true,
+            };
+            let c = self
+                .connect_with_retries(
+                    &endpoint,
+                    std::slice::from_ref(&hop.host),
+                    hop.port,
+                    via.as_deref(),
+                )
+                .await
+                .map_err(|e| SshError::JumpHost {
+                    hop: hop.label(),
+                    reason: e.to_string(),
+                })?;
+            let c = Arc::new(c);
+            *guard = Some(c.clone());
+            Ok(c)
+        })
+    }
+
+    async fn connect_with_retries(
+        &self,
+        endpoint: &Endpoint<'_>,
+        addresses: &[String],
+        port: u16,
+        via: Option<&Connection>,
+    ) -> Result<Connection, SshError> {
         let mut last = String::new();
         for attempt in 0..CONNECT_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(jitter(attempt)).await;
             }
-            for address in &target.addresses {
-                match self.connect(target, address).await {
-                    Ok(c) => {
-                        let c = Arc::new(c);
-                        connections.insert(target.node.clone(), c.clone());
-                        return Ok(c);
-                    }
+            for address in addresses {
+                match self.connect(endpoint, address, port, via).await {
+                    Ok(c) => return Ok(c),
                     // These do not get better by trying again.
                     Err(
                         e @ (SshError::HostKeyChanged { .. }
@@ -221,42 +350,68 @@ impl SshPool {
             }
         }
         Err(SshError::Unreachable {
-            addresses: target.addresses.join(", "),
-            port: target.port,
+            addresses: addresses.join(", "),
+            port,
             reason: last,
         })
     }
 
-    async fn connect(&self, target: &Target, address: &str) -> Result<Connection, SshError> {
-        let addr = (address, target.port)
-            .to_socket_addrs()
-            .map_err(|e| SshError::Ssh(format!("cannot resolve {address}: {e}")))?
-            .next()
-            .ok_or_else(|| SshError::Ssh(format!("{address} has no address")))?;
+    async fn connect(
+        &self,
+        endpoint: &Endpoint<'_>,
+        address: &str,
+        port: u16,
+        via: Option<&Connection>,
+    ) -> Result<Connection, SshError> {
         let expected = self
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&target.node)
+            .get(endpoint.name)
             .cloned();
         let seen = Arc::new(Mutex::new(None));
         let client = Client {
             expected: expected.clone(),
-            check: target.check_host_key,
+            check: endpoint.check_host_key,
             seen: seen.clone(),
         };
-        let mut handle = tokio::time::timeout(
-            self.connect_timeout,
-            client::connect(self.config.clone(), addr, client),
-        )
-        .await
-        .map_err(|_| {
-            SshError::Ssh(format!(
-                "no answer within {} s",
-                self.connect_timeout.as_secs()
-            ))
-        })??;
-        let authenticated = match &target.login {
+        let timeout = self.connect_timeout;
+        let no_answer = || SshError::Ssh(format!("no answer within {} s", timeout.as_secs()));
+        let handshake = async {
+            match via {
+                // Through a jump host: the jump host resolves the address and opens the TCP
+                // connection; a refusal means it could not reach it.
+                Some(jump) => {
+                    let channel = jump
+                        .handle
+                        .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
+                        .await
+                        .map_err(|e| match e {
+                            russh::Error::ChannelOpenFailure(_) => SshError::Ssh(
+                                "the jump host could not open a connection to it".into(),
+                            ),
+                            e => e.into(),
+                        })?;
+                    client::connect_stream(self.config.clone(), channel.into_stream(), client).await
+                }
+                None => {
+                    let addr = (address, port)
+                        .to_socket_addrs()
+                        .map_err(|e| SshError::Ssh(format!("cannot resolve {address}: {e}")))?
+                        .next()
+                        .ok_or_else(|| SshError::Ssh(format!("{address} has no address")))?;
+                    let socket = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| SshError::Ssh(e.to_string()))?;
+                    let _ = socket.set_nodelay(true);
+                    client::connect_stream(self.config.clone(), socket, client).await
+                }
+            }
+        };
+        let mut handle = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| no_answer())??;
+        let authenticated = match endpoint.login {
             Login::Key(key) => {
                 let hash = if key.algorithm().is_rsa() {
                     handle.best_supported_rsa_hash().await?.flatten()
@@ -265,36 +420,36 @@ impl SshPool {
                 };
                 handle
                     .authenticate_publickey(
-                        &target.user,
+                        endpoint.user,
                         PrivateKeyWithHashAlg::new(key.clone(), hash),
                     )
                     .await?
                     .success()
             }
             Login::Password(p) => handle
-                .authenticate_password(&target.user, p)
+                .authenticate_password(endpoint.user, p)
                 .await?
                 .success(),
         };
         if !authenticated {
             return Err(SshError::Auth {
-                user: target.user.clone(),
-                method: match target.login {
+                user: endpoint.user.to_string(),
+                method: match endpoint.login {
                     Login::Key(_) => "key",
                     Login::Password(_) => "password",
                 },
             });
         }
-        if expected.is_none() && target.check_host_key {
+        if expected.is_none() && endpoint.check_host_key {
             if let Some(fp) = seen.lock().unwrap_or_else(|p| p.into_inner()).clone() {
                 self.known
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(target.node.clone(), fp.clone());
+                    .insert(endpoint.name.to_string(), fp.clone());
                 self.new_keys
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push((target.node.clone(), fp));
+                    .push((endpoint.name.to_string(), fp));
             }
         }
         Ok(Connection {

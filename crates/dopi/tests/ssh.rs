@@ -4,44 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::{text_of, World};
+use common::{node_message, plan, text_of, World};
 use dop_testbed::{Options, Testbed};
 
 fn text(b: &[u8]) -> String {
     text_of(b)
-}
-
-/// A plan whose nodes are the testbed's addresses, logging in with `key`.
-fn plan(testbed: &Testbed, key: &Path, extra_nodes: &str, steps: &str) -> String {
-    let mut nodes = String::new();
-    for (i, a) in testbed.addresses.iter().enumerate() {
-        nodes.push_str(&format!(
-            "  n{:02}: {{infrastructure: lab, fqdn: '{a}'}}\n",
-            i + 1
-        ));
-    }
-    nodes.push_str(extra_nodes);
-    format!(
-        "name: ssh
-infrastructures: {{lab: {{type: baremetal}}}}
-credentials:
-  login: {{type: ssh_key, username: {user}, private_key: {{file: {key}}}}}
-nodes:
-{nodes}steps:
-{steps}",
-        user = testbed.user,
-        key = key.display(),
-    )
-}
-
-fn node_message(show: &serde_json::Value, set: usize, node: &str) -> String {
-    show["step_sets"][set]["steps"][0]["nodes"][node]["commands"][0]["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
 }
 
 #[test]

@@ -9,6 +9,7 @@ use super::check::{
     boolean, field, mapping, named_mappings, non_empty_string, string, string_list,
     warn_unknown_keys,
 };
+use super::jump::{self, JumpHost};
 use super::run_options::{self, RunOptions};
 use crate::diagnostic::{join, Collector};
 use crate::yaml::Yaml;
@@ -87,6 +88,9 @@ pub struct Infrastructure {
     /// Run options for the nodes of this infrastructure.
     #[serde(default)]
     pub run_options: RunOptions,
+    /// The SSH jump host chain to its nodes (first hop first); empty: connect directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jump_hosts: Vec<JumpHost>,
 }
 
 impl Infrastructure {
@@ -135,8 +139,9 @@ pub struct AffinityGroup {
     pub cluster: String,
 }
 
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
     "type",
+    "jump_hosts",
     "endpoint",
     "credentials",
     "networks",
@@ -286,6 +291,9 @@ pub(crate) fn parse(
         .unwrap_or_default();
 
     let run_options = RunOptions::parse(c, v, path);
+    let jump_hosts = field(v, "jump_hosts")
+        .and_then(|j| jump::parse(c, j, &join(path, "jump_hosts"), credential_names))
+        .unwrap_or_default();
     let provider = provider?;
     (c.error_count() == errors).then(|| Infrastructure {
         name: name.to_string(),
@@ -297,6 +305,7 @@ pub(crate) fn parse(
         affinity_groups,
         default_security_groups,
         run_options,
+        jump_hosts,
     })
 }
 

@@ -4,6 +4,7 @@ mod check;
 pub(crate) mod credential;
 mod hooks;
 pub(crate) mod infrastructure;
+mod jump;
 pub(crate) mod node;
 pub(crate) mod run_options;
 pub(crate) mod step;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use credential::{ContentError, ContentSource, Credential, CredentialKind};
 pub use hooks::Hooks;
 pub use infrastructure::{AffinityGroup, Gateway, Infrastructure, Network, Provider};
+pub use jump::JumpHost;
 pub use node::{
     check_fqdn, DataDisk, Dns, InfrastructureProperties, Interface, IpSetting, Node, Sizing,
     FLAVORS,

@@ -10,6 +10,7 @@ use super::check::{
 };
 use super::credential::{Credential, CredentialKind};
 use super::infrastructure::{Gateway, Infrastructure, Provider};
+use super::jump::{self, JumpHost};
 use crate::datasize::DataSize;
 use crate::diagnostic::{index, join, Collector};
 use crate::yaml::{Value, Yaml};
@@ -74,6 +75,9 @@ pub struct Node {
     /// Provider-specific settings.
     #[serde(default, skip_serializing_if = "InfrastructureProperties::is_empty")]
     pub infrastructure_properties: InfrastructureProperties,
+    /// The SSH jump host chain to the node: its own `jump_hosts`, else its infrastructure's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jump_hosts: Vec<JumpHost>,
 }
 
 /// Cores, memory and storage of a flavor, and the built-in flavors of non-OpenStack providers.
@@ -275,8 +279,9 @@ pub(crate) struct NodeContext<'a> {
     pub credentials: &'a [Credential],
 }
 
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 24] = [
     "infrastructure",
+    "jump_hosts",
     "fqdn",
     "infrastructure_properties",
     "image",
@@ -450,6 +455,12 @@ pub(crate) fn parse(
         .unwrap_or(false);
 
     let infrastructure_properties = parse_properties(c, v, path, infra);
+    let jump_hosts = match field(v, "jump_hosts") {
+        Some(j) => {
+            jump::parse(c, j, &join(path, "jump_hosts"), &ctx.credential_names).unwrap_or_default()
+        }
+        None => infra.map(|i| i.jump_hosts.clone()).unwrap_or_default(),
+    };
 
     (c.error_count() == errors).then(|| Node {
         name: name.to_string(),
@@ -472,6 +483,7 @@ pub(crate) fn parse(
         tags,
         force_stop,
         infrastructure_properties,
+        jump_hosts,
     })
 }
 

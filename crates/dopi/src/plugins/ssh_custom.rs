@@ -3,13 +3,13 @@
 //! of the command, each value single-quoted.
 
 use async_trait::async_trait;
-use dop_core::plan::{CredentialKind, IpSetting};
+use dop_core::plan::{CredentialKind, IpSetting, Node};
 
 use super::checks::{self, Checks};
 use super::custom::{command_line, command_problems, environment};
 use crate::exec::Stream;
 use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
-use crate::ssh::{Login, Target};
+use crate::ssh::{Hop, Login, Target};
 
 /// The `ssh/custom` plugin.
 pub struct SshCustom;
@@ -63,28 +63,14 @@ pub fn ssh_problems(options: &Options) -> Vec<ParamProblem> {
     problems
 }
 
-/// Where and how to reach the command's node: the first ssh_key or username_password
-/// credential named in `credentials`, the fqdn and the node's static addresses.
-pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
-    let names: Vec<String> = match ctx
-        .options
-        .get("credentials")
-        .or_else(|| ctx.options.get("credential"))
-    {
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    if names.is_empty() {
-        return Err("no 'credentials' for the ssh login (set them on the command or with set_plugin_defaults)".into());
-    }
-    let mut chosen = None;
-    for name in &names {
-        let credential = ctx
-            .credentials
+/// The user and login of the first ssh_key (with a private_key) or username_password credential
+/// among `names`.
+fn login(
+    credentials: &[dop_core::plan::Credential],
+    names: &[String],
+) -> Result<(String, Login), String> {
+    for name in names {
+        let credential = credentials
             .iter()
             .find(|c| c.name == *name)
             .ok_or_else(|| format!("the credential '{name}' does not exist in the plan"))?;
@@ -100,24 +86,59 @@ pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
                 let key = russh::keys::decode_secret_key(&text, None).map_err(|e| {
                     format!("credential '{name}': the private key is not usable: {e}")
                 })?;
-                chosen = Some((username.clone(), Login::Key(std::sync::Arc::new(key))));
-                break;
+                return Ok((username.clone(), Login::Key(std::sync::Arc::new(key))));
             }
             CredentialKind::UsernamePassword { username, password } => {
                 let password = password
                     .load()
                     .map_err(|e| format!("credential '{name}': {e}"))?;
-                chosen = Some((username.clone(), Login::Password(password)));
-                break;
+                return Ok((username.clone(), Login::Password(password)));
             }
             _ => {}
         }
     }
-    let (user, login) = chosen.ok_or(
-        "none of the command's credentials is an ssh_key with a private_key or a username_password",
-    )?;
-    let mut addresses = vec![ctx.node.fqdn.trim_end_matches('.').to_string()];
-    for i in &ctx.node.interfaces {
+    Err(format!(
+        "none of the credentials {} is an ssh_key with a private_key or a username_password",
+        names.join(", ")
+    ))
+}
+
+/// Where and how to reach `node` for this command: the first ssh_key or username_password
+/// credential named in `credentials`, the fqdn and the node's static addresses, through the
+/// node's jump hosts.
+pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, String> {
+    let names: Vec<String> = match ctx
+        .options
+        .get("credentials")
+        .or_else(|| ctx.options.get("credential"))
+    {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        return Err("no 'credentials' for the ssh login (set them on the command or with set_plugin_defaults)".into());
+    }
+    let (user, login) = login(ctx.credentials, &names)?;
+    let mut jumps = Vec::new();
+    for hop in &node.jump_hosts {
+        let (user, login) = match &hop.credentials {
+            Some(name) => self::login(ctx.credentials, std::slice::from_ref(name)),
+            None => Ok((user.clone(), login.clone())),
+        }
+        .map_err(|e| format!("jump host {}: {e}", hop.label()))?;
+        jumps.push(Hop {
+            host: hop.host.clone(),
+            port: hop.port,
+            user,
+            login,
+        });
+    }
+    let mut addresses = vec![node.fqdn.trim_end_matches('.').to_string()];
+    for i in &node.interfaces {
         if let IpSetting::Static(ip) = i.ip {
             let ip = ip.to_string();
             if !addresses.contains(&ip) {
@@ -137,13 +158,19 @@ pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(true);
     Ok(Target {
-        node: ctx.node.name.clone(),
+        node: node.name.clone(),
         addresses,
         port,
         user,
         login,
         check_host_key,
+        jumps,
     })
+}
+
+/// Where and how to reach the command's node.
+pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
+    target_for(ctx, ctx.node)
 }
 
 #[async_trait]
@@ -217,8 +244,17 @@ pub async fn run_remote(
     input: Option<&[u8]>,
     checks: &mut Checks,
 ) -> Outcome {
+    let hops: Vec<String> = target
+        .jumps
+        .iter()
+        .map(|h| format!("{}@{}:{}", h.user, h.host, h.port))
+        .collect();
+    let via = match hops.is_empty() {
+        true => String::new(),
+        false => format!(" through {}", hops.join(", then ")),
+    };
     ctx.log.line(&format!(
-        "running `{shown}` on {}@{}",
+        "running `{shown}` on {}@{}{via}",
         target.user,
         target.addresses.join(" or ")
     ));

@@ -83,3 +83,35 @@ impl Drop for Running {
 pub fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A plan whose nodes `n01`, `n02`… are the testbed's addresses, logging in with `key` (the
+/// credential `login`), with `extra_nodes` and `steps` (YAML text) added.
+pub fn plan(testbed: &dop_testbed::Testbed, key: &Path, extra_nodes: &str, steps: &str) -> String {
+    let mut nodes = String::new();
+    for (i, a) in testbed.addresses.iter().enumerate() {
+        nodes.push_str(&format!(
+            "  n{:02}: {{infrastructure: lab, fqdn: '{a}'}}\n",
+            i + 1
+        ));
+    }
+    nodes.push_str(extra_nodes);
+    format!(
+        "name: ssh
+infrastructures: {{lab: {{type: baremetal}}}}
+credentials:
+  login: {{type: ssh_key, username: {user}, private_key: {{file: {key}}}}}
+nodes:
+{nodes}steps:
+{steps}",
+        user = testbed.user,
+        key = key.display(),
+    )
+}
+
+/// The message of the first command of a step set's first step on a node, from `show --json`.
+pub fn node_message(show: &serde_json::Value, set: usize, node: &str) -> String {
+    show["step_sets"][set]["steps"][0]["nodes"][node]["commands"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}

@@ -1,0 +1,142 @@
+//! Routes to a node other than a direct connection: jump host chains (per infrastructure and
+//! per node, one shared connection per jump host, `direct-tcpip` to the target) and commands
+//! run on another node (`run_on`).
+
+mod common;
+
+use common::{node_message, text_of, World};
+use dop_testbed::{Options, Testbed};
+
+/// Lines of a testbed's sshd logs that mention `needle`.
+fn log_lines(testbed: &Testbed, needle: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(testbed.dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines.extend(
+                text.lines()
+                    .filter(|l| l.contains(needle))
+                    .map(str::to_string),
+            );
+        }
+    }
+    lines
+}
+
+#[test]
+fn jump_host_chains_reach_nodes_through_one_connection_per_jump_host() {
+    let w = World::new();
+    let jumps = Testbed::start(
+        &w.path().join("jumps"),
+        &Options {
+            nodes: 2,
+            port: 2321,
+            first: 91,
+            log_level: "DEBUG1".into(),
+            ..Options::default()
+        },
+    )
+    .expect("jump testbed");
+    // The targets share the jump hosts' client key, so one credential logs in everywhere.
+    std::fs::create_dir_all(w.path().join("targets")).unwrap();
+    for key in ["client_ed25519", "client_ed25519.pub"] {
+        std::fs::copy(jumps.dir().join(key), w.path().join("targets").join(key)).unwrap();
+    }
+    let targets = Testbed::start(
+        &w.path().join("targets"),
+        &Options {
+            nodes: 3,
+            port: 2322,
+            first: 95,
+            ..Options::default()
+        },
+    )
+    .expect("target testbed");
+    let (j1, j2) = (jumps.addresses[0], jumps.addresses[1]);
+    let t = &targets.addresses;
+    let plan = format!(
+        "name: jump
+infrastructures:
+  lab: {{type: baremetal}}
+  behind: {{type: baremetal, jump_hosts: ['{j1}:2321']}}
+credentials:
+  login: {{type: ssh_key, username: {user}, private_key: {{file: {key}}}}}
+  wrong: {{type: ssh_key, username: nobody-here, private_key: {{file: {key}}}}}
+nodes:
+  hop1a: {{infrastructure: behind, fqdn: '{t0}'}}
+  hop1b: {{infrastructure: behind, fqdn: '{t1}'}}
+  hop2: {{infrastructure: lab, fqdn: '{t2}', jump_hosts: ['{j1}:2321', {{host: '{j2}', port: 2321, credentials: login}}]}}
+  direct: {{infrastructure: behind, fqdn: '{t2}', jump_hosts: []}}
+  badjump: {{infrastructure: lab, fqdn: '{t0}', jump_hosts: [{{host: '{j2}', port: 2321, credentials: wrong}}]}}
+  deadjump: {{infrastructure: lab, fqdn: '{t0}', jump_hosts: ['127.10.9.9:2321']}}
+  deadtarget: {{infrastructure: behind, fqdn: 127.10.9.9}}
+steps:
+  - name: where
+    nodes: all
+    max_in_flight: -1
+    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: 2322}}]
+    command: {{plugin: ssh/custom, exec: 'echo at $DOP_NODE_NAME'}}
+",
+        user = jumps.user,
+        key = jumps.client_key().display(),
+        t0 = t[0],
+        t1 = t[1],
+        t2 = t[2],
+    );
+    w.add("jump", &plan);
+    let out = w.dopi(&["run", "jump", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logs = std::path::PathBuf::from(report["log_dir"].as_str().unwrap());
+    let show = w.show_json("jump");
+    let node = |n: &str| &show["step_sets"][0]["steps"][0]["nodes"][n];
+    for ok in ["hop1a", "hop1b", "hop2", "direct"] {
+        assert_eq!(node(ok)["state"], "done", "{ok}: {}", node(ok));
+        let log = std::fs::read_to_string(logs.join(format!("{ok}.log"))).unwrap();
+        assert!(log.contains(&format!("stdout: at {ok}")), "{ok}: {log}");
+    }
+    let hop2 = std::fs::read_to_string(logs.join("hop2.log")).unwrap();
+    assert!(
+        hop2.contains(&format!(
+            "through {u}@{j1}:2321, then {u}@{j2}:2321",
+            u = jumps.user
+        )),
+        "{hop2}"
+    );
+
+    // The jump hosts opened the forwarded connections: j1 to both targets behind it and to j2
+    // (once: the chain's connection is shared), j2 to hop2's target. `direct` went around them.
+    let forwarded = |to: std::net::Ipv4Addr, port: u16| {
+        log_lines(
+            &jumps,
+            &format!("direct_tcpip: originator 127.0.0.1 port 0, target {to} port {port}"),
+        )
+        .len()
+    };
+    assert_eq!(forwarded(t[0], 2322), 1, "{:?}", log_lines(&jumps, "port"));
+    assert_eq!(forwarded(t[1], 2322), 1);
+    assert_eq!(forwarded(j2, 2321), 1);
+    assert_eq!(forwarded(t[2], 2322), 1);
+
+    assert_eq!(
+        node_message(&show, 0, "badjump"),
+        format!(
+            "through the jump host {j2}:2321: authentication as 'nobody-here' failed (the node \
+             did not accept the key)"
+        )
+    );
+    let dead = node_message(&show, 0, "deadjump");
+    assert!(
+        dead.starts_with(
+            "through the jump host 127.10.9.9:2321: cannot reach the node on port 2321"
+        ),
+        "{dead}"
+    );
+    let dead = node_message(&show, 0, "deadtarget");
+    assert!(
+        dead.contains("the jump host could not open a connection to it"),
+        "{dead}"
+    );
+    drop((jumps, targets));
+}
