@@ -235,9 +235,11 @@ pub fn check_commands(plan: &Plan, registry: &Registry) -> Vec<(String, String, 
             };
             for (j, cmd) in step.commands.iter().enumerate() {
                 let path = format!("{step_path}.{field}[{j}]");
-                check_command(cmd, &path, registry, &mut problems);
+                check_command(cmd, &path, registry, plan, &mut problems);
             }
             for (j, d) in step.set_plugin_defaults.iter().enumerate() {
+                let defaults_path = format!("{step_path}.set_plugin_defaults[{j}]");
+                check_run_on(&d.options, &defaults_path, plan, &mut problems);
                 for name in registry.names() {
                     if d.plugins.matches(name) {
                         let plugin = registry.get(name).expect("listed");
@@ -256,12 +258,32 @@ pub fn check_commands(plan: &Plan, registry: &Registry) -> Vec<(String, String, 
     problems
 }
 
+/// `run_on` must name a node of the plan.
+fn check_run_on(
+    options: &crate::plugin::Options,
+    path: &str,
+    plan: &Plan,
+    problems: &mut Vec<(String, String, bool)>,
+) {
+    if let Some(name) = options.get("run_on").and_then(serde_json::Value::as_str) {
+        if !plan.nodes.iter().any(|n| n.name == name) {
+            problems.push((
+                format!("{path}.run_on"),
+                format!("no node '{name}' in the plan to run the command on"),
+                false,
+            ));
+        }
+    }
+}
+
 fn check_command(
     cmd: &Command,
     path: &str,
     registry: &Registry,
+    plan: &Plan,
     problems: &mut Vec<(String, String, bool)>,
 ) {
+    check_run_on(&cmd.options, path, plan, problems);
     match registry.get(&cmd.plugin) {
         None if crate::plugin::NOT_YET_AVAILABLE.contains(&cmd.plugin.as_str()) => problems.push((
             format!("{path}.plugin"),
@@ -297,6 +319,7 @@ fn check_command(
             v,
             &format!("{path}.verify_commands[{k}]"),
             registry,
+            plan,
             problems,
         );
     }
@@ -890,6 +913,7 @@ async fn run_node(
                     log,
                     stop: ctx.stop.clone(),
                     credentials: &ctx.plan.credentials,
+                    nodes: &ctx.plan.nodes,
                     ssh: ctx.ssh.clone(),
                 };
                 plugin.run(&cc).await

@@ -57,6 +57,8 @@ pub struct CommandContext<'a> {
     pub stop: watch::Receiver<Stop>,
     /// The plan's credentials.
     pub credentials: &'a [dop_core::plan::Credential],
+    /// The plan's nodes (a command may run on another node than the one it is for).
+    pub nodes: &'a [Node],
     /// The run's SSH connections.
     pub ssh: Arc<crate::ssh::SshPool>,
 }

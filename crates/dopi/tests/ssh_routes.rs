@@ -140,3 +140,65 @@ steps:
     );
     drop((jumps, targets));
 }
+
+#[test]
+fn a_command_runs_on_another_node_with_the_facts_of_its_own_node() {
+    let w = World::new();
+    let options = Options {
+        nodes: 3,
+        port: 2323,
+        first: 101,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let lb = testbed.addresses[0];
+    // n01 is the load balancer: the web nodes are taken out of it, on it, one at a time.
+    let steps = format!(
+        "  - name: drain
+    nodes: [n02, n03]
+    max_in_flight: 1
+    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}}}]
+    command:
+      plugin: ssh/custom
+      run_on: n01
+      exec: 'echo drained $DOP_NODE_NAME $DOP_NODE_HOSTNAME on $SSH_CONNECTION'
+",
+        port = options.port
+    );
+    w.add(
+        "ssh",
+        &common::plan(&testbed, &testbed.client_key(), "", &steps),
+    );
+    let out = w.dopi(&["run", "ssh", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logs = std::path::PathBuf::from(report["log_dir"].as_str().unwrap());
+    for (node, address) in [("n02", testbed.addresses[1]), ("n03", testbed.addresses[2])] {
+        let log = std::fs::read_to_string(logs.join(format!("{node}.log"))).unwrap();
+        // The command's environment is its own node's; the connection is to n01's sshd.
+        let expected = format!("stdout: drained {node} {address} on 127.0.0.1 ");
+        let line = log.lines().find(|l| l.contains(&expected));
+        assert!(
+            line.is_some_and(|l| l.ends_with(&format!(" {lb} {}", options.port))),
+            "{node}: {log}"
+        );
+    }
+
+    // A run_on that names no node is a plan error, with its path.
+    let bad = steps.replace("run_on: n01", "run_on: n09");
+    let file = w.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        common::plan(&testbed, &testbed.client_key(), "", &bad),
+    )
+    .unwrap();
+    let out = w.dopi(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text_of(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: steps[0].command[0].run_on: no node 'n09' in the plan to run the command on"
+        ),
+        "{stderr}"
+    );
+}

@@ -19,9 +19,11 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// The parameters every ssh plugin takes: `credentials`, `port`, `check_host_key`, and the
-/// original's `quiet` and `base64` (accepted, not needed).
-pub const SSH_KEYS: [&str; 6] = [
+/// The parameters every ssh plugin takes: `credentials`, `port`, `check_host_key`, `run_on`
+/// (another plan node to run the command on), and the original's `quiet` and `base64`
+/// (accepted, not needed).
+pub const SSH_KEYS: [&str; 7] = [
+    "run_on",
     "credentials",
     "credential",
     "port",
@@ -48,6 +50,12 @@ pub fn ssh_problems(options: &Options) -> Vec<ParamProblem> {
         problems.push(ParamProblem::error(
             "check_host_key",
             "'check_host_key' must be true or false",
+        ));
+    }
+    if options.get("run_on").is_some_and(|r| !r.is_string()) {
+        problems.push(ParamProblem::error(
+            "run_on",
+            "'run_on' must be the name of a plan node",
         ));
     }
     for key in ["credentials", "credential"] {
@@ -168,9 +176,22 @@ pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, Strin
     })
 }
 
-/// Where and how to reach the command's node.
+/// Where and how to reach the node the command runs on: the command's node, or the plan node
+/// named by `run_on`.
 pub fn target(ctx: &CommandContext<'_>) -> Result<Target, String> {
-    target_for(ctx, ctx.node)
+    match ctx
+        .options
+        .get("run_on")
+        .and_then(serde_json::Value::as_str)
+    {
+        None => target_for(ctx, ctx.node),
+        Some(name) => {
+            let node = ctx.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+                format!("'run_on': no node '{name}' in the plan to run the command on")
+            })?;
+            target_for(ctx, node)
+        }
+    }
 }
 
 #[async_trait]
