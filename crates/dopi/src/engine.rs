@@ -898,27 +898,32 @@ async fn run_node(
             break;
         }
         let plugin = ctx.registry.get(&cmd.plugin).expect("checked").clone();
-        let run_one = |plugin: Arc<dyn crate::plugin::Plugin>, opts: Options, timeout: i64| {
-            let ctx = ctx.clone();
-            let node = node.clone();
-            let key = key.to_string();
-            let log = nlog.clone();
-            async move {
-                let cc = CommandContext {
-                    plan: &ctx.plan_name,
-                    node: &node,
-                    step: &key,
-                    options: &opts,
-                    timeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(300)),
-                    log,
-                    stop: ctx.stop.clone(),
-                    credentials: &ctx.plan.credentials,
-                    nodes: &ctx.plan.nodes,
-                    ssh: ctx.ssh.clone(),
-                };
-                plugin.run(&cc).await
-            }
-        };
+        let run_one =
+            |plugin: Arc<dyn crate::plugin::Plugin>, opts: Options, timeout: Option<i64>| {
+                let ctx = ctx.clone();
+                let node = node.clone();
+                let key = key.to_string();
+                let log = nlog.clone();
+                async move {
+                    let cc = CommandContext {
+                        plan: &ctx.plan_name,
+                        node: &node,
+                        step: &key,
+                        options: &opts,
+                        timeout: Duration::from_secs(
+                            timeout
+                                .and_then(|t| u64::try_from(t).ok())
+                                .unwrap_or_else(|| plugin.default_timeout()),
+                        ),
+                        log,
+                        stop: ctx.stop.clone(),
+                        credentials: &ctx.plan.credentials,
+                        nodes: &ctx.plan.nodes,
+                        ssh: ctx.ssh.clone(),
+                    };
+                    plugin.run(&cc).await
+                }
+            };
         if !cmd.verify_commands.is_empty() {
             let mut all_ok = true;
             for (v, vo) in cmd.verify_commands.iter().zip(&verify_options[ci]) {

@@ -63,6 +63,25 @@ pub struct CommandContext<'a> {
     pub ssh: Arc<crate::ssh::SshPool>,
 }
 
+impl CommandContext<'_> {
+    /// The same context with another timeout (what is left of it, for a command that runs
+    /// several programs).
+    pub fn with_timeout(&self, timeout: Duration) -> CommandContext<'_> {
+        CommandContext {
+            plan: self.plan,
+            node: self.node,
+            step: self.step,
+            options: self.options,
+            timeout,
+            log: self.log.clone(),
+            stop: self.stop.clone(),
+            credentials: self.credentials,
+            nodes: self.nodes,
+            ssh: self.ssh.clone(),
+        }
+    }
+}
+
 /// How a command ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -100,6 +119,10 @@ pub trait Plugin: Send + Sync {
     fn required(&self) -> &'static [&'static str] {
         &[]
     }
+    /// The `plugin_timeout` when the command sets none, in seconds.
+    fn default_timeout(&self) -> u64 {
+        dop_core::plan::DEFAULT_PLUGIN_TIMEOUT.unsigned_abs()
+    }
     /// What the command would do, for `--noop`.
     fn describe(&self, options: &Options) -> String;
     /// Runs the command.
@@ -108,8 +131,7 @@ pub trait Plugin: Send + Sync {
 
 /// Plugins of the original dopi that this dopi does not run (yet): plans that use them stay
 /// valid (with a warning), and `run` refuses a step set that needs one before it starts.
-pub const NOT_YET_AVAILABLE: [&str; 10] = [
-    "ssh/puppet_agent_run",
+pub const NOT_YET_AVAILABLE: [&str; 9] = [
     "winrm/cmd",
     "winrm/powershell",
     "winrm/file_exists",
@@ -143,6 +165,7 @@ impl Registry {
         r.add(Arc::new(crate::plugins::ssh_more::FileDeploy));
         r.add(Arc::new(crate::plugins::ssh_more::FileReplace));
         r.add(Arc::new(crate::plugins::ssh_more::Reboot));
+        r.add(Arc::new(crate::plugins::puppet::PuppetAgentRun));
         r
     }
 

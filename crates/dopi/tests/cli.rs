@@ -113,7 +113,7 @@ fn plan_nodes_selects_all_by_default_and_by_roles_and_config() {
     let plan = "fixtures/plans/valid/all-features.yaml";
     let all = dopi(&root(), &["plan-nodes", "--json", plan]);
     let all: Vec<serde_json::Value> = serde_json::from_slice(&all.stdout).unwrap();
-    assert_eq!(all.len(), 17);
+    assert_eq!(all.len(), 18);
 
     let out = dopi(
         &root(),

@@ -58,8 +58,10 @@ pub struct Command {
     pub plugin: String,
     /// A title for logs (the plugin name unless set).
     pub title: String,
-    /// Seconds before the command is stopped.
-    pub plugin_timeout: i64,
+    /// Seconds before the command is stopped; unset: the plugin's default
+    /// (`DEFAULT_PLUGIN_TIMEOUT`, longer for Puppet runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_timeout: Option<i64>,
     /// Run the verify commands after the command too.
     pub verify_after_run: bool,
     /// Commands that decide whether this one needs to run at all.
@@ -70,7 +72,7 @@ pub struct Command {
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Default `plugin_timeout`, in seconds.
+/// Default `plugin_timeout` of most plugins, in seconds.
 pub const DEFAULT_PLUGIN_TIMEOUT: i64 = 300;
 
 /// One `set_plugin_defaults` entry: options applied to the commands of matching plugins.
@@ -381,7 +383,7 @@ fn parse_command(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Option<Command>
     let command = |plugin: String| Command {
         title: plugin.clone(),
         plugin,
-        plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
+        plugin_timeout: None,
         verify_after_run: false,
         verify_commands: Vec::new(),
         options: serde_json::Map::new(),
@@ -458,7 +460,7 @@ fn parse_command(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Option<Command>
                 &p,
                 format!("'plugin_timeout' must be a positive number of seconds, not {n}"),
             ),
-            Some(n) => cmd.plugin_timeout = n,
+            Some(n) => cmd.plugin_timeout = Some(n),
             None => {}
         }
     }

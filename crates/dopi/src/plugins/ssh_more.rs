@@ -165,7 +165,7 @@ fn interval_of(options: &Options) -> Duration {
 }
 
 /// Sleeps `interval` unless the run is stopped first; true when stopped.
-async fn pause(ctx: &CommandContext<'_>, interval: Duration) -> bool {
+pub(super) async fn pause(ctx: &CommandContext<'_>, interval: Duration) -> bool {
     let mut stop = ctx.stop.clone();
     tokio::select! {
         () = tokio::time::sleep(interval) => {}
@@ -175,7 +175,7 @@ async fn pause(ctx: &CommandContext<'_>, interval: Duration) -> bool {
     stopped
 }
 
-fn interrupted(message: &str) -> Outcome {
+pub(super) fn interrupted(message: &str) -> Outcome {
     Outcome {
         message: Some(message.into()),
         interrupted: true,

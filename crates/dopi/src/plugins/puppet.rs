@@ -1,0 +1,348 @@
+//! `ssh/puppet_agent_run`: `puppet agent --test` on the node, judged by Puppet's detailed exit
+//! codes (0 no changes, 2 changes: success; 4 failures, 6 changes and failures, 1 a failed or
+//! locked run: failure) and by error patterns, with reruns on change or error, and a wait while
+//! another agent run holds the lock. Unlike the original, `expect_exit_codes` is honoured.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::checks::{self, Checks};
+use super::custom::environment;
+use super::ssh_custom::{run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
+use super::ssh_more::{interrupted, pause};
+use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::ssh::Target;
+
+/// The `ssh/puppet_agent_run` plugin.
+pub struct PuppetAgentRun;
+
+/// Its own parameters (besides the judging and ssh ones).
+const KEYS: [&str; 8] = [
+    "arguments",
+    "env",
+    "rerun_on_change",
+    "rerun_on_error",
+    "max_rerun",
+    "wait_if_already_running",
+    "puppet_bin",
+    "lock_check_interval",
+];
+
+/// Puppet runs can take long: the default `plugin_timeout` is 30 minutes, as in the original.
+const DEFAULT_TIMEOUT: u64 = 1800;
+
+/// The settings of one command, read once.
+struct Settings {
+    puppet: String,
+    arguments: String,
+    rerun_on_change: bool,
+    rerun_on_error: bool,
+    max_rerun: u64,
+    wait_if_running: bool,
+    lock_interval: Duration,
+}
+
+fn flag(options: &Options, key: &str, default: bool) -> bool {
+    options.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn puppet_bin(options: &Options) -> Result<String, String> {
+    match options.get("puppet_bin") {
+        None => Ok("puppet".into()),
+        Some(Value::String(p)) if p.starts_with('/') && !p.ends_with('/') => Ok(p.clone()),
+        Some(v) => Err(format!(
+            "'puppet_bin' must be an absolute path to the puppet program on the node, not {v}"
+        )),
+    }
+}
+
+impl Settings {
+    fn read(options: &Options) -> Result<Settings, String> {
+        let max_rerun = match options.get("max_rerun") {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("'max_rerun' must be a number above 0, not {v}"))?,
+        };
+        let lock_interval = match options.get("lock_check_interval") {
+            None => 10,
+            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                format!("'lock_check_interval' must be a number of seconds above 0, not {v}")
+            })?,
+        };
+        for key in [
+            "rerun_on_change",
+            "rerun_on_error",
+            "wait_if_already_running",
+        ] {
+            if options.get(key).is_some_and(|v| !v.is_boolean()) {
+                return Err(format!("'{key}' must be true or false"));
+            }
+        }
+        Ok(Settings {
+            puppet: puppet_bin(options)?,
+            arguments: params::arguments(options.get("arguments"))?,
+            rerun_on_change: flag(options, "rerun_on_change", false),
+            rerun_on_error: flag(options, "rerun_on_error", false),
+            max_rerun,
+            wait_if_running: flag(options, "wait_if_already_running", true),
+            lock_interval: Duration::from_secs(lock_interval),
+        })
+    }
+
+    fn command(&self) -> String {
+        let mut line = format!("{} agent --test --color false", shell_quote(&self.puppet));
+        if !self.arguments.is_empty() {
+            line.push(' ');
+            line.push_str(&self.arguments);
+        }
+        line
+    }
+}
+
+/// The judging options with Puppet's defaults: exit codes 0 and 2, `^Error:` and `^Warning:`.
+fn judging(options: &Options) -> Options {
+    let mut o = options.clone();
+    o.entry("expect_exit_codes")
+        .or_insert_with(|| serde_json::json!([0, 2]));
+    o.entry("parse_output")
+        .or_insert_with(|| serde_json::json!({"error": ["^Error:"], "warning": ["^Warning:"]}));
+    o
+}
+
+/// What an exit status of `puppet agent --test --detailed-exitcodes` means.
+fn meaning(code: i32) -> Option<&'static str> {
+    match code {
+        0 => Some("no changes"),
+        1 => Some("the run failed, or another run held the lock"),
+        2 => Some("changes applied"),
+        4 => Some("the run had failures"),
+        6 => Some("changes applied, and the run had failures"),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Plugin for PuppetAgentRun {
+    fn name(&self) -> &'static str {
+        "ssh/puppet_agent_run"
+    }
+
+    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+        let known: Vec<&str> = KEYS
+            .into_iter()
+            .chain(checks::KEYS)
+            .chain(SSH_KEYS)
+            .collect();
+        let mut problems = params::unknown_keys(options, &known);
+        problems.extend(Checks::problems(options));
+        problems.extend(ssh_problems(options));
+        if let Err(e) = params::env(options.get("env")) {
+            problems.push(ParamProblem::error("env", e));
+        }
+        if let Err(e) = Settings::read(options) {
+            let key = KEYS
+                .iter()
+                .find(|k| e.starts_with(&format!("'{k}'")))
+                .copied()
+                .unwrap_or("");
+            problems.push(ParamProblem::error(key, e));
+        }
+        problems
+    }
+
+    fn default_timeout(&self) -> u64 {
+        DEFAULT_TIMEOUT
+    }
+
+    fn describe(&self, options: &Options) -> String {
+        match Settings::read(options) {
+            Ok(s) => format!("run `{}` on the node over ssh", s.command()),
+            Err(e) => e,
+        }
+    }
+
+    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+        let (settings, env, target) =
+            match (Settings::read(ctx.options), environment(ctx), target(ctx)) {
+                (Ok(s), Ok(e), Ok(t)) => (s, e, t),
+                (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
+            };
+        let exports: String = env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
+            .collect();
+        let judging = judging(ctx.options);
+        let start = Instant::now();
+        let runs_allowed = 1 + settings.max_rerun;
+        let mut runs = 0;
+        loop {
+            if let Some(outcome) = wait_for_lock(ctx, &target, &settings, &exports, start).await {
+                return outcome;
+            }
+            runs += 1;
+            ctx.log.line(&match runs {
+                1 => "Starting Puppet Run".to_string(),
+                n => format!("Starting Puppet Rerun {} of {}", n - 1, settings.max_rerun),
+            });
+            let mut checks = match Checks::from_options(&judging) {
+                Ok(c) => c,
+                Err(e) => return Outcome::failed(e),
+            };
+            let line = settings.command();
+            // Every run gets what is left of plugin_timeout, not all of it.
+            let left = ctx.with_timeout(ctx.timeout.saturating_sub(start.elapsed()));
+            let mut outcome = run_remote(
+                &left,
+                &target,
+                &format!("{exports}{line}"),
+                &line,
+                None,
+                &mut checks,
+            )
+            .await;
+            if outcome.interrupted || ctx.timeout.saturating_sub(start.elapsed()).is_zero() {
+                return outcome;
+            }
+            let code = outcome.exit_status;
+            if let (Some(code), Some(message)) = (code, outcome.message.as_mut()) {
+                if let Some(what) = meaning(code) {
+                    message.push_str(&format!(" (Puppet: {what})"));
+                }
+            }
+            let changed = outcome.success && code == Some(2);
+            if outcome.success && !changed {
+                return outcome;
+            }
+            if changed {
+                if !settings.rerun_on_change {
+                    return outcome;
+                }
+                if runs >= runs_allowed {
+                    ctx.log
+                        .line("warning: Puppet had still changes after multiple reruns");
+                    outcome.message = Some("Puppet had still changes after multiple reruns".into());
+                    return outcome;
+                }
+                ctx.log.line("Puppet applied changes; running it again");
+                continue;
+            }
+            // An error.
+            if !settings.rerun_on_error {
+                return outcome;
+            }
+            if runs >= runs_allowed {
+                let why = outcome.message.unwrap_or_default();
+                outcome.message = Some(format!(
+                    "Puppet had ERRORS during the run! max_reruns ({}) reached! Last run: {why}",
+                    settings.max_rerun
+                ));
+                return outcome;
+            }
+            ctx.log.line(&format!(
+                "Puppet had errors ({}); running it again",
+                outcome.message.as_deref().unwrap_or("")
+            ));
+        }
+    }
+}
+
+/// Waits while another agent run holds Puppet's lock file; `Some` when the command must end
+/// here (the lock is held and waiting is off, the timeout passed, the run was stopped).
+async fn wait_for_lock(
+    ctx: &CommandContext<'_>,
+    target: &Target,
+    settings: &Settings,
+    exports: &str,
+    start: Instant,
+) -> Option<Outcome> {
+    let puppet = shell_quote(&settings.puppet);
+    let test =
+        format!("{exports}test -f \"$({puppet} config print statedir)/agent_catalog_run.lock\"");
+    loop {
+        let mut ignore = |_: crate::exec::Stream, _: &str| {};
+        let locked = match ctx
+            .ssh
+            .exec(
+                target,
+                &test,
+                None,
+                Duration::from_secs(60).min(ctx.timeout),
+                ctx.stop.clone(),
+                &mut ignore,
+            )
+            .await
+        {
+            Ok(f) if f.stopped => return Some(interrupted("stopped before the Puppet run")),
+            Ok(f) => f.exit_status == Some(0),
+            Err(e) => return Some(Outcome::failed(e.to_string())),
+        };
+        if !locked {
+            return None;
+        }
+        if !settings.wait_if_running {
+            return Some(Outcome::failed(
+                "a Puppet run is already in progress on the node and wait_if_already_running is false",
+            ));
+        }
+        let waited = start.elapsed();
+        if waited + settings.lock_interval > ctx.timeout {
+            return Some(Outcome::failed(format!(
+                "a Puppet run was still in progress on the node after {} s (plugin_timeout)",
+                waited.as_secs()
+            )));
+        }
+        ctx.log.line(&format!(
+            "Puppet run already in progress, waiting {}s to check again if finished",
+            settings.lock_interval.as_secs()
+        ));
+        if pause(ctx, settings.lock_interval).await {
+            return Some(interrupted(
+                "stopped while waiting for another Puppet run to finish",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(json: serde_json::Value) -> Options {
+        json.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn the_command_line_quotes_the_program_and_keeps_the_arguments() {
+        let s = Settings::read(&options(serde_json::json!({
+            "puppet_bin": "/opt/puppet labs/bin/puppet",
+            "arguments": "--environment prod --tags 'a b'"
+        })))
+        .unwrap();
+        assert_eq!(
+            s.command(),
+            "'/opt/puppet labs/bin/puppet' agent --test --color false --environment prod --tags 'a b'"
+        );
+        assert_eq!((s.max_rerun, s.wait_if_running), (1, true));
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let problems = PuppetAgentRun.check(&options(serde_json::json!({
+            "max_rerun": 0, "credentials": "x"
+        })));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "max_rerun");
+        let problems = PuppetAgentRun.check(&options(serde_json::json!({
+            "puppet_bin": "bin/puppet"
+        })));
+        assert_eq!(problems[0].key, "puppet_bin");
+        let problems = PuppetAgentRun.check(&options(serde_json::json!({
+            "rerun_on_error": "yes"
+        })));
+        assert_eq!(problems[0].key, "rerun_on_error");
+    }
+}

@@ -1,0 +1,171 @@
+//! `ssh/puppet_agent_run` over a real sshd, with a stand-in `puppet` program on the node whose
+//! exit codes and output each test scripts: detailed exit codes, reruns on change and on error,
+//! `expect_exit_codes` honoured, error patterns, and the wait for another run's lock.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{node_message, plan, text_of, World};
+use dop_testbed::{Options, Testbed};
+
+/// A `puppet` for the node: `config print statedir` prints `<dir>/state-<node>`; `agent …`
+/// records its arguments in `<node>.calls`, takes its next result from `<node>.codes` (an exit
+/// code, or `error0`: an `Error:` line and exit 0) and prints a Puppet-like line.
+const FAKE_PUPPET: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+node=$DOP_NODE_NAME
+if [ "$1" = config ]; then echo "$dir/state-$node"; exit 0; fi
+echo "$*" >> "$dir/$node.calls"
+code=$(head -n 1 "$dir/$node.codes")
+sed -i 1d "$dir/$node.codes"
+case "$code" in
+  error0) echo "Error: Could not retrieve catalog"; exit 0 ;;
+  *) echo "Notice: Applied catalog in 0.01 seconds"; exit "$code" ;;
+esac
+"#;
+
+struct Node<'a> {
+    dir: &'a Path,
+    name: &'a str,
+}
+
+impl Node<'_> {
+    fn codes(&self, codes: &[&str]) {
+        let file = self.dir.join(format!("{}.codes", self.name));
+        std::fs::write(&file, codes.join("\n") + "\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join(format!("{}.calls", self.name)))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+    fn lock(&self) -> PathBuf {
+        let state = self.dir.join(format!("state-{}", self.name));
+        std::fs::create_dir_all(&state).unwrap();
+        state.join("agent_catalog_run.lock")
+    }
+}
+
+#[test]
+fn puppet_runs_are_judged_by_detailed_exit_codes_with_reruns_and_the_lock() {
+    let w = World::new();
+    let options = Options {
+        nodes: 6,
+        port: 2324,
+        first: 111,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    // The nodes are this machine: the stand-in lives where their login can run and write it.
+    let dir = w.path().join("puppet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let puppet = dir.join("puppet");
+    std::fs::write(&puppet, FAKE_PUPPET).unwrap();
+    std::fs::set_permissions(&puppet, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = |name| Node { dir: &dir, name };
+
+    let step = |set: &str, nodes: &str, extra: &str| {
+        format!(
+            "  {set}:
+    - name: puppet
+      nodes: [{nodes}]
+      max_in_flight: -1
+      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}, puppet_bin: '{bin}'}}]
+      command: {{plugin: ssh/puppet_agent_run{extra}}}
+",
+            port = options.port,
+            bin = puppet.display(),
+        )
+    };
+    let steps = [
+        step("plain", "n01", ", arguments: '--tags web'"),
+        step("reruns", "n02", ", rerun_on_change: true, max_rerun: 3"),
+        step("errors", "n03", ", rerun_on_error: true, max_rerun: 1"),
+        step("expect", "n04, n05", ", expect_exit_codes: 2"),
+        step("locked", "n06", ", lock_check_interval: 1"),
+        step("nowait", "n06", ", wait_if_already_running: false"),
+    ]
+    .concat();
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let run = |set: &str| {
+        let out = w.dopi(&["run", "ssh", "-s", set]);
+        (out.status.code(), text_of(&out.stderr))
+    };
+    let show_message = |set: usize, n: &str| node_message(&w.show_json("ssh"), set, n);
+
+    // Changes (exit 2) are a success; the arguments follow `--test --color false`.
+    node("n01").codes(&["2"]);
+    assert_eq!(run("plain").0, Some(0));
+    assert_eq!(
+        node("n01").calls(),
+        ["agent --test --color false --tags web"]
+    );
+
+    // Reruns while Puppet keeps changing things, until it settles.
+    node("n02").codes(&["2", "2", "0"]);
+    assert_eq!(run("reruns").0, Some(0));
+    assert_eq!(node("n02").calls().len(), 3);
+
+    // Failures (4, then 6) are rerun once, then the command fails saying so.
+    node("n03").codes(&["4", "6"]);
+    assert_eq!(run("errors").0, Some(1));
+    assert_eq!(node("n03").calls().len(), 2);
+    let m = show_message(2, "n03");
+    assert!(
+        m.starts_with("Puppet had ERRORS during the run! max_reruns (1) reached!")
+            && m.contains("exit status 6, expected 0 or 2 (Puppet: changes applied, and the run had failures)"),
+        "{m}"
+    );
+
+    // expect_exit_codes is honoured (the original ignored it): "no changes" fails an
+    // expectation of changes; an `Error:` line fails even with exit 0.
+    node("n04").codes(&["0"]);
+    node("n05").codes(&["error0"]);
+    assert_eq!(run("expect").0, Some(1));
+    let m = show_message(3, "n04");
+    assert_eq!(m, "exit status 0, expected 2 (Puppet: no changes)");
+    let m = show_message(3, "n05");
+    assert!(
+        m.contains("1 output line(s) matched an error pattern"),
+        "{m}"
+    );
+
+    // Another run holds the lock: the command waits until it is gone (the test removes it
+    // after a moment), then runs.
+    let lock = node("n06").lock();
+    std::fs::write(&lock, "4242").unwrap();
+    let remover = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            std::fs::remove_file(lock).unwrap();
+        })
+    };
+    node("n06").codes(&["0", "0"]);
+    let (code, stderr) = run("locked");
+    remover.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(node("n06").calls().len(), 1);
+    let logs = w.path().join("logs/ssh");
+    let waited = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("n06.log")).ok())
+        .any(|log| log.contains("Puppet run already in progress, waiting 1s to check again"));
+    assert!(waited, "no wait logged in {}", logs.display());
+
+    // … or, told not to wait, fails without running Puppet.
+    std::fs::write(&lock, "4242").unwrap();
+    assert_eq!(run("nowait").0, Some(1));
+    assert_eq!(node("n06").calls().len(), 1);
+    assert_eq!(
+        show_message(5, "n06"),
+        "a Puppet run is already in progress on the node and wait_if_already_running is false"
+    );
+}
