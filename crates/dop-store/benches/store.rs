@@ -116,6 +116,23 @@ fn main() {
     }
     let transition = start.elapsed() / 200;
     let file_transition = file_write;
+    // The same transitions through a run's state session (database kept open), one at a time
+    // (no group commit helps here).
+    let session = reopened.state_session(&lock);
+    let start = Instant::now();
+    for i in 0..200 {
+        session
+            .write(
+                App::Dopi,
+                vec![(
+                    format!("all/all/node{i:04}.example.com"),
+                    Some(serde_json::json!({"state": "done", "again": true})),
+                )],
+            )
+            .unwrap();
+    }
+    let session_transition = start.elapsed() / 200;
+    drop(session);
     let start = Instant::now();
     assert_eq!(reopened.state("big", App::Dopi).unwrap().records.len(), 200);
     let open_state = start.elapsed();
@@ -174,6 +191,12 @@ fn main() {
     row(
         "one durable state transition",
         transition,
+        file_transition,
+        "file write",
+    );
+    row(
+        "the same through a run's state session",
+        session_transition,
         file_transition,
         "file write",
     );

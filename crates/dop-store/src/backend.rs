@@ -5,6 +5,12 @@
 //! it, does its reads or one atomic, flushed write, and closes it. A process that finds a
 //! database open elsewhere waits briefly and retries, so readers (`show`, `list`) work while a
 //! run writes state, and runs on different plans (different databases) never meet.
+//!
+//! While it waits, a process holds a shared `flock` on `<database>.wait`. A run's state session
+//! (the one holder that keeps a database open for longer) checks that file before each write
+//! and closes the database while anyone waits.
+
+use std::fs::File;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -132,10 +138,53 @@ fn is_lock_contention(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
+/// The file whose shared lock says "a process waits for this database".
+fn wait_marker(path: &Path) -> PathBuf {
+    path.with_extension("wait")
+}
+
+fn open_marker(path: &Path) -> Option<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(wait_marker(path))
+        .ok()
+}
+
+/// Shows that this process waits for the database at `path` (until the value is dropped).
+fn announce_waiting(path: &Path) -> Option<File> {
+    let file = open_marker(path)?;
+    file.lock_shared().ok()?;
+    Some(file)
+}
+
+/// True when another process waits for the database at `path`.
+pub(crate) fn someone_waits(path: &Path) -> bool {
+    let Some(file) = open_marker(path) else {
+        return false;
+    };
+    // Closing the file releases the lock when we got it.
+    file.try_lock().is_err()
+}
+
+/// Waits (at most a few seconds) until the processes waiting for the database at `path` have
+/// had their turn: they hold their shared lock until they have opened it.
+pub(crate) fn let_waiters_in(path: &Path) {
+    let Some(file) = open_marker(path) else {
+        return;
+    };
+    let start = Instant::now();
+    while file.try_lock().is_err() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 impl Backend for SledBackend {
     fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
+        let mut waiting: Option<File> = None;
         loop {
             let config = sled::Config::new()
                 .path(path)
@@ -157,6 +206,9 @@ impl Backend for SledBackend {
                     }))
                 }
                 Err(sled::Error::Io(e)) if is_lock_contention(&e) => {
+                    if waiting.is_none() {
+                        waiting = announce_waiting(path);
+                    }
                     if start.elapsed() >= self.wait {
                         return Err(StoreError::Busy {
                             path: path.to_path_buf(),

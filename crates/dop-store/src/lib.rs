@@ -14,7 +14,8 @@
 //!   on with every write.
 //!
 //! No database stays open between operations (sled allows one process per database), so
-//! reading commands work while a run holds the plan.
+//! reading commands work while a run holds the plan. The one exception, a run's
+//! [`StateSession`], gives its database up whenever another process waits for it.
 //!
 //! ```
 //! use dop_core::{load_str, LookupSettings};
@@ -37,6 +38,7 @@ mod error;
 mod import;
 mod layout;
 mod lock;
+mod session;
 mod store;
 mod time;
 
@@ -45,6 +47,7 @@ pub use error::{Result, StoreError};
 pub use import::{import_store, ImportReport};
 pub use layout::{check_name, Layout, MARKER};
 pub use lock::{Holder, RunLock};
+pub use session::StateSession;
 pub use store::{
     content_hash, App, Iteration, IterationInfo, PlanEntry, PlanLock, StateRecords, Store, Stored,
 };

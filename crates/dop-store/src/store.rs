@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dop_core::{Plan, PlanDiff};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use crate::backend::{Backend, Batch, Database, SledBackend};
 use crate::error::{Result, StoreError};
 use crate::layout::{check_name, Layout};
 use crate::lock::{Holder, RunLock};
+use crate::session::StateSession;
 use crate::time::now_ms;
 
 /// The tools that keep state in the store.
@@ -122,7 +124,7 @@ impl PlanLock {
 /// A store directory.
 pub struct Store {
     layout: Layout,
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
 }
 
 const PLAN_KEY: &str = "plan/";
@@ -181,7 +183,10 @@ impl Store {
     pub fn with_backend(root: &Path, backend: Box<dyn Backend>) -> Result<Store> {
         let layout = Layout::new(root);
         layout.ensure()?;
-        Ok(Store { layout, backend })
+        Ok(Store {
+            layout,
+            backend: Arc::from(backend),
+        })
     }
 
     /// The store directory.
@@ -482,18 +487,15 @@ impl Store {
                 actual: serial,
             });
         }
-        let mut batch = Batch::default();
-        for (key, value) in changes {
-            let key = format!("{}{key}", app.prefix());
-            match value {
-                Some(v) => batch.put(key, encode(v)),
-                None => batch.delete(key),
-            }
-        }
-        let next = serial + 1;
-        batch.put(SERIAL_KEY, next.to_be_bytes().to_vec());
-        db.commit(batch)?;
-        Ok(next)
+        write_batch(&*db, &[(app, changes)], serial + 1)?;
+        Ok(serial + 1)
+    }
+
+    /// Keeps the plan's state database open for a run (see [`StateSession`]): its reads and
+    /// writes then cost no database open each. Taking the run lock first is the caller's proof
+    /// that it is the plan's only writer.
+    pub fn state_session(&self, lock: &PlanLock) -> StateSession {
+        StateSession::start(self.backend.clone(), self.layout.state(&lock.plan))
     }
 }
 
@@ -519,7 +521,30 @@ fn latest_info(db: &dyn Database, path: &Path) -> Result<Option<IterationInfo>> 
         .transpose()
 }
 
-fn read_serial(db: &dyn Database, path: &Path) -> Result<u64> {
+/// State records to write (a `None` value removes one).
+pub(crate) type Records = [(String, Option<serde_json::Value>)];
+
+/// Writes records of several tools and the new serial in one durable commit.
+pub(crate) fn write_batch(
+    db: &dyn Database,
+    changes: &[(App, &Records)],
+    serial: u64,
+) -> Result<()> {
+    let mut batch = Batch::default();
+    for (app, records) in changes {
+        for (key, value) in records.iter() {
+            let key = format!("{}{key}", app.prefix());
+            match value {
+                Some(v) => batch.put(key, encode(v)),
+                None => batch.delete(key),
+            }
+        }
+    }
+    batch.put(SERIAL_KEY, serial.to_be_bytes().to_vec());
+    db.commit(batch)
+}
+
+pub(crate) fn read_serial(db: &dyn Database, path: &Path) -> Result<u64> {
     match db.get(SERIAL_KEY)? {
         None => Ok(0),
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
@@ -531,7 +556,7 @@ fn read_serial(db: &dyn Database, path: &Path) -> Result<u64> {
     }
 }
 
-fn read_state(db: &dyn Database, path: &Path, app: App) -> Result<StateRecords> {
+pub(crate) fn read_state(db: &dyn Database, path: &Path, app: App) -> Result<StateRecords> {
     let serial = read_serial(db, path)?;
     let prefix = app.prefix();
     let records = db

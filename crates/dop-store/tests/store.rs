@@ -120,6 +120,22 @@ fn child_process() {
                 say(format!("done {i}"));
             }
         }
+        // The same through a run's state session, which keeps the database open.
+        "session-writer" => {
+            let lock = store.lock("crash", "session writer").unwrap();
+            let session = store.state_session(&lock);
+            say("locked".into());
+            for i in 0.. {
+                let value = serde_json::json!({ "i": i });
+                session
+                    .write(App::Dopi, vec![(format!("k{i:06}"), Some(value))])
+                    .unwrap();
+                // Few reports, so a full pipe never pauses the writer.
+                if i <= 20 || i % 50 == 0 {
+                    say(format!("done {i}"));
+                }
+            }
+        }
         // Takes the lock of plan `arg` and holds it until killed.
         "holder" => match store.lock(&arg, "holder") {
             Ok(_lock) => {
@@ -446,6 +462,45 @@ fn sigkill_loses_no_reported_transition() {
     }
     assert!(next > 50, "only {next} transitions in the time given");
     let _ = store;
+}
+
+/// A run's state session keeps the database open while it writes, yet a reader in another
+/// process gets in (the session gives the database up while someone waits), the writes go on,
+/// and a SIGKILL loses no transition the session reported durable.
+#[test]
+fn a_state_session_lets_readers_in_and_loses_no_reported_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut writer = Helper::spawn("session-writer", dir.path(), "");
+    assert_eq!(writer.read(|l| l == "locked"), ["locked"]);
+    writer.read(|l| l == "done 20");
+    // The writer never pauses: without the session yielding, this reader would wait for the
+    // whole of its patience (5 s) and fail with `Busy`.
+    let reader = Store::with_backend(
+        dir.path(),
+        Box::new(dop_store::SledBackend {
+            wait: Duration::from_secs(5),
+        }),
+    )
+    .unwrap();
+    let mut seen = 0;
+    for _ in 0..5 {
+        let state = reader.state("crash", App::Dopi).expect("a reader gets in");
+        assert!(state.records.len() as u64 > seen, "the writes go on");
+        seen = state.records.len() as u64;
+        writer.read(|l| l.starts_with("done ") && l[5..].parse::<u64>().unwrap() > seen + 5);
+    }
+    let lines =
+        writer.read(|l| l.starts_with("done ") && l[5..].parse::<u64>().unwrap() > seen + 10);
+    writer.kill();
+    let last: u64 = lines
+        .last()
+        .and_then(|l| l.strip_prefix("done ")?.parse().ok())
+        .expect("reports");
+    let state = store.state("crash", App::Dopi).unwrap();
+    for i in 0..=last {
+        assert_eq!(state.records[&format!("k{i:06}")]["i"], i, "k{i} lost");
+    }
 }
 
 // ---- bad input -------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use dop_core::plan::{Command, DeletePluginDefaults, Step};
 use dop_core::{LookupSettings, NodeFacts, NodeFilter, Plan, Resolver};
-use dop_store::{now_ms, App, PlanLock, Store, StoreError};
+use dop_store::{now_ms, App, PlanLock, StateSession, Store, StoreError};
 use serde_json::json;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::exec::Stop;
@@ -115,22 +115,49 @@ struct Ctx {
     plan: Plan,
     plan_name: String,
     iteration: u64,
-    store: Arc<Store>,
-    lock: Arc<PlanLock>,
     registry: Registry,
     log: Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
-    write: Mutex<()>,
-    /// Transitions waiting to be written, and who waits for each.
-    pending: std::sync::Mutex<PendingWrites>,
+    /// The plan's state database, kept open for the run; it commits the transitions that
+    /// arrive together in one write. Closed (dropped) before the run lock below.
+    state: StateSession,
+    /// The plan's run lock, held until the run's context is gone.
+    _lock: PlanLock,
     ssh: Arc<crate::ssh::SshPool>,
 }
 
-/// Records to write and the callers waiting for the write.
-type PendingWrites = (
-    Vec<(String, Option<serde_json::Value>)>,
-    Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-);
+/// Writes through the run's state session; returns once the records are durable.
+async fn write_state(
+    state: &StateSession,
+    app: App,
+    changes: Vec<(String, Option<serde_json::Value>)>,
+) -> Result<u64, StoreError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    state.write_then(app, changes, move |r| {
+        let _ = done.send(r);
+    });
+    result.await.unwrap_or_else(|_| {
+        Err(StoreError::Corrupt {
+            path: PathBuf::from("state"),
+            reason: "the state writer of this run stopped".into(),
+        })
+    })
+}
+
+/// Reads through the run's state session.
+async fn read_state(state: &StateSession, app: App) -> Result<PlanState, StoreError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    state.read_then(app, move |r| {
+        let _ = done.send(r);
+    });
+    let records = result.await.unwrap_or_else(|_| {
+        Err(StoreError::Corrupt {
+            path: PathBuf::from("state"),
+            reason: "the state writer of this run stopped".into(),
+        })
+    })?;
+    Ok(PlanState::from_records(&records))
+}
 
 impl Ctx {
     /// Records host keys seen for the first time (trust on first use).
@@ -139,8 +166,6 @@ impl Ctx {
         if keys.is_empty() {
             return Ok(());
         }
-        let _guard = self.write.lock().await;
-        let (store, lock) = (self.store.clone(), self.lock.clone());
         let changes: Vec<(String, Option<serde_json::Value>)> = keys
             .into_iter()
             .map(|(node, fp)| {
@@ -150,52 +175,20 @@ impl Ctx {
                 )
             })
             .collect();
-        tokio::task::spawn_blocking(move || store.write_state(&lock, App::Hosts, &changes, None))
+        write_state(&self.state, App::Hosts, changes)
             .await
-            .map_err(|e| StoreError::Corrupt {
-                path: PathBuf::from("state"),
-                reason: format!("the state writer stopped: {e}"),
-            })?
             .map(|_| ())
     }
 
     /// Persists a node's record; returns when it is durable.
     async fn save(&self, key: String, record: &NodeStepState) -> Result<(), StoreError> {
-        // Group commit: every transition waits until it is in the store, but transitions that
-        // arrive while a write is going on are written together by the next writer (one
-        // database open for many nodes).
-        let (done, result) = tokio::sync::oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending
-                .0
-                .push((key, Some(serde_json::to_value(record).unwrap_or_default())));
-            pending.1.push(done);
-        }
-        {
-            let _guard = self.write.lock().await;
-            let (batch, waiters) =
-                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if !batch.is_empty() {
-                let (store, lock) = (self.store.clone(), self.lock.clone());
-                let outcome = tokio::task::spawn_blocking(move || {
-                    store.write_state(&lock, App::Dopi, &batch, None)
-                })
-                .await
-                .map_err(|e| format!("the state writer stopped: {e}"))
-                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
-                for waiter in waiters {
-                    let _ = waiter.send(outcome.clone());
-                }
-            }
-        }
-        result
+        let value = serde_json::to_value(record).unwrap_or_default();
+        write_state(&self.state, App::Dopi, vec![(key, Some(value))])
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|reason| StoreError::Corrupt {
+            .map(|_| ())
+            .map_err(|e| StoreError::Corrupt {
                 path: PathBuf::from("state"),
-                reason: format!("a state transition could not be written: {reason}"),
+                reason: format!("a state transition could not be written: {e}"),
             })
     }
 
@@ -388,14 +381,14 @@ pub fn run(
     registry: &Registry,
 ) -> Result<RunReport, RunError> {
     let (stop_tx, stop) = watch::channel(Stop::No);
-    let lock = Arc::new(store.lock(
+    let lock = store.lock(
         plan_name,
         if opts.noop {
             "dopi run --noop"
         } else {
             "dopi run"
         },
-    )?);
+    )?;
     let iteration = store.iteration(plan_name, None)?;
     let plan = iteration.plan;
     if plan.step_set(&opts.step_set).is_none() {
@@ -440,12 +433,13 @@ pub fn run(
             serde_json::Map::new(),
         );
     }
+    let state = store.state_session(&lock);
     let recovered = if opts.noop {
         0
     } else {
-        recover_interrupted(&store, &lock, plan_name)?
+        recover_interrupted(&state)?
     };
-    let known: HashMap<String, String> = ctx_store_host_keys(&store, plan_name)?;
+    let known: HashMap<String, String> = recorded_host_keys(&state)?;
     let ctx = Arc::new(Ctx {
         ssh: Arc::new(crate::ssh::SshPool::new(
             known,
@@ -454,13 +448,11 @@ pub fn run(
         plan,
         plan_name: plan_name.to_string(),
         iteration: iteration.info.number,
-        store,
-        lock,
+        _lock: lock,
         registry: registry.clone(),
         log: log.clone(),
         stop,
-        write: Mutex::new(()),
-        pending: std::sync::Mutex::new((Vec::new(), Vec::new())),
+        state,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -486,9 +478,9 @@ pub fn run(
 }
 
 /// The host keys recorded for the plan's nodes.
-fn ctx_store_host_keys(store: &Store, plan: &str) -> Result<HashMap<String, String>, StoreError> {
-    Ok(store
-        .state(plan, App::Hosts)?
+fn recorded_host_keys(state: &StateSession) -> Result<HashMap<String, String>, StoreError> {
+    Ok(state
+        .read(App::Hosts)?
         .records
         .into_iter()
         .filter_map(|(node, v)| Some((node, v["fingerprint"].as_str()?.to_string())))
@@ -528,8 +520,8 @@ async fn escalate_on_signals(stop: watch::Sender<Stop>, log: Arc<ExecutionLog>) 
 
 /// Puts commands found `running` back to ready: the run that started them is gone (we hold the
 /// lock), so they were interrupted and must run again.
-fn recover_interrupted(store: &Store, lock: &PlanLock, plan: &str) -> Result<usize, StoreError> {
-    let state = PlanState::from_records(&store.state(plan, App::Dopi)?);
+fn recover_interrupted(session: &StateSession) -> Result<usize, StoreError> {
+    let state = PlanState::from_records(&session.read(App::Dopi)?);
     let mut changes = Vec::new();
     let mut count = 0;
     for (key, record) in state.records {
@@ -551,7 +543,7 @@ fn recover_interrupted(store: &Store, lock: &PlanLock, plan: &str) -> Result<usi
         changes.push((key, Some(serde_json::to_value(&record).unwrap_or_default())));
     }
     if !changes.is_empty() {
-        store.write_state(lock, App::Dopi, &changes, None)?;
+        session.write(App::Dopi, changes)?;
     }
     Ok(count)
 }
@@ -580,7 +572,7 @@ async fn run_step_set(ctx: Arc<Ctx>, opts: &RunOptions) -> Result<RunResult, Run
     let roles: Vec<String> = (0..resolver.len())
         .map(|i| resolver.role(i).to_string())
         .collect();
-    let state = PlanState::from_records(&ctx.store.state(&ctx.plan_name, App::Dopi)?);
+    let state = read_state(&ctx.state, App::Dopi).await?;
     ctx.event(
         "info",
         "run_started",
@@ -731,7 +723,7 @@ async fn auto_reset(
     keys: &[String],
     resolver: &Resolver<'_>,
 ) -> Result<(), RunError> {
-    let state = PlanState::from_records(&ctx.store.state(&ctx.plan_name, App::Dopi)?);
+    let state = read_state(&ctx.state, App::Dopi).await?;
     let mut fresh = Vec::new();
     for (step, key) in set.steps.iter().zip(keys) {
         let hash = step_hash(step);
@@ -750,11 +742,7 @@ async fn auto_reset(
             fresh.push((k, Some(serde_json::to_value(&ready).unwrap_or_default())));
         }
     }
-    let _guard = ctx.write.lock().await;
-    let (store, lock) = (ctx.store.clone(), ctx.lock.clone());
-    tokio::task::spawn_blocking(move || store.write_state(&lock, App::Dopi, &fresh, None))
-        .await
-        .map_err(|e| RunError::Internal(format!("the state writer stopped: {e}")))??;
+    write_state(&ctx.state, App::Dopi, fresh).await?;
     ctx.event(
         "info",
         "message",
