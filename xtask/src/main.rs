@@ -2,14 +2,14 @@
 //!
 //! * `cargo xtask demo` — the main job on built-in defaults (today: validate the bundled plan
 //!   and show what dopv would deploy and dopi would run).
-//! * `cargo xtask bench [parse]` — benchmarks, built in release mode.
+//! * `cargo xtask bench [parse|store|ssh]` — benchmarks, built in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store] | testbed up N [DIR] | testbed down [DIR]>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh] | testbed up N [DIR] | testbed down [DIR]>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -229,12 +229,17 @@ fn testbed(args: &[String]) -> Result<(), String> {
 
 fn bench(which: &str) -> Result<(), String> {
     let benches: &[(&str, &str)] = match which {
-        "all" => &[("dop-core", "parse"), ("dop-store", "store")],
+        "all" => &[
+            ("dop-core", "parse"),
+            ("dop-store", "store"),
+            ("dopi", "ssh"),
+        ],
         "parse" => &[("dop-core", "parse")],
         "store" => &[("dop-store", "store")],
+        "ssh" => &[("dopi", "ssh")],
         other => {
             return Err(format!(
-                "unknown benchmark '{other}'; available: parse, store"
+                "unknown benchmark '{other}'; available: parse, store, ssh"
             ))
         }
     };

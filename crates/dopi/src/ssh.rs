@@ -90,6 +90,9 @@ pub enum Login {
     Key(Arc<PrivateKey>),
     /// A password.
     Password(String),
+    /// The keys of the ssh agent at `SSH_AUTH_SOCK` (an ssh_key credential without a
+    /// private_key).
+    Agent,
 }
 
 /// One hop of a jump host chain, with its login.
@@ -197,6 +200,37 @@ pub struct SshPool {
     known: Mutex<HashMap<String, String>>,
     new_keys: Mutex<Vec<(String, String)>>,
     connect_timeout: Duration,
+}
+
+/// Tries the keys of the ssh agent at `SSH_AUTH_SOCK`, in its order, until one is accepted.
+async fn agent_login(handle: &mut client::Handle<Client>, user: &str) -> Result<bool, SshError> {
+    let agent_error = |e: russh::keys::Error| SshError::Ssh(format!("the ssh agent: {e}"));
+    let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+        .await
+        .map_err(|e| {
+            SshError::Ssh(format!(
+                "the credential has no private_key and no ssh agent answers at SSH_AUTH_SOCK ({e})"
+            ))
+        })?;
+    let identities = agent.request_identities().await.map_err(agent_error)?;
+    for identity in identities {
+        let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
+            continue;
+        };
+        let hash = if key.algorithm().is_rsa() {
+            handle.best_supported_rsa_hash().await?.flatten()
+        } else {
+            None
+        };
+        let result = handle
+            .authenticate_publickey_with(user, key, hash, &mut agent)
+            .await
+            .map_err(|e| SshError::Ssh(format!("the ssh agent: {e}")))?;
+        if result.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn jitter(attempt: u32) -> Duration {
@@ -430,6 +464,7 @@ impl SshPool {
                 .authenticate_password(endpoint.user, p)
                 .await?
                 .success(),
+            Login::Agent => agent_login(&mut handle, endpoint.user).await?,
         };
         if !authenticated {
             return Err(SshError::Auth {
@@ -437,6 +472,7 @@ impl SshPool {
                 method: match endpoint.login {
                     Login::Key(_) => "key",
                     Login::Password(_) => "password",
+                    Login::Agent => "keys of the ssh agent",
                 },
             });
         }

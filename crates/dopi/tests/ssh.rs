@@ -218,53 +218,48 @@ fn file_checks_and_waiting_for_a_login() {
 
 #[test]
 fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
+    use std::os::unix::fs::PermissionsExt;
     let w = World::new();
     let options = Options {
-        nodes: 1,
+        nodes: 2,
         port: 2314,
         first: 51,
         ..Options::default()
     };
-    let testbed_dir = w.path().join("testbed");
-    let mut testbed = Testbed::start(&testbed_dir, &options).expect("testbed");
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    // The node's sshd process for this connection is killed while the command runs (the
+    // command kills its parent, the first time): the channel ends without an exit status.
+    // Only that connection dies: the other node, on the same sshd, is not touched.
+    let flags = w.path().join("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    std::fs::set_permissions(&flags, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let steps = format!(
         "  - name: long
     nodes: all
-    command: {{plugin: ssh/custom, exec: 'sleep 3; echo done', credentials: login, port: {}}}
+    max_in_flight: -1
+    command:
+      plugin: ssh/custom
+      credentials: login
+      port: {port}
+      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/killed ]; then touch {flags}/killed; sleep 0.3; kill -9 $PPID; sleep 5; fi; echo done'
 ",
-        options.port
+        port = options.port,
+        flags = flags.display(),
     );
     w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-    let mut run = common::Running(
-        w.command(&["run", "ssh", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let out = w.dopi(&["run", "ssh", "-q"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = w.show_json("ssh");
+    assert_eq!(
+        node_message(&show, 0, "n01"),
+        "the command ended without an exit status (the connection dropped?)"
     );
-    // Wait until the command runs on the node, then kill the node's sshd (and its sessions).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let state = w.show_json("ssh")["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"].clone();
-        if state == "running" || std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    testbed.stop();
-    let _ = Command::new("pkill")
-        .args(["-KILL", "-f", &format!("sshd: {}", testbed.user)])
-        .status();
-    let status = run.wait();
-    assert_eq!(status.code(), Some(1));
-    let message = node_message(&w.show_json("ssh"), 0, "n01");
-    assert!(
-        message.contains("without an exit status") || message.contains("connection"),
-        "a clear reason: {message}"
+    assert_eq!(
+        show["step_sets"][0]["steps"][0]["nodes"]["n02"]["state"],
+        "done"
     );
-    // The node comes back (same host key): the next run finishes the work.
-    let _back = Testbed::start(&testbed_dir, &options).expect("testbed");
+    // The node is reachable again: the next run connects anew and finishes the work.
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
@@ -472,4 +467,79 @@ fn reboot_waits_for_the_node_to_go_down_and_come_back() {
     let show = w.show_json("ssh");
     assert_eq!(show["step_sets"][0]["steps"][0]["state"], "done");
     assert_eq!(show["step_sets"][0]["steps"][1]["state"], "done");
+}
+
+/// An ssh_key credential without a private_key logs in with the keys of the ssh agent at
+/// `SSH_AUTH_SOCK`; without an agent the command says what is missing.
+#[test]
+fn an_ssh_key_without_a_private_key_logs_in_with_the_agent() {
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2319,
+        first: 121,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let socket = w.path().join("agent.sock");
+    let _agent = common::Running(
+        Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg(testbed.client_key())
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let plan_text = format!(
+        "name: agent
+infrastructures: {{lab: {{type: baremetal}}}}
+credentials:
+  from_agent: {{type: ssh_key, username: {user}, public_key: {{file: {key}.pub}}}}
+nodes:
+  n01: {{infrastructure: lab, fqdn: '{address}'}}
+steps:
+  default:
+    - name: who
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'id -un', credentials: from_agent, port: {port}}}
+  again:
+    - name: again
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'true', credentials: from_agent, port: {port}}}
+",
+        user = testbed.user,
+        key = testbed.client_key().display(),
+        address = testbed.addresses[0],
+        port = options.port,
+    );
+    w.add("agent", &plan_text);
+    let out = w
+        .command(&["run", "agent"])
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = w
+        .command(&["run", "agent", "-s", "again"])
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        node_message(&w.show_json("agent"), 1, "n01"),
+        "none of the credentials from_agent is an ssh_key with a private_key (or, with an ssh \
+         agent running, without one) or a username_password"
+    );
 }

@@ -96,6 +96,14 @@ fn login(
                 })?;
                 return Ok((username.clone(), Login::Key(std::sync::Arc::new(key))));
             }
+            // Without a private key, the keys of the ssh agent (when there is one).
+            CredentialKind::SshKey {
+                username,
+                private_key: None,
+                ..
+            } if std::env::var_os("SSH_AUTH_SOCK").is_some() => {
+                return Ok((username.clone(), Login::Agent));
+            }
             CredentialKind::UsernamePassword { username, password } => {
                 let password = password
                     .load()
@@ -106,7 +114,7 @@ fn login(
         }
     }
     Err(format!(
-        "none of the credentials {} is an ssh_key with a private_key or a username_password",
+        "none of the credentials {} is an ssh_key with a private_key (or, with an ssh agent running, without one) or a username_password",
         names.join(", ")
     ))
 }
