@@ -62,10 +62,7 @@ fn puppet_runs_are_judged_by_detailed_exit_codes_with_reruns_and_the_lock() {
     };
     let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
     // The nodes are this machine: the stand-in lives where their login can run and write it.
-    let dir = w.path().join("puppet");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = w.node_dir("puppet");
     let puppet = dir.join("puppet");
     std::fs::write(&puppet, FAKE_PUPPET).unwrap();
     std::fs::set_permissions(&puppet, std::fs::Permissions::from_mode(0o755)).unwrap();

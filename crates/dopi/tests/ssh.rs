@@ -218,7 +218,6 @@ fn file_checks_and_waiting_for_a_login() {
 
 #[test]
 fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
-    use std::os::unix::fs::PermissionsExt;
     let w = World::new();
     let options = Options {
         nodes: 2,
@@ -230,10 +229,7 @@ fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
     // The node's sshd process for this connection is killed while the command runs (the
     // command kills its parent, the first time): the channel ends without an exit status.
     // Only that connection dies: the other node, on the same sshd, is not touched.
-    let flags = w.path().join("flags");
-    std::fs::create_dir_all(&flags).unwrap();
-    std::fs::set_permissions(&flags, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flags = w.node_dir("flags");
     let steps = format!(
         "  - name: long
     nodes: all
@@ -317,10 +313,7 @@ fn file_deploy_streams_large_files_sets_the_mode_and_skips_unchanged_ones() {
     };
     let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
     // The node is this machine: deploy into a directory its login may write.
-    let target_dir = w.path().join("node-files");
-    std::fs::create_dir_all(&target_dir).unwrap();
-    std::fs::set_permissions(&target_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target_dir = w.node_dir("node-files");
     // 5 MiB of bytes that are not text, far beyond a command line's limit.
     let source = w.path().join("payload.bin");
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
@@ -382,10 +375,7 @@ fn file_replace_takes_the_replacement_literally() {
         ..Options::default()
     };
     let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
-    let dir = w.path().join("node-files");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = w.node_dir("node-files");
     let file = dir.join("app.conf");
     std::fs::write(&file, "url = http://old/path\nurl = http://old/other\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -414,7 +404,6 @@ fn file_replace_takes_the_replacement_literally() {
 
 #[test]
 fn reboot_waits_for_the_node_to_go_down_and_come_back() {
-    use std::os::unix::fs::PermissionsExt;
     let w = World::new();
     let options = Options {
         nodes: 1,
@@ -424,10 +413,7 @@ fn reboot_waits_for_the_node_to_go_down_and_come_back() {
     };
     let testbed_dir = w.path().join("testbed");
     let mut testbed = Testbed::start(&testbed_dir, &options).expect("testbed");
-    let flag_dir = w.path().join("flags");
-    std::fs::create_dir_all(&flag_dir).unwrap();
-    std::fs::set_permissions(&flag_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flag_dir = w.node_dir("flags");
     let flag = flag_dir.join("reboot-requested");
     let steps = format!(
         "  - name: reboot

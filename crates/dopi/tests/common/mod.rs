@@ -47,6 +47,16 @@ impl World {
         assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
+    /// A directory in the world that the test nodes' login can read and write: the nodes are
+    /// this machine, and their login is another user when the tests run as root.
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(self.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
     /// How many lines a file in the work directory has (0 when missing).
     pub fn lines(&self, file: &str) -> Vec<String> {
         std::fs::read_to_string(self.work().join(file))
