@@ -350,7 +350,12 @@ impl SshPool {
                 .await
                 .map_err(|e| SshError::JumpHost {
                     hop: hop.label(),
-                    reason: e.to_string(),
+                    reason: match e {
+                        SshError::HostKeyChanged { .. } => {
+                            format!("{e} (the jump host's key is recorded as '{key}')")
+                        }
+                        e => e.to_string(),
+                    },
                 })?;
             let c = Arc::new(c);
             *guard = Some(c.clone());

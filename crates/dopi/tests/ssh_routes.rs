@@ -72,11 +72,16 @@ nodes:
   deadjump: {{infrastructure: lab, fqdn: '{t0}', jump_hosts: ['127.10.9.9:2321']}}
   deadtarget: {{infrastructure: behind, fqdn: 127.10.9.9}}
 steps:
-  - name: where
-    nodes: all
-    max_in_flight: -1
-    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: 2322}}]
-    command: {{plugin: ssh/custom, exec: 'echo at $DOP_NODE_NAME'}}
+  default:
+    - name: where
+      nodes: all
+      max_in_flight: -1
+      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: 2322}}]
+      command: {{plugin: ssh/custom, exec: 'echo at $DOP_NODE_NAME'}}
+  again:
+    - name: again
+      nodes: [hop1a]
+      command: {{plugin: ssh/custom, exec: 'true', credentials: login, port: 2322}}
 ",
         user = jumps.user,
         key = jumps.client_key().display(),
@@ -138,7 +143,43 @@ steps:
         dead.contains("the jump host could not open a connection to it"),
         "{dead}"
     );
-    drop((jumps, targets));
+
+    // The first jump host comes back with another host key: nodes behind it fail, saying
+    // under which name the key is recorded, until that key is forgotten.
+    drop(jumps);
+    std::fs::create_dir_all(w.path().join("jumps-rebuilt")).unwrap();
+    for key in ["client_ed25519", "client_ed25519.pub"] {
+        std::fs::copy(
+            w.path().join("jumps").join(key),
+            w.path().join("jumps-rebuilt").join(key),
+        )
+        .unwrap();
+    }
+    let rebuilt = Testbed::start(
+        &w.path().join("jumps-rebuilt"),
+        &Options {
+            nodes: 2,
+            port: 2321,
+            first: 91,
+            ..Options::default()
+        },
+    )
+    .expect("rebuilt jump testbed");
+    let out = w.dopi(&["run", "jump", "-s", "again"]);
+    assert_eq!(out.status.code(), Some(1));
+    let record = format!("jump host {}@{j1}:2321", rebuilt.user);
+    let m = node_message(&w.show_json("jump"), 1, "hop1a");
+    assert!(
+        m.starts_with(&format!(
+            "through the jump host {j1}:2321: the host key of the node changed"
+        )) && m.ends_with(&format!("(the jump host's key is recorded as '{record}')")),
+        "{m}"
+    );
+    let out = w.dopi(&["forget-host-key", "jump", &record]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let out = w.dopi(&["run", "jump", "-s", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    drop((rebuilt, targets));
 }
 
 #[test]
