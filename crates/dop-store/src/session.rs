@@ -133,6 +133,29 @@ impl Drop for StateSession {
     }
 }
 
+/// The same error for each of the requests it failed (errors are not `Clone`: an I/O error
+/// keeps its kind and text, a busy or damaged database stays what it was).
+fn copy_of(e: &StoreError, path: &std::path::Path) -> StoreError {
+    match e {
+        StoreError::Busy { path, seconds } => StoreError::Busy {
+            path: path.clone(),
+            seconds: *seconds,
+        },
+        StoreError::Io { path, source } => StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 fn serve(backend: &dyn Backend, path: &std::path::Path, requests: &mpsc::Receiver<Request>) {
     let mut db: Option<Box<dyn Database + '_>> = None;
     loop {
@@ -161,15 +184,10 @@ fn serve(backend: &dyn Backend, path: &std::path::Path, requests: &mpsc::Receive
             match backend.open(path) {
                 Ok(d) => db = Some(d),
                 Err(e) => {
-                    let reason = e.to_string();
                     for request in batch {
-                        let e = StoreError::Corrupt {
-                            path: path.to_path_buf(),
-                            reason: reason.clone(),
-                        };
                         match request {
-                            Request::Write { reply, .. } => reply(Err(e)),
-                            Request::Read { reply, .. } => reply(Err(e)),
+                            Request::Write { reply, .. } => reply(Err(copy_of(&e, path))),
+                            Request::Read { reply, .. } => reply(Err(copy_of(&e, path))),
                         }
                     }
                     continue;
@@ -198,10 +216,7 @@ fn serve_batch(db: &dyn Database, path: &std::path::Path, batch: Vec<Request>) {
         for (_, _, reply) in writes.drain(..) {
             reply(match &outcome {
                 Ok(serial) => Ok(*serial),
-                Err(e) => Err(StoreError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(copy_of(e, path)),
             });
         }
     };
