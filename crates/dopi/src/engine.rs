@@ -136,12 +136,15 @@ async fn write_state(
     state.write_then(app, changes, move |r| {
         let _ = done.send(r);
     });
-    result.await.unwrap_or_else(|_| {
-        Err(StoreError::Corrupt {
-            path: PathBuf::from("state"),
-            reason: "the state writer of this run stopped".into(),
-        })
-    })
+    result.await.unwrap_or_else(|_| Err(writer_stopped()))
+}
+
+/// The session dropped a request without answering (its thread ended).
+fn writer_stopped() -> StoreError {
+    StoreError::Corrupt {
+        path: PathBuf::from("state"),
+        reason: "the state writer of this run stopped".into(),
+    }
 }
 
 /// Reads through the run's state session.
@@ -150,12 +153,7 @@ async fn read_state(state: &StateSession, app: App) -> Result<PlanState, StoreEr
     state.read_then(app, move |r| {
         let _ = done.send(r);
     });
-    let records = result.await.unwrap_or_else(|_| {
-        Err(StoreError::Corrupt {
-            path: PathBuf::from("state"),
-            reason: "the state writer of this run stopped".into(),
-        })
-    })?;
+    let records = result.await.unwrap_or_else(|_| Err(writer_stopped()))?;
     Ok(PlanState::from_records(&records))
 }
 

@@ -109,12 +109,9 @@ pub struct Hop {
 }
 
 impl Hop {
-    fn label(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    /// `host:port`, as the plan's `jump_hosts` entry names it.
+    pub fn label(&self) -> String {
+        dop_core::plan::host_port(&self.host, self.port)
     }
 }
 
@@ -290,28 +287,39 @@ impl SshPool {
         std::mem::take(&mut *self.new_keys.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    async fn connection(&self, target: &Target) -> Result<Arc<Connection>, SshError> {
-        let slot = self.slot(&target.node);
+    /// The live connection kept under `key`, or a new one from `connect` (made once, while
+    /// other tasks that need it wait).
+    async fn pooled<F, Fut>(&self, key: &str, connect: F) -> Result<Arc<Connection>, SshError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Connection, SshError>>,
+    {
+        let slot = self.slot(key);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| !c.handle.is_closed()) {
             return Ok(c.clone());
         }
-        let via = match target.jumps.len() {
-            0 => None,
-            n => Some(self.hop_connection(&target.jumps, n).await?),
-        };
-        let endpoint = Endpoint {
-            name: &target.node,
-            user: &target.user,
-            login: &target.login,
-            check_host_key: target.check_host_key,
-        };
-        let c = Arc::new(
-            self.connect_with_retries(&endpoint, &target.addresses, target.port, via.as_deref())
-                .await?,
-        );
+        let c = Arc::new(connect().await?);
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    async fn connection(&self, target: &Target) -> Result<Arc<Connection>, SshError> {
+        self.pooled(&target.node, || async {
+            let via = match target.jumps.len() {
+                0 => None,
+                n => Some(self.hop_connection(&target.jumps, n).await?),
+            };
+            let endpoint = Endpoint {
+                name: &target.node,
+                user: &target.user,
+                login: &target.login,
+                check_host_key: target.check_host_key,
+            };
+            self.connect_with_retries(&endpoint, &target.addresses, target.port, via.as_deref())
+                .await
+        })
+        .await
     }
 
     /// The connection to the `n`-th hop of `chain` (from 1), through the hops before it.
@@ -324,24 +332,19 @@ impl SshPool {
     > {
         Box::pin(async move {
             let key = hop_key(&chain[..n]);
-            let slot = self.slot(&key);
-            let mut guard = slot.lock().await;
-            if let Some(c) = guard.as_ref().filter(|c| !c.handle.is_closed()) {
-                return Ok(c.clone());
-            }
-            let via = match n {
-                1 => None,
-                _ => Some(self.hop_connection(chain, n - 1).await?),
-            };
-            let hop = &chain[n - 1];
-            let endpoint = Endpoint {
-                name: &key,
-                user: &hop.user,
-                login: &hop.login,
-                check_host_key: true,
-            };
-            let c = self
-                .connect_with_retries(
+            self.pooled(&key, || async {
+                let via = match n {
+                    1 => None,
+                    _ => Some(self.hop_connection(chain, n - 1).await?),
+                };
+                let hop = &chain[n - 1];
+                let endpoint = Endpoint {
+                    name: &key,
+                    user: &hop.user,
+                    login: &hop.login,
+                    check_host_key: true,
+                };
+                self.connect_with_retries(
                     &endpoint,
                     std::slice::from_ref(&hop.host),
                     hop.port,
@@ -356,10 +359,9 @@ impl SshPool {
                         }
                         e => e.to_string(),
                     },
-                })?;
-            let c = Arc::new(c);
-            *guard = Some(c.clone());
-            Ok(c)
+                })
+            })
+            .await
         })
     }
 

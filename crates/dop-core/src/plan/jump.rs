@@ -20,14 +20,19 @@ pub struct JumpHost {
     pub credentials: Option<String>,
 }
 
+/// `host:port`, or `[host]:port` for an IPv6 address, as OpenSSH writes them.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 impl JumpHost {
     /// `host:port`, for messages and as the name its host key is recorded under.
     pub fn label(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
     }
 }
 

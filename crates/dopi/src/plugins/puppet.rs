@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::checks::{self, Checks};
 use super::custom::environment;
-use super::ssh_custom::{run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
+use super::ssh_custom::{exports, run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
 use super::ssh_more::{interrupted, pause};
 use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
 use crate::ssh::Target;
@@ -48,29 +48,38 @@ fn flag(options: &Options, key: &str, default: bool) -> bool {
     options.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
 
-fn puppet_bin(options: &Options) -> Result<String, String> {
+fn puppet_bin(options: &Options) -> Result<String, ParamProblem> {
     match options.get("puppet_bin") {
         None => Ok("puppet".into()),
         Some(Value::String(p)) if p.starts_with('/') && !p.ends_with('/') => Ok(p.clone()),
-        Some(v) => Err(format!(
-            "'puppet_bin' must be an absolute path to the puppet program on the node, not {v}"
+        Some(v) => Err(ParamProblem::error(
+            "puppet_bin",
+            format!(
+                "'puppet_bin' must be an absolute path to the puppet program on the node, not {v}"
+            ),
         )),
     }
 }
 
 impl Settings {
-    fn read(options: &Options) -> Result<Settings, String> {
+    /// The settings, or the first problem with them.
+    fn read(options: &Options) -> Result<Settings, ParamProblem> {
         let max_rerun = match options.get("max_rerun") {
             None => 1,
-            Some(v) => v
-                .as_u64()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("'max_rerun' must be a number above 0, not {v}"))?,
+            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                ParamProblem::error(
+                    "max_rerun",
+                    format!("'max_rerun' must be a number above 0, not {v}"),
+                )
+            })?,
         };
         let lock_interval = match options.get("lock_check_interval") {
             None => 10,
             Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                format!("'lock_check_interval' must be a number of seconds above 0, not {v}")
+                ParamProblem::error(
+                    "lock_check_interval",
+                    format!("'lock_check_interval' must be a number of seconds above 0, not {v}"),
+                )
             })?,
         };
         for key in [
@@ -79,12 +88,16 @@ impl Settings {
             "wait_if_already_running",
         ] {
             if options.get(key).is_some_and(|v| !v.is_boolean()) {
-                return Err(format!("'{key}' must be true or false"));
+                return Err(ParamProblem::error(
+                    key,
+                    format!("'{key}' must be true or false"),
+                ));
             }
         }
         Ok(Settings {
             puppet: puppet_bin(options)?,
-            arguments: params::arguments(options.get("arguments"))?,
+            arguments: params::arguments(options.get("arguments"))
+                .map_err(|e| ParamProblem::error("arguments", e))?,
             rerun_on_change: flag(options, "rerun_on_change", false),
             rerun_on_error: flag(options, "rerun_on_error", false),
             max_rerun,
@@ -143,13 +156,8 @@ impl Plugin for PuppetAgentRun {
         if let Err(e) = params::env(options.get("env")) {
             problems.push(ParamProblem::error("env", e));
         }
-        if let Err(e) = Settings::read(options) {
-            let key = KEYS
-                .iter()
-                .find(|k| e.starts_with(&format!("'{k}'")))
-                .copied()
-                .unwrap_or("");
-            problems.push(ParamProblem::error(key, e));
+        if let Err(problem) = Settings::read(options) {
+            problems.push(problem);
         }
         problems
     }
@@ -161,20 +169,20 @@ impl Plugin for PuppetAgentRun {
     fn describe(&self, options: &Options) -> String {
         match Settings::read(options) {
             Ok(s) => format!("run `{}` on the node over ssh", s.command()),
-            Err(e) => e,
+            Err(problem) => problem.message,
         }
     }
 
     async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
-        let (settings, env, target) =
-            match (Settings::read(ctx.options), environment(ctx), target(ctx)) {
-                (Ok(s), Ok(e), Ok(t)) => (s, e, t),
-                (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
-            };
-        let exports: String = env
-            .iter()
-            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
-            .collect();
+        let (settings, env, target) = match (
+            Settings::read(ctx.options).map_err(|p| p.message),
+            environment(ctx),
+            target(ctx),
+        ) {
+            (Ok(s), Ok(e), Ok(t)) => (s, e, t),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
+        };
+        let exports = exports(&env);
         let judging = judging(ctx.options);
         let start = Instant::now();
         let runs_allowed = 1 + settings.max_rerun;

@@ -19,6 +19,13 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// `export K='v'; ` for each variable, to put in front of a remote command.
+pub fn exports(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
+        .collect()
+}
+
 /// The parameters every ssh plugin takes: `credentials`, `port`, `check_host_key`, `run_on`
 /// (another plan node to run the command on), and the original's `quiet` and `base64`
 /// (accepted, not needed).
@@ -247,14 +254,10 @@ impl Plugin for SshCustom {
             ctx.log
                 .line("warning: check_host_key is false: the node's host key is not checked");
         }
-        let exports: String = env
-            .iter()
-            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
-            .collect();
         run_remote(
             ctx,
             &target,
-            &format!("{exports}{line}"),
+            &format!("{}{line}", exports(&env)),
             &line,
             None,
             &mut checks,
@@ -276,7 +279,7 @@ pub async fn run_remote(
     let hops: Vec<String> = target
         .jumps
         .iter()
-        .map(|h| format!("{}@{}:{}", h.user, h.host, h.port))
+        .map(|h| format!("{}@{}", h.user, h.label()))
         .collect();
     let via = match hops.is_empty() {
         true => String::new(),
