@@ -13,6 +13,8 @@
 //! * [`Store::write_state`] writes dopi or dopv state records durably, with a serial that moves
 //!   on with every write.
 //!
+//! [`logs`] writes the execution logs of dopi and dopv runs (`<log_dir>/<plan>/<id>/`).
+//!
 //! No database stays open between operations (sled allows one process per database), so
 //! reading commands work while a run holds the plan. The one exception, a run's
 //! [`StateSession`], gives its database up whenever another process waits for it.
@@ -38,6 +40,7 @@ mod error;
 mod import;
 mod layout;
 mod lock;
+pub mod logs;
 mod session;
 mod store;
 mod time;

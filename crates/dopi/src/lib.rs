@@ -15,7 +15,6 @@
 pub mod cli;
 mod engine;
 pub mod exec;
-mod logs;
 mod plugin;
 pub mod plugins;
 mod reset;
@@ -25,7 +24,7 @@ mod state;
 pub use engine::{
     check_commands, run, RunError, RunOptions, RunReport, RunResult, DEFAULT_MAX_IN_FLIGHT,
 };
-pub use logs::{Echo, Event, ExecutionLog, Masker, NodeLog};
+pub use dop_store::logs::{self, Echo, Event, ExecutionLog, Masker, NodeLog};
 pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Registry};
 pub use reset::{reset, ResetError, ResetOptions};
 pub use state::{

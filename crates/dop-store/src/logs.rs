@@ -1,5 +1,6 @@
 //! Execution logs: `<log_dir>/<plan>/<execution_id>/all.log`, one `<node>.log` per node, and
-//! `events.jsonl` (one JSON event a line, numbered), which dopc will serve as they are.
+//! `events.jsonl` (one JSON event a line, numbered), which dopc will serve as they are. dopi and
+//! dopv write them the same way.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -7,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use dop_store::{now_ms, rfc3339};
+use crate::time::{now_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// One event of an execution.
