@@ -112,6 +112,26 @@ impl StateSession {
         });
     }
 
+    /// Writes state records; resolves with the new serial once they are durable.
+    #[cfg(feature = "async")]
+    pub async fn write_async(&self, app: App, changes: Changes) -> Result<u64> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.write_then(app, changes, move |r| {
+            let _ = done.send(r);
+        });
+        result.await.unwrap_or_else(|_| Err(ended(&self.path)))
+    }
+
+    /// Reads a tool's records without blocking the caller's runtime.
+    #[cfg(feature = "async")]
+    pub async fn read_async(&self, app: App) -> Result<StateRecords> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.read_then(app, move |r| {
+            let _ = done.send(r);
+        });
+        result.await.unwrap_or_else(|_| Err(ended(&self.path)))
+    }
+
     /// Reads a tool's records.
     pub fn read(&self, app: App) -> Result<StateRecords> {
         let (tx, rx) = mpsc::channel();

@@ -132,28 +132,12 @@ async fn write_state(
     app: App,
     changes: Vec<(String, Option<serde_json::Value>)>,
 ) -> Result<u64, StoreError> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    state.write_then(app, changes, move |r| {
-        let _ = done.send(r);
-    });
-    result.await.unwrap_or_else(|_| Err(writer_stopped()))
-}
-
-/// The session dropped a request without answering (its thread ended).
-fn writer_stopped() -> StoreError {
-    StoreError::Corrupt {
-        path: PathBuf::from("state"),
-        reason: "the state writer of this run stopped".into(),
-    }
+    state.write_async(app, changes).await
 }
 
 /// Reads through the run's state session.
 async fn read_state(state: &StateSession, app: App) -> Result<PlanState, StoreError> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    state.read_then(app, move |r| {
-        let _ = done.send(r);
-    });
-    let records = result.await.unwrap_or_else(|_| Err(writer_stopped()))?;
+    let records = state.read_async(app).await?;
     Ok(PlanState::from_records(&records))
 }
 

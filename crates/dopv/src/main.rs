@@ -5,8 +5,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dop_core::cli::{self, ValidateArgs};
 use dop_store::cli::{self as plans, Io, PlanCommand};
+use dopv::cli::{self as runs, RunArgs, ShowArgs, SyncArgs, UndeployArgs};
+use dopv::Operation;
 
 /// Make the infrastructure match the plan: create, change and remove nodes on providers.
+///
+/// Every acting command takes --noop (show what would be done and why, change nothing),
+/// --json, and the node-selection flags. Only `sync --destructive` removes nodes that left
+/// the plan or redeploys changed ones; only `sync --interruptive` reboots.
 #[derive(Parser)]
 #[command(name = "dopv", version, after_help = EXIT_CODES)]
 struct Cli {
@@ -17,7 +23,8 @@ struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage \
-                          error, 3 plan locked by another process.";
+                          error (or, with --detailed-exitcode, changes pending), 3 plan locked \
+                          by another process.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -25,14 +32,31 @@ enum Command {
     Validate(ValidateArgs),
     #[command(flatten)]
     Plan(PlanCommand),
+    /// Create the selected nodes that do not exist yet (changes to existing nodes: `sync`).
+    Deploy(RunArgs),
+    /// Destroy the selected nodes (data disks are kept unless --rmdisk).
+    Undeploy(UndeployArgs),
+    /// Ask the providers how the nodes are and record it; report drift. Changes no node.
+    Refresh(RunArgs),
+    /// Make the nodes match the newest plan iteration: create, change in place, and with
+    /// --destructive / --interruptive also destroy, redeploy and reboot.
+    Sync(SyncArgs),
+    /// Show, per node, what was deployed, how it is, drift and pending plan changes.
+    Show(ShowArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::main_with(&cli.global, |config, out, err| match &cli.command {
-        Command::Validate(args) => cli::validate(args, config, out, err),
-        Command::Plan(command) => {
-            plans::run(command, config, &|_| Vec::new(), &mut Io { out, err })
+    cli::main_with(&cli.global, |config, out, err| {
+        let mut io = Io { out, err };
+        match &cli.command {
+            Command::Validate(args) => cli::validate(args, config, io.out, io.err),
+            Command::Plan(command) => plans::run(command, config, &|_| Vec::new(), &mut io),
+            Command::Deploy(args) => runs::run(Operation::Deploy, args, config, &mut io),
+            Command::Undeploy(args) => runs::undeploy(args, config, &mut io),
+            Command::Refresh(args) => runs::run(Operation::Refresh, args, config, &mut io),
+            Command::Sync(args) => runs::sync(args, config, &mut io),
+            Command::Show(args) => runs::show(args, config, &mut io),
         }
     })
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::check::{
-    boolean, field, mapping, named_mappings, non_empty_string, string, string_list,
+    boolean, field, integer, mapping, named_mappings, non_empty_string, string, string_list,
     warn_unknown_keys,
 };
 use super::jump::{self, JumpHost};
@@ -91,6 +91,10 @@ pub struct Infrastructure {
     /// The SSH jump host chain to its nodes (first hop first); empty: connect directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jump_hosts: Vec<JumpHost>,
+    /// The port its nodes' sshd listens on (the `local` provider's nodes listen there; dopi
+    /// connects there unless a command sets `port`). Unset: 22.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
 }
 
 impl Infrastructure {
@@ -139,9 +143,10 @@ pub struct AffinityGroup {
     pub cluster: String,
 }
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 8] = [
     "type",
     "jump_hosts",
+    "ssh_port",
     "endpoint",
     "credentials",
     "networks",
@@ -294,6 +299,17 @@ pub(crate) fn parse(
     let jump_hosts = field(v, "jump_hosts")
         .and_then(|j| jump::parse(c, j, &join(path, "jump_hosts"), credential_names))
         .unwrap_or_default();
+    let ssh_port = field(v, "ssh_port").and_then(|p| {
+        let at = join(path, "ssh_port");
+        let n = integer(c, p, &at, "the ssh_port")?;
+        match u16::try_from(n) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                c.error(p, &at, format!("the ssh_port {n} is not a port (1 to 65535)"));
+                None
+            }
+        }
+    });
     let provider = provider?;
     (c.error_count() == errors).then(|| Infrastructure {
         name: name.to_string(),
@@ -306,6 +322,7 @@ pub(crate) fn parse(
         default_security_groups,
         run_options,
         jump_hosts,
+        ssh_port,
     })
 }
 

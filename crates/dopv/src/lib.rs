@@ -1,0 +1,21 @@
+//! dopv: makes the infrastructure match a stored plan.
+//!
+//! * [`provider::Provider`] is what a cloud must offer; [`providers`] has `baremetal` and
+//!   `local` (lightweight containers on this host).
+//! * [`planner`] decides per node what a run does and why, from the newest plan iteration, the
+//!   state ([`state`]) and what the provider reports ([`actual`]).
+//! * [`driver::run`] carries a command out: `deploy`, `undeploy`, `refresh`, `sync`, each with
+//!   `noop`.
+#![deny(missing_docs)]
+
+pub mod actual;
+pub mod cli;
+pub mod driver;
+pub mod hooks;
+pub mod planner;
+pub mod provider;
+pub mod providers;
+pub mod state;
+
+pub use driver::{run, DopvError, Operation, Options, Outcome, Report};
+pub use planner::Permissions;

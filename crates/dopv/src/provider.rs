@@ -1,0 +1,133 @@
+//! The provider interface: the few operations a cloud (or the local host) must offer. The
+//! lifecycle built from them (create with disks and hooks, rollback, destroy, in-place changes,
+//! reboots) lives once, in the driver, for every provider.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dop_core::plan::{Credential, DataDisk, Node, Provider as Kind};
+use dop_store::logs::NodeLog;
+use serde::{Deserialize, Serialize};
+
+use crate::actual::Actual;
+use crate::state::DiskRecord;
+
+/// What a change of one plan field costs on a provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Applied to the running node.
+    InPlace,
+    /// Applied, then the node is restarted (`--interruptive`).
+    Reboot,
+    /// The node is destroyed and created again (`--destructive`).
+    Redeploy,
+}
+
+/// Everything a provider needs to know about a node: the plan entry and what it refers to.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// The plan's name.
+    pub plan: String,
+    /// The node's plan entry.
+    pub node: Node,
+    /// Its SSH port (the infrastructure's `ssh_port`, else 22).
+    pub ssh_port: u16,
+    /// The plan credentials the node names, for the provider to install.
+    pub credentials: Vec<Credential>,
+}
+
+/// A provider operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(pub String);
+
+impl ProviderError {
+    /// An error from a message.
+    pub fn new(message: impl Into<String>) -> ProviderError {
+        ProviderError(message.into())
+    }
+}
+
+/// Provider result.
+pub type Result<T> = std::result::Result<T, ProviderError>;
+
+/// The operations of one infrastructure.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Checks that the provider can be reached and used, before any node is touched.
+    async fn check(&self) -> Result<()>;
+
+    /// Problems that keep this provider from making the node as planned (empty: none).
+    fn check_node(&self, spec: &NodeSpec) -> Vec<String>;
+
+    /// What [`Provider::read`] reports for the node deployed and running as planned.
+    fn expected(&self, spec: &NodeSpec) -> Actual;
+
+    /// The node as it is (`exists: false` when there is none). `spec` is the entry it was
+    /// deployed from when dopv knows one, else the plan's.
+    async fn read(&self, spec: &NodeSpec) -> Result<Actual>;
+
+    /// Creates the node without starting it. Recorded data disks are attached afterwards.
+    async fn create(&self, spec: &NodeSpec, log: &NodeLog) -> Result<()>;
+
+    /// Destroys the node (disks are detached first, by the driver). Gone already is success.
+    async fn destroy(&self, spec: &NodeSpec, log: &NodeLog) -> Result<()>;
+
+    /// Starts (`true`) or stops the node; returns once it is up (SSH answers) or down.
+    async fn power(&self, spec: &NodeSpec, on: bool, log: &NodeLog) -> Result<()>;
+
+    /// What changing `field` (a plan key) costs. Anything not implemented is a redeploy.
+    fn change_kind(&self, field: &str) -> ChangeKind;
+
+    /// Applies `spec`'s value of `field` to the existing node (for fields whose kind is
+    /// in-place or reboot; the driver reboots afterwards when one needs it). Disks are the
+    /// driver's, through the disk operations below.
+    async fn apply(&self, spec: &NodeSpec, field: &str, log: &NodeLog) -> Result<()>;
+
+    /// False for providers whose nodes' disks dopv does not manage (the plan's `disks` are
+    /// then only recorded).
+    fn manages_disks(&self) -> bool {
+        true
+    }
+
+    /// Creates a data disk for the node; the driver records it in the disk DB.
+    async fn add_disk(&self, spec: &NodeSpec, disk: &DataDisk) -> Result<DiskRecord>;
+
+    /// Attaches a recorded disk to the node.
+    async fn attach_disk(&self, spec: &NodeSpec, disk: &DiskRecord) -> Result<()>;
+
+    /// Detaches a disk from the node, keeping it.
+    async fn detach_disk(&self, spec: &NodeSpec, disk: &DiskRecord) -> Result<()>;
+
+    /// Deletes a (detached) disk.
+    async fn destroy_disk(&self, disk: &DiskRecord) -> Result<()>;
+}
+
+/// What the providers need from the caller.
+#[derive(Clone, Debug)]
+pub struct ProviderOptions {
+    /// Where the `local` provider keeps its nodes and disks.
+    pub local_dir: PathBuf,
+}
+
+/// The provider of an infrastructure (named for messages), or why there is none.
+pub fn for_infrastructure(
+    kind: Kind,
+    infrastructure: &str,
+    plan: &str,
+    options: &ProviderOptions,
+) -> Result<Arc<dyn Provider>> {
+    match kind {
+        Kind::Baremetal => Ok(Arc::new(crate::providers::baremetal::Baremetal)),
+        Kind::Local => Ok(Arc::new(crate::providers::local::Local::new(
+            &options.local_dir,
+            plan,
+        ))),
+        other => Err(ProviderError::new(format!(
+            "infrastructure '{infrastructure}': the {other} provider is not available in this version of dopv \
+             (available: baremetal, local)"
+        ))),
+    }
+}

@@ -1,0 +1,4 @@
+//! The providers dopv has.
+
+pub mod baremetal;
+pub mod local;
