@@ -137,6 +137,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             echo: dopi::Echo::Lines,
             handle_signals: false,
             connect_timeout: 5,
+            redeployed: dopi::Redeployed::Refuse,
         };
         let store = std::sync::Arc::new(store);
         println!("\n== dopi run {} (step set 'default')", plan.name);

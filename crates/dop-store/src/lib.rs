@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+pub mod deployment;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod error;

@@ -13,7 +13,7 @@ use dop_store::cli::{fail, open, Io};
 use dop_store::{rfc3339, App};
 use serde_json::json;
 
-use crate::engine::{self, RunError, RunOptions, RunResult};
+use crate::engine::{self, Redeployed, RunError, RunOptions, RunResult};
 use crate::logs::Echo;
 use crate::plugin::Registry;
 use crate::reset::{self, ResetError, ResetOptions};
@@ -49,12 +49,28 @@ pub struct RunArgs {
     /// Also show every output line of every command on standard error.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Nodes dopv redeployed since dopi last ran on them: refuse to run (default), reset their
+    /// step state so their steps run again, or ignore (keep it). Their old host keys are
+    /// forgotten either way.
+    #[arg(long, value_enum, default_value = "refuse", value_name = "WHAT")]
+    pub redeployed: RedeployedArg,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub filter: NodeFilterArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub lookup: LookupArgs,
+}
+
+/// `--redeployed`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedeployedArg {
+    /// Refuse to run.
+    Refuse,
+    /// Reset their step state.
+    Reset,
+    /// Keep their step state.
+    Ignore,
 }
 
 /// `reset PLAN`.
@@ -195,6 +211,11 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         },
         handle_signals: true,
         connect_timeout: config.connection_check_timeout,
+        redeployed: match args.redeployed {
+            RedeployedArg::Refuse => Redeployed::Refuse,
+            RedeployedArg::Reset => Redeployed::Reset,
+            RedeployedArg::Ignore => Redeployed::Ignore,
+        },
     };
     let progress = opts.echo == Echo::Progress;
     let report = engine::run(store.clone(), &args.plan, &opts, &Registry::local());

@@ -42,6 +42,20 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Seconds to wait for a node's SSH server to answer.
     pub connect_timeout: u64,
+    /// What to do with the state of nodes dopv redeployed since dopi last ran on them.
+    pub redeployed: Redeployed,
+}
+
+/// What a run does with nodes dopv redeployed since their step state was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Redeployed {
+    /// Refuse to run (the default): the operator decides.
+    #[default]
+    Refuse,
+    /// Reset their step state (in every step set): their steps run again.
+    Reset,
+    /// Keep their step state.
+    Ignore,
 }
 
 /// Why a run could not start.
@@ -50,6 +64,17 @@ pub enum RunError {
     /// The store refused (no such plan, locked, …).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Nodes were redeployed by dopv since their state was written.
+    #[error(
+        "dopv redeployed {} since dopi last ran on them, so their step state describes machines \
+         that are gone. Run again with `--redeployed reset` to run their steps again (what dopc \
+         does), or `--redeployed ignore` to keep their state",
+        nodes.join(", ")
+    )]
+    Redeployed {
+        /// `node (generation old → new)`.
+        nodes: Vec<String>,
+    },
     /// No such step set.
     #[error("plan '{plan}' has no step set '{name}'; it has: {}", available.join(", "))]
     NoStepSet {
@@ -124,6 +149,13 @@ struct Ctx {
     /// The plan's run lock, held until the run's context is gone.
     _lock: PlanLock,
     ssh: Arc<crate::ssh::SshPool>,
+    /// Where nodes listen, from dopv's state and the plan.
+    reach: crate::plugin::Reach,
+}
+
+/// The node a record key (`set/step/node`) is about.
+fn node_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, node)| node)
 }
 
 /// Writes through the run's state session; returns once the records are durable.
@@ -151,10 +183,11 @@ impl Ctx {
         let changes: Vec<(String, Option<serde_json::Value>)> = keys
             .into_iter()
             .map(|(node, fp)| {
-                (
-                    node,
-                    Some(json!({"fingerprint": fp, "first_seen_ms": now_ms()})),
-                )
+                let mut record = json!({"fingerprint": fp, "first_seen_ms": now_ms()});
+                if let Some(d) = self.reach.deployed.get(&node) {
+                    record["generation"] = json!(d.generation);
+                }
+                (node, Some(record))
             })
             .collect();
         write_state(&self.state, App::Hosts, changes)
@@ -164,7 +197,10 @@ impl Ctx {
 
     /// Persists a node's record; returns when it is durable.
     async fn save(&self, key: String, record: &NodeStepState) -> Result<(), StoreError> {
-        let value = serde_json::to_value(record).unwrap_or_default();
+        let mut value = serde_json::to_value(record).unwrap_or_default();
+        if let Some(d) = self.reach.deployed.get(node_of(&key)) {
+            value["generation"] = json!(d.generation);
+        }
         write_state(&self.state, App::Dopi, vec![(key, Some(value))])
             .await
             .map(|_| ())
@@ -421,8 +457,12 @@ pub fn run(
     } else {
         recover_interrupted(&state)?
     };
+    let deployed = dop_store::deployment::deployed(&state.read(App::Dopv)?);
+    redeployments(&state, &plan, opts, &deployed, &log)?;
     let known: HashMap<String, String> = recorded_host_keys(&state)?;
+    let reach = crate::plugin::Reach::new(&plan, deployed);
     let ctx = Arc::new(Ctx {
+        reach,
         ssh: Arc::new(crate::ssh::SshPool::new(
             known,
             Duration::from_secs(opts.connect_timeout),
@@ -460,6 +500,114 @@ pub fn run(
 }
 
 /// The host keys recorded for the plan's nodes.
+/// Handles nodes dopv redeployed since dopi wrote their state: their host keys are forgotten
+/// (a new machine has a new key), and their step state is refused, reset or kept as
+/// `opts.redeployed` says.
+fn redeployments(
+    state: &StateSession,
+    plan: &Plan,
+    opts: &RunOptions,
+    deployed: &BTreeMap<String, dop_store::deployment::Deployed>,
+    log: &ExecutionLog,
+) -> Result<(), RunError> {
+    let generation_of = |node: &str| deployed.get(node).map(|d| d.generation);
+    let resolver = Resolver::new(plan, &opts.settings);
+    let selected: std::collections::HashSet<&str> = opts
+        .filter
+        .select(&resolver)
+        .nodes
+        .into_iter()
+        .map(|i| resolver.name(i))
+        .collect();
+    let records = state.read(App::Dopi)?;
+    let mut stale: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut stale_keys = Vec::new();
+    for (key, value) in &records.records {
+        let node = node_of(key);
+        let (Some(old), Some(new)) = (value["generation"].as_u64(), generation_of(node)) else {
+            continue;
+        };
+        if old != new && selected.contains(node) {
+            stale.insert(node.to_string(), (old, new));
+            stale_keys.push((key.clone(), value.clone(), new));
+        }
+    }
+    if stale.is_empty() {
+        return forget_redeployed_host_keys(state, deployed, log, opts.noop);
+    }
+    let listed: Vec<String> = stale
+        .iter()
+        .map(|(n, (old, new))| format!("{n} (generation {old} → {new})"))
+        .collect();
+    match opts.redeployed {
+        Redeployed::Refuse => return Err(RunError::Redeployed { nodes: listed }),
+        _ if opts.noop => {}
+        Redeployed::Reset | Redeployed::Ignore => {
+            let reset = opts.redeployed == Redeployed::Reset;
+            let changes = stale_keys
+                .into_iter()
+                .map(|(key, mut value, new)| {
+                    if reset {
+                        (key, None)
+                    } else {
+                        value["generation"] = serde_json::json!(new);
+                        (key, Some(value))
+                    }
+                })
+                .collect();
+            state.write(App::Dopi, changes)?;
+            for line in &listed {
+                log.event(
+                    "warn",
+                    "message",
+                    None,
+                    None,
+                    format!(
+                        "redeployed by dopv: {line}; its step state was {}",
+                        if reset { "reset" } else { "kept (--redeployed ignore)" }
+                    ),
+                    serde_json::Map::new(),
+                );
+            }
+        }
+    }
+    forget_redeployed_host_keys(state, deployed, log, opts.noop)
+}
+
+/// Forgets host keys recorded under an older dopv generation of their node.
+fn forget_redeployed_host_keys(
+    state: &StateSession,
+    deployed: &BTreeMap<String, dop_store::deployment::Deployed>,
+    log: &ExecutionLog,
+    noop: bool,
+) -> Result<(), RunError> {
+    let hosts = state.read(App::Hosts)?;
+    let mut forget = Vec::new();
+    for (node, value) in &hosts.records {
+        let (Some(old), Some(d)) = (value["generation"].as_u64(), deployed.get(node)) else {
+            continue;
+        };
+        if old != d.generation {
+            forget.push((node.clone(), None));
+            log.event(
+                "info",
+                "message",
+                Some(node),
+                None,
+                format!(
+                    "dopv redeployed the node (generation {old} → {}): its old SSH host key is forgotten",
+                    d.generation
+                ),
+                serde_json::Map::new(),
+            );
+        }
+    }
+    if !forget.is_empty() && !noop {
+        state.write(App::Hosts, forget)?;
+    }
+    Ok(())
+}
+
 fn recorded_host_keys(state: &StateSession) -> Result<HashMap<String, String>, StoreError> {
     Ok(state
         .read(App::Hosts)?
@@ -890,6 +1038,7 @@ async fn run_node(
                         credentials: &ctx.plan.credentials,
                         nodes: &ctx.plan.nodes,
                         ssh: ctx.ssh.clone(),
+                        reach: &ctx.reach,
                     };
                     plugin.run(&cc).await
                 }

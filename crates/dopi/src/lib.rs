@@ -22,10 +22,11 @@ pub mod ssh;
 mod state;
 
 pub use engine::{
-    check_commands, run, RunError, RunOptions, RunReport, RunResult, DEFAULT_MAX_IN_FLIGHT,
+    check_commands, run, Redeployed, RunError, RunOptions, RunReport, RunResult,
+    DEFAULT_MAX_IN_FLIGHT,
 };
 pub use dop_store::logs::{self, Echo, Event, ExecutionLog, Masker, NodeLog};
-pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Registry};
+pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Reach, Registry};
 pub use reset::{reset, ResetError, ResetOptions};
 pub use state::{
     record_key, step_hash, step_keys, CommandState, NodeStepState, PlanState, RunState,

@@ -61,6 +61,46 @@ pub struct CommandContext<'a> {
     pub nodes: &'a [Node],
     /// The run's SSH connections.
     pub ssh: Arc<crate::ssh::SshPool>,
+    /// Where nodes listen (what dopv recorded, the infrastructures' SSH ports).
+    pub reach: &'a Reach,
+}
+
+/// Where the plan's nodes are reached: the address and port dopv recorded when it deployed
+/// them, else the infrastructure's `ssh_port`.
+#[derive(Clone, Debug, Default)]
+pub struct Reach {
+    /// dopv's deployed nodes.
+    pub deployed: std::collections::BTreeMap<String, dop_store::deployment::Deployed>,
+    /// `ssh_port` by infrastructure.
+    pub ports: std::collections::HashMap<String, u16>,
+}
+
+impl Reach {
+    /// The view for a plan and dopv's nodes.
+    pub fn new(
+        plan: &dop_core::Plan,
+        deployed: std::collections::BTreeMap<String, dop_store::deployment::Deployed>,
+    ) -> Reach {
+        Reach {
+            deployed,
+            ports: plan
+                .infrastructures
+                .iter()
+                .filter_map(|i| Some((i.name.clone(), i.ssh_port?)))
+                .collect(),
+        }
+    }
+
+    /// The address dopv recorded for the node, and its SSH port (dopv's, else the
+    /// infrastructure's).
+    pub fn endpoint(&self, node: &Node) -> (Option<String>, Option<u16>) {
+        let ssh = self.deployed.get(&node.name).and_then(|d| d.ssh.as_ref());
+        (
+            ssh.map(|s| s.address.clone()),
+            ssh.map(|s| s.port)
+                .or_else(|| self.ports.get(&node.infrastructure).copied()),
+        )
+    }
 }
 
 impl CommandContext<'_> {
@@ -78,6 +118,7 @@ impl CommandContext<'_> {
             credentials: self.credentials,
             nodes: self.nodes,
             ssh: self.ssh.clone(),
+            reach: self.reach,
         }
     }
 }

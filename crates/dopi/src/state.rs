@@ -101,6 +101,10 @@ pub struct NodeStepState {
     /// The commands, in order.
     #[serde(default)]
     pub commands: Vec<CommandState>,
+    /// The dopv generation of the node when the record was written (none when dopv did not
+    /// deploy it): a node dopv redeployed since has stale records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 impl NodeStepState {
@@ -110,6 +114,7 @@ impl NodeStepState {
             state: RunState::Ready,
             step_hash: step_hash.to_string(),
             iteration,
+            generation: None,
             commands: step
                 .commands
                 .iter()

@@ -160,7 +160,13 @@ pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, Strin
             login,
         });
     }
-    let mut addresses = vec![node.fqdn.trim_end_matches('.').to_string()];
+    // The address dopv deployed the node with first, then the plan's names for it.
+    let (recorded, recorded_port) = ctx.reach.endpoint(node);
+    let mut addresses: Vec<String> = recorded.into_iter().collect();
+    let fqdn = node.fqdn.trim_end_matches('.').to_string();
+    if !addresses.contains(&fqdn) {
+        addresses.push(fqdn);
+    }
     for i in &node.interfaces {
         if let IpSetting::Static(ip) = i.ip {
             let ip = ip.to_string();
@@ -174,6 +180,7 @@ pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, Strin
         .get("port")
         .and_then(serde_json::Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
+        .or(recorded_port)
         .unwrap_or(22);
     let check_host_key = ctx
         .options
