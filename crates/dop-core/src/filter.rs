@@ -315,6 +315,12 @@ pub struct FilterFlags<'a> {
 }
 
 impl NodeFilter {
+    /// The filter that selects every node (what no flag means on the command line; the
+    /// `Default` filter selects none).
+    pub fn all() -> NodeFilter {
+        NodeFilter::from_flags(&FilterFlags::default()).expect("no flag, no pattern to fail")
+    }
+
     /// Builds a filter from command-line flags. With no include flag, every node is included
     /// (so excludes alone mean "all except").
     pub fn from_flags(flags: &FilterFlags<'_>) -> Result<NodeFilter, FilterError> {

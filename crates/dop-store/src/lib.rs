@@ -34,9 +34,9 @@
 #![deny(missing_docs)]
 
 mod backend;
-pub mod deployment;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod deployment;
 mod error;
 mod import;
 mod layout;

@@ -564,7 +564,11 @@ fn redeployments(
                     None,
                     format!(
                         "redeployed by dopv: {line}; its step state was {}",
-                        if reset { "reset" } else { "kept (--redeployed ignore)" }
+                        if reset {
+                            "reset"
+                        } else {
+                            "kept (--redeployed ignore)"
+                        }
                     ),
                     serde_json::Map::new(),
                 );

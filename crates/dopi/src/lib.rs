@@ -21,11 +21,11 @@ mod reset;
 pub mod ssh;
 mod state;
 
+pub use dop_store::logs::{self, Echo, Event, ExecutionLog, Masker, NodeLog};
 pub use engine::{
     check_commands, run, Redeployed, RunError, RunOptions, RunReport, RunResult,
     DEFAULT_MAX_IN_FLIGHT,
 };
-pub use dop_store::logs::{self, Echo, Event, ExecutionLog, Masker, NodeLog};
 pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Reach, Registry};
 pub use reset::{reset, ResetError, ResetOptions};
 pub use state::{

@@ -260,7 +260,11 @@ pub fn render(report: &Report, out: &mut dyn Write) {
             .filter(|a| a.action == k && a.runs())
             .count()
     };
-    let held = report.actions.iter().filter(|a| !a.held_back.is_empty()).count();
+    let held = report
+        .actions
+        .iter()
+        .filter(|a| !a.held_back.is_empty())
+        .count();
     let pending = report.actions.iter().filter(|a| a.out_of_scope).count();
     let _ = writeln!(
         out,
@@ -297,7 +301,14 @@ pub fn sync(args: &SyncArgs, config: &Config, io: &mut Io<'_>) -> u8 {
 
 /// Runs `undeploy`.
 pub fn undeploy(args: &UndeployArgs, config: &Config, io: &mut Io<'_>) -> u8 {
-    run(Operation::Undeploy { rmdisk: args.rmdisk }, &args.run, config, io)
+    run(
+        Operation::Undeploy {
+            rmdisk: args.rmdisk,
+        },
+        &args.run,
+        config,
+        io,
+    )
 }
 
 /// One node in `show`.
@@ -330,16 +341,44 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
     match shown(&store, args, config) {
         Ok((iteration, serial, nodes)) => {
             if args.json {
-                print_json(io.out, &json!({"plan": args.plan, "iteration": iteration, "serial": serial, "nodes": nodes}));
+                print_json(
+                    io.out,
+                    &json!({"plan": args.plan, "iteration": iteration, "serial": serial, "nodes": nodes}),
+                );
                 return EXIT_OK;
             }
-            let _ = writeln!(io.out, "plan '{}': iteration {iteration}, dopv state serial {serial}", args.plan);
-            let _ = writeln!(io.out, "{:<28} {:<11} {:<5} {:<10} {:<15} DRIFT / PENDING", "NODE", "STATUS", "POWER", "ITERATION", "GENERATION");
+            let _ = writeln!(
+                io.out,
+                "plan '{}': iteration {iteration}, dopv state serial {serial}",
+                args.plan
+            );
+            let _ = writeln!(
+                io.out,
+                "{:<28} {:<11} {:<5} {:<10} {:<15} DRIFT / PENDING",
+                "NODE", "STATUS", "POWER", "ITERATION", "GENERATION"
+            );
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             for n in &nodes {
-                let status = n.status.map_or_else(|| "not deployed".to_string(), |s| word(&s));
-                let power = n.actual.as_ref().and_then(|a| a.power).map_or("-".to_string(), |p| word(&p));
-                let mut notes: Vec<String> = n.drift.iter().map(|d| format!("drift {}: {} != {}", d.field, short(&d.actual), short(&d.expected))).collect();
+                let status = n
+                    .status
+                    .map_or_else(|| "not deployed".to_string(), |s| word(&s));
+                let power = n
+                    .actual
+                    .as_ref()
+                    .and_then(|a| a.power)
+                    .map_or("-".to_string(), |p| word(&p));
+                let mut notes: Vec<String> = n
+                    .drift
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "drift {}: {} != {}",
+                            d.field,
+                            short(&d.actual),
+                            short(&d.expected)
+                        )
+                    })
+                    .collect();
                 if !n.pending.is_empty() {
                     notes.push(format!("pending: {}", n.pending.join(", ")));
                 }
@@ -361,7 +400,11 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                     power,
                     n.iteration.map_or("-".into(), |i| i.to_string()),
                     n.generation.map_or("-".into(), |g| g.to_string()),
-                    if note.is_empty() { "in sync".to_string() } else { note }
+                    if note.is_empty() {
+                        "in sync".to_string()
+                    } else {
+                        note
+                    }
                 );
             }
             EXIT_OK
@@ -374,15 +417,29 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
     }
 }
 
-fn shown(store: &Store, args: &ShowArgs, config: &Config) -> Result<(u64, u64, Vec<ShownNode>), DopvError> {
+fn shown(
+    store: &Store,
+    args: &ShowArgs,
+    config: &Config,
+) -> Result<(u64, u64, Vec<ShownNode>), DopvError> {
     let iteration = store.iteration(&args.plan, None)?;
     let plan = iteration.plan;
-    let state = DopvState::from_records(&store.state(&args.plan, App::Dopv)?).map_err(|reason| {
-        DopvError::State { plan: args.plan.clone(), reason }
-    })?;
+    let state =
+        DopvState::from_records(&store.state(&args.plan, App::Dopv)?).map_err(|reason| {
+            DopvError::State {
+                plan: args.plan.clone(),
+                reason,
+            }
+        })?;
     let options = provider_options(config, &args.local_dir);
     let mut names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-    names.extend(state.nodes.keys().filter(|n| plan.node(n).is_none()).cloned());
+    names.extend(
+        state
+            .nodes
+            .keys()
+            .filter(|n| plan.node(n).is_none())
+            .cloned(),
+    );
     let mut nodes = Vec::new();
     for name in names {
         let planned = plan.node(&name);
@@ -400,22 +457,43 @@ fn shown(store: &Store, args: &ShowArgs, config: &Config) -> Result<(u64, u64, V
             error: record.and_then(|r| r.error.clone()),
         };
         if let Some(r) = record {
-            if let Ok(p) = provider::for_infrastructure(r.provider, &r.desired.infrastructure, &args.plan, &options) {
+            if let Ok(p) = provider::for_infrastructure(
+                r.provider,
+                &r.desired.infrastructure,
+                &args.plan,
+                &options,
+            ) {
                 let spec = NodeSpec {
                     plan: args.plan.clone(),
                     node: r.desired.clone(),
                     ssh_port: r.ssh_port,
-                    credentials: r.desired.credentials.iter().filter_map(|c| plan.credential(c).cloned()).collect(),
+                    credentials: r
+                        .desired
+                        .credentials
+                        .iter()
+                        .filter_map(|c| plan.credential(c).cloned())
+                        .collect(),
                 };
                 if let Some(actual) = &r.actual {
                     shown.drift = actual.drift(&p.expected(&spec));
                 }
             }
             if let Some(node) = planned {
-                let (old, new) = (serde_json::to_value(&r.desired).unwrap_or_default(), serde_json::to_value(node).unwrap_or_default());
+                let (old, new) = (
+                    serde_json::to_value(&r.desired).unwrap_or_default(),
+                    serde_json::to_value(node).unwrap_or_default(),
+                );
                 if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
-                    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-                    shown.pending = keys.into_iter().filter(|k| old.get(*k) != new.get(*k) && !["jump_hosts", "force_stop"].contains(&k.as_str())).cloned().collect();
+                    let keys: std::collections::BTreeSet<&String> =
+                        old.keys().chain(new.keys()).collect();
+                    shown.pending = keys
+                        .into_iter()
+                        .filter(|k| {
+                            old.get(*k) != new.get(*k)
+                                && !["jump_hosts", "force_stop"].contains(&k.as_str())
+                        })
+                        .cloned()
+                        .collect();
                 }
             }
         }

@@ -182,7 +182,14 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn event(&self, level: &str, kind: &str, node: Option<&str>, message: String, fields: serde_json::Value) {
+    fn event(
+        &self,
+        level: &str,
+        kind: &str,
+        node: Option<&str>,
+        message: String,
+        fields: serde_json::Value,
+    ) {
         let fields = match fields {
             serde_json::Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -235,7 +242,11 @@ pub fn run(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, Dop
 }
 
 async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, DopvError> {
-    let command = format!("dopv {}{}", opts.operation.name(), if opts.noop { " --noop" } else { "" });
+    let command = format!(
+        "dopv {}{}",
+        opts.operation.name(),
+        if opts.noop { " --noop" } else { "" }
+    );
     // A preview takes no lock: it writes nothing.
     let lock = if opts.noop {
         None
@@ -284,7 +295,12 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         let key = (node.infrastructure.clone(), kind);
         let provider = match providers.get(&key) {
             Some(p) => p.clone(),
-            None => match provider::for_infrastructure(kind, &node.infrastructure, plan_name, &opts.providers) {
+            None => match provider::for_infrastructure(
+                kind,
+                &node.infrastructure,
+                plan_name,
+                &opts.providers,
+            ) {
                 Ok(p) => {
                     if let Err(e) = p.check().await {
                         problems.push(format!("infrastructure '{}': {e}", node.infrastructure));
@@ -299,7 +315,12 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             },
         };
         let spec = spec_for(&plan, plan_name, &node, port);
-        if in_plan && !matches!(opts.operation, Operation::Undeploy { .. } | Operation::Refresh) {
+        if in_plan
+            && !matches!(
+                opts.operation,
+                Operation::Undeploy { .. } | Operation::Refresh
+            )
+        {
             for p in provider.check_node(&spec) {
                 problems.push(format!("nodes.{name}: {p}"));
             }
@@ -318,11 +339,17 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     }
 
     let id = new_execution_id();
-    let log = ExecutionLog::create(&opts.log_dir, plan_name, &id, opts.echo, Masker::for_plan(&plan))
-        .map_err(|source| DopvError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        })?;
+    let log = ExecutionLog::create(
+        &opts.log_dir,
+        plan_name,
+        &id,
+        opts.echo,
+        Masker::for_plan(&plan),
+    )
+    .map_err(|source| DopvError::Logs {
+        path: opts.log_dir.clone(),
+        source,
+    })?;
     let ctx = Arc::new(Ctx {
         plan_name: plan_name.to_string(),
         plan: plan.clone(),
@@ -332,10 +359,22 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         disks: state.disks.clone(),
     });
     if let Some(h) = lock.as_ref().and_then(|l| l.took_over_from()) {
-        ctx.event("warn", "message", None, format!("took over the plan from {h}, which ended without releasing it"), json!({}));
+        ctx.event(
+            "warn",
+            "message",
+            None,
+            format!("took over the plan from {h}, which ended without releasing it"),
+            json!({}),
+        );
     }
     for pattern in &selection.unmatched {
-        ctx.event("warn", "message", None, format!("{pattern} does not match any node"), json!({}));
+        ctx.event(
+            "warn",
+            "message",
+            None,
+            format!("{pattern} does not match any node"),
+            json!({}),
+        );
     }
     ctx.event(
         "info",
@@ -350,14 +389,29 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let mut unreadable = Vec::new();
     for s in &subjects {
         let read_spec = match &s.record {
-            Some(r) => NodeSpec { node: r.desired.clone(), ssh_port: r.ssh_port, ..s.spec.clone() },
+            Some(r) => NodeSpec {
+                node: r.desired.clone(),
+                ssh_port: r.ssh_port,
+                ..s.spec.clone()
+            },
             None => s.spec.clone(),
         };
         match s.provider.read(&read_spec).await {
             Ok(a) => actuals.push(Some(a)),
             Err(e) => {
-                ctx.event("error", "message", Some(&s.spec.node.name), format!("cannot read the node from its provider: {e}"), json!({}));
-                unreadable.push(Outcome { node: s.spec.node.name.clone(), action: ActionKind::Update, result: "failed", error: Some(format!("cannot read the node: {e}")) });
+                ctx.event(
+                    "error",
+                    "message",
+                    Some(&s.spec.node.name),
+                    format!("cannot read the node from its provider: {e}"),
+                    json!({}),
+                );
+                unreadable.push(Outcome {
+                    node: s.spec.node.name.clone(),
+                    action: ActionKind::Update,
+                    result: "failed",
+                    error: Some(format!("cannot read the node: {e}")),
+                });
                 actuals.push(None);
             }
         }
@@ -385,7 +439,9 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         } else {
             let provider = s.provider.clone();
             let kind_of = move |field: &str| provider.change_kind(field);
-            let planned = s.in_plan.then(|| serde_json::to_value(&s.spec.node).unwrap_or_default());
+            let planned = s
+                .in_plan
+                .then(|| serde_json::to_value(&s.spec.node).unwrap_or_default());
             let view = NodeView {
                 name,
                 planned,
@@ -397,8 +453,11 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             planner::plan_node(&view, permissions).map(|mut a| {
                 a.out_of_scope = match opts.operation {
                     Operation::Refresh => true,
-                    Operation::Deploy => !(matches!(a.action, ActionKind::Create | ActionKind::Adopt)
-                        || matches!(a.reason, Reason::Interrupted | Reason::FailedBefore) && s.in_plan),
+                    Operation::Deploy => {
+                        !(matches!(a.action, ActionKind::Create | ActionKind::Adopt)
+                            || matches!(a.reason, Reason::Interrupted | Reason::FailedBefore)
+                                && s.in_plan)
+                    }
                     _ => false,
                 };
                 if a.out_of_scope {
@@ -425,7 +484,11 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         if !a.held_back.is_empty() {
             message.push_str(&format!(
                 "; needs {}",
-                a.held_back.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+                a.held_back
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ));
         }
         if a.out_of_scope {
@@ -448,7 +511,13 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         log_dir: log.dir().to_path_buf(),
     };
     if opts.noop {
-        ctx.event("info", "run_finished", None, "noop: nothing was changed".into(), json!({"result": "noop"}));
+        ctx.event(
+            "info",
+            "run_finished",
+            None,
+            "noop: nothing was changed".into(),
+            json!({"result": "noop"}),
+        );
         return Ok(report);
     }
 
@@ -465,25 +534,35 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         .collect();
     if !refreshed.is_empty() {
         if let Err(e) = ctx.write(refreshed).await {
-            return Err(DopvError::State { plan: plan_name.to_string(), reason: e });
+            return Err(DopvError::State {
+                plan: plan_name.to_string(),
+                reason: e,
+            });
         }
     }
 
     // Act, at most `max_in_flight` nodes at a time per infrastructure; a failure stops new
     // nodes of its infrastructure from starting (as in the original), others carry on.
     let rmdisk = matches!(opts.operation, Operation::Undeploy { rmdisk: true });
-    let mut limits: HashMap<String, (Arc<tokio::sync::Semaphore>, Arc<AtomicBool>)> = HashMap::new();
+    let mut limits: HashMap<String, (Arc<tokio::sync::Semaphore>, Arc<AtomicBool>)> =
+        HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, action) in report.actions.iter().enumerate() {
         if !action.runs() {
             continue;
         }
-        let subject = subjects.iter().find(|s| s.spec.node.name == action.node).expect("planned from subjects");
+        let subject = subjects
+            .iter()
+            .find(|s| s.spec.node.name == action.node)
+            .expect("planned from subjects");
         let (limit, failed) = limits
             .entry(subject.infrastructure.clone())
             .or_insert_with(|| {
                 let n = max_in_flight(&plan, &subject.infrastructure);
-                (Arc::new(tokio::sync::Semaphore::new(n)), Arc::new(AtomicBool::new(false)))
+                (
+                    Arc::new(tokio::sync::Semaphore::new(n)),
+                    Arc::new(AtomicBool::new(false)),
+                )
             })
             .clone();
         let ctx = ctx.clone();
@@ -491,24 +570,74 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         let spec = subject.spec.clone();
         let record = subject.record.clone();
         let provider = subject.provider.clone();
-        let actual = actuals[subjects.iter().position(|s| s.spec.node.name == action.node).unwrap_or(0)].clone();
+        let actual = actuals[subjects
+            .iter()
+            .position(|s| s.spec.node.name == action.node)
+            .unwrap_or(0)]
+        .clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             if failed.load(Ordering::SeqCst) {
-                return (index, Outcome { node: action.node.clone(), action: action.action, result: "skipped", error: Some("an earlier node of its infrastructure failed".into()) });
+                return (
+                    index,
+                    Outcome {
+                        node: action.node.clone(),
+                        action: action.action,
+                        result: "skipped",
+                        error: Some("an earlier node of its infrastructure failed".into()),
+                    },
+                );
             }
             let node_log = ctx.log.node(&action.node);
-            ctx.event("info", "node_action_started", Some(&action.node), format!("{} started", word(&action.action)), json!({"action": action.action, "reason": action.reason}));
-            let result = execute(&ctx, &action, &spec, record.as_ref(), actual.as_ref(), &*provider, rmdisk, &node_log).await;
+            ctx.event(
+                "info",
+                "node_action_started",
+                Some(&action.node),
+                format!("{} started", word(&action.action)),
+                json!({"action": action.action, "reason": action.reason}),
+            );
+            let result = execute(
+                &ctx,
+                &action,
+                &spec,
+                record.as_ref(),
+                actual.as_ref(),
+                &*provider,
+                rmdisk,
+                &node_log,
+            )
+            .await;
             let outcome = match result {
                 Ok(()) => {
-                    ctx.event("info", "node_action_finished", Some(&action.node), format!("{} done", word(&action.action)), json!({"action": action.action, "result": "done"}));
-                    Outcome { node: action.node.clone(), action: action.action, result: "done", error: None }
+                    ctx.event(
+                        "info",
+                        "node_action_finished",
+                        Some(&action.node),
+                        format!("{} done", word(&action.action)),
+                        json!({"action": action.action, "result": "done"}),
+                    );
+                    Outcome {
+                        node: action.node.clone(),
+                        action: action.action,
+                        result: "done",
+                        error: None,
+                    }
                 }
                 Err(e) => {
                     failed.store(true, Ordering::SeqCst);
-                    ctx.event("error", "node_action_finished", Some(&action.node), format!("{} failed: {e}", word(&action.action)), json!({"action": action.action, "result": "failed", "error": e}));
-                    Outcome { node: action.node.clone(), action: action.action, result: "failed", error: Some(e) }
+                    ctx.event(
+                        "error",
+                        "node_action_finished",
+                        Some(&action.node),
+                        format!("{} failed: {e}", word(&action.action)),
+                        json!({"action": action.action, "result": "failed", "error": e}),
+                    );
+                    Outcome {
+                        node: action.node.clone(),
+                        action: action.action,
+                        result: "failed",
+                        error: Some(e),
+                    }
                 }
             };
             (index, outcome)
@@ -553,7 +682,9 @@ fn max_in_flight(plan: &Plan, infrastructure: &str) -> usize {
         // -1: every node at once; 0: one after the other.
         n if n < 0 => tokio::sync::Semaphore::MAX_PERMITS,
         0 => 1,
-        n => usize::try_from(n).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
+        n => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
     }
 }
 
@@ -568,7 +699,11 @@ async fn execute(
     rmdisk: bool,
     log: &NodeLog,
 ) -> Result<(), String> {
-    let deployed_spec = record.map(|r| NodeSpec { node: r.desired.clone(), ssh_port: r.ssh_port, ..spec.clone() });
+    let deployed_spec = record.map(|r| NodeSpec {
+        node: r.desired.clone(),
+        ssh_port: r.ssh_port,
+        ..spec.clone()
+    });
     let exists = actual.is_some_and(|a| a.exists);
     match action.action {
         ActionKind::Create => create(ctx, spec, record, provider, log).await,
@@ -578,7 +713,10 @@ async fn execute(
                 status: Status::Deployed,
                 desired: spec.node.clone(),
                 ssh_port: spec.ssh_port,
-                provider: ctx.plan.infrastructure(&spec.node.infrastructure).map_or(Kind::Baremetal, |i| i.provider),
+                provider: ctx
+                    .plan
+                    .infrastructure(&spec.node.infrastructure)
+                    .map_or(Kind::Baremetal, |i| i.provider),
                 iteration: ctx.iteration,
                 generation: new_generation(None),
                 actual: Some(actual),
@@ -586,7 +724,8 @@ async fn execute(
                 updated_ms: now_ms(),
                 error: None,
             };
-            ctx.write(vec![node_change(&spec.node.name, Some(&record))]).await
+            ctx.write(vec![node_change(&spec.node.name, Some(&record))])
+                .await
         }
         ActionKind::Destroy => {
             let target = deployed_spec.as_ref().unwrap_or(spec);
@@ -607,25 +746,59 @@ fn new_generation(old: Option<&NodeRecord>) -> u64 {
     old.map_or(now, |r| now.max(r.generation + 1))
 }
 
-async fn run_hook(ctx: &Ctx, hook: Hook, spec: &NodeSpec, changed: bool, log: &NodeLog) -> Result<(), String> {
-    let warnings = hooks::run(&ctx.plan.hooks, hook, &ctx.plan_name, &spec.node, changed, log).await?;
+async fn run_hook(
+    ctx: &Ctx,
+    hook: Hook,
+    spec: &NodeSpec,
+    changed: bool,
+    log: &NodeLog,
+) -> Result<(), String> {
+    let warnings = hooks::run(
+        &ctx.plan.hooks,
+        hook,
+        &ctx.plan_name,
+        &spec.node,
+        changed,
+        log,
+    )
+    .await?;
     for w in warnings {
-        ctx.event("warn", "message", Some(&spec.node.name), w, json!({"hook": hook.key()}));
+        ctx.event(
+            "warn",
+            "message",
+            Some(&spec.node.name),
+            w,
+            json!({"hook": hook.key()}),
+        );
     }
     Ok(())
 }
 
 fn with_status(base: &NodeRecord, status: Status, error: Option<String>) -> NodeRecord {
-    NodeRecord { status, error, updated_ms: now_ms(), ..base.clone() }
+    NodeRecord {
+        status,
+        error,
+        updated_ms: now_ms(),
+        ..base.clone()
+    }
 }
 
-async fn create(ctx: &Ctx, spec: &NodeSpec, old: Option<&NodeRecord>, provider: &dyn Provider, log: &NodeLog) -> Result<(), String> {
+async fn create(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    old: Option<&NodeRecord>,
+    provider: &dyn Provider,
+    log: &NodeLog,
+) -> Result<(), String> {
     run_hook(ctx, Hook::PreCreate, spec, true, log).await?;
     let record = NodeRecord {
         status: Status::Creating,
         desired: spec.node.clone(),
         ssh_port: spec.ssh_port,
-        provider: ctx.plan.infrastructure(&spec.node.infrastructure).map_or(Kind::Baremetal, |i| i.provider),
+        provider: ctx
+            .plan
+            .infrastructure(&spec.node.infrastructure)
+            .map_or(Kind::Baremetal, |i| i.provider),
         iteration: ctx.iteration,
         generation: new_generation(old),
         actual: None,
@@ -633,11 +806,17 @@ async fn create(ctx: &Ctx, spec: &NodeSpec, old: Option<&NodeRecord>, provider: 
         updated_ms: now_ms(),
         error: None,
     };
-    ctx.write(vec![node_change(&spec.node.name, Some(&record))]).await?;
+    ctx.write(vec![node_change(&spec.node.name, Some(&record))])
+        .await?;
     match build(ctx, spec, provider, log).await {
         Ok(actual) => {
-            let done = NodeRecord { actual: Some(actual), refreshed_ms: Some(now_ms()), ..with_status(&record, Status::Deployed, None) };
-            ctx.write(vec![node_change(&spec.node.name, Some(&done))]).await?;
+            let done = NodeRecord {
+                actual: Some(actual),
+                refreshed_ms: Some(now_ms()),
+                ..with_status(&record, Status::Deployed, None)
+            };
+            ctx.write(vec![node_change(&spec.node.name, Some(&done))])
+                .await?;
             run_hook(ctx, Hook::PostCreate, spec, true, log).await
         }
         Err(e) => {
@@ -650,30 +829,51 @@ async fn create(ctx: &Ctx, spec: &NodeSpec, old: Option<&NodeRecord>, provider: 
                 log.line(&format!("rollback failed too: {r}"));
             }
             let failed = with_status(&record, Status::Failed, Some(e.clone()));
-            ctx.write(vec![node_change(&spec.node.name, Some(&failed))]).await?;
+            ctx.write(vec![node_change(&spec.node.name, Some(&failed))])
+                .await?;
             Err(e)
         }
     }
 }
 
 /// Creates the node, its disks, and starts it; returns how it is.
-async fn build(ctx: &Ctx, spec: &NodeSpec, provider: &dyn Provider, log: &NodeLog) -> Result<Actual, String> {
+async fn build(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    provider: &dyn Provider,
+    log: &NodeLog,
+) -> Result<Actual, String> {
     // An earlier, interrupted create may have left a half-built node.
     if provider.read(spec).await.map_err(|e| e.to_string())?.exists {
-        provider.destroy(spec, log).await.map_err(|e| e.to_string())?;
+        provider
+            .destroy(spec, log)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    provider.create(spec, log).await.map_err(|e| e.to_string())?;
+    provider
+        .create(spec, log)
+        .await
+        .map_err(|e| e.to_string())?;
     if provider.manages_disks() {
         attach_disks(ctx, spec, provider, log, false).await?;
     }
-    provider.power(spec, true, log).await.map_err(|e| e.to_string())?;
+    provider
+        .power(spec, true, log)
+        .await
+        .map_err(|e| e.to_string())?;
     provider.read(spec).await.map_err(|e| e.to_string())
 }
 
 /// The disk algorithm: recorded disks the plan has are attached, plan disks without a record
 /// are made and recorded, recorded disks the plan dropped are detached (and, when `drop`,
 /// deleted and forgotten).
-async fn attach_disks(ctx: &Ctx, spec: &NodeSpec, provider: &dyn Provider, log: &NodeLog, drop: bool) -> Result<(), String> {
+async fn attach_disks(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    provider: &dyn Provider,
+    log: &NodeLog,
+    drop: bool,
+) -> Result<(), String> {
     let name = &spec.node.name;
     let mut recorded: Vec<DiskRecord> = current_disks(ctx, name).await;
     for disk in recorded.clone() {
@@ -684,16 +884,31 @@ async fn attach_disks(ctx: &Ctx, spec: &NodeSpec, provider: &dyn Provider, log: 
                     disk.name, disk.size, planned.size.bytes()
                 ));
             }
-            Some(_) => provider.attach_disk(spec, &disk).await.map_err(|e| e.to_string())?,
+            Some(_) => provider
+                .attach_disk(spec, &disk)
+                .await
+                .map_err(|e| e.to_string())?,
             None => {
-                provider.detach_disk(spec, &disk).await.map_err(|e| e.to_string())?;
+                provider
+                    .detach_disk(spec, &disk)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if drop {
-                    provider.destroy_disk(&disk).await.map_err(|e| e.to_string())?;
+                    provider
+                        .destroy_disk(&disk)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     recorded.retain(|d| d.name != disk.name);
                     ctx.write(vec![disks_change(name, &recorded)]).await?;
-                    log.line(&format!("deleted the data disk '{}' ({})", disk.name, disk.id));
+                    log.line(&format!(
+                        "deleted the data disk '{}' ({})",
+                        disk.name, disk.id
+                    ));
                 } else {
-                    log.line(&format!("the data disk '{}' is not in the plan: kept, detached ({})", disk.name, disk.id));
+                    log.line(&format!(
+                        "the data disk '{}' is not in the plan: kept, detached ({})",
+                        disk.name, disk.id
+                    ));
                 }
             }
         }
@@ -702,10 +917,16 @@ async fn attach_disks(ctx: &Ctx, spec: &NodeSpec, provider: &dyn Provider, log: 
         if recorded.iter().any(|d| d.name == planned.name) {
             continue;
         }
-        let disk = provider.add_disk(spec, planned).await.map_err(|e| e.to_string())?;
+        let disk = provider
+            .add_disk(spec, planned)
+            .await
+            .map_err(|e| e.to_string())?;
         recorded.push(disk.clone());
         ctx.write(vec![disks_change(name, &recorded)]).await?;
-        provider.attach_disk(spec, &disk).await.map_err(|e| e.to_string())?;
+        provider
+            .attach_disk(spec, &disk)
+            .await
+            .map_err(|e| e.to_string())?;
         log.line(&format!("made the data disk '{}' ({})", disk.name, disk.id));
     }
     Ok(())
@@ -723,28 +944,52 @@ async fn current_disks(ctx: &Ctx, node: &str) -> Vec<DiskRecord> {
     ctx.disks.get(node).cloned().unwrap_or_default()
 }
 
-async fn destroy(ctx: &Ctx, spec: &NodeSpec, record: Option<&NodeRecord>, provider: &dyn Provider, rmdisk: bool, exists: bool, log: &NodeLog) -> Result<(), String> {
+async fn destroy(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    record: Option<&NodeRecord>,
+    provider: &dyn Provider,
+    rmdisk: bool,
+    exists: bool,
+    log: &NodeLog,
+) -> Result<(), String> {
     let name = &spec.node.name;
     run_hook(ctx, Hook::PreDestroy, spec, exists, log).await?;
     if let Some(r) = record {
-        ctx.write(vec![node_change(name, Some(&with_status(r, Status::Destroying, None)))]).await?;
+        ctx.write(vec![node_change(
+            name,
+            Some(&with_status(r, Status::Destroying, None)),
+        )])
+        .await?;
     }
     if provider.manages_disks() {
         let mut disks = current_disks(ctx, name).await;
         for disk in disks.clone() {
             if let Err(e) = provider.detach_disk(spec, &disk).await {
-                log.line(&format!("warning: cannot detach the data disk '{}': {e}", disk.name));
+                log.line(&format!(
+                    "warning: cannot detach the data disk '{}': {e}",
+                    disk.name
+                ));
             }
             if rmdisk {
-                provider.destroy_disk(&disk).await.map_err(|e| e.to_string())?;
+                provider
+                    .destroy_disk(&disk)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 disks.retain(|d| d.name != disk.name);
                 ctx.write(vec![disks_change(name, &disks)]).await?;
-                log.line(&format!("deleted the data disk '{}' ({})", disk.name, disk.id));
+                log.line(&format!(
+                    "deleted the data disk '{}' ({})",
+                    disk.name, disk.id
+                ));
             }
         }
     }
     if exists {
-        provider.destroy(spec, log).await.map_err(|e| e.to_string())?;
+        provider
+            .destroy(spec, log)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     ctx.write(vec![node_change(name, None)]).await?;
     run_hook(ctx, Hook::PostDestroy, spec, exists, log).await
@@ -755,7 +1000,11 @@ async fn destroy(ctx: &Ctx, spec: &NodeSpec, record: Option<&NodeRecord>, provid
 fn applied(old: &Node, new: &Node, action: &Action) -> Result<Node, String> {
     let mut merged = serde_json::to_value(old).map_err(|e| e.to_string())?;
     let planned = serde_json::to_value(new).map_err(|e| e.to_string())?;
-    for change in action.changes.iter().filter(|c| c.source == planner::Source::Plan) {
+    for change in action
+        .changes
+        .iter()
+        .filter(|c| c.source == planner::Source::Plan)
+    {
         match planned.get(&change.field) {
             Some(v) => merged[&change.field] = v.clone(),
             None => {
@@ -768,7 +1017,14 @@ fn applied(old: &Node, new: &Node, action: &Action) -> Result<Node, String> {
     serde_json::from_value(merged).map_err(|e| format!("cannot merge the node entry: {e}"))
 }
 
-async fn update(ctx: &Ctx, action: &Action, spec: &NodeSpec, record: Option<&NodeRecord>, provider: &dyn Provider, log: &NodeLog) -> Result<(), String> {
+async fn update(
+    ctx: &Ctx,
+    action: &Action,
+    spec: &NodeSpec,
+    record: Option<&NodeRecord>,
+    provider: &dyn Provider,
+    log: &NodeLog,
+) -> Result<(), String> {
     let record = record.ok_or("no record of the node to update")?;
     // What the node becomes: only the fields this action applies change.
     let target = NodeSpec {
@@ -777,21 +1033,37 @@ async fn update(ctx: &Ctx, action: &Action, spec: &NodeSpec, record: Option<&Nod
     };
     let spec = &target;
     run_hook(ctx, Hook::PreUpdate, spec, true, log).await?;
-    ctx.write(vec![node_change(&spec.node.name, Some(&with_status(record, Status::Updating, None)))]).await?;
+    ctx.write(vec![node_change(
+        &spec.node.name,
+        Some(&with_status(record, Status::Updating, None)),
+    )])
+    .await?;
     let result = async {
         let mut reboot = false;
         for change in &action.changes {
             match change.field.as_str() {
                 "disks" => attach_disks(ctx, spec, provider, log, true).await?,
-                "power" => provider.power(spec, true, log).await.map_err(|e| e.to_string())?,
-                field => provider.apply(spec, field, log).await.map_err(|e| e.to_string())?,
+                "power" => provider
+                    .power(spec, true, log)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                field => provider
+                    .apply(spec, field, log)
+                    .await
+                    .map_err(|e| e.to_string())?,
             }
             reboot |= change.kind == ChangeKind::Reboot;
         }
         if reboot {
             log.line("rebooting to apply the changes");
-            provider.power(spec, false, log).await.map_err(|e| e.to_string())?;
-            provider.power(spec, true, log).await.map_err(|e| e.to_string())?;
+            provider
+                .power(spec, false, log)
+                .await
+                .map_err(|e| e.to_string())?;
+            provider
+                .power(spec, true, log)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         provider.read(spec).await.map_err(|e| e.to_string())
     }
@@ -809,12 +1081,14 @@ async fn update(ctx: &Ctx, action: &Action, spec: &NodeSpec, record: Option<&Nod
                 error: None,
                 ..record.clone()
             };
-            ctx.write(vec![node_change(&spec.node.name, Some(&done))]).await?;
+            ctx.write(vec![node_change(&spec.node.name, Some(&done))])
+                .await?;
             run_hook(ctx, Hook::PostUpdate, spec, true, log).await
         }
         Err(e) => {
             let failed = with_status(record, Status::Updating, Some(e.clone()));
-            ctx.write(vec![node_change(&spec.node.name, Some(&failed))]).await?;
+            ctx.write(vec![node_change(&spec.node.name, Some(&failed))])
+                .await?;
             Err(e)
         }
     }

@@ -66,7 +66,10 @@ pub async fn run(
             .arg(&node.name)
             .arg(if changed { "1" } else { "0" })
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("DOP_PLAN", plan)
             .env("DOP_NODE_NAME", &node.name)
             .env("DOP_NODE_FQDN", &node.fqdn)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actual::{Actual, Power};
+use crate::actual::Actual;
 use crate::provider::ChangeKind;
 use crate::state::{NodeRecord, Status};
 
@@ -196,7 +196,12 @@ fn loses_disk(from: &serde_json::Value, to: &serde_json::Value) -> bool {
         v.as_array()
             .into_iter()
             .flatten()
-            .filter_map(|d| Some((d.get("name")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
+            .filter_map(|d| {
+                Some((
+                    d.get("name")?.as_str()?.to_string(),
+                    d.get("size")?.as_u64()?,
+                ))
+            })
             .collect()
     };
     let (old, new) = (sizes(from), sizes(to));
@@ -209,13 +214,16 @@ pub fn plan_node(view: &NodeView<'_>, permissions: Permissions) -> Option<Action
     let action = |action, reason, changes: Vec<Change>| {
         let mut held_back = Vec::new();
         let destructive = matches!(action, ActionKind::Destroy | ActionKind::Redeploy)
-            && !matches!(reason, Reason::Interrupted | Reason::FailedBefore | Reason::Missing)
+            && !matches!(
+                reason,
+                Reason::Interrupted | Reason::FailedBefore | Reason::Missing
+            )
             || changes.iter().any(|c| c.destructive);
         if destructive && !permissions.destructive {
             held_back.push(Flag::Destructive);
         }
-        let reboots = action == ActionKind::Update
-            && changes.iter().any(|c| c.kind == ChangeKind::Reboot);
+        let reboots =
+            action == ActionKind::Update && changes.iter().any(|c| c.kind == ChangeKind::Reboot);
         if reboots && !permissions.interruptive {
             held_back.push(Flag::Interruptive);
         }
@@ -253,14 +261,22 @@ pub fn plan_node(view: &NodeView<'_>, permissions: Permissions) -> Option<Action
     match record.status {
         Status::Creating | Status::Destroying => {
             return action(
-                if exists { ActionKind::Redeploy } else { ActionKind::Create },
+                if exists {
+                    ActionKind::Redeploy
+                } else {
+                    ActionKind::Create
+                },
                 Reason::Interrupted,
                 Vec::new(),
             )
         }
         Status::Failed => {
             return action(
-                if exists { ActionKind::Redeploy } else { ActionKind::Create },
+                if exists {
+                    ActionKind::Redeploy
+                } else {
+                    ActionKind::Create
+                },
                 Reason::FailedBefore,
                 Vec::new(),
             )
@@ -297,7 +313,11 @@ pub fn plan_node(view: &NodeView<'_>, permissions: Permissions) -> Option<Action
     if changes.is_empty() {
         return None;
     }
-    let worst = changes.iter().map(|c| c.kind).max().unwrap_or(ChangeKind::InPlace);
+    let worst = changes
+        .iter()
+        .map(|c| c.kind)
+        .max()
+        .unwrap_or(ChangeKind::InPlace);
     let drift_only = changes.iter().all(|c| c.source == Source::Drift);
     let reason = match (drift_only, worst) {
         (true, _) => Reason::Drifted,
@@ -346,7 +366,52 @@ pub fn split_interruptive(action: Action) -> Vec<Action> {
     ]
 }
 
-/// True when the node is powered off (for messages).
-pub fn is_off(actual: &Actual) -> bool {
-    actual.power == Some(Power::Off)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(field: &str, kind: ChangeKind) -> Change {
+        Change {
+            field: field.into(),
+            from: json!(1),
+            to: json!(2),
+            kind,
+            source: Source::Plan,
+            destructive: false,
+        }
+    }
+
+    #[test]
+    fn a_removed_or_shrunk_disk_loses_data_and_an_added_one_does_not() {
+        let a = json!([{"name": "a", "size": 10}]);
+        let ab = json!([{"name": "a", "size": 10}, {"name": "b", "size": 5}]);
+        let small = json!([{"name": "a", "size": 5}]);
+        assert!(!loses_disk(&a, &ab));
+        assert!(loses_disk(&ab, &a));
+        assert!(loses_disk(&a, &small));
+        assert!(!loses_disk(&small, &a));
+    }
+
+    #[test]
+    fn a_missing_interruptive_flag_holds_back_only_the_reboot() {
+        let action = Action {
+            node: "n".into(),
+            action: ActionKind::Update,
+            reason: Reason::ChangedRequiresReboot,
+            changes: vec![
+                change("dns", ChangeKind::InPlace),
+                change("cores", ChangeKind::Reboot),
+            ],
+            held_back: vec![Flag::Interruptive],
+            out_of_scope: false,
+        };
+        let parts = split_interruptive(action);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].runs());
+        assert_eq!(parts[0].changes[0].field, "dns");
+        assert_eq!(parts[0].reason, Reason::ChangedInPlace);
+        assert_eq!(parts[1].held_back, vec![Flag::Interruptive]);
+        assert_eq!(parts[1].changes[0].field, "cores");
+    }
 }

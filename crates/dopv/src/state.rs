@@ -95,7 +95,8 @@ impl DopvState {
             ..DopvState::default()
         };
         for (key, value) in &records.records {
-            let unreadable = |e: serde_json::Error| format!("the dopv record '{key}' is unreadable: {e}");
+            let unreadable =
+                |e: serde_json::Error| format!("the dopv record '{key}' is unreadable: {e}");
             if let Some(node) = key.strip_prefix(NODE_PREFIX) {
                 let record = serde_json::from_value(value.clone()).map_err(unreadable)?;
                 state.nodes.insert(node.to_string(), record);
@@ -122,4 +123,56 @@ pub fn disks_change(name: &str, disks: &[DiskRecord]) -> (String, Option<serde_j
         format!("{DISKS_PREFIX}{name}"),
         (!disks.is_empty()).then(|| serde_json::to_value(disks).unwrap_or_default()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actual::SshEndpoint;
+
+    /// dopi reads dopv's records through `dop_store::deployment` without depending on dopv:
+    /// this holds the two formats together.
+    #[test]
+    fn dopi_reads_generation_and_address_of_a_record() {
+        let plan = dop_core::load_str(
+            "name: p\ninfrastructures: {l: {type: local}}\nnodes: {n: {infrastructure: l}}\n",
+            None,
+            &dop_core::LookupSettings::default(),
+        )
+        .plan
+        .unwrap();
+        let record = NodeRecord {
+            status: Status::Deployed,
+            desired: plan.nodes[0].clone(),
+            ssh_port: 2200,
+            provider: Provider::Local,
+            iteration: 3,
+            generation: 42,
+            actual: Some(Actual {
+                exists: true,
+                ssh: Some(SshEndpoint {
+                    address: "127.0.9.9".into(),
+                    port: 2200,
+                }),
+                ..Actual::default()
+            }),
+            refreshed_ms: None,
+            updated_ms: 1,
+            error: None,
+        };
+        let (key, value) = node_change("n", Some(&record));
+        let records = StateRecords {
+            serial: 1,
+            records: [(key, value.unwrap())].into_iter().collect(),
+        };
+        let deployed = dop_store::deployment::deployed(&records);
+        let n = &deployed["n"];
+        assert_eq!(n.generation, 42);
+        let ssh = n.ssh.as_ref().unwrap();
+        assert_eq!((ssh.address.as_str(), ssh.port), ("127.0.9.9", 2200));
+        assert_eq!(
+            DopvState::from_records(&records).unwrap().nodes["n"],
+            record
+        );
+    }
 }

@@ -305,7 +305,11 @@ pub(crate) fn parse(
         match u16::try_from(n) {
             Ok(port) if port > 0 => Some(port),
             _ => {
-                c.error(p, &at, format!("the ssh_port {n} is not a port (1 to 65535)"));
+                c.error(
+                    p,
+                    &at,
+                    format!("the ssh_port {n} is not a port (1 to 65535)"),
+                );
                 None
             }
         }

@@ -70,7 +70,9 @@ impl Provider for Baremetal {
     }
 
     async fn apply(&self, _spec: &NodeSpec, field: &str, log: &NodeLog) -> Result<()> {
-        log.line(&format!("baremetal: '{field}' recorded (dopv does not change the machine)"));
+        log.line(&format!(
+            "baremetal: '{field}' recorded (dopv does not change the machine)"
+        ));
         Ok(())
     }
 

@@ -176,10 +176,12 @@ impl Local {
     }
 
     fn config(&self, spec: &NodeSpec) -> Result<NodeConfig> {
-        let address = loopback_address(spec).ok_or_else(|| {
-            ProviderError::new("the node has no static address in 127.0.0.0/8")
-        })?;
-        let sizing = spec.node.sizing(Kind::Local).expect("local nodes are sized by flavors");
+        let address = loopback_address(spec)
+            .ok_or_else(|| ProviderError::new("the node has no static address in 127.0.0.0/8"))?;
+        let sizing = spec
+            .node
+            .sizing(Kind::Local)
+            .expect("local nodes are sized by flavors");
         Ok(NodeConfig {
             fqdn: spec.node.fqdn.trim_end_matches('.').to_string(),
             address,
@@ -218,7 +220,8 @@ impl Local {
         let control = dir.join("control");
         mkdir(&control.join("authorized_keys"))?;
         let mut passwords = String::new();
-        let mut keys: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        let mut keys: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
         for credential in &spec.credentials {
             match &credential.kind {
                 CredentialKind::SshKey {
@@ -230,9 +233,12 @@ impl Local {
                         (Some(p), _) => p.load().map_err(|e| {
                             ProviderError::new(format!("credential '{}': {e}", credential.name))
                         })?,
-                        (None, Some(p)) => public_of(dir, &p.load().map_err(|e| {
-                            ProviderError::new(format!("credential '{}': {e}", credential.name))
-                        })?)
+                        (None, Some(p)) => public_of(
+                            dir,
+                            &p.load().map_err(|e| {
+                                ProviderError::new(format!("credential '{}': {e}", credential.name))
+                            })?,
+                        )
                         .map_err(|e| {
                             ProviderError::new(format!("credential '{}': {e}", credential.name))
                         })?,
@@ -335,14 +341,20 @@ impl Local {
             .arg("sh")
             .arg(dir.join("supervise.sh"))
             .arg(dir)
-            .arg(if self.namespaces { "namespaces" } else { "plain" })
+            .arg(if self.namespaces {
+                "namespaces"
+            } else {
+                "plain"
+            })
             .stdin(std::process::Stdio::null())
             .stdout(console)
             .stderr(console2)
             .status()
             .map_err(|e| ProviderError::new(format!("cannot start the node (setsid): {e}")))?;
         if !status.success() {
-            return Err(ProviderError::new(format!("cannot start the node: setsid {status}")));
+            return Err(ProviderError::new(format!(
+                "cannot start the node: setsid {status}"
+            )));
         }
         let started = Instant::now();
         loop {
@@ -465,7 +477,11 @@ impl Provider for Local {
         mkdir(&self.root)?;
         for program in ["setsid", "sshd", "ssh-keygen"]
             .iter()
-            .chain(if self.namespaces { &["unshare", "nsenter"][..] } else { &[][..] })
+            .chain(if self.namespaces {
+                &["unshare", "nsenter"][..]
+            } else {
+                &[][..]
+            })
         {
             let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
                 .iter()
@@ -565,7 +581,11 @@ impl Provider for Local {
             })
             .unwrap_or_default();
         let passwords = std::fs::read_to_string(dir.join("control/passwords")).unwrap_or_default();
-        users.extend(passwords.lines().filter_map(|l| l.split_once(':').map(|(u, _)| u.to_string())));
+        users.extend(
+            passwords
+                .lines()
+                .filter_map(|l| l.split_once(':').map(|(u, _)| u.to_string())),
+        );
         users.sort();
         users.dedup();
         Ok(Actual {
@@ -597,13 +617,28 @@ impl Provider for Local {
                 dir.display()
             )));
         }
+        if dir.exists() {
+            // Half made by a run that was killed: nothing in it is in use (no node.json, so
+            // never started).
+            self.stop(&dir, log)?;
+            std::fs::remove_dir_all(&dir).map_err(|e| io_error("cannot clean up", &dir, e))?;
+            log.line("local: removed a half-made node left by an interrupted run");
+        }
         if !self.namespaces {
             log.line(
                 "local: not running as root, so this node has no namespaces: it shares this \
                  host's hostname and file system, and only the current user can log in",
             );
         }
-        for sub in ["etc/upper/ssh", "etc/work", "root", "home", "var", "disks", "control"] {
+        for sub in [
+            "etc/upper/ssh",
+            "etc/work",
+            "root",
+            "home",
+            "var",
+            "disks",
+            "control",
+        ] {
             mkdir(&dir.join(sub))?;
         }
         let key = if self.namespaces {
@@ -667,7 +702,10 @@ impl Provider for Local {
         self.write_boot_files(&dir, spec)?;
         match field {
             "dns" => self.inside(&dir, "cp /run/dop/resolv.conf /etc/resolv.conf")?,
-            "credentials" => self.inside(&dir, "[ ! -s /run/dop/passwords ] || chpasswd < /run/dop/passwords")?,
+            "credentials" => self.inside(
+                &dir,
+                "[ ! -s /run/dop/passwords ] || chpasswd < /run/dop/passwords",
+            )?,
             _ => {}
         }
         log.line(&format!("local: '{field}' set"));
@@ -679,9 +717,12 @@ impl Provider for Local {
         if let Some(parent) = file.parent() {
             mkdir(parent)?;
         }
+        // The image name is the node's and the disk's: one that exists was made by a run that
+        // was killed before it recorded the disk, and is taken over.
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&file)
             .map_err(|e| io_error("cannot create the disk image", &file, e))?;
         f.set_len(disk.size.bytes())
@@ -689,7 +730,9 @@ impl Provider for Local {
         if !disk.thin {
             use std::os::fd::AsRawFd;
             // SAFETY: the descriptor is open for the duration of the call.
-            let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, disk.size.bytes() as libc::off_t) };
+            let r = unsafe {
+                libc::posix_fallocate(f.as_raw_fd(), 0, disk.size.bytes() as libc::off_t)
+            };
             if r != 0 {
                 let _ = std::fs::remove_file(&file);
                 return Err(io_error(
@@ -750,9 +793,16 @@ impl Provider for Local {
 /// leave no process behind. Returns how many were running.
 pub fn stop_all(root: &Path) -> usize {
     let mut stopped = 0;
-    let plans = std::fs::read_dir(root.join("nodes")).into_iter().flatten().flatten();
+    let plans = std::fs::read_dir(root.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten();
     for plan in plans {
-        for node in std::fs::read_dir(plan.path()).into_iter().flatten().flatten() {
+        for node in std::fs::read_dir(plan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let provider = Local::new(root, &plan.file_name().to_string_lossy());
             let dir = node.path();
             if let Some(pid) = provider.supervisor(&dir) {

@@ -1,0 +1,683 @@
+//! dopv end to end on the `local` provider: real nodes (namespaces and an sshd each, on their
+//! own loopback address), a real store, the real `dopv` binary. Every node a test starts is
+//! powered off by pid when the test ends, pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A temporary dopv world: store, logs, local nodes, a login key. Its nodes are stopped on
+/// drop.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        dopv::providers::local::stop_all(&self.local_dir());
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The local provider makes namespaces only as root (CI runs as root).
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: the local provider's namespaces need root");
+    }
+    root
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let lab = Lab {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(lab.key())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        lab
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn key(&self) -> PathBuf {
+        self.path().join("key")
+    }
+    fn local_dir(&self) -> PathBuf {
+        self.path().join("local")
+    }
+    fn dopv(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dopv"))
+            .env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", self.path().join("store"))
+            .env("DOP_LOG_DIR", self.path().join("logs"))
+            .env("DOP_LOCAL_DIR", self.local_dir())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    /// Runs dopv and expects an exit status.
+    fn expect(&self, args: &[&str], status: i32) -> String {
+        let out = self.dopv(args);
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "dopv {args:?}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+    /// Runs dopv with `--json` and returns the output.
+    fn json(&self, args: &[&str], status: i32) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.expect(&all, status)).unwrap()
+    }
+    /// Writes a plan (`KEY` becomes the key file) and adds or updates it.
+    fn plan(&self, text: &str) {
+        let file = self.path().join("plan.yaml");
+        std::fs::write(&file, text.replace("KEY", self.key().to_str().unwrap())).unwrap();
+        self.expect(&["add", "--update", file.to_str().unwrap()], 0);
+    }
+    /// Runs a command on a node over ssh as root.
+    fn ssh(&self, address: &str, port: u16, command: &str) -> String {
+        let out = Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args(["-o", "ConnectTimeout=10", "-i"])
+            .arg(self.key())
+            .args(["-p", &port.to_string(), &format!("root@{address}"), command])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh {address} {command}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_string()
+    }
+    fn node_dir(&self, plan: &str, node: &str) -> PathBuf {
+        self.local_dir().join("nodes").join(plan).join(node)
+    }
+    fn supervisor(&self, plan: &str, node: &str) -> i32 {
+        std::fs::read_to_string(self.node_dir(plan, node).join("supervisor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    /// Pulls a node's plug behind dopv's back.
+    fn kill_node(&self, plan: &str, node: &str) {
+        let pid = self.supervisor(plan, node);
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let t = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && t.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn answers(address: &str, port: u16) -> bool {
+    std::net::TcpStream::connect((address, port)).is_ok()
+}
+
+/// The parts of a report a snapshot can hold: actions and nodes in sync (serials, ids and
+/// paths differ between runs).
+fn plan_of(report: &Value) -> Value {
+    serde_json::json!({
+        "actions": report["actions"],
+        "in_sync": report["in_sync"],
+        "result": report["result"],
+    })
+}
+
+fn node(name: &str, ip: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    infrastructure: lab\n    credentials: [root_key]\n    \
+         interfaces: {{eth0: {{network: lo, ip: {ip}}}}}\n{extra}"
+    )
+}
+
+fn plan_text(name: &str, prefix: &str, port: u16, nodes: &[String]) -> String {
+    format!(
+        "name: {name}\ninfrastructures:\n  lab:\n    type: local\n    ssh_port: {port}\n    \
+         networks:\n      lo: {{ip_pool: {{from: {prefix}.1, to: {prefix}.200}}, ip_netmask: \
+         255.255.255.0, ip_defgw: false}}\ncredentials:\n  root_key: {{type: ssh_key, username: \
+         root, private_key: {{file: KEY}}, public_key: {{file: KEY.pub}}}}\nnodes:\n{}",
+        nodes.concat()
+    )
+}
+
+#[test]
+fn sync_follows_plan_changes_within_its_flags() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.61", 2331);
+    let v1 = plan_text(
+        "grow",
+        p,
+        port,
+        &[
+            node("keep", &format!("{p}.1"), ""),
+            node("resize", &format!("{p}.2"), ""),
+            node("retire", &format!("{p}.3"), ""),
+            node("move", &format!("{p}.4"), ""),
+        ],
+    );
+    lab.plan(&v1);
+    let first = lab.json(&["sync", "grow"], 0);
+    assert_eq!(first["outcomes"].as_array().unwrap().len(), 4, "{first:#}");
+    for (i, name) in ["keep", "resize", "retire", "move"].iter().enumerate() {
+        let ip = format!("{p}.{}", i + 1);
+        assert_eq!(lab.ssh(&ip, port, "hostname"), *name);
+    }
+    lab.ssh(
+        &format!("{p}.2"),
+        port,
+        "echo kept > /root/marker; echo gone > /tmp/marker",
+    );
+    let generation_of = |name: &str| -> u64 {
+        let shown = lab.json(&["show", "grow"], 0);
+        shown["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == name)
+            .unwrap()["generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let moved_before = generation_of("move");
+    let resized_before = generation_of("resize");
+
+    // v2: `keep` gets DNS (in place), `resize` 4 cores (reboot), `move` another address
+    // (redeploy), `retire` leaves the plan, `fresh` joins it.
+    let v2 = plan_text(
+        "grow",
+        p,
+        port,
+        &[
+            node(
+                "keep",
+                &format!("{p}.1"),
+                "    dns: {name_servers: [127.0.0.53]}\n",
+            ),
+            node("resize", &format!("{p}.2"), "    cores: 4\n"),
+            node("move", &format!("{p}.14"), ""),
+            node("fresh", &format!("{p}.5"), ""),
+        ],
+    );
+    lab.plan(&v2);
+    let preview = lab.json(&["sync", "grow", "--noop", "--detailed-exitcode"], 2);
+    insta::assert_json_snapshot!("sync_noop_after_plan_change", plan_of(&preview));
+    let serial = preview["serial"].as_u64().unwrap();
+
+    // `deploy` only creates: the removed node stays.
+    let deployed = lab.json(&["deploy", "grow"], 0);
+    insta::assert_json_snapshot!("deploy_after_plan_change", plan_of(&deployed));
+    assert!(
+        answers(&format!("{p}.5"), port),
+        "deploy creates the new node"
+    );
+    assert!(
+        answers(&format!("{p}.3"), port),
+        "deploy never removes a node"
+    );
+
+    // The preview was computed before `deploy` wrote: it is refused.
+    let stale = lab.dopv(&["sync", "grow", "--expect-serial", &serial.to_string()]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        text(&stale.stderr).contains("changed since the preview"),
+        "{}",
+        text(&stale.stderr)
+    );
+
+    // Without flags: in-place changes only.
+    let plain = lab.json(&["sync", "grow", "--detailed-exitcode"], 2);
+    insta::assert_json_snapshot!("sync_without_flags", plan_of(&plain));
+    assert_eq!(
+        lab.ssh(&format!("{p}.1"), port, "cat /etc/resolv.conf"),
+        "nameserver 127.0.0.53"
+    );
+    assert!(
+        answers(&format!("{p}.3"), port),
+        "held back: the removed node stays"
+    );
+    assert_eq!(
+        lab.ssh(&format!("{p}.2"), port, "cat /tmp/marker"),
+        "gone",
+        "held back: no reboot"
+    );
+
+    // --interruptive: the reboot; the node's disk survives it, /tmp does not.
+    let interruptive = lab.json(
+        &["sync", "grow", "--interruptive", "--detailed-exitcode"],
+        2,
+    );
+    insta::assert_json_snapshot!("sync_interruptive", plan_of(&interruptive));
+    assert_eq!(
+        lab.ssh(&format!("{p}.2"), port, "cat /root/marker; ls /tmp | wc -l"),
+        "kept\n0"
+    );
+    assert_eq!(
+        generation_of("resize"),
+        resized_before,
+        "a reboot is no redeploy"
+    );
+
+    // --destructive: the removed node goes, the moved one is redeployed at its new address.
+    let destructive = lab.json(&["sync", "grow", "--destructive", "--detailed-exitcode"], 0);
+    insta::assert_json_snapshot!("sync_destructive", plan_of(&destructive));
+    assert!(!answers(&format!("{p}.3"), port));
+    assert!(!lab.node_dir("grow", "retire").exists());
+    assert!(!answers(&format!("{p}.4"), port));
+    assert_eq!(lab.ssh(&format!("{p}.14"), port, "hostname"), "move");
+    assert_ne!(
+        generation_of("move"),
+        moved_before,
+        "a redeploy changes the generation"
+    );
+
+    // In sync now; the actual state says so.
+    let done = lab.json(&["sync", "grow", "--noop", "--detailed-exitcode"], 0);
+    assert_eq!(done["actions"], serde_json::json!([]));
+    let shown = lab.json(&["show", "grow"], 0);
+    let resize = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "resize")
+        .unwrap();
+    assert_eq!(resize["actual"]["cores"], 4);
+    assert_eq!(resize["actual"]["power"], "on");
+    assert_eq!(resize["drift"], serde_json::json!([]));
+    lab.expect(&["undeploy", "grow", "--rmdisk"], 0);
+    assert!(!answers(&format!("{p}.1"), port));
+}
+
+#[test]
+fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.62", 2332);
+    lab.plan(&plan_text(
+        "drift",
+        p,
+        port,
+        &[
+            node("dark", &format!("{p}.1"), ""),
+            node("gone", &format!("{p}.2"), ""),
+            node("fine", &format!("{p}.3"), ""),
+        ],
+    ));
+    lab.expect(&["deploy", "drift"], 0);
+    let before = lab.json(&["show", "drift"], 0);
+    // Behind dopv's back: one node loses power, another is removed.
+    lab.kill_node("drift", "dark");
+    lab.kill_node("drift", "gone");
+    std::fs::remove_dir_all(lab.node_dir("drift", "gone")).unwrap();
+
+    let refreshed = lab.json(&["refresh", "drift", "--detailed-exitcode"], 2);
+    insta::assert_json_snapshot!("refresh_finds_drift", plan_of(&refreshed));
+    let shown = lab.json(&["show", "drift"], 0);
+    let drift: Vec<(String, Value)> = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_string(), n["drift"].clone()))
+        .collect();
+    insta::assert_json_snapshot!("show_after_refresh", drift);
+
+    let repaired = lab.json(&["sync", "drift"], 0);
+    insta::assert_json_snapshot!("sync_repairs_drift", plan_of(&repaired));
+    for i in 1..=3 {
+        assert!(answers(&format!("{p}.{i}"), port));
+    }
+    let after = lab.json(&["show", "drift"], 0);
+    let generation = |v: &Value, n: &str| {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .unwrap()["generation"]
+            .clone()
+    };
+    assert_eq!(
+        generation(&before, "dark"),
+        generation(&after, "dark"),
+        "powering on is no redeploy"
+    );
+    assert_ne!(
+        generation(&before, "gone"),
+        generation(&after, "gone"),
+        "a re-created node is new"
+    );
+    lab.json(&["sync", "drift", "--noop", "--detailed-exitcode"], 0);
+    lab.expect(&["undeploy", "drift"], 0);
+}
+
+#[test]
+fn a_reboot_from_inside_the_node_brings_it_back_with_its_disk() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.63", 2333);
+    let hook_log = lab.path().join("hooks.log");
+    let hook = lab.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$DOP_HOOK $1 $2 $DOP_PLAN $DOP_NODE_FQDN\" >> {}\n",
+            hook_log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut plan = plan_text(
+        "disk",
+        p,
+        port,
+        &[node(
+            "db",
+            &format!("{p}.1"),
+            "    fqdn: db.example.test\n    disks: {data: {size: 16M}}\n",
+        )],
+    );
+    plan.push_str(&format!(
+        "hooks:\n  pre_create_vm: [{h}]\n  post_create_vm: [{h}]\n  pre_destroy_vm: [{h}]\n  post_destroy_vm: [{h}]\n",
+        h = hook.display()
+    ));
+    lab.plan(&plan);
+    lab.expect(&["deploy", "disk"], 0);
+    let ip = format!("{p}.1");
+    assert_eq!(
+        lab.ssh(
+            &ip,
+            port,
+            "hostname; stat -c %s /var/lib/dop-disks/data.img"
+        ),
+        "db.example.test\n16777216"
+    );
+    lab.ssh(
+        &ip,
+        port,
+        "printf precious | dd of=/var/lib/dop-disks/data.img conv=notrunc 2>/dev/null",
+    );
+
+    // `shutdown -r now` inside: the node goes down and comes back.
+    let supervisor = lab.supervisor("disk", "db");
+    lab.ssh(&ip, port, "shutdown -r now");
+    let t = std::time::Instant::now();
+    let console = lab.node_dir("disk", "db").join("console.log");
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("reboot")
+        && t.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let t = std::time::Instant::now();
+    while !answers(&ip, port) && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        lab.supervisor("disk", "db"),
+        supervisor,
+        "the same machine, rebooted"
+    );
+    assert_eq!(
+        lab.ssh(&ip, port, "head -c 8 /var/lib/dop-disks/data.img"),
+        "precious"
+    );
+
+    // Undeploy keeps the disk; deploy attaches it again; --rmdisk deletes it.
+    lab.expect(&["undeploy", "disk"], 0);
+    let pool = lab.local_dir().join("pools/default/disk--db--data.img");
+    assert!(pool.exists(), "the data disk outlives the node");
+    lab.expect(&["deploy", "disk"], 0);
+    assert_eq!(
+        lab.ssh(&ip, port, "head -c 8 /var/lib/dop-disks/data.img"),
+        "precious"
+    );
+    lab.expect(&["undeploy", "disk", "--rmdisk"], 0);
+    assert!(!pool.exists());
+    let hooks = std::fs::read_to_string(&hook_log).unwrap();
+    insta::assert_snapshot!("hook_calls", hooks);
+}
+
+#[test]
+fn killed_mid_sync_the_next_sync_completes() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.64", 2334);
+    let nodes: Vec<String> = (1..=4)
+        .map(|i| {
+            node(
+                &format!("k{i}"),
+                &format!("{p}.{i}"),
+                "    disks: {d: {size: 1M}}\n",
+            )
+        })
+        .collect();
+    lab.plan(&plan_text("kill", p, port, &nodes));
+    // Kill dopv at ten moments of a sync (bounded: ten tries), then let one finish.
+    for attempt in 0..10u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dopv"))
+            .env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", lab.path().join("store"))
+            .env("DOP_LOG_DIR", lab.path().join("logs"))
+            .env("DOP_LOCAL_DIR", lab.local_dir())
+            .args(["sync", "kill", "--destructive", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(15 * attempt));
+        let _ = child.kill();
+        let _ = child.wait();
+        if attempt % 3 == 2 {
+            // Sometimes a node is also undeployed half-way.
+            let mut c = Command::new(env!("CARGO_BIN_EXE_dopv"))
+                .env("DOP_CONFIG", "/dev/null")
+                .env("DOP_STORE_DIR", lab.path().join("store"))
+                .env("DOP_LOG_DIR", lab.path().join("logs"))
+                .env("DOP_LOCAL_DIR", lab.local_dir())
+                .args(["undeploy", "kill", "--nodes", "k2", "-q"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    lab.expect(&["sync", "kill", "--destructive"], 0);
+    let check = lab.json(&["sync", "kill", "--noop", "--detailed-exitcode"], 0);
+    assert_eq!(check["in_sync"].as_array().unwrap().len(), 4, "{check:#}");
+    let shown = lab.json(&["show", "kill"], 0);
+    for n in shown["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "deployed", "{n:#}");
+    }
+    for i in 1..=4 {
+        assert_eq!(
+            lab.ssh(&format!("{p}.{i}"), port, "hostname"),
+            format!("k{i}")
+        );
+    }
+    // One node process each: nothing half-built was left running.
+    let supervisors = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    text(&c).contains(&*lab.local_dir().join("nodes/kill").to_string_lossy())
+                        && text(&c).contains("supervise.sh")
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(supervisors, 4);
+    // The disk DB has each node's disk once.
+    let pools: Vec<_> = std::fs::read_dir(lab.local_dir().join("pools/default"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(pools.len(), 4);
+    lab.expect(&["undeploy", "kill", "--rmdisk"], 0);
+}
+
+#[test]
+fn a_plan_the_providers_cannot_make_changes_nothing() {
+    let lab = Lab::new();
+    let plan = "name: bad\ninfrastructures:\n  lab: {type: local}\n  cloud: {type: openstack, \
+                endpoint: 'https://cloud.invalid:5000/v3', credentials: api, networks: {}}\n\
+                credentials:\n  api: {type: username_password, username: u, password: secret}\n  \
+                root_key: {type: ssh_key, username: root, public_key: {file: KEY.pub}}\n\
+                nodes:\n  here: {infrastructure: lab, credentials: [root_key]}\n  \
+                there: {infrastructure: cloud, image: deb, infrastructure_properties: {tenant: t}}\n";
+    lab.plan(plan);
+    let out = lab.dopv(&["sync", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("preflight_errors", text(&out.stderr));
+    assert!(!lab.node_dir("bad", "here").exists(), "nothing was touched");
+    let shown = lab.json(&["show", "bad"], 0);
+    assert!(shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n.get("status").is_none()));
+}
+
+#[test]
+fn baremetal_nodes_are_recorded_and_left_alone() {
+    let lab = Lab::new();
+    lab.plan(
+        "name: metal\ninfrastructures:\n  dc: {type: baremetal, ssh_port: 2222, networks: {n: {ip_pool: {from: 10.9.0.1, to: 10.9.0.9}, ip_netmask: 255.255.255.0, ip_defgw: false}}}\nnodes:\n  \
+         m1: {infrastructure: dc, interfaces: {eth0: {network: n, ip: 10.9.0.1}}}\n  \
+         m2: {infrastructure: dc}\n",
+    );
+    let deployed = lab.json(&["deploy", "metal"], 0);
+    insta::assert_json_snapshot!("baremetal_deploy", plan_of(&deployed));
+    let shown = lab.json(&["show", "metal"], 0);
+    let m1 = &shown["nodes"][0];
+    assert_eq!(m1["status"], "deployed");
+    assert_eq!(
+        m1["actual"]["ssh"],
+        serde_json::json!({"address": "10.9.0.1", "port": 2222})
+    );
+    let undeployed = lab.json(&["undeploy", "metal"], 0);
+    assert_eq!(undeployed["outcomes"].as_array().unwrap().len(), 2);
+}
+
+fn dopi_run(
+    lab: &Lab,
+    plan: &str,
+    redeployed: dopi::Redeployed,
+) -> Result<dopi::RunReport, dopi::RunError> {
+    let store = std::sync::Arc::new(dop_store::Store::open(&lab.path().join("store")).unwrap());
+    let opts = dopi::RunOptions {
+        step_set: "default".into(),
+        filter: dop_core::NodeFilter::all(),
+        noop: false,
+        settings: dop_core::LookupSettings::default(),
+        log_dir: lab.path().join("logs"),
+        echo: dopi::Echo::Quiet,
+        handle_signals: false,
+        connect_timeout: 10,
+        redeployed,
+    };
+    dopi::run(store, plan, &opts, &dopi::Registry::local())
+}
+
+#[test]
+fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.65", 2335);
+    let steps = "steps:\n  default:\n    - name: count\n      nodes: all\n      set_plugin_defaults:\n        \
+                 - {plugins: '/^ssh/', credentials: root_key}\n      command: {plugin: ssh/custom, \
+                 exec: 'hostname >> /root/runs'}\n";
+    let plan = |first: &str| {
+        let mut text = plan_text(
+            "both",
+            p,
+            port,
+            &[node("one", first, ""), node("two", &format!("{p}.2"), "")],
+        );
+        text.push_str(steps);
+        text
+    };
+    lab.plan(&plan(&format!("{p}.1")));
+    lab.expect(&["deploy", "both"], 0);
+    // No port and no address in the steps: dopi takes both from dopv's state.
+    let report = dopi_run(&lab, "both", dopi::Redeployed::Refuse).unwrap();
+    assert!(
+        matches!(report.result, dopi::RunResult::Done),
+        "{:?}",
+        report.result
+    );
+    let log = std::fs::read_to_string(report.log_dir.join("all.log")).unwrap();
+    assert_eq!(
+        lab.ssh(&format!("{p}.1"), port, "cat /root/runs"),
+        "one",
+        "{log}"
+    );
+
+    // dopv redeploys `one` (new address, new machine, new host key).
+    lab.plan(&plan(&format!("{p}.11")));
+    lab.expect(&["sync", "both", "--destructive"], 0);
+    let refused = dopi_run(&lab, "both", dopi::Redeployed::Refuse).unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("dopv redeployed one (generation"),
+        "{message}"
+    );
+    assert!(!message.contains("two"), "{message}");
+
+    let report = dopi_run(&lab, "both", dopi::Redeployed::Reset).unwrap();
+    assert!(
+        matches!(report.result, dopi::RunResult::Done),
+        "{:?}",
+        report.result
+    );
+    assert_eq!(
+        lab.ssh(&format!("{p}.11"), port, "cat /root/runs"),
+        "one",
+        "the new machine ran its steps"
+    );
+    assert_eq!(
+        lab.ssh(&format!("{p}.2"), port, "cat /root/runs"),
+        "two",
+        "the other node did not run again"
+    );
+    lab.expect(&["undeploy", "both"], 0);
+}
