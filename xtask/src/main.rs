@@ -1,7 +1,7 @@
 //! `cargo xtask …`: the project's own tasks, in Rust instead of shell scripts.
 //!
-//! * `cargo xtask demo` — the main job on built-in defaults (today: validate the bundled plan
-//!   and show what dopv would deploy and dopi would run).
+//! * `cargo xtask demo` — the main job on built-in defaults: the bundled plan deployed by dopv
+//!   on local test nodes and run by dopi over SSH, end to end.
 //! * `cargo xtask bench [parse|store|ssh]` — benchmarks, built in release mode.
 
 use std::path::{Path, PathBuf};
@@ -81,103 +81,219 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
     }
     store_demo(&plan_file)?;
     println!(
-        "\ndemo finished: the plan is valid, stored, and the deployment and run above are what \
-         it describes"
+        "\ndemo finished: dopv deployed the plan's nodes, dopi ran its steps on them over SSH, \
+         a plan change was shown and applied, and the nodes were removed again"
     );
     Ok(())
 }
 
-/// Stores the plan in a throw-away store, stores a changed iteration and shows the diff (as
-/// `dopi add` / `dopi update` would), then runs the default step set with dopi in a scratch
-/// directory and shows the resulting state; a second run shows that done work is not redone.
-fn store_demo(plan_file: &Path) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
-    let result = (|| {
-        let config = {
-            let mut c = dop_core::Config::defaults(&dop_core::Environment::default());
-            c.store_dir = dir.join("store");
-            c.log_dir = dir.join("logs");
-            c
-        };
-        let store = dop_store::Store::open(&config.store_dir).map_err(|e| e.to_string())?;
-        let settings = LookupSettings::default();
-        let loaded = load_file(plan_file, &settings);
-        let (Some(plan), Some(expanded)) = (loaded.plan, loaded.expanded) else {
-            return Err("the demo plan is not valid".to_string());
-        };
-        store
-            .add(&expanded.text, &plan, Some(plan_file), false)
-            .map_err(|e| e.to_string())?;
-        // The next iteration: one more web node.
-        let changed_text = expanded.text.replace("range: 1..3", "range: 1..4");
-        let changed = dop_core::load_str(&changed_text, Some(plan_file), &settings)
-            .plan
-            .ok_or("the changed demo plan is not valid")?;
-        store
-            .update(&changed_text, &changed, Some(plan_file))
-            .map_err(|e| e.to_string())?;
-        let (from, to, diff) = store
-            .diff(&plan.name, None, None)
-            .map_err(|e| e.to_string())?;
-        println!("\n== dopi add + dopi update: stored iteration {from}, then {to}; what changed:");
-        print!("{diff}");
+/// Powers off the demo's nodes and removes its directory when the demo ends, pass or fail.
+struct Scratch(PathBuf);
 
-        // The commands write below the working directory: run them in the scratch directory.
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        let previous = std::env::current_dir().map_err(|e| e.to_string())?;
-        std::env::set_current_dir(&work).map_err(|e| e.to_string())?;
-        let opts = dopi::RunOptions {
-            step_set: "default".into(),
-            filter: dop_core::NodeFilter::from_flags(&dop_core::FilterFlags::default())
-                .map_err(|e| e.to_string())?,
-            noop: false,
-            settings: settings.clone(),
-            log_dir: config.log_dir.clone(),
-            echo: dopi::Echo::Lines,
-            handle_signals: false,
-            connect_timeout: 5,
-            redeployed: dopi::Redeployed::Refuse,
-        };
-        let store = std::sync::Arc::new(store);
-        println!("\n== dopi run {} (step set 'default')", plan.name);
-        let first = dopi::run(store.clone(), &plan.name, &opts, &dopi::Registry::local());
-        println!("\n== dopi run {} again: done work is not redone", plan.name);
-        let second = dopi::run(store.clone(), &plan.name, &opts, &dopi::Registry::local());
-        std::env::set_current_dir(previous).map_err(|e| e.to_string())?;
-        let first = first.map_err(|e| e.to_string())?;
-        second.map_err(|e| e.to_string())?;
-        if first.result != dopi::RunResult::Done {
-            return Err(format!("the demo run did not finish: {:?}", first.result));
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let stopped = dopv::providers::local::stop_all(&self.0.join("local"));
+        if stopped > 0 {
+            println!("(stopped {stopped} demo node(s) left running)");
         }
-        let page = std::fs::read_to_string(work.join("demo-nodes/web04.demo.local/srv/index.html"))
-            .map_err(|e| format!("the run did not write web04's page: {e}"))?;
-        println!("\n== web04.demo.local/srv/index.html: {}", page.trim());
-        println!("\n== dopi show {}", plan.name);
-        let show = dopi::cli::ShowArgs {
-            plan: plan.name.clone(),
-            stepset: None,
-            json: false,
-            detailed: false,
-            watch: false,
-            lookup: Default::default(),
-        };
-        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        let status = dopi::cli::show(
-            &show,
-            &config,
-            &mut dop_store::cli::Io {
-                out: &mut out,
-                err: &mut err,
-            },
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The literal key of the bundled plan, which the demo replaces with a pair it makes.
+const DEMO_KEY_LINE: &str =
+    "public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForTheDemoPlanOnly demo'";
+
+/// One more web node, for the plan update the demo shows.
+const WEB04: &str = "  web04.demo.local:\n    infrastructure: lab\n    credentials: demo_ssh\n    \
+                     interfaces: {eth0: {network: loopback, ip: 127.0.90.14}}\n";
+
+/// The demo proper, in a throw-away store: dopv deploys the plan's nodes on the local
+/// provider (after showing what it would do), dopi runs the default step set on them over SSH
+/// (twice: done work is not redone), then the plan gains a node: dopv shows and makes the
+/// change, dopi runs only the new node. Everything is undeployed at the end.
+fn store_demo(plan_file: &Path) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "the demo's local nodes are containers (namespaces), which need root: run \
+                    `cargo xtask demo` as root (for example in a container)"
+                .into(),
         );
-        if status != 0 {
-            return Err("dopi show failed".into());
+    }
+    let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let scratch = Scratch(dir.clone());
+    let config = {
+        let mut c = dop_core::Config::defaults(&dop_core::Environment::default());
+        c.store_dir = dir.join("store");
+        c.log_dir = dir.join("logs");
+        c
+    };
+    let key = dir.join("demo_key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "dop demo", "-f"])
+        .arg(&key)
+        .status()
+        .map_err(|e| format!("ssh-keygen: {e} (install openssh-client)"))?;
+    if !keygen.success() {
+        return Err("ssh-keygen could not make the demo key".into());
+    }
+    let settings = LookupSettings::default();
+    let original = std::fs::read_to_string(plan_file).map_err(|e| e.to_string())?;
+    if !original.contains(DEMO_KEY_LINE) {
+        return Err(format!(
+            "{} has no demo key line to replace",
+            plan_file.display()
+        ));
+    }
+    let text = original.replace(
+        DEMO_KEY_LINE,
+        &format!(
+            "public_key: {{file: {k}.pub}}\n    private_key: {{file: {k}}}",
+            k = key.display()
+        ),
+    );
+    let file = dir.join("demo.yaml");
+    std::fs::write(&file, &text).map_err(|e| e.to_string())?;
+    let plan = dop_core::load_file(&file, &settings)
+        .plan
+        .ok_or("the demo plan with its key is not valid")?;
+    let store =
+        std::sync::Arc::new(dop_store::Store::open(&config.store_dir).map_err(|e| e.to_string())?);
+    store
+        .add(&text, &plan, Some(&file), false)
+        .map_err(|e| e.to_string())?;
+
+    let dopv_opts = |operation, noop| dopv::Options {
+        operation,
+        filter: dop_core::NodeFilter::all(),
+        noop,
+        settings: settings.clone(),
+        log_dir: config.log_dir.clone(),
+        echo: dopi::Echo::Quiet,
+        providers: dopv::provider::ProviderOptions {
+            local_dir: dir.join("local"),
+        },
+        expect_serial: None,
+    };
+    let sync = dopv::Operation::Sync(dopv::Permissions::default());
+    let dopv_step = |title: &str, operation, noop| -> Result<dopv::Report, String> {
+        println!("\n== {title}");
+        let report = dopv::run(&store, &plan.name, &dopv_opts(operation, noop))
+            .map_err(|e| e.to_string())?;
+        dopv::cli::render(&report, &mut std::io::stdout());
+        if report.failed() {
+            return Err(format!("{title} failed; see {}", report.log_dir.display()));
+        }
+        Ok(report)
+    };
+    let dopi_opts = dopi::RunOptions {
+        step_set: "default".into(),
+        filter: dop_core::NodeFilter::all(),
+        noop: false,
+        settings: settings.clone(),
+        log_dir: config.log_dir.clone(),
+        echo: dopi::Echo::Lines,
+        handle_signals: false,
+        connect_timeout: 10,
+        redeployed: dopi::Redeployed::Refuse,
+    };
+    let dopi_step = |title: &str| -> Result<(), String> {
+        println!("\n== {title}");
+        let report = dopi::run(
+            store.clone(),
+            &plan.name,
+            &dopi_opts,
+            &dopi::Registry::local(),
+        )
+        .map_err(|e| e.to_string())?;
+        if report.result != dopi::RunResult::Done {
+            return Err(format!("{title} did not finish: {:?}", report.result));
         }
         Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+
+    dopv_step(
+        "dopv sync demo --noop: what dopv would do, and why",
+        sync,
+        true,
+    )?;
+    dopv_step(
+        "dopv sync demo: four local nodes, each with its own sshd",
+        sync,
+        false,
+    )?;
+    dopi_step("dopi run demo: the default step set, over SSH")?;
+    dopi_step("dopi run demo again: done work is not redone")?;
+
+    // The plan gains a web node.
+    let changed_text = text.replacen(
+        "\n  db01.demo.local:\n",
+        &format!("\n{WEB04}  db01.demo.local:\n"),
+        1,
+    );
+    let changed = dop_core::load_str(&changed_text, Some(&file), &settings)
+        .plan
+        .ok_or("the changed demo plan is not valid")?;
+    store
+        .update(&changed_text, &changed, Some(&file))
+        .map_err(|e| e.to_string())?;
+    let (from, to, diff) = store
+        .diff(&plan.name, None, None)
+        .map_err(|e| e.to_string())?;
+    println!("\n== dopv update: stored iteration {from}, then {to}; what changed:");
+    print!("{diff}");
+    dopv_step(
+        "dopv sync demo --noop: the new node, and nothing else",
+        sync,
+        true,
+    )?;
+    dopv_step("dopv sync demo", sync, false)?;
+    dopi_step("dopi run demo: only the new node has work to do")?;
+
+    println!("\n== dopv show demo");
+    let show = dopv::cli::ShowArgs {
+        plan: plan.name.clone(),
+        json: false,
+        local_dir: Some(dir.join("local")),
+    };
+    dopv::cli::show(
+        &show,
+        &config,
+        &mut dop_store::cli::Io {
+            out: &mut out,
+            err: &mut err,
+        },
+    );
+    println!("\n== dopi show demo");
+    let show = dopi::cli::ShowArgs {
+        plan: plan.name.clone(),
+        stepset: None,
+        json: false,
+        detailed: false,
+        watch: false,
+        lookup: Default::default(),
+    };
+    if dopi::cli::show(
+        &show,
+        &config,
+        &mut dop_store::cli::Io {
+            out: &mut out,
+            err: &mut err,
+        },
+    ) != 0
+    {
+        return Err("dopi show failed".into());
+    }
+    dopv_step(
+        "dopv undeploy demo --rmdisk: the nodes and their disks go",
+        dopv::Operation::Undeploy { rmdisk: true },
+        false,
+    )?;
+    drop(scratch);
+    Ok(())
 }
 
 /// `testbed up N [DIR]`: N test nodes (real sshd on 127.10.x.y:2222) that stay up; `testbed
