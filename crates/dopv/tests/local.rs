@@ -681,3 +681,56 @@ fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
     );
     lab.expect(&["undeploy", "both"], 0);
 }
+
+#[test]
+fn a_node_that_fails_is_rolled_back_and_the_next_sync_repairs_it() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.66", 2336);
+    lab.plan(&plan_text(
+        "fail",
+        p,
+        port,
+        &[
+            node("busy", &format!("{p}.1"), "    disks: {d: {size: 1M}}\n"),
+            node("free", &format!("{p}.2"), ""),
+        ],
+    ));
+    // Something else listens where `busy`'s sshd must.
+    let squatter = std::net::TcpListener::bind((format!("{p}.1").as_str(), port)).unwrap();
+    let failed = lab.json(&["deploy", "fail"], 1);
+    let outcomes: Vec<(Value, Value)> = failed["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["node"].clone(), o["result"].clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("busy".into(), "failed".into()),
+            ("free".into(), "done".into())
+        ],
+        "{failed:#}"
+    );
+    let error = failed["outcomes"][0]["error"].as_str().unwrap();
+    assert!(error.contains("is in use by another process"), "{error}");
+    assert!(
+        !lab.node_dir("fail", "busy").exists(),
+        "the half-made node was rolled back"
+    );
+    let shown = lab.json(&["show", "fail"], 0);
+    assert_eq!(shown["nodes"][0]["status"], "failed");
+    assert_eq!(shown["nodes"][1]["status"], "deployed");
+
+    drop(squatter);
+    let repaired = lab.json(&["sync", "fail"], 0);
+    insta::assert_json_snapshot!("sync_after_failure", plan_of(&repaired));
+    assert_eq!(
+        lab.ssh(&format!("{p}.1"), port, "ls /var/lib/dop-disks"),
+        "d.img"
+    );
+    lab.expect(&["undeploy", "fail", "--rmdisk"], 0);
+}
