@@ -42,9 +42,13 @@ pub struct RunArgs {
     /// No progress lines on standard error (the logs still get everything).
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Where the `local` provider keeps its nodes [env: DOP_LOCAL_DIR; default:
-    /// <store-dir>/local].
-    #[arg(long, value_name = "DIR", env = "DOP_LOCAL_DIR")]
+    /// Where the `local` provider keeps its nodes [default: <store-dir>/local].
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DOP_LOCAL_DIR",
+        hide_env_values = true
+    )]
     pub local_dir: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -90,8 +94,13 @@ pub struct ShowArgs {
     /// Print JSON: per node the record, the drift and the pending plan changes.
     #[arg(long)]
     pub json: bool,
-    /// Where the `local` provider keeps its nodes [env: DOP_LOCAL_DIR].
-    #[arg(long, value_name = "DIR", env = "DOP_LOCAL_DIR")]
+    /// Where the `local` provider keeps its nodes [default: <store-dir>/local].
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DOP_LOCAL_DIR",
+        hide_env_values = true
+    )]
     pub local_dir: Option<PathBuf>,
 }
 
@@ -99,6 +108,7 @@ fn provider_options(config: &Config, local_dir: &Option<PathBuf>) -> ProviderOpt
     ProviderOptions {
         local_dir: local_dir
             .clone()
+            .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(|| config.store_dir.join("local")),
     }
 }
