@@ -229,6 +229,24 @@ impl ExecutionLog {
         }
     }
 
+    /// [`ExecutionLog::event`] with the details as a JSON value (an object; anything else is
+    /// no details).
+    pub fn event_with(
+        &self,
+        level: &str,
+        kind: &str,
+        node: Option<&str>,
+        step: Option<&str>,
+        message: String,
+        fields: serde_json::Value,
+    ) {
+        let fields = match fields {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        self.event(level, kind, node, step, message, fields);
+    }
+
     /// The log of `node` (created on first use).
     pub fn node(self: &Arc<Self>, node: &str) -> Arc<NodeLog> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());

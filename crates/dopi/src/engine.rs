@@ -223,11 +223,8 @@ impl Ctx {
         message: String,
         fields: serde_json::Value,
     ) {
-        let fields = match fields {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        self.log.event(level, kind, node, step, message, fields);
+        self.log
+            .event_with(level, kind, node, step, message, fields);
     }
 }
 

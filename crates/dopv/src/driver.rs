@@ -190,11 +190,8 @@ impl Ctx {
         message: String,
         fields: serde_json::Value,
     ) {
-        let fields = match fields {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        self.log.event(level, kind, node, None, message, fields);
+        self.log
+            .event_with(level, kind, node, None, message, fields);
     }
 
     async fn write(&self, changes: Vec<(String, Option<serde_json::Value>)>) -> Result<(), String> {
@@ -894,16 +891,7 @@ async fn attach_disks(
                     .await
                     .map_err(|e| e.to_string())?;
                 if drop {
-                    provider
-                        .destroy_disk(&disk)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    recorded.retain(|d| d.name != disk.name);
-                    ctx.write(vec![disks_change(name, &recorded)]).await?;
-                    log.line(&format!(
-                        "deleted the data disk '{}' ({})",
-                        disk.name, disk.id
-                    ));
+                    delete_disk(ctx, provider, name, &mut recorded, &disk, log).await?;
                 } else {
                     log.line(&format!(
                         "the data disk '{}' is not in the plan: kept, detached ({})",
@@ -929,6 +917,28 @@ async fn attach_disks(
             .map_err(|e| e.to_string())?;
         log.line(&format!("made the data disk '{}' ({})", disk.name, disk.id));
     }
+    Ok(())
+}
+
+/// Deletes a (detached) disk, then drops it from the node's disk DB entry.
+async fn delete_disk(
+    ctx: &Ctx,
+    provider: &dyn Provider,
+    node: &str,
+    recorded: &mut Vec<DiskRecord>,
+    disk: &DiskRecord,
+    log: &NodeLog,
+) -> Result<(), String> {
+    provider
+        .destroy_disk(disk)
+        .await
+        .map_err(|e| e.to_string())?;
+    recorded.retain(|d| d.name != disk.name);
+    ctx.write(vec![disks_change(node, recorded)]).await?;
+    log.line(&format!(
+        "deleted the data disk '{}' ({})",
+        disk.name, disk.id
+    ));
     Ok(())
 }
 
@@ -972,16 +982,7 @@ async fn destroy(
                 ));
             }
             if rmdisk {
-                provider
-                    .destroy_disk(&disk)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                disks.retain(|d| d.name != disk.name);
-                ctx.write(vec![disks_change(name, &disks)]).await?;
-                log.line(&format!(
-                    "deleted the data disk '{}' ({})",
-                    disk.name, disk.id
-                ));
+                delete_disk(ctx, provider, name, &mut disks, &disk, log).await?;
             }
         }
     }
