@@ -176,6 +176,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             local_dir: dir.join("local"),
         },
         expect_serial: None,
+        handle_signals: false,
     };
     let sync = dopv::Operation::Sync(dopv::Permissions::default());
     let dopv_step = |title: &str, operation, noop| -> Result<dopv::Report, String> {

@@ -135,6 +135,7 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         echo: if args.quiet { Echo::Quiet } else { Echo::Lines },
         providers: provider_options(config, &args.local_dir),
         expect_serial: args.expect_serial,
+        handle_signals: true,
     };
     let report = match driver::run(&store, &args.plan, &opts) {
         Ok(r) => r,
@@ -146,6 +147,8 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
     };
     let status = if report.failed() {
         EXIT_FAILURE
+    } else if report.stopped {
+        driver::EXIT_STOPPED
     } else if args.detailed_exitcode && report.pending() {
         EXIT_PENDING
     } else {

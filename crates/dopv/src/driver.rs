@@ -68,6 +68,9 @@ pub struct Options {
     pub providers: ProviderOptions,
     /// Refuse to act unless the state serial is this one (the one a `--noop` showed).
     pub expect_serial: Option<u64>,
+    /// On SIGINT or SIGTERM start no new node (running ones finish); a second signal ends the
+    /// process at once (every node's record still says what was under way).
+    pub handle_signals: bool,
 }
 
 /// What happened to one node's action.
@@ -77,7 +80,8 @@ pub struct Outcome {
     pub node: String,
     /// The action.
     pub action: ActionKind,
-    /// `done`, `failed` or `skipped`.
+    /// `done`, `failed`, `skipped` (an earlier node of its infrastructure failed) or
+    /// `stopped` (a signal stopped the run first).
     pub result: &'static str,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +109,8 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Nodes the provider could not be asked about.
     pub unreadable: Vec<Outcome>,
+    /// A signal stopped the run before every action started.
+    pub stopped: bool,
     /// The execution id.
     pub execution_id: String,
     /// Its log directory.
@@ -114,7 +120,11 @@ pub struct Report {
 impl Report {
     /// True when something failed.
     pub fn failed(&self) -> bool {
-        !self.unreadable.is_empty() || self.outcomes.iter().any(|o| o.result != "done")
+        !self.unreadable.is_empty()
+            || self
+                .outcomes
+                .iter()
+                .any(|o| matches!(o.result, "failed" | "skipped"))
     }
 
     /// True when actions are pending (held back, out of scope, or not done yet in a noop).
@@ -504,6 +514,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         in_sync,
         outcomes: Vec::new(),
         unreadable,
+        stopped: false,
         execution_id: id,
         log_dir: log.dir().to_path_buf(),
     };
@@ -543,6 +554,17 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let rmdisk = matches!(opts.operation, Operation::Undeploy { rmdisk: true });
     let mut limits: HashMap<String, (Arc<tokio::sync::Semaphore>, Arc<AtomicBool>)> =
         HashMap::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    if opts.handle_signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before any node starts, so that no signal finds the default action.
+        if let (Ok(int), Ok(term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::spawn(stop_on_signals(int, term, stop.clone(), log.clone()));
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (index, action) in report.actions.iter().enumerate() {
         if !action.runs() {
@@ -572,8 +594,20 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             .position(|s| s.spec.node.name == action.node)
             .unwrap_or(0)]
         .clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
+            if stop.load(Ordering::SeqCst) {
+                return (
+                    index,
+                    Outcome {
+                        node: action.node.clone(),
+                        action: action.action,
+                        result: "stopped",
+                        error: Some("a signal stopped the run before it started".into()),
+                    },
+                );
+            }
             if failed.load(Ordering::SeqCst) {
                 return (
                     index,
@@ -648,6 +682,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     }
     outcomes.sort_by_key(|(i, _)| *i);
     report.outcomes = outcomes.into_iter().map(|(_, o)| o).collect();
+    report.stopped = stop.load(Ordering::SeqCst);
     let failed = report.failed();
     ctx.event(
         if failed { "error" } else { "info" },
@@ -660,6 +695,46 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     drop(lock);
     Ok(report)
 }
+
+/// The first SIGINT or SIGTERM stops new nodes from starting; the second ends the process.
+async fn stop_on_signals(
+    mut int: tokio::signal::unix::Signal,
+    mut term: tokio::signal::unix::Signal,
+    stop: Arc<AtomicBool>,
+    log: Arc<ExecutionLog>,
+) {
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    stop.store(true, Ordering::SeqCst);
+    log.event_with(
+        "warn",
+        "message",
+        None,
+        None,
+        "signal received: no new node starts; running ones finish (again to stop at once; the \
+         next sync finishes what was under way)"
+            .into(),
+        json!({}),
+    );
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    log.event_with(
+        "error",
+        "message",
+        None,
+        None,
+        "second signal: stopping now".into(),
+        json!({}),
+    );
+    std::process::exit(i32::from(EXIT_STOPPED));
+}
+
+/// Exit status of a run stopped by a signal.
+pub const EXIT_STOPPED: u8 = 4;
 
 /// The serialized name of an enum value (`new_in_plan`).
 pub(crate) fn word<T: Serialize>(value: &T) -> String {

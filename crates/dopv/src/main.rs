@@ -24,7 +24,7 @@ struct Cli {
 
 const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage \
                           error (or, with --detailed-exitcode, changes pending), 3 plan locked \
-                          by another process.";
+                          by another process, 4 stopped by a signal (run `sync` to finish).";
 
 #[derive(Subcommand)]
 enum Command {

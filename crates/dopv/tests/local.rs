@@ -734,3 +734,77 @@ fn a_node_that_fails_is_rolled_back_and_the_next_sync_repairs_it() {
     );
     lab.expect(&["undeploy", "fail", "--rmdisk"], 0);
 }
+
+#[test]
+fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.67", 2337);
+    let marker = lab.path().join("started");
+    let hook = lab.path().join("slow.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {}\nsleep 0.3\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nodes: Vec<String> = (1..=5)
+        .map(|i| node(&format!("s{i}"), &format!("{p}.{i}"), ""))
+        .collect();
+    let mut plan =
+        plan_text("sig", p, port, &nodes).replace("name: sig\n", "name: sig\nmax_in_flight: 1\n");
+    plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
+    lab.plan(&plan);
+    let child = Command::new(env!("CARGO_BIN_EXE_dopv"))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", lab.path().join("store"))
+        .env("DOP_LOG_DIR", lab.path().join("logs"))
+        .env("DOP_LOCAL_DIR", lab.local_dir())
+        .args(["deploy", "sig", "--json", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !marker.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<&str> = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == "done").count(),
+        1,
+        "{report:#}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| **r == "stopped").count(),
+        4,
+        "{report:#}"
+    );
+    let finished = lab.json(&["sync", "sig"], 0);
+    assert_eq!(
+        finished["outcomes"].as_array().unwrap().len(),
+        4,
+        "{finished:#}"
+    );
+    for i in 1..=5 {
+        assert!(answers(&format!("{p}.{i}"), port));
+    }
+    lab.expect(&["undeploy", "sig"], 0);
+}

@@ -45,7 +45,8 @@ use crate::state::DiskRecord;
 /// power-off.
 const POWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `local` provider for one plan.
+/// The `local` provider for one plan. Its operations block (processes, files), so they run in
+/// `tokio::task::block_in_place`: call it from a multi-thread runtime, as `dopv::run` does.
 pub struct Local {
     root: PathBuf,
     plan: String,
@@ -548,144 +549,157 @@ impl Provider for Local {
     }
 
     async fn read(&self, spec: &NodeSpec) -> Result<Actual> {
-        let dir = self.node_dir(&spec.node.name);
-        let Some(config) = Self::read_config(&dir, "node.json") else {
-            return Ok(Actual::default());
-        };
-        let on = self.supervisor(&dir).is_some();
-        // A running node shows what it booted with; a change that needs a reboot shows after it.
-        let running = if on {
-            Self::read_config(&dir, "booted.json").unwrap_or_else(|| config.clone())
-        } else {
-            config.clone()
-        };
-        let mut disks = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir.join("disks")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let (Some(name), Ok(meta)) = (name.strip_suffix(".img"), e.metadata()) {
-                    disks.push(ActualDisk {
-                        name: name.to_string(),
-                        size: DataSize(meta.len()),
-                    });
+        // The node's processes and files are blocking work: off the async workers.
+        tokio::task::block_in_place(|| {
+            let dir = self.node_dir(&spec.node.name);
+            let Some(config) = Self::read_config(&dir, "node.json") else {
+                return Ok(Actual::default());
+            };
+            let on = self.supervisor(&dir).is_some();
+            // A running node shows what it booted with; a change that needs a reboot shows after it.
+            let running = if on {
+                Self::read_config(&dir, "booted.json").unwrap_or_else(|| config.clone())
+            } else {
+                config.clone()
+            };
+            let mut disks = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(dir.join("disks")) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let (Some(name), Ok(meta)) = (name.strip_suffix(".img"), e.metadata()) {
+                        disks.push(ActualDisk {
+                            name: name.to_string(),
+                            size: DataSize(meta.len()),
+                        });
+                    }
                 }
             }
-        }
-        disks.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut users: Vec<String> = std::fs::read_dir(dir.join("control/authorized_keys"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
+            disks.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut users: Vec<String> = std::fs::read_dir(dir.join("control/authorized_keys"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let passwords =
+                std::fs::read_to_string(dir.join("control/passwords")).unwrap_or_default();
+            users.extend(
+                passwords
+                    .lines()
+                    .filter_map(|l| l.split_once(':').map(|(u, _)| u.to_string())),
+            );
+            users.sort();
+            users.dedup();
+            Ok(Actual {
+                exists: true,
+                power: Some(if on { Power::On } else { Power::Off }),
+                fqdn: Some(running.fqdn),
+                image: running.image,
+                cores: Some(running.cores),
+                memory: Some(running.memory),
+                storage: Some(running.storage),
+                interfaces: Some(running.interfaces),
+                disks: Some(disks),
+                credentials: Some(users),
+                dns: Some(config.dns),
+                tags: None,
+                ssh_port: Some(running.port),
+                ssh: Some(SshEndpoint {
+                    address: running.address.to_string(),
+                    port: running.port,
+                }),
             })
-            .unwrap_or_default();
-        let passwords = std::fs::read_to_string(dir.join("control/passwords")).unwrap_or_default();
-        users.extend(
-            passwords
-                .lines()
-                .filter_map(|l| l.split_once(':').map(|(u, _)| u.to_string())),
-        );
-        users.sort();
-        users.dedup();
-        Ok(Actual {
-            exists: true,
-            power: Some(if on { Power::On } else { Power::Off }),
-            fqdn: Some(running.fqdn),
-            image: running.image,
-            cores: Some(running.cores),
-            memory: Some(running.memory),
-            storage: Some(running.storage),
-            interfaces: Some(running.interfaces),
-            disks: Some(disks),
-            credentials: Some(users),
-            dns: Some(config.dns),
-            tags: None,
-            ssh_port: Some(running.port),
-            ssh: Some(SshEndpoint {
-                address: running.address.to_string(),
-                port: running.port,
-            }),
         })
     }
 
     async fn create(&self, spec: &NodeSpec, log: &NodeLog) -> Result<()> {
-        let dir = self.node_dir(&spec.node.name);
-        if dir.join("node.json").exists() {
-            return Err(ProviderError::new(format!(
-                "a local node exists already in {}",
-                dir.display()
-            )));
-        }
-        if dir.exists() {
-            // Half made by a run that was killed: nothing in it is in use (no node.json, so
-            // never started).
-            self.stop(&dir, log)?;
-            std::fs::remove_dir_all(&dir).map_err(|e| io_error("cannot clean up", &dir, e))?;
-            log.line("local: removed a half-made node left by an interrupted run");
-        }
-        if !self.namespaces {
-            log.line(
-                "local: not running as root, so this node has no namespaces: it shares this \
-                 host's hostname and file system, and only the current user can log in",
-            );
-        }
-        for sub in [
-            "etc/upper/ssh",
-            "etc/work",
-            "root",
-            "home",
-            "var",
-            "disks",
-            "control",
-        ] {
-            mkdir(&dir.join(sub))?;
-        }
-        let key = if self.namespaces {
-            dir.join("etc/upper/ssh/ssh_host_ed25519_key")
-        } else {
-            dir.join("ssh_host_ed25519_key")
-        };
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-            .arg(&spec.node.name)
-            .arg("-f")
-            .arg(&key)
-            .output()
-            .map_err(|e| ProviderError::new(format!("ssh-keygen: {e}")))?;
-        if !out.status.success() {
-            return Err(ProviderError::new(format!(
-                "ssh-keygen could not make the host key: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        self.write_boot_files(&dir, spec)?;
-        log.line(&format!("local: created the node in {}", dir.display()));
-        Ok(())
+        // The node's processes and files are blocking work: off the async workers.
+        tokio::task::block_in_place(|| {
+            let dir = self.node_dir(&spec.node.name);
+            if dir.join("node.json").exists() {
+                return Err(ProviderError::new(format!(
+                    "a local node exists already in {}",
+                    dir.display()
+                )));
+            }
+            if dir.exists() {
+                // Half made by a run that was killed: nothing in it is in use (no node.json, so
+                // never started).
+                self.stop(&dir, log)?;
+                std::fs::remove_dir_all(&dir).map_err(|e| io_error("cannot clean up", &dir, e))?;
+                log.line("local: removed a half-made node left by an interrupted run");
+            }
+            if !self.namespaces {
+                log.line(
+                    "local: not running as root, so this node has no namespaces: it shares this \
+                     host's hostname and file system, and only the current user can log in",
+                );
+            }
+            for sub in [
+                "etc/upper/ssh",
+                "etc/work",
+                "root",
+                "home",
+                "var",
+                "disks",
+                "control",
+            ] {
+                mkdir(&dir.join(sub))?;
+            }
+            let key = if self.namespaces {
+                dir.join("etc/upper/ssh/ssh_host_ed25519_key")
+            } else {
+                dir.join("ssh_host_ed25519_key")
+            };
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                .arg(&spec.node.name)
+                .arg("-f")
+                .arg(&key)
+                .output()
+                .map_err(|e| ProviderError::new(format!("ssh-keygen: {e}")))?;
+            if !out.status.success() {
+                return Err(ProviderError::new(format!(
+                    "ssh-keygen could not make the host key: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            self.write_boot_files(&dir, spec)?;
+            log.line(&format!("local: created the node in {}", dir.display()));
+            Ok(())
+        })
     }
 
     async fn destroy(&self, spec: &NodeSpec, log: &NodeLog) -> Result<()> {
-        let dir = self.node_dir(&spec.node.name);
-        self.stop(&dir, log)?;
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_error("cannot remove", &dir, e))
+        // The node's processes and files are blocking work: off the async workers.
+        tokio::task::block_in_place(|| {
+            let dir = self.node_dir(&spec.node.name);
+            self.stop(&dir, log)?;
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error("cannot remove", &dir, e))
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        log.line(&format!("local: removed {}", dir.display()));
-        Ok(())
+            log.line(&format!("local: removed {}", dir.display()));
+            Ok(())
+        })
     }
 
     async fn power(&self, spec: &NodeSpec, on: bool, log: &NodeLog) -> Result<()> {
-        let dir = self.node_dir(&spec.node.name);
-        if on {
-            let config = Self::read_config(&dir, "node.json")
-                .ok_or_else(|| ProviderError::new("the node does not exist"))?;
-            self.start(&dir, &config, log)
-        } else {
-            self.stop(&dir, log)
-        }
+        // The node's processes and files are blocking work: off the async workers.
+        tokio::task::block_in_place(|| {
+            let dir = self.node_dir(&spec.node.name);
+            if on {
+                let config = Self::read_config(&dir, "node.json")
+                    .ok_or_else(|| ProviderError::new("the node does not exist"))?;
+                self.start(&dir, &config, log)
+            } else {
+                self.stop(&dir, log)
+            }
+        })
     }
 
     fn change_kind(&self, field: &str) -> ChangeKind {
@@ -698,18 +712,21 @@ impl Provider for Local {
     }
 
     async fn apply(&self, spec: &NodeSpec, field: &str, log: &NodeLog) -> Result<()> {
-        let dir = self.node_dir(&spec.node.name);
-        self.write_boot_files(&dir, spec)?;
-        match field {
-            "dns" => self.inside(&dir, "cp /run/dop/resolv.conf /etc/resolv.conf")?,
-            "credentials" => self.inside(
-                &dir,
-                "[ ! -s /run/dop/passwords ] || chpasswd < /run/dop/passwords",
-            )?,
-            _ => {}
-        }
-        log.line(&format!("local: '{field}' set"));
-        Ok(())
+        // The node's processes and files are blocking work: off the async workers.
+        tokio::task::block_in_place(|| {
+            let dir = self.node_dir(&spec.node.name);
+            self.write_boot_files(&dir, spec)?;
+            match field {
+                "dns" => self.inside(&dir, "cp /run/dop/resolv.conf /etc/resolv.conf")?,
+                "credentials" => self.inside(
+                    &dir,
+                    "[ ! -s /run/dop/passwords ] || chpasswd < /run/dop/passwords",
+                )?,
+                _ => {}
+            }
+            log.line(&format!("local: '{field}' set"));
+            Ok(())
+        })
     }
 
     async fn add_disk(&self, spec: &NodeSpec, disk: &DataDisk) -> Result<DiskRecord> {
