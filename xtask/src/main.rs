@@ -177,6 +177,8 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
         },
         expect_serial: None,
         handle_signals: false,
+        stop: None,
+        log: None,
     };
     let sync = dopv::Operation::Sync(dopv::Permissions::default());
     let dopv_step = |title: &str, operation, noop| -> Result<dopv::Report, String> {
@@ -199,6 +201,8 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
         handle_signals: false,
         connect_timeout: 10,
         redeployed: dopi::Redeployed::Refuse,
+        stop: None,
+        log: None,
     };
     let dopi_step = |title: &str| -> Result<(), String> {
         println!("\n== {title}");

@@ -59,6 +59,11 @@ impl Layout {
         self.plan_dir(plan).join("state")
     }
 
+    /// dopc's database: executions and API tokens.
+    pub fn server(&self) -> PathBuf {
+        self.root.join("dopc")
+    }
+
     /// A plan's run lock file.
     pub fn run_lock(&self, plan: &str) -> PathBuf {
         self.plan_dir(plan).join("run.lock")

@@ -36,12 +36,14 @@
 mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod control;
 pub mod deployment;
 mod error;
 mod import;
 mod layout;
 mod lock;
 pub mod logs;
+pub mod server;
 mod session;
 mod store;
 mod time;

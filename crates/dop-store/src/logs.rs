@@ -115,6 +115,18 @@ pub struct ExecutionLog {
     /// What to show on standard error.
     echo: Echo,
     masker: Arc<Masker>,
+    /// The last sequence number written, for live readers.
+    #[cfg(feature = "async")]
+    seq: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for ExecutionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionLog")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 /// The log of one node in an execution; its lines also go to `all.log`.
@@ -163,7 +175,15 @@ impl ExecutionLog {
             nodes: Mutex::new(HashMap::new()),
             echo,
             masker: Arc::new(masker),
+            #[cfg(feature = "async")]
+            seq: tokio::sync::watch::channel(0).0,
         }))
+    }
+
+    /// Follows the sequence number of the last event written (live log streams wait on it).
+    #[cfg(feature = "async")]
+    pub fn watch_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seq.subscribe()
     }
 
     /// The execution's directory.
@@ -201,6 +221,8 @@ impl ExecutionLog {
         let line = format_line(event.time_ms, level, node, &event.message);
         let _ = serde_json::to_writer(&mut files.events, &event);
         let _ = files.events.write_all(b"\n");
+        #[cfg(feature = "async")]
+        self.seq.send_replace(event.seq);
         let _ = files.all.write_all(line.as_bytes());
         let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
         match self.echo {

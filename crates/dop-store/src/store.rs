@@ -198,6 +198,10 @@ impl Store {
         self.backend.open(path)
     }
 
+    pub(crate) fn backend_open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
+        self.db(path)
+    }
+
     /// Takes a plan's run lock for `command`, or says who holds it.
     pub fn lock(&self, plan: &str, command: &str) -> Result<PlanLock> {
         check_name(plan)?;

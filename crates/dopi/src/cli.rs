@@ -216,6 +216,8 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
             RedeployedArg::Reset => Redeployed::Reset,
             RedeployedArg::Ignore => Redeployed::Ignore,
         },
+        stop: None,
+        log: None,
     };
     let progress = opts.echo == Echo::Progress;
     let report = engine::run(store.clone(), &args.plan, &opts, &Registry::local());

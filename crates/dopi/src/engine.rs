@@ -44,6 +44,10 @@ pub struct RunOptions {
     pub connect_timeout: u64,
     /// What to do with the state of nodes dopv redeployed since dopi last ran on them.
     pub redeployed: Redeployed,
+    /// Stop requests from the caller (dopc's cancel), with the levels of the signals.
+    pub stop: Option<watch::Receiver<Stop>>,
+    /// Write into this execution log instead of a new one (dopc: one log per execution).
+    pub log: Option<Arc<ExecutionLog>>,
 }
 
 /// What a run does with nodes dopv redeployed since their step state was written.
@@ -426,18 +430,21 @@ pub fn run(
     if !problems.is_empty() {
         return Err(RunError::Plugins(problems));
     }
-    let id = new_execution_id();
-    let log = ExecutionLog::create(
-        &opts.log_dir,
-        plan_name,
-        &id,
-        opts.echo,
-        crate::logs::Masker::for_plan(&plan),
-    )
-    .map_err(|source| RunError::Logs {
-        path: opts.log_dir.clone(),
-        source,
-    })?;
+    let log = match &opts.log {
+        Some(log) => log.clone(),
+        None => ExecutionLog::create(
+            &opts.log_dir,
+            plan_name,
+            &new_execution_id(),
+            opts.echo,
+            crate::logs::Masker::for_plan(&plan),
+        )
+        .map_err(|source| RunError::Logs {
+            path: opts.log_dir.clone(),
+            source,
+        })?,
+    };
+    let id = log.id.clone();
     if let Some(h) = lock.took_over_from() {
         log.event(
             "warn",
@@ -482,9 +489,28 @@ pub fn run(
             source,
         })?;
     let result = runtime.block_on(async {
+        let stop_tx = Arc::new(stop_tx);
         if opts.handle_signals {
             let log = log.clone();
-            tokio::spawn(escalate_on_signals(stop_tx, log));
+            tokio::spawn(escalate_on_signals(stop_tx.clone(), log));
+        }
+        if let Some(mut external) = opts.stop.clone() {
+            // The caller's requests only ever raise the level.
+            tokio::spawn(async move {
+                loop {
+                    let level = *external.borrow_and_update();
+                    stop_tx.send_if_modified(|current| {
+                        let raise = level > *current;
+                        if raise {
+                            *current = level;
+                        }
+                        raise
+                    });
+                    if external.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
         }
         run_step_set(ctx, opts).await
     })?;
@@ -619,7 +645,7 @@ fn recorded_host_keys(state: &StateSession) -> Result<HashMap<String, String>, S
 }
 
 /// Counts SIGINT/SIGTERM: 1st graceful stop, 2nd terminate, 3rd kill.
-async fn escalate_on_signals(stop: watch::Sender<Stop>, log: Arc<ExecutionLog>) {
+async fn escalate_on_signals(stop: Arc<watch::Sender<Stop>>, log: Arc<ExecutionLog>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

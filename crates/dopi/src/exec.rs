@@ -10,19 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-/// What the run asks of running commands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stop {
-    /// Carry on.
-    #[default]
-    No,
-    /// Start nothing new; let running commands finish (1st signal).
-    Graceful,
-    /// Terminate running commands' process groups (2nd signal).
-    Terminate,
-    /// Kill them (3rd signal).
-    Kill,
-}
+pub use dop_store::control::Stop;
 
 /// The `PATH` commands run with, as in the original.
 pub const EXEC_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

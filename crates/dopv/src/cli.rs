@@ -136,6 +136,8 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         providers: provider_options(config, &args.local_dir),
         expect_serial: args.expect_serial,
         handle_signals: true,
+        stop: None,
+        log: None,
     };
     let report = match driver::run(&store, &args.plan, &opts) {
         Ok(r) => r,

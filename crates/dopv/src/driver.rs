@@ -71,6 +71,10 @@ pub struct Options {
     /// On SIGINT or SIGTERM start no new node (running ones finish); a second signal ends the
     /// process at once (every node's record still says what was under way).
     pub handle_signals: bool,
+    /// Stop requests from the caller (dopc's cancel): any level starts no new node.
+    pub stop: Option<tokio::sync::watch::Receiver<dop_store::control::Stop>>,
+    /// Write into this execution log instead of a new one (dopc: one log per execution).
+    pub log: Option<Arc<ExecutionLog>>,
 }
 
 /// What happened to one node's action.
@@ -345,18 +349,21 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         return Err(DopvError::Preflight(problems));
     }
 
-    let id = new_execution_id();
-    let log = ExecutionLog::create(
-        &opts.log_dir,
-        plan_name,
-        &id,
-        opts.echo,
-        Masker::for_plan(&plan),
-    )
-    .map_err(|source| DopvError::Logs {
-        path: opts.log_dir.clone(),
-        source,
-    })?;
+    let log = match &opts.log {
+        Some(log) => log.clone(),
+        None => ExecutionLog::create(
+            &opts.log_dir,
+            plan_name,
+            &new_execution_id(),
+            opts.echo,
+            Masker::for_plan(&plan),
+        )
+        .map_err(|source| DopvError::Logs {
+            path: opts.log_dir.clone(),
+            source,
+        })?,
+    };
+    let id = log.id.clone();
     let ctx = Arc::new(Ctx {
         plan_name: plan_name.to_string(),
         plan: plan.clone(),
@@ -564,6 +571,20 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         ) {
             tokio::spawn(stop_on_signals(int, term, stop.clone(), log.clone()));
         }
+    }
+    if let Some(mut external) = opts.stop.clone() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if *external.borrow_and_update() != dop_store::control::Stop::No {
+                    stop.store(true, Ordering::SeqCst);
+                    break;
+                }
+                if external.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (index, action) in report.actions.iter().enumerate() {

@@ -612,6 +612,8 @@ fn dopi_run(
         handle_signals: false,
         connect_timeout: 10,
         redeployed,
+        stop: None,
+        log: None,
     };
     dopi::run(store, plan, &opts, &dopi::Registry::local())
 }
