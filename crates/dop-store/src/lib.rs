@@ -57,4 +57,4 @@ pub use session::StateSession;
 pub use store::{
     content_hash, App, Iteration, IterationInfo, PlanEntry, PlanLock, StateRecords, Store, Stored,
 };
-pub use time::{now_ms, rfc3339};
+pub use time::{now_ms, parse_rfc3339, rfc3339};

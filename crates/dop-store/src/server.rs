@@ -60,6 +60,18 @@ impl Store {
             .collect()
     }
 
+    /// Every record of a kind with its key (without the kind's prefix).
+    pub fn server_list_keyed<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, T)>> {
+        let db = self.server_db()?;
+        db.scan_prefix(kind.prefix().as_bytes())?
+            .into_iter()
+            .map(|(k, bytes)| {
+                let name = String::from_utf8_lossy(&k[kind.prefix().len()..]).into_owned();
+                self.server_decode(&bytes).map(|v| (name, v))
+            })
+            .collect()
+    }
+
     /// Writes records (`None` removes one) in one durable step.
     pub fn server_write<T: Serialize>(
         &self,

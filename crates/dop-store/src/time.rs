@@ -36,6 +36,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Milliseconds since the epoch of a time written by [`rfc3339`] (`2026-11-25T16:30:00Z`).
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let compact: String = text
+        .strip_suffix('Z')?
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (compact.len() == 14)
+        .then(|| from_compact_utc(&compact))
+        .flatten()
+}
+
 /// Milliseconds since the epoch of a UTC `YYYYmmddHHMMSS` stamp (the original store's version
 /// names start with one).
 pub fn from_compact_utc(stamp: &str) -> Option<u64> {
@@ -76,5 +88,10 @@ mod tests {
         assert_eq!(rfc3339(ms), "2017-03-06T10:15:02Z");
         assert_eq!(from_compact_utc("2017"), None);
         assert_eq!(from_compact_utc("2017030610150x"), None);
+        assert_eq!(
+            parse_rfc3339(&rfc3339(1_772_036_102_000)),
+            Some(1_772_036_102_000)
+        );
+        assert_eq!(parse_rfc3339("2026-02-25 16:15:02"), None);
     }
 }

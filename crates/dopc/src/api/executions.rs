@@ -1,0 +1,248 @@
+//! `/executions`: create (queued per plan), list, get, cancel, remove, clear.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use dop_store::server::Kind;
+use dop_store::{now_ms, rfc3339};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::blocking;
+use crate::auth::Caller;
+use crate::error::{ApiError, Body, OptionalBody};
+use crate::execution::{ExecOptions, Execution, Status, Task};
+use crate::server::AppState;
+
+/// `POST /executions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    plan: String,
+    task: Task,
+    #[serde(default, alias = "run_options")]
+    options: ExecOptions,
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no execution '{id}' (ids are numbers)")))
+}
+
+fn load(store: &dop_store::Store, id: u64) -> Result<Execution, ApiError> {
+    store
+        .server_get(Kind::Execution, &id.to_string())?
+        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
+}
+
+/// `POST /executions`: checks the plan, the step set and the options before anything is queued.
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body<CreateBody>,
+) -> Result<(StatusCode, Json<Execution>), ApiError> {
+    let store = s.store.clone();
+    let execution = blocking(move || {
+        dop_core::check_plan_name(&body.plan).map_err(|e| {
+            ApiError::invalid("invalid_name", format!("plan name '{}': {e}", body.plan))
+        })?;
+        let plan = match store.iteration(&body.plan, None) {
+            Ok(it) => it.plan,
+            Err(dop_store::StoreError::NoSuchPlan(_)) => {
+                return Err(ApiError::invalid(
+                    "no_such_plan",
+                    format!(
+                        "there is no plan '{}' in the store; add it first",
+                        body.plan
+                    ),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        body.options
+            .filter()
+            .map_err(|e| ApiError::invalid("invalid_options", e.to_string()))?;
+        if body.task.runs_steps() && plan.step_set(body.options.step_set()).is_none() {
+            return Err(ApiError::invalid(
+                "invalid_options",
+                format!(
+                    "plan '{}' has no step set '{}'; it has: {}",
+                    plan.name,
+                    body.options.step_set(),
+                    plan.step_sets
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let (_, e) = store.server_add_execution(|id| Execution {
+            id,
+            plan: body.plan.clone(),
+            task: body.task,
+            status: Status::New,
+            options: body.options.clone(),
+            created_by: caller.0.clone(),
+            created_at: rfc3339(now_ms()),
+            started_at: None,
+            finished_at: None,
+            log_id: format!("dopc-{id}"),
+            cancel_requests: 0,
+            result: Value::Null,
+            error: None,
+        })?;
+        Ok(e)
+    })
+    .await?;
+    let runner = s.runner.clone();
+    tokio::task::spawn_blocking(move || runner.kick());
+    Ok((StatusCode::CREATED, Json(execution)))
+}
+
+/// `?plan=&status=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    plan: Option<String>,
+    status: Option<Status>,
+}
+
+/// `GET /executions`: a JSON array, oldest first (as the original).
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Execution>>, ApiError> {
+    let store = s.store.clone();
+    let all: Vec<Execution> = blocking(move || Ok(store.server_list(Kind::Execution)?)).await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|e| q.plan.as_ref().is_none_or(|p| *p == e.plan))
+            .filter(|e| q.status.is_none_or(|st| st == e.status))
+            .collect(),
+    ))
+}
+
+/// `GET /executions/{id}`.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = s.store.clone();
+    Ok(Json(blocking(move || load(&store, id)).await?))
+}
+
+/// `POST /executions/{id}/cancel` body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CancelBody {
+    force: bool,
+}
+
+/// `POST /executions/{id}/cancel`.
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    OptionalBody(body): OptionalBody<CancelBody>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id(&id)?;
+    let force = body.force;
+    let runner = s.runner.clone();
+    let e = blocking(move || runner.cancel(id, force)).await?;
+    let runner = s.runner.clone();
+    tokio::task::spawn_blocking(move || runner.kick());
+    Ok(Json(e))
+}
+
+fn remove_logs(s: &AppState, e: &Execution) {
+    let dir = s.log_dir.join(&e.plan).join(&e.log_id);
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot remove an execution's logs");
+        }
+    }
+}
+
+/// `DELETE /executions/{id}`: a finished or cancelled one, with its logs.
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id(&id)?;
+    let state = s.clone();
+    blocking(move || {
+        let e = load(&state.store, id)?;
+        if !e.status.is_final() {
+            return Err(ApiError::conflict(format!(
+                "execution {id} has not finished; cancel it first"
+            )));
+        }
+        state
+            .store
+            .server_write::<Execution>(Kind::Execution, &[(id.to_string(), None)])?;
+        remove_logs(&state, &e);
+        Ok(Json(e))
+    })
+    .await
+}
+
+/// `DELETE /executions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearBody {
+    statuses: Vec<Status>,
+    plan: Option<String>,
+    /// Only those older than this many seconds.
+    age: Option<u64>,
+}
+
+/// `DELETE /executions`: removes finished executions by status (and plan, age), with logs.
+pub async fn clear(
+    State(s): State<AppState>,
+    Body(body): Body<ClearBody>,
+) -> Result<Json<Vec<Execution>>, ApiError> {
+    if body.statuses.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "`statuses` must name at least one status",
+        ));
+    }
+    if let Some(st) = body.statuses.iter().find(|st| !st.is_final()) {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            format!(
+                "{} executions cannot be removed: only done, failed and cancelled ones",
+                json!(st)
+            ),
+        ));
+    }
+    let state = s.clone();
+    blocking(move || {
+        let now = now_ms();
+        let all: Vec<Execution> = state.store.server_list(Kind::Execution)?;
+        let removed: Vec<Execution> = all
+            .into_iter()
+            .filter(|e| body.statuses.contains(&e.status))
+            .filter(|e| body.plan.as_ref().is_none_or(|p| *p == e.plan))
+            .filter(|e| {
+                body.age.is_none_or(|age| {
+                    let finished = e
+                        .finished_at
+                        .as_deref()
+                        .and_then(dop_store::parse_rfc3339)
+                        .unwrap_or(now);
+                    now.saturating_sub(finished) >= age * 1000
+                })
+            })
+            .collect();
+        let changes: Vec<(String, Option<Execution>)> =
+            removed.iter().map(|e| (e.id.to_string(), None)).collect();
+        state.store.server_write(Kind::Execution, &changes)?;
+        for e in &removed {
+            remove_logs(&state, e);
+        }
+        Ok(Json(removed))
+    })
+    .await
+}

@@ -1,0 +1,304 @@
+//! Execution logs, served from the files dopi and dopv wrote: the whole log, one node's, by
+//! level, events after a sequence number, and a live websocket stream that resumes from one.
+
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Json;
+use dop_store::logs::Event;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::blocking;
+use crate::error::ApiError;
+use crate::execution::Execution;
+use crate::server::AppState;
+
+/// How long a stream waits for a client to take a message before it drops the client (who
+/// resumes with `?since=` from the last sequence number it got).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `?node=&level=&since=`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    node: Option<String>,
+    level: Option<String>,
+    since: Option<u64>,
+}
+
+fn rank(level: &str) -> Option<u8> {
+    match level.to_ascii_lowercase().as_str() {
+        "debug" => Some(0),
+        "info" => Some(1),
+        "warn" | "warning" => Some(2),
+        "error" => Some(3),
+        _ => None,
+    }
+}
+
+fn execution(state: &AppState, id: &str) -> Result<Execution, ApiError> {
+    let n: u64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no execution '{id}' (ids are numbers)")))?;
+    state
+        .store
+        .server_get(dop_store::server::Kind::Execution, &n.to_string())?
+        .ok_or_else(|| ApiError::not_found(format!("no execution {n}")))
+}
+
+fn dir(state: &AppState, e: &Execution) -> PathBuf {
+    state.log_dir.join(&e.plan).join(&e.log_id)
+}
+
+/// Reads the events with a sequence number above `since`.
+fn events_after(path: &std::path::Path, since: u64) -> Vec<Event> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Event>(&l).ok())
+        .filter(|e| e.seq > since)
+        .collect()
+}
+
+/// `GET /executions/{id}/log`.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let min = match &q.level {
+        Some(l) => Some(rank(l).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_query",
+                format!("unknown level '{l}': use debug, info, warn or error"),
+            )
+        })?),
+        None => None,
+    };
+    let state = s.clone();
+    blocking(move || {
+        let e = execution(&state, &id)?;
+        let dir = dir(&state, &e);
+        if let Some(since) = q.since {
+            let mut events = events_after(&dir.join("events.jsonl"), since);
+            if let Some(node) = &q.node {
+                events.retain(|ev| ev.node.as_deref() == Some(node.as_str()));
+            }
+            if let Some(min) = min {
+                events.retain(|ev| rank(&ev.level).is_some_and(|r| r >= min));
+            }
+            let last = events.last().map_or(since, |ev| ev.seq);
+            return Ok(Json(
+                json!({"execution": e.id, "status": e.status, "events": events, "last_seq": last}),
+            ));
+        }
+        let file = match &q.node {
+            Some(node) => {
+                if node.is_empty() || node.contains('/') || node.starts_with('.') {
+                    return Err(ApiError::invalid(
+                        "invalid_query",
+                        format!("'{node}' is not a node name"),
+                    ));
+                }
+                dir.join(format!("{node}.log"))
+            }
+            None => dir.join("all.log"),
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if q.node.is_some() {
+                    return Err(ApiError::not_found(format!(
+                        "execution {} has no log of node '{}'",
+                        e.id,
+                        q.node.unwrap_or_default()
+                    )));
+                }
+                String::new()
+            }
+            Err(err) => {
+                return Err(ApiError::internal(format!(
+                    "cannot read {}: {err}",
+                    file.display()
+                )))
+            }
+        };
+        let text = match min {
+            None => text,
+            Some(min) => text
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(rank)
+                        .is_some_and(|r| r >= min)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        };
+        Ok(Json(
+            json!({"execution": e.id, "status": e.status, "log": text}),
+        ))
+    })
+    .await
+}
+
+/// `?since=SEQ` for the stream.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// `GET /executions/{id}/log/stream` (websocket): every event after `since`, live until the
+/// execution ends, then `{"kind": "end", "status"}` and a normal close.
+pub async fn stream(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let state = s.clone();
+    let idc = id.clone();
+    let e = blocking(move || execution(&state, &idc)).await?;
+    Ok(ws.on_upgrade(move |socket| follow(s, e, q.since, socket)))
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
+    let path = dir(&s, &e).join("events.jsonl");
+    let mut last = since;
+    let mut offset = 0u64;
+    let mut partial = String::new();
+    let mut closing = s.closing.clone();
+    loop {
+        // Everything written so far; a line without its newline yet waits for the rest.
+        let (lines, new_offset) = {
+            let path = path.clone();
+            let start = offset;
+            tokio::task::spawn_blocking(move || read_from(&path, start))
+                .await
+                .unwrap_or((String::new(), start))
+        };
+        offset = new_offset;
+        partial.push_str(&lines);
+        while let Some(end) = partial.find('\n') {
+            let line: String = partial.drain(..=end).collect();
+            let Ok(event) = serde_json::from_str::<Event>(line.trim_end()) else {
+                continue;
+            };
+            if event.seq <= last {
+                continue;
+            }
+            let seq = event.seq;
+            if !send(
+                &mut socket,
+                serde_json::to_string(&event).unwrap_or_default(),
+            )
+            .await
+            {
+                // A client that does not read is dropped; it resumes from what it got.
+                close(
+                    &mut socket,
+                    4000,
+                    format!("lagged: reconnect with ?since={last}"),
+                )
+                .await;
+                return;
+            }
+            last = seq;
+        }
+        // Finished, and everything sent?
+        let live = s.runner.live_log(e.id);
+        if live.is_none() {
+            let state = s.clone();
+            let id = e.id;
+            let current = tokio::task::spawn_blocking(move || {
+                state
+                    .store
+                    .server_get::<Execution>(dop_store::server::Kind::Execution, &id.to_string())
+                    .ok()
+                    .flatten()
+            })
+            .await
+            .ok()
+            .flatten();
+            let done = current.as_ref().is_none_or(|c| c.status.is_final());
+            if done && read_from(&path, offset).0.is_empty() {
+                let status = current.map(|c| c.status);
+                let _ = send(
+                    &mut socket,
+                    json!({"kind": "end", "status": status, "last_seq": last}).to_string(),
+                )
+                .await;
+                close(&mut socket, 1000, "the execution has ended".into()).await;
+                return;
+            }
+        }
+        // Wait for more: the live log's sequence number, or a short poll.
+        let wait = async {
+            match live {
+                Some(log) => {
+                    let mut seq = log.watch_seq();
+                    if *seq.borrow_and_update() <= last {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), seq.changed()).await;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        tokio::select! {
+            () = wait => {}
+            _ = closing.changed() => {
+                close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={last}")).await;
+                return;
+            }
+            msg = socket.recv() => {
+                // The client closed (or sent something we ignore).
+                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The text from byte `offset` to the end, and the new offset.
+fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (String::new(), offset);
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return (String::new(), offset);
+    }
+    let mut text = String::new();
+    let n = std::io::Read::read_to_string(&mut file, &mut text).unwrap_or(0);
+    (text, offset + n as u64)
+}

@@ -1,0 +1,287 @@
+//! `/plans`: add, update, read, list, versions, diff, remove, reset.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use dop_core::{LookupSettings, Severity};
+use dop_store::logs::Masker;
+use dop_store::Stored;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::blocking;
+use crate::error::{ApiError, Body, OptionalBody};
+use crate::server::AppState;
+
+/// A plan sent to the server: its text (includes expanded by the client), as the original's
+/// base64 `content` or as plain `text`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBody {
+    content: Option<String>,
+    text: Option<String>,
+    /// `POST`: store as the next iteration when the plan exists.
+    #[serde(default)]
+    force: bool,
+    /// The original's `PUT /plans` named the plan to update by `plan` (state only): refused.
+    plan: Option<String>,
+}
+
+fn plan_text(body: &PlanBody) -> Result<String, ApiError> {
+    if body.plan.is_some() && body.content.is_none() && body.text.is_none() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "send the plan's `content` (base64) or `text`; dop keeps state across iterations by itself",
+        ));
+    }
+    match (&body.content, &body.text) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "invalid_body",
+            "send either `content` (base64) or `text`, not both",
+        )),
+        (None, None) => Err(ApiError::invalid(
+            "invalid_body",
+            "the plan is missing: send `content` (base64 of the YAML) or `text`",
+        )),
+        (Some(c), None) => {
+            let cleaned: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(cleaned)
+                .map_err(|e| {
+                    ApiError::invalid("invalid_body", format!("`content` is not base64: {e}"))
+                })?;
+            String::from_utf8(bytes)
+                .map_err(|_| ApiError::invalid("invalid_body", "`content` is not UTF-8 text"))
+        }
+        (None, Some(t)) => Ok(t.clone()),
+    }
+}
+
+/// Loads and checks a plan text (with dopi's plugin checks); the findings on failure.
+fn load(text: &str) -> Result<dop_core::Plan, ApiError> {
+    let loaded = dop_core::load_str(text, None, &LookupSettings::default());
+    let mut diagnostics = loaded.diagnostics.clone();
+    if let Some(plan) = &loaded.plan {
+        diagnostics.extend(dopi::cli::plugin_check(plan));
+    }
+    let errors: Vec<&dop_core::Diagnostic> = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    match (&loaded.plan, errors.is_empty()) {
+        (Some(plan), true) => Ok(plan.clone()),
+        _ => Err(ApiError::invalid(
+            "invalid_plan",
+            format!("the plan is not valid ({} error(s))", errors.len().max(1)),
+        )
+        .with_details(json!(diagnostics
+            .iter()
+            .map(|d| json!({"path": d.path, "line": d.line, "column": d.column, "message": d.message, "severity": d.severity}))
+            .collect::<Vec<_>>()))),
+    }
+}
+
+fn stored_json(stored: &Stored, name: &str) -> Value {
+    match stored {
+        Stored::New(info) => {
+            json!({"name": name, "status": if info.number == 1 { "added" } else { "updated" }, "iteration": info})
+        }
+        Stored::Unchanged(info) => json!({"name": name, "status": "unchanged", "iteration": info}),
+    }
+}
+
+/// `GET /plans`.
+pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let plans = blocking(move || Ok(store.list()?)).await?;
+    Ok(Json(json!({"plans": plans.iter().map(|p| json!({
+        "name": p.name, "latest": p.latest, "nodes": p.nodes.len(),
+        "created_at": dop_store::rfc3339(p.created_ms), "updated_at": dop_store::rfc3339(p.updated_ms),
+    })).collect::<Vec<_>>()})))
+}
+
+/// `POST /plans`.
+pub async fn add(
+    State(s): State<AppState>,
+    Body(body): Body<PlanBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let text = plan_text(&body)?;
+    let store = s.store.clone();
+    let force = body.force;
+    let value = blocking(move || {
+        let plan = load(&text)?;
+        let stored = store.add(&text, &plan, None, force)?;
+        Ok(stored_json(&stored, &plan.name))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+fn update_with(
+    s: &AppState,
+    name: Option<String>,
+    body: PlanBody,
+) -> impl std::future::Future<Output = Result<Json<Value>, ApiError>> + Send + 'static {
+    let store = s.store.clone();
+    let runner = s.runner.clone();
+    async move {
+        let text = plan_text(&body)?;
+        let value = blocking(move || {
+            let plan = load(&text)?;
+            if let Some(name) = name.filter(|n| *n != plan.name) {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    format!("the plan is named '{}', not '{name}'", plan.name),
+                ));
+            }
+            if runner.plan_busy(&plan.name) {
+                return Err(ApiError::conflict(format!(
+                    "plan '{}' has a running execution; update it when it ends",
+                    plan.name
+                )));
+            }
+            let stored = store.update(&text, &plan, None)?;
+            let mut v = stored_json(&stored, &plan.name);
+            if matches!(stored, Stored::New(_)) {
+                let (from, to, diff) = store.diff(&plan.name, None, None)?;
+                v["diff"] = json!({"from": from, "to": to, "changes": diff});
+            }
+            Ok(v)
+        })
+        .await?;
+        Ok(Json(value))
+    }
+}
+
+/// `PUT /plans/{name}`.
+pub async fn update(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body<PlanBody>,
+) -> Result<Json<Value>, ApiError> {
+    update_with(&s, Some(name), body).await
+}
+
+/// `PUT /plans` (the original's form: the name comes from the plan).
+pub async fn update_original(
+    State(s): State<AppState>,
+    Body(body): Body<PlanBody>,
+) -> Result<Json<Value>, ApiError> {
+    update_with(&s, None, body).await
+}
+
+/// `?version=N`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    version: Option<u64>,
+}
+
+/// `GET /plans/{name}`: the stored text (secrets masked), base64 as the original, and plain.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let it = blocking(move || Ok(store.iteration(&name, q.version)?)).await?;
+    let text = Masker::for_plan(&it.plan).mask(&it.text).into_owned();
+    Ok(Json(json!({
+        "name": it.plan.name, "iteration": it.info,
+        "content": base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+        "text": text,
+    })))
+}
+
+/// `GET /plans/{name}/versions`.
+pub async fn versions(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let versions = blocking(move || Ok(store.versions(&name)?)).await?;
+    Ok(Json(json!({"versions": versions})))
+}
+
+/// `?from=N&to=M`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// `GET /plans/{name}/diff`.
+pub async fn diff(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let (from, to, changes) = blocking(move || Ok(store.diff(&name, q.from, q.to)?)).await?;
+    Ok(Json(
+        json!({"from": from, "to": to, "changes": changes, "text": changes.to_string()}),
+    ))
+}
+
+/// `DELETE /plans/{name}`: refused while it has waiting or running executions or deployed nodes.
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    blocking(move || {
+        let pending = store
+            .server_list::<crate::execution::Execution>(dop_store::server::Kind::Execution)?
+            .into_iter()
+            .any(|e| e.plan == name && !e.status.is_final());
+        if pending {
+            return Err(ApiError::conflict(format!(
+                "plan '{name}' has waiting or running executions; cancel them first"
+            )));
+        }
+        store.remove(&name, false, false)?;
+        Ok(Json(json!({"name": name, "status": "removed"})))
+    })
+    .await
+}
+
+/// `PUT /plans/{name}/reset` body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResetBody {
+    force: bool,
+}
+
+/// `PUT /plans/{name}/reset`: dopi's step state back to ready (failed and interrupted work;
+/// with `force` all).
+pub async fn reset(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    OptionalBody(body): OptionalBody<ResetBody>,
+) -> Result<Json<Value>, ApiError> {
+    let force = body.force;
+    let store = s.store.clone();
+    let runner = s.runner.clone();
+    blocking(move || {
+        if runner.plan_busy(&name) {
+            return Err(ApiError::conflict(format!(
+                "plan '{name}' has a running execution"
+            )));
+        }
+        let opts = dopi::ResetOptions {
+            step_set: None,
+            step: None,
+            filter: dop_core::NodeFilter::all(),
+            force,
+        };
+        let n =
+            dopi::reset(&store, &name, &opts, &LookupSettings::default()).map_err(|e| match e {
+                dopi::ResetError::Store(e) => ApiError::from(e),
+                other => ApiError::invalid("invalid_reset", other.to_string()),
+            })?;
+        Ok(Json(json!({"name": name, "reset": n})))
+    })
+    .await
+}

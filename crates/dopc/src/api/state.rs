@@ -1,0 +1,172 @@
+//! A plan's combined state: dopv's (per node: deployed entry, actual state, generation, drift)
+//! and dopi's (per step set, step and node), one document; and a websocket that pushes it on
+//! every change.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use dop_core::{LookupSettings, NodeFacts, Resolver};
+use dop_store::{App, Store};
+use serde_json::{json, Value};
+
+use super::blocking;
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// How often a state stream looks for a new state serial.
+const POLL: Duration = Duration::from_millis(300);
+
+/// The combined state document of a plan.
+pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
+    let iteration = store.iteration(name, None)?;
+    let plan = &iteration.plan;
+    let dopv_records = store.state(name, App::Dopv)?;
+    let dopv = dopv::state::DopvState::from_records(&dopv_records).map_err(|reason| {
+        ApiError::internal(format!("the dopv state of '{name}' is damaged: {reason}"))
+    })?;
+    let dopi_records = store.state(name, App::Dopi)?;
+    let dopi = dopi::PlanState::from_records(&dopi_records);
+    let settings = LookupSettings::default();
+    let resolver = Resolver::new(plan, &settings);
+    let step_sets: Vec<Value> = plan
+        .step_sets
+        .iter()
+        .map(|set| {
+            let view = dopi.step_set_view(set, |step| {
+                step.filter
+                    .select(&resolver)
+                    .nodes
+                    .iter()
+                    .map(|&i| resolver.name(i).to_string())
+                    .collect()
+            });
+            let steps: Vec<Value> = view
+                .iter()
+                .map(|(key, nodes)| {
+                    let state = dopi::RunState::aggregate(nodes.iter().map(|(_, r)| r.state));
+                    json!({
+                        "name": key, "state": state.as_str(),
+                        "nodes": nodes.iter().map(|(n, r)| (n.clone(), json!({
+                            "state": r.state.as_str(),
+                            "attempts": r.commands.iter().map(|c| c.attempts).max().unwrap_or(0),
+                        }))).collect::<serde_json::Map<_, _>>(),
+                    })
+                })
+                .collect();
+            let state = dopi::RunState::aggregate(
+                view.iter()
+                    .flat_map(|(_, n)| n.iter().map(|(_, r)| r.state)),
+            );
+            json!({"name": set.name, "state": state.as_str(), "steps": steps})
+        })
+        .collect();
+    let mut names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    names.extend(
+        dopv.nodes
+            .keys()
+            .filter(|n| plan.node(n).is_none())
+            .cloned(),
+    );
+    let nodes: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            let record = dopv.nodes.get(n);
+            json!({
+                "name": n,
+                "in_plan": plan.node(n).is_some(),
+                "status": record.map(|r| r.status),
+                "generation": record.map(|r| r.generation),
+                "iteration": record.map(|r| r.iteration),
+                "actual": record.and_then(|r| r.actual.clone()),
+                "refreshed_ms": record.and_then(|r| r.refreshed_ms),
+                "error": record.and_then(|r| r.error.clone()),
+                "disks": dopv.disks.get(n).map(|d| d.iter().map(|x| json!({"name": x.name, "size": x.size})).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "plan": name, "iteration": iteration.info.number, "serial": dopi_records.serial.max(dopv_records.serial),
+        "nodes": nodes, "step_sets": step_sets,
+    }))
+}
+
+/// `GET /plans/{name}/state`.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    Ok(Json(blocking(move || combined(&store, &name)).await?))
+}
+
+/// `GET /plans/{name}/state/stream` (websocket): the state now, then again after every change.
+pub async fn stream(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let n = name.clone();
+    let first = blocking(move || combined(&store, &n)).await?;
+    Ok(ws.on_upgrade(move |socket| push(s, name, first, socket)))
+}
+
+async fn push(s: AppState, name: String, first: Value, mut socket: WebSocket) {
+    let mut closing = s.closing.clone();
+    let mut serial = first["serial"].as_u64().unwrap_or(0);
+    let mut iteration = first["iteration"].as_u64().unwrap_or(0);
+    if tokio::time::timeout(
+        Duration::from_secs(10),
+        socket.send(Message::Text(first.to_string().into())),
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = closing.changed() => return,
+            msg = socket.recv() => {
+                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                    return;
+                }
+                continue;
+            }
+        }
+        let store = s.store.clone();
+        let n = name.clone();
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n)).await else {
+            // The plan is gone (removed): say so and end.
+            let _ = socket
+                .send(Message::Text(
+                    json!({"kind": "end", "reason": "the plan is no longer in the store"})
+                        .to_string()
+                        .into(),
+                ))
+                .await;
+            return;
+        };
+        let (new_serial, new_iteration) = (
+            now["serial"].as_u64().unwrap_or(0),
+            now["iteration"].as_u64().unwrap_or(0),
+        );
+        if (new_serial, new_iteration) == (serial, iteration) {
+            continue;
+        }
+        (serial, iteration) = (new_serial, new_iteration);
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            socket.send(Message::Text(now.to_string().into())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // A client that does not read is dropped; the next connection gets the whole state.
+            return;
+        }
+    }
+}

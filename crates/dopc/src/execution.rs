@@ -1,0 +1,165 @@
+//! Executions: what was asked (plan, task, options), where it stands, and what came of it.
+
+use serde::{Deserialize, Serialize};
+
+/// What an execution does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// dopv deploy.
+    Deploy,
+    /// dopv undeploy.
+    Undeploy,
+    /// dopi run.
+    Run,
+    /// dopv deploy, then dopi run.
+    Setup,
+    /// dopv undeploy, then dopi reset (force).
+    Teardown,
+    /// dopv sync, then dopi run (unless `run: false`).
+    Sync,
+    /// dopi reset.
+    Reset,
+}
+
+impl Task {
+    /// The name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Deploy => "deploy",
+            Task::Undeploy => "undeploy",
+            Task::Run => "run",
+            Task::Setup => "setup",
+            Task::Teardown => "teardown",
+            Task::Sync => "sync",
+            Task::Reset => "reset",
+        }
+    }
+
+    /// Whether the task runs dopi's steps (and so needs the step set).
+    pub fn runs_steps(self) -> bool {
+        matches!(self, Task::Run | Task::Setup | Task::Sync)
+    }
+}
+
+/// Where an execution stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Just made.
+    New,
+    /// Waiting for its plan's running execution.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Done,
+    /// Finished unsuccessfully (or the server stopped while it ran).
+    Failed,
+    /// Cancelled before or while it ran.
+    Cancelled,
+}
+
+impl Status {
+    /// True once it cannot change any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// The options of an execution. Unknown keys are refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecOptions {
+    /// dopi's step set (default `default`).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "stepset")]
+    pub step_set: Option<String>,
+    /// Node selection, as the command-line flags: names or /regex/, comma-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+    /// Roles to include.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
+    /// Nodes to leave out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude_nodes: Option<String>,
+    /// Roles to leave out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude_roles: Option<String>,
+    /// Include by configuration value (JSON text, as `--nodes-by-config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes_by_config: Option<String>,
+    /// Leave out by configuration value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude_nodes_by_config: Option<String>,
+    /// Show what would be done; change nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub noop: bool,
+    /// `sync`: destroy and redeploy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub destructive: bool,
+    /// `sync`: reboot.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interruptive: bool,
+    /// `undeploy`, `teardown`: delete data disks.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rmdisk: bool,
+    /// `reset`: done work too.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// `sync`: run dopi afterwards (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<bool>,
+}
+
+impl ExecOptions {
+    /// The node filter the options describe.
+    pub fn filter(&self) -> Result<dop_core::NodeFilter, dop_core::FilterError> {
+        dop_core::NodeFilter::from_flags(&dop_core::FilterFlags {
+            nodes: self.nodes.as_deref(),
+            roles: self.roles.as_deref(),
+            exclude_nodes: self.exclude_nodes.as_deref(),
+            exclude_roles: self.exclude_roles.as_deref(),
+            nodes_by_config: self.nodes_by_config.as_deref(),
+            exclude_nodes_by_config: self.exclude_nodes_by_config.as_deref(),
+        })
+    }
+
+    /// The step set.
+    pub fn step_set(&self) -> &str {
+        self.step_set.as_deref().unwrap_or("default")
+    }
+}
+
+/// An execution as stored and served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Its number.
+    pub id: u64,
+    /// The plan.
+    pub plan: String,
+    /// The task.
+    pub task: Task,
+    /// Where it stands.
+    pub status: Status,
+    /// Its options.
+    pub options: ExecOptions,
+    /// Who asked for it (the token's name).
+    pub created_by: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When it started running.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// The id of its log directory (`<log_dir>/<plan>/<log_id>/`).
+    pub log_id: String,
+    /// Stop requests so far (1: graceful, 2: terminate, 3: kill).
+    #[serde(default)]
+    pub cancel_requests: u8,
+    /// What came of it: per part (dopv, dopi) a summary.
+    #[serde(default)]
+    pub result: serde_json::Value,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+}

@@ -1,0 +1,12 @@
+//! dopc: the dop server. It keeps a queue of dopv and dopi executions per plan (one running at
+//! a time), runs them in-process through the libraries, serves their logs (whole, per node, by
+//! level, as events, live over websockets) and each plan's combined dopv + dopi state, behind
+//! bearer tokens. See `docs/api.md`.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod execution;
+pub mod runner;
+pub mod server;

@@ -1,0 +1,501 @@
+//! The execution queue: one running execution per plan, the others wait in order; each runs
+//! on its own thread through the dopv and dopi libraries, writing one execution log. Records
+//! are persisted at every status change, so the queue and history survive a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dop_core::LookupSettings;
+use dop_store::control::Stop;
+use dop_store::logs::{Echo, ExecutionLog, Masker};
+use dop_store::server::Kind;
+use dop_store::{now_ms, rfc3339, Store};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::execution::{Execution, Status, Task};
+
+/// Where the runner keeps things.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Execution logs.
+    pub log_dir: PathBuf,
+    /// The `local` provider's directory.
+    pub local_dir: PathBuf,
+    /// Seconds dopi waits for a node's SSH server.
+    pub connect_timeout: u64,
+}
+
+struct Running {
+    id: u64,
+    stop: watch::Sender<Stop>,
+    /// Stopped because the server shuts down: hand it back (queued) instead of cancelling.
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: HashMap<String, Running>,
+    logs: HashMap<u64, Arc<ExecutionLog>>,
+    accepting: bool,
+}
+
+/// The queue and its running executions.
+pub struct Runner {
+    store: Arc<Store>,
+    config: RunnerConfig,
+    inner: Mutex<Inner>,
+    /// Tells waiters (shutdown) that an execution ended.
+    ended: tokio::sync::Notify,
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runner {
+    /// A runner; executions left `running` by a server that died are marked failed, never
+    /// silently lost.
+    pub fn start(
+        store: Arc<Store>,
+        config: RunnerConfig,
+    ) -> Result<Arc<Runner>, dop_store::StoreError> {
+        let mut stale = Vec::new();
+        for mut e in store.server_list::<Execution>(Kind::Execution)? {
+            if e.status == Status::Running {
+                e.status = Status::Failed;
+                e.finished_at = Some(rfc3339(now_ms()));
+                e.error = Some(
+                    "interrupted: the server stopped while this execution ran; the plan's state \
+                     records what finished, and running it again continues from there"
+                        .into(),
+                );
+                stale.push((e.id.to_string(), Some(e)));
+            }
+        }
+        if !stale.is_empty() {
+            tracing::warn!(
+                count = stale.len(),
+                "executions interrupted by a server stop marked failed"
+            );
+            store.server_write(Kind::Execution, &stale)?;
+        }
+        let runner = Arc::new(Runner {
+            store,
+            config,
+            inner: Mutex::new(Inner {
+                accepting: true,
+                ..Inner::default()
+            }),
+            ended: tokio::sync::Notify::new(),
+        });
+        runner.kick();
+        Ok(runner)
+    }
+
+    /// The log of a running execution (for live streams).
+    pub fn live_log(&self, id: u64) -> Option<Arc<ExecutionLog>> {
+        lock(&self.inner).logs.get(&id).cloned()
+    }
+
+    /// True when an execution of the plan is running.
+    pub fn plan_busy(&self, plan: &str) -> bool {
+        lock(&self.inner).running.contains_key(plan)
+    }
+
+    fn save(&self, e: &Execution) {
+        if let Err(err) = self
+            .store
+            .server_write(Kind::Execution, &[(e.id.to_string(), Some(e.clone()))])
+        {
+            tracing::error!(execution = e.id, error = %err, "cannot record the execution");
+        }
+    }
+
+    /// Starts what can start: per plan without a running execution, its oldest waiting one.
+    pub fn kick(self: &Arc<Self>) {
+        let waiting = match self.store.server_list::<Execution>(Kind::Execution) {
+            Ok(all) => all
+                .into_iter()
+                .filter(|e| matches!(e.status, Status::New | Status::Queued))
+                .collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the queue");
+                return;
+            }
+        };
+        for mut e in waiting {
+            let start = {
+                let mut inner = lock(&self.inner);
+                if !inner.accepting || inner.running.contains_key(&e.plan) {
+                    false
+                } else {
+                    let (stop, _) = watch::channel(Stop::No);
+                    inner.running.insert(
+                        e.plan.clone(),
+                        Running {
+                            id: e.id,
+                            stop,
+                            shutdown: false,
+                        },
+                    );
+                    true
+                }
+            };
+            if start {
+                self.clone().launch(e);
+            } else if e.status == Status::New {
+                e.status = Status::Queued;
+                self.save(&e);
+            }
+        }
+    }
+
+    fn launch(self: Arc<Self>, mut e: Execution) {
+        let stop = lock(&self.inner)
+            .running
+            .get(&e.plan)
+            .map(|r| r.stop.subscribe());
+        let Some(stop) = stop else { return };
+        let masker = self
+            .store
+            .iteration(&e.plan, None)
+            .map(|i| Masker::for_plan(&i.plan))
+            .unwrap_or_default();
+        let log = match ExecutionLog::create(
+            &self.config.log_dir,
+            &e.plan,
+            &e.log_id,
+            Echo::Quiet,
+            masker,
+        ) {
+            Ok(l) => l,
+            Err(err) => {
+                self.finish(
+                    e,
+                    Status::Failed,
+                    json!({}),
+                    Some(format!(
+                        "cannot write the logs under {}: {err}",
+                        self.config.log_dir.display()
+                    )),
+                );
+                return;
+            }
+        };
+        lock(&self.inner).logs.insert(e.id, log.clone());
+        e.status = Status::Running;
+        e.started_at = Some(rfc3339(now_ms()));
+        self.save(&e);
+        log.event_with(
+            "info",
+            "execution_started",
+            None,
+            None,
+            format!(
+                "execution {} started: {} of plan '{}' (by {})",
+                e.id,
+                e.task.name(),
+                e.plan,
+                e.created_by
+            ),
+            json!({"execution": e.id, "task": e.task}),
+        );
+        let runner = self.clone();
+        std::thread::Builder::new()
+            .name(format!("dopc-exec-{}", e.id))
+            .spawn(move || {
+                let (status, result, error) =
+                    run_task(&runner.store, &runner.config, &e, &log, stop);
+                log.event_with(
+                    if status == Status::Done {
+                        "info"
+                    } else {
+                        "error"
+                    },
+                    "execution_finished",
+                    None,
+                    None,
+                    format!("execution {} {}", e.id, word(&status)),
+                    json!({"execution": e.id, "status": status}),
+                );
+                runner.finish(e, status, result, error);
+            })
+            .expect("a thread for the execution");
+    }
+
+    fn finish(
+        self: &Arc<Self>,
+        mut e: Execution,
+        status: Status,
+        result: serde_json::Value,
+        error: Option<String>,
+    ) {
+        let handed_back = {
+            let mut inner = lock(&self.inner);
+            inner.logs.remove(&e.id);
+            let shutdown = inner
+                .running
+                .get(&e.plan)
+                .is_some_and(|r| r.id == e.id && r.shutdown);
+            if inner.running.get(&e.plan).is_some_and(|r| r.id == e.id) {
+                inner.running.remove(&e.plan);
+            }
+            shutdown && status == Status::Cancelled
+        };
+        // Re-read: a cancel may have counted requests meanwhile.
+        if let Ok(Some(stored)) = self
+            .store
+            .server_get::<Execution>(Kind::Execution, &e.id.to_string())
+        {
+            e.cancel_requests = stored.cancel_requests;
+        }
+        if handed_back {
+            e.status = Status::Queued;
+            e.error = Some(
+                "handed back when the server stopped; it continues when the server starts again"
+                    .into(),
+            );
+        } else {
+            e.status = status;
+            e.error = error;
+            e.finished_at = Some(rfc3339(now_ms()));
+        }
+        e.result = result;
+        self.save(&e);
+        self.ended.notify_waiters();
+        self.kick();
+    }
+
+    /// Cancels an execution: a waiting one at once; a running one is asked to stop, more
+    /// firmly with every request (1: start nothing new, 2: terminate running commands, 3: kill
+    /// them); `force` goes straight to terminate.
+    pub fn cancel(
+        self: &Arc<Self>,
+        id: u64,
+        force: bool,
+    ) -> Result<Execution, crate::error::ApiError> {
+        let mut e: Execution = self
+            .store
+            .server_get(Kind::Execution, &id.to_string())?
+            .ok_or_else(|| crate::error::ApiError::not_found(format!("no execution {id}")))?;
+        match e.status {
+            Status::New | Status::Queued => {
+                e.status = Status::Cancelled;
+                e.finished_at = Some(rfc3339(now_ms()));
+                e.error = Some("cancelled before it started".into());
+                self.save(&e);
+                Ok(e)
+            }
+            Status::Running => {
+                e.cancel_requests = e.cancel_requests.saturating_add(1);
+                let level = match (e.cancel_requests, force) {
+                    (1, false) => Stop::Graceful,
+                    (1, true) | (2, _) => Stop::Terminate,
+                    _ => Stop::Kill,
+                };
+                if let Some(r) = lock(&self.inner)
+                    .running
+                    .get(&e.plan)
+                    .filter(|r| r.id == id)
+                {
+                    r.stop.send_if_modified(|current| {
+                        let raise = level > *current;
+                        if raise {
+                            *current = level;
+                        }
+                        raise
+                    });
+                }
+                self.save(&e);
+                Ok(e)
+            }
+            _ => Err(crate::error::ApiError::conflict(format!(
+                "execution {id} has already finished ({})",
+                word(&e.status)
+            ))),
+        }
+    }
+
+    /// Stops taking new work, asks running executions to stop gracefully and waits up to
+    /// `timeout` for them; those that stop are handed back to the queue (they continue at the
+    /// next start), those that do not are marked failed at the next start.
+    pub async fn shutdown(self: &Arc<Self>, timeout: std::time::Duration) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.accepting = false;
+            for r in inner.running.values_mut() {
+                r.shutdown = true;
+                r.stop.send_replace(Stop::Graceful);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.ended.notified();
+            if lock(&self.inner).running.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!("executions still running at shutdown; they are marked failed at the next start");
+                return;
+            }
+        }
+    }
+}
+
+fn word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Runs the task's parts in order; returns the status, per part a summary, and the error.
+fn run_task(
+    store: &Arc<Store>,
+    config: &RunnerConfig,
+    e: &Execution,
+    log: &Arc<ExecutionLog>,
+    stop: watch::Receiver<Stop>,
+) -> (Status, serde_json::Value, Option<String>) {
+    let filter = match e.options.filter() {
+        Ok(f) => f,
+        Err(err) => return (Status::Failed, json!({}), Some(err.to_string())),
+    };
+    let settings = LookupSettings::default();
+    let o = &e.options;
+    let dopv = |operation: dopv::Operation| -> Result<serde_json::Value, (Status, String)> {
+        let opts = dopv::Options {
+            operation,
+            filter: filter.clone(),
+            noop: o.noop,
+            settings: settings.clone(),
+            log_dir: config.log_dir.clone(),
+            echo: Echo::Quiet,
+            providers: dopv::provider::ProviderOptions {
+                local_dir: config.local_dir.clone(),
+            },
+            expect_serial: None,
+            handle_signals: false,
+            stop: Some(stop.clone()),
+            log: Some(log.clone()),
+        };
+        let report =
+            dopv::run(store, &e.plan, &opts).map_err(|err| (Status::Failed, err.to_string()))?;
+        let summary = json!({
+            "operation": report.operation, "iteration": report.iteration, "serial": report.serial,
+            "noop": report.noop, "actions": report.actions, "in_sync": report.in_sync,
+            "outcomes": report.outcomes, "unreadable": report.unreadable,
+        });
+        if report.failed() {
+            Err((
+                Status::Failed,
+                format!("dopv {} failed on some nodes", report.operation),
+            ))
+        } else if report.stopped {
+            Err((
+                Status::Cancelled,
+                format!("dopv {} was stopped", report.operation),
+            ))
+        } else {
+            Ok(summary)
+        }
+    };
+    let dopi_run = || -> Result<serde_json::Value, (Status, String)> {
+        let opts = dopi::RunOptions {
+            step_set: o.step_set().to_string(),
+            filter: filter.clone(),
+            noop: o.noop,
+            settings: settings.clone(),
+            log_dir: config.log_dir.clone(),
+            echo: Echo::Quiet,
+            handle_signals: false,
+            connect_timeout: config.connect_timeout,
+            // dopc orchestrates both tools: a node dopv redeployed runs its steps again.
+            redeployed: dopi::Redeployed::Reset,
+            stop: Some(stop.clone()),
+            log: Some(log.clone()),
+        };
+        let report = dopi::run(store.clone(), &e.plan, &opts, &dopi::Registry::local())
+            .map_err(|err| (Status::Failed, err.to_string()))?;
+        match report.result {
+            dopi::RunResult::Done => Ok(json!({"result": "done", "recovered": report.recovered})),
+            dopi::RunResult::Noop { lines } => Ok(json!({"result": "noop", "would_run": lines})),
+            dopi::RunResult::Failed { failures } => Err((
+                Status::Failed,
+                format!("dopi run failed: {}", failures.join("; ")),
+            )),
+            dopi::RunResult::Stopped => Err((Status::Cancelled, "dopi run was stopped".into())),
+        }
+    };
+    let dopi_reset = |force: bool| -> Result<serde_json::Value, (Status, String)> {
+        let opts = dopi::ResetOptions {
+            step_set: None,
+            step: None,
+            filter: filter.clone(),
+            force,
+        };
+        let n = dopi::reset(store, &e.plan, &opts, &settings)
+            .map_err(|err| (Status::Failed, err.to_string()))?;
+        log.event_with(
+            "info",
+            "message",
+            None,
+            None,
+            format!("dopi reset: {n} node record(s) put back to ready"),
+            json!({"reset": n}),
+        );
+        Ok(json!({"reset": n}))
+    };
+    let mut parts = serde_json::Map::new();
+    let mut step = |name: &str,
+                    r: Result<serde_json::Value, (Status, String)>|
+     -> Result<(), (Status, String)> {
+        match r {
+            Ok(v) => {
+                parts.insert(name.to_string(), v);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    };
+    let outcome = (|| -> Result<(), (Status, String)> {
+        match e.task {
+            Task::Deploy => step("dopv", dopv(dopv::Operation::Deploy)),
+            Task::Undeploy => step("dopv", dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })),
+            Task::Run => step("dopi", dopi_run()),
+            Task::Setup => {
+                step("dopv", dopv(dopv::Operation::Deploy))?;
+                step("dopi", dopi_run())
+            }
+            Task::Teardown => {
+                step("dopv", dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk }))?;
+                if o.noop {
+                    return Ok(());
+                }
+                step("dopi", dopi_reset(true))
+            }
+            Task::Sync => {
+                let permissions = dopv::Permissions {
+                    destructive: o.destructive,
+                    interruptive: o.interruptive,
+                };
+                step("dopv", dopv(dopv::Operation::Sync(permissions)))?;
+                if o.run == Some(false) {
+                    return Ok(());
+                }
+                step("dopi", dopi_run())
+            }
+            Task::Reset => step("dopi", dopi_reset(o.force)),
+        }
+    })();
+    let result = serde_json::Value::Object(parts);
+    match outcome {
+        Ok(()) => (Status::Done, result, None),
+        Err((status, message)) => {
+            log.event_with("error", "message", None, None, message.clone(), json!({}));
+            (status, result, Some(message))
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The server: configuration, shared state, the router, serving and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use dop_store::Store;
+use serde::Deserialize;
+
+use crate::runner::{Runner, RunnerConfig};
+
+/// The server's settings (`dopc.toml`, then environment, then flags).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Where to listen (default `127.0.0.1:8780`: loopback only).
+    pub bind: SocketAddr,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a shutdown waits for running executions to stop.
+    pub shutdown_timeout_secs: u64,
+    /// The `local` provider's directory (default `<store>/local`).
+    pub local_dir: Option<PathBuf>,
+    /// Seconds dopi waits for a node's SSH server.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8780)),
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+            local_dir: None,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads a `dopc.toml`; unknown keys are an error naming them.
+    pub fn from_toml(text: &str) -> Result<ServeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The plan store.
+    pub store: Arc<Store>,
+    /// The execution queue.
+    pub runner: Arc<Runner>,
+    /// Where execution logs are.
+    pub log_dir: PathBuf,
+    /// Becomes true when the server stops: streams say goodbye.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The API router (`/api/v1/...`).
+pub fn router(state: AppState, max_body: usize) -> Router {
+    use crate::api::{executions, logs, plans, state as plan_state};
+    let authenticated = Router::new()
+        .route(
+            "/plans",
+            get(plans::list)
+                .post(plans::add)
+                .put(plans::update_original),
+        )
+        .route(
+            "/plans/{name}",
+            get(plans::get).put(plans::update).delete(plans::remove),
+        )
+        .route("/plans/{name}/versions", get(plans::versions))
+        .route("/plans/{name}/diff", get(plans::diff))
+        .route("/plans/{name}/reset", put(plans::reset))
+        .route("/plans/{name}/state", get(plan_state::get))
+        .route("/plans/{name}/state/stream", get(plan_state::stream))
+        .route(
+            "/executions",
+            get(executions::list)
+                .post(executions::create)
+                .delete(executions::clear),
+        )
+        .route(
+            "/executions/{id}",
+            get(executions::get).delete(executions::remove),
+        )
+        .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/executions/{id}/log", get(logs::get))
+        .route("/executions/{id}/log/stream", get(logs::stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
+    let api = Router::new()
+        .route(
+            "/ping",
+            get(|| async { axum::Json(serde_json::json!({"pong": "pong"})) }),
+        )
+        .merge(authenticated)
+        .fallback(|| async { crate::error::ApiError::not_found("no such endpoint") });
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(|| async {
+            crate::error::ApiError::not_found("no such endpoint; the API is under /api/v1")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One structured log line per request.
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves, then stops taking requests and hands running executions
+/// back (see [`Runner::shutdown`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    log_dir: PathBuf,
+    config: &ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let runner = Runner::start(
+        store.clone(),
+        RunnerConfig {
+            log_dir: log_dir.clone(),
+            local_dir: config
+                .local_dir
+                .clone()
+                .unwrap_or_else(|| store.root().join("local")),
+            connect_timeout: config.connect_timeout_secs,
+        },
+    )
+    .map_err(std::io::Error::other)?;
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        store,
+        runner: runner.clone(),
+        log_dir,
+        closing,
+    };
+    let app = router(state, config.max_body_bytes);
+    tracing::info!(address = %listener.local_addr()?, "dopc serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("stopping: no new requests; streams are closed");
+            closing_tx.send_replace(true);
+        })
+        .await?;
+    runner
+        .shutdown(Duration::from_secs(config.shutdown_timeout_secs))
+        .await;
+    tracing::info!("dopc stopped");
+    Ok(())
+}
