@@ -15,6 +15,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::exec::{Finished, Lines, Stop, Stream};
 
+/// How long a node may take to confirm the close of a channel whose command was signalled.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
 /// Session channels one connection opens at once (stock sshd `MaxSessions`).
 pub const MAX_CHANNELS: usize = 10;
 /// Connection attempts before a node fails.
@@ -554,8 +557,14 @@ impl SshPool {
         let (mut timed_out, mut stopped) = (false, false);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // Once the command is signalled and the channel closed, the node gets a moment to
+        // confirm; a node that never does must not hold the run forever.
+        let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(give_up);
+        let (mut closing, mut stop_gone) = (false, false);
         loop {
             tokio::select! {
+                () = &mut give_up, if closing => break,
                 msg = channel.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => lines.push(Stream::Stdout, &data, on_line),
                     Some(ChannelMsg::ExtendedData { data, ext: 1 }) => lines.push(Stream::Stderr, &data, on_line),
@@ -568,13 +577,22 @@ impl SshPool {
                     timed_out = true;
                     let _ = channel.signal(russh::Sig::TERM).await;
                     let _ = channel.close().await;
+                    closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
-                changed = stop.changed() => {
-                    if changed.is_ok() && *stop.borrow() >= Stop::Terminate {
+                changed = stop.changed(), if !stop_gone => {
+                    if changed.is_err() {
+                        // Nobody can ask any more: stop listening (a closed watch is always ready).
+                        stop_gone = true;
+                    } else if *stop.borrow() >= Stop::Terminate {
                         stopped = true;
                         let sig = if *stop.borrow() == Stop::Kill { russh::Sig::KILL } else { russh::Sig::TERM };
                         let _ = channel.signal(sig).await;
                         let _ = channel.close().await;
+                        if !closing {
+                            closing = true;
+                            give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                        }
                     }
                 }
             }

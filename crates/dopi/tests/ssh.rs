@@ -529,3 +529,38 @@ steps:
          agent running, without one) or a username_password"
     );
 }
+
+#[test]
+fn a_command_past_its_timeout_ends_without_waiting_for_it() {
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2325,
+        first: 131,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let steps = format!(
+        "  - name: slow
+    nodes: all
+    command: {{plugin: ssh/custom, exec: 'sleep 30', plugin_timeout: 1, credentials: login, port: {}}}
+",
+        options.port
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let started = std::time::Instant::now();
+    let out = w.dopi(&["run", "ssh"]);
+    // The command would take 30 s: the run must not wait for it (it used to hang on the
+    // channel close after signalling the command).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let message = node_message(&w.show_json("ssh"), 0, "n01");
+    assert!(
+        message.contains("timed out") || message.contains("timeout"),
+        "{message}"
+    );
+}

@@ -1,0 +1,762 @@
+//! dopc end to end: the real `dopc serve` on an ephemeral port, a real HTTP client and a real
+//! websocket client, local-provider nodes. Every server and node a test starts is stopped by
+//! pid when the test ends, pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+struct Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        dopv::providers::local::stop_all(&self.dir.path().join("local"));
+    }
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: the local provider's namespaces need root");
+    }
+    root
+}
+
+impl Server {
+    fn command(dir: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
+        c.env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", dir.join("store"))
+            .env("DOP_LOG_DIR", dir.join("logs"))
+            .env("DOP_LOCAL_DIR", dir.join("local"))
+            .env_remove("DOPC_SERVER_CONFIG")
+            .args(args);
+        c
+    }
+
+    /// A server in a new directory, with a token.
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Server::command(dir.path(), &["token", "create", "tests"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mut server = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts (again) the server process on a free port and waits for its address.
+    fn launch(&mut self) {
+        use std::io::BufRead;
+        let mut child = Server::command(self.dir.path(), &["serve", "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.url = line
+            .trim()
+            .strip_prefix("dopc listening on ")
+            .expect(&line)
+            .to_string();
+        self.child = Some(child);
+    }
+
+    /// Stops the server process hard (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it to end.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().unwrap()
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.api(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Adds a plan (or updates it) from text.
+    async fn plan(&self, text: &str) -> Value {
+        let (status, body) = self
+            .post("/plans", json!({"text": text, "force": true}))
+            .await;
+        assert!(status == 201, "{status} {body}");
+        body
+    }
+
+    /// Starts an execution and returns its id.
+    async fn execute(&self, plan: &str, task: &str, options: Value) -> u64 {
+        let (status, body) = self
+            .post(
+                "/executions",
+                json!({"plan": plan, "task": task, "options": options}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    }
+
+    /// Waits until the execution has finished; returns it.
+    async fn wait(&self, id: u64) -> Value {
+        let t = Instant::now();
+        loop {
+            let (_, e) = self.get(&format!("/executions/{id}")).await;
+            if ["done", "failed", "cancelled"].contains(&e["status"].as_str().unwrap_or("")) {
+                return e;
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                let (_, log) = self.get(&format!("/executions/{id}/log")).await;
+                panic!(
+                    "execution {id} did not finish: {e}\n{}",
+                    log["log"].as_str().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_status(&self, id: u64, status: &str) {
+        let t = Instant::now();
+        loop {
+            let (_, e) = self.get(&format!("/executions/{id}")).await;
+            if e["status"] == status {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "execution {id} never became {status}: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ws(
+        &self,
+        path: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.api(path).replacen("http://", "ws://", 1);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    }
+}
+
+/// A plan of local nodes on `prefix`.x and `port`, with the steps given.
+fn plan(
+    name: &str,
+    prefix: &str,
+    port: u16,
+    key: &Path,
+    nodes: &[(&str, &str)],
+    steps: &str,
+) -> String {
+    let mut text = format!(
+        "name: {name}\ninfrastructures:\n  lab:\n    type: local\n    ssh_port: {port}\n    networks:\n      \
+         lo: {{ip_pool: {{from: {prefix}.1, to: {prefix}.200}}, ip_netmask: 255.255.255.0, ip_defgw: false}}\n\
+         credentials:\n  k: {{type: ssh_key, username: root, private_key: {{file: {k}}}, public_key: {{file: {k}.pub}}}}\n\
+         nodes:\n",
+        k = key.display()
+    );
+    for (node, ip) in nodes {
+        text.push_str(&format!(
+            "  {node}:\n    infrastructure: lab\n    credentials: [k]\n    interfaces: {{eth0: {{network: lo, ip: {ip}}}}}\n"
+        ));
+    }
+    text.push_str(
+        "configuration:\n  nodes:\n    db:\n      role: db\n  defaults:\n    role: web\n",
+    );
+    text.push_str(steps);
+    text
+}
+
+fn key(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    key
+}
+
+const COUNT_STEPS: &str = "steps:\n  default:\n    - name: count\n      nodes: all\n      set_plugin_defaults:\n        \
+                           - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'hostname >> /root/runs; echo counted'}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_authentication() {
+    let server = Server::start().await;
+    let ping: Value = reqwest::get(server.api("/ping"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ping, json!({"pong": "pong"}));
+    for (auth, what) in [
+        (None, "no token"),
+        (Some("Bearer dop_nope"), "unknown token"),
+        (Some("Basic eDp5"), "another scheme"),
+    ] {
+        let mut req = server.http.get(server.api("/plans"));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{what}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"dopc\"");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+    }
+    // The original's header form works too.
+    let res = server
+        .http
+        .get(server.api("/plans"))
+        .header("Authorization", format!("Token token=\"{}\"", server.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // A revoked token is refused from the next request on, while the server runs.
+    let out = Server::command(server.path(), &["token", "revoke", "tests"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(server.get("/plans").await.0, 401);
+    let list = Server::command(server.path(), &["token", "list", "--json"])
+        .output()
+        .unwrap();
+    let tokens: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(tokens[0]["revoked_ms"].is_u64());
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&server.token),
+        "the token is never shown again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
+    let server = Server::start().await;
+    let k = key(server.path());
+    let raw = |body: &'static str, content_type: &'static str| {
+        server
+            .http
+            .post(server.api("/executions"))
+            .bearer_auth(&server.token)
+            .header("Content-Type", content_type)
+            .body(body)
+    };
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (raw("{\"plan\": ", "application/json"), 400, "bad_request"),
+        (
+            raw("{\"plan\": 5, \"task\": \"run\"}", "application/json"),
+            422,
+            "invalid_body",
+        ),
+        (
+            raw("{\"plan\": \"p\", \"task\": \"fly\"}", "application/json"),
+            422,
+            "invalid_body",
+        ),
+        (
+            raw(
+                "{\"plan\": \"p\", \"task\": \"run\", \"colour\": 1}",
+                "application/json",
+            ),
+            422,
+            "invalid_body",
+        ),
+        (
+            raw(
+                "{\"plan\": \"p\", \"task\": \"run\", \"options\": {\"nodez\": \"a\"}}",
+                "application/json",
+            ),
+            422,
+            "invalid_body",
+        ),
+        (
+            raw("plan=p", "application/x-www-form-urlencoded"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            raw(
+                "{\"plan\": \"nowhere\", \"task\": \"run\"}",
+                "application/json",
+            ),
+            422,
+            "no_such_plan",
+        ),
+        (
+            raw(
+                "{\"plan\": \"../etc\", \"task\": \"run\"}",
+                "application/json",
+            ),
+            422,
+            "invalid_name",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let res = req.send().await.unwrap();
+        let got = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            (got, body["error"]["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
+    }
+    let huge = "x".repeat(9 * 1024 * 1024);
+    let res = server
+        .http
+        .post(server.api("/plans"))
+        .bearer_auth(&server.token)
+        .json(&json!({"text": huge}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    assert_eq!(server.get("/plans/nowhere").await.0, 404);
+    assert_eq!(server.get("/executions/99").await.0, 404);
+    assert_eq!(server.get("/executions/abc").await.0, 404);
+    assert_eq!(server.get("/no/such/thing").await.0, 404);
+    // An invalid plan: 422 with every finding, its path and line.
+    let (status, body) = server.post("/plans", json!({"text": "name: bad\ninfrastructures: {l: {type: aws}}\nnodes: {n: {infrastructure: l}}\n"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "invalid_plan");
+    let details = body["error"]["details"].as_array().unwrap();
+    assert!(
+        details
+            .iter()
+            .any(|d| d["path"] == "infrastructures.l.type" && d["line"] == 2),
+        "{body}"
+    );
+    // A run for a step set the plan does not have.
+    server
+        .plan(&plan(
+            "ok",
+            "127.0.71",
+            2341,
+            &k,
+            &[("web1", "127.0.71.1")],
+            COUNT_STEPS,
+        ))
+        .await;
+    let (status, body) = server
+        .post(
+            "/executions",
+            json!({"plan": "ok", "task": "run", "options": {"step_set": "nope"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_options")),
+        "{body}"
+    );
+    // Secrets never come back: the plan's password is masked in what is served.
+    let secret_plan = "name: sec\ninfrastructures: {l: {type: baremetal}}\ncredentials:\n  pw: {type: username_password, username: root, password: 'hunter2-very-secret'}\nnodes: {s1: {infrastructure: l, credentials: [pw]}}\n";
+    server.plan(secret_plan).await;
+    let (_, body) = server.get("/plans/sec").await;
+    assert!(!body.to_string().contains("hunter2-very-secret"), "{body}");
+    assert!(body["text"].as_str().unwrap().contains("****"));
+    // The server still serves.
+    assert_eq!(server.get("/plans").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_then_sync_runs_only_the_redeployed_node_again() {
+    if !root() {
+        return;
+    }
+    let server = Server::start().await;
+    let k = key(server.path());
+    let (p, port) = ("127.0.72", 2342);
+    let v1 = plan(
+        "flow",
+        p,
+        port,
+        &k,
+        &[
+            ("web1", "127.0.72.1"),
+            ("web2", "127.0.72.2"),
+            ("db", "127.0.72.3"),
+        ],
+        COUNT_STEPS,
+    );
+    server.plan(&v1).await;
+    let id = server.execute("flow", "setup", json!({})).await;
+    let e = server.wait(id).await;
+    assert_eq!(e["status"], "done", "{e}");
+    assert_eq!(e["result"]["dopv"]["outcomes"].as_array().unwrap().len(), 3);
+
+    // Logs: whole, per node, by level, by sequence.
+    let (_, all) = server.get(&format!("/executions/{id}/log")).await;
+    let text = all["log"].as_str().unwrap();
+    assert!(
+        text.contains("execution 1 started: setup of plan 'flow'"),
+        "{text}"
+    );
+    assert!(text.contains("[web1] create started"), "{text}");
+    let (_, node) = server.get(&format!("/executions/{id}/log?node=web2")).await;
+    let node_text = node["log"].as_str().unwrap();
+    assert!(
+        node_text.contains("[web2]") && !node_text.contains("[web1]"),
+        "{node_text}"
+    );
+    let (_, warn) = server
+        .get(&format!("/executions/{id}/log?level=warn"))
+        .await;
+    assert!(
+        warn["log"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .all(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        "{warn}"
+    );
+    let (_, events) = server.get(&format!("/executions/{id}/log?since=3")).await;
+    let seqs: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.first(), Some(&4));
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gaps: {seqs:?}"
+    );
+    let (status, _) = server
+        .get(&format!("/executions/{id}/log?level=loud"))
+        .await;
+    assert_eq!(status, 422);
+
+    // The state: dopv's nodes and dopi's steps in one document.
+    let (_, state) = server.get("/plans/flow/state").await;
+    assert_eq!(state["nodes"].as_array().unwrap().len(), 3);
+    assert!(state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["status"] == "deployed" && n["actual"]["power"] == "on"));
+    assert_eq!(state["step_sets"][0]["state"], "done");
+    let generation = |state: &Value, node: &str| {
+        state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap()["generation"]
+            .clone()
+    };
+    let before = state.clone();
+
+    // web2 moves: sync --destructive redeploys it, then the run does its steps again, only there.
+    let v2 = v1.replace("127.0.72.2}", "127.0.72.12}");
+    let (status, body) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/flow",
+            Some(json!({"text": v2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = server
+        .execute("flow", "sync", json!({"destructive": true}))
+        .await;
+    let e = server.wait(id).await;
+    assert_eq!(e["status"], "done", "{e}");
+    let (_, after) = server.get("/plans/flow/state").await;
+    assert_ne!(generation(&before, "web2"), generation(&after, "web2"));
+    assert_eq!(generation(&before, "web1"), generation(&after, "web1"));
+    let (_, log) = server.get(&format!("/executions/{id}/log")).await;
+    let log = log["log"].as_str().unwrap();
+    assert!(log.contains("redeployed by dopv: web2"), "{log}");
+    assert!(log.contains("[web2] ssh/custom [OK]"), "{log}");
+    assert!(!log.contains("[web1] ssh/custom"), "{log}");
+    assert!(!log.contains("[db] ssh/custom"), "{log}");
+    let id = server
+        .execute("flow", "teardown", json!({"rmdisk": true}))
+        .await;
+    assert_eq!(server.wait(id).await["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_stream_follows_live_and_resumes_from_a_sequence_number() {
+    if !root() {
+        return;
+    }
+    let server = Server::start().await;
+    let k = key(server.path());
+    let steps = "steps:\n  default:\n    - name: slow\n      nodes: all\n      set_plugin_defaults:\n        \
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'for i in 1 2 3; do echo tick $i; sleep 0.3; done'}\n";
+    server
+        .plan(&plan(
+            "live",
+            "127.0.73",
+            2343,
+            &k,
+            &[("web1", "127.0.73.1"), ("web2", "127.0.73.2")],
+            steps,
+        ))
+        .await;
+    let id = server.execute("live", "setup", json!({})).await;
+    server.wait_status(id, "running").await;
+    // Read a few events live, then drop the connection.
+    let mut ws = server
+        .ws(&format!("/executions/{id}/log/stream?since=0"))
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let event: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        seen.push(event["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seen, vec![1, 2, 3]);
+    drop(ws);
+    // Resume from the last one seen: the rest, without gaps, until the end message.
+    let mut ws = server
+        .ws(&format!("/executions/{id}/log/stream?since=3"))
+        .await;
+    let mut next = 4;
+    let end = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if msg.is_close() {
+            panic!("closed before the end message");
+        }
+        let event: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if event["kind"] == "end" {
+            break event;
+        }
+        assert_eq!(event["seq"], next, "{event}");
+        next += 1;
+    };
+    assert_eq!(end["status"], "done", "{end}");
+    assert_eq!(end["last_seq"], next - 1);
+    // A finished execution streams the same events and ends.
+    let mut ws = server
+        .ws(&format!("/executions/{id}/log/stream?since={}", next - 3))
+        .await;
+    let mut count = 0;
+    loop {
+        let msg = ws.next().await.unwrap().unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if v["kind"] == "end" {
+            break;
+        }
+        count += 1;
+    }
+    assert_eq!(count, 2);
+    // The state stream sends the state, then again when it changes.
+    let mut states = server.ws("/plans/live/state/stream").await;
+    let first: Value =
+        serde_json::from_str(states.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(first["plan"], "live");
+    let id = server.execute("live", "undeploy", json!({})).await;
+    let changed = tokio::time::timeout(Duration::from_secs(30), states.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let changed: Value = serde_json::from_str(changed.to_text().unwrap()).unwrap();
+    assert!(changed["serial"].as_u64() > first["serial"].as_u64());
+    let _ = states
+        .send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    assert_eq!(server.wait(id).await["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
+    if !root() {
+        return;
+    }
+    let mut server = Server::start().await;
+    let k = key(server.path());
+    let steps = "steps:\n  default:\n    - name: long\n      nodes: all\n      set_plugin_defaults:\n        \
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 30'}\n";
+    server
+        .plan(&plan(
+            "q",
+            "127.0.74",
+            2344,
+            &k,
+            &[("web1", "127.0.74.1")],
+            steps,
+        ))
+        .await;
+    let deploy = server.execute("q", "deploy", json!({})).await;
+    assert_eq!(server.wait(deploy).await["status"], "done");
+
+    // One running execution per plan: the second waits.
+    let first = server.execute("q", "run", json!({})).await;
+    server.wait_status(first, "running").await;
+    let second = server.execute("q", "run", json!({})).await;
+    server.wait_status(second, "queued").await;
+    // A waiting one is cancelled at once; a running one gracefully, then forcefully.
+    let (status, e) = server
+        .post(&format!("/executions/{second}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, e["status"].as_str()), (200, Some("cancelled")));
+    let (_, e) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/executions/{first}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(e["cancel_requests"], 1, "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.get(&format!("/executions/{first}")).await.1["status"],
+        "running",
+        "graceful: the command goes on"
+    );
+    let (_, e) = server
+        .post(
+            &format!("/executions/{first}/cancel"),
+            json!({"force": true}),
+        )
+        .await;
+    assert_eq!(e["cancel_requests"], 2);
+    let e = server.wait(first).await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    let (status, _) = server
+        .post(&format!("/executions/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 409, "a finished execution cannot be cancelled");
+
+    // The server dies while an execution runs and another waits: after the restart the
+    // first is marked failed (interrupted), the second runs.
+    let running = server.execute("q", "run", json!({})).await;
+    server.wait_status(running, "running").await;
+    let waiting = server.execute("q", "deploy", json!({})).await;
+    server.wait_status(waiting, "queued").await;
+    server.kill();
+    server.launch();
+    let e = server.wait(running).await;
+    assert_eq!(e["status"], "failed");
+    assert!(
+        e["error"].as_str().unwrap().starts_with("interrupted"),
+        "{e}"
+    );
+    assert_eq!(server.wait(waiting).await["status"], "done");
+
+    // SIGTERM hands a running execution back to the queue; the next start runs it.
+    let handed = server.execute("q", "run", json!({})).await;
+    server.wait_status(handed, "running").await;
+    let _ = server
+        .post(&format!("/executions/{handed}/cancel"), json!({}))
+        .await; // nothing new starts
+    let (_, list) = server.get("/executions?plan=q").await;
+    assert!(list.as_array().unwrap().len() >= 5);
+    // History: remove finished ones by status.
+    let (status, removed) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/executions",
+            Some(json!({"statuses": ["cancelled"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{removed}");
+    assert!(removed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["status"] == "cancelled"));
+    let (status, _) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/executions",
+            Some(json!({"statuses": ["running"]})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let code = server.terminate();
+    assert!(code.success(), "{code:?}");
+    server.launch();
+    let e = server.wait(handed).await;
+    assert_ne!(e["error"].as_str().unwrap_or(""), "", "{e}");
+    let undeploy = server.execute("q", "undeploy", json!({})).await;
+    assert_eq!(server.wait(undeploy).await["status"], "done");
+}
