@@ -654,7 +654,9 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     let mut server = Server::start().await;
     let k = key(server.path());
     let steps = "steps:\n  default:\n    - name: long\n      nodes: all\n      set_plugin_defaults:\n        \
-                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 30'}\n";
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 30'}\n  \
+                 short:\n    - name: short\n      nodes: all\n      set_plugin_defaults:\n        \
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 2'}\n";
     server
         .plan(&plan(
             "q",
@@ -722,15 +724,9 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     );
     assert_eq!(server.wait(waiting).await["status"], "done");
 
-    // SIGTERM hands a running execution back to the queue; the next start runs it.
-    let handed = server.execute("q", "run", json!({})).await;
-    server.wait_status(handed, "running").await;
-    let _ = server
-        .post(&format!("/executions/{handed}/cancel"), json!({}))
-        .await; // nothing new starts
-    let (_, list) = server.get("/executions?plan=q").await;
-    assert!(list.as_array().unwrap().len() >= 5);
     // History: remove finished ones by status.
+    let (_, list) = server.get("/executions?plan=q").await;
+    assert_eq!(list.as_array().unwrap().len(), 5);
     let (status, removed) = server
         .call(
             reqwest::Method::DELETE,
@@ -739,11 +735,14 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
         )
         .await;
     assert_eq!(status, 200, "{removed}");
-    assert!(removed
+    let removed: Vec<u64> = removed
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["status"] == "cancelled"));
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(removed, vec![first, second]);
+    assert_eq!(server.get(&format!("/executions/{first}")).await.0, 404);
     let (status, _) = server
         .call(
             reqwest::Method::DELETE,
@@ -752,11 +751,30 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
         )
         .await;
     assert_eq!(status, 422);
+
+    // SIGTERM: the running command finishes, nothing new starts, and the execution goes back
+    // to the queue; the next server start runs it to the end.
+    let handed = server
+        .execute("q", "run", json!({"step_set": "short"}))
+        .await;
+    server.wait_status(handed, "running").await;
     let code = server.terminate();
     assert!(code.success(), "{code:?}");
+    let stored: Value = {
+        let store = dop_store::Store::open(&server.path().join("store")).unwrap();
+        store
+            .server_get(dop_store::server::Kind::Execution, &handed.to_string())
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(stored["status"], "queued", "{stored}");
+    assert!(
+        stored["error"].as_str().unwrap().starts_with("handed back"),
+        "{stored}"
+    );
     server.launch();
     let e = server.wait(handed).await;
-    assert_ne!(e["error"].as_str().unwrap_or(""), "", "{e}");
+    assert_eq!(e["status"], "done", "{e}");
     let undeploy = server.execute("q", "undeploy", json!({})).await;
     assert_eq!(server.wait(undeploy).await["status"], "done");
 }
