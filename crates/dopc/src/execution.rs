@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What an execution does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// dopv deploy.
@@ -43,7 +43,7 @@ impl Task {
 }
 
 /// Where an execution stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Just made.
@@ -68,7 +68,7 @@ impl Status {
 }
 
 /// The options of an execution. Unknown keys are refused.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecOptions {
     /// dopi's step set (default `default`).
@@ -132,7 +132,7 @@ impl ExecOptions {
 }
 
 /// An execution as stored and served.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
     /// Its number.
     pub id: u64,

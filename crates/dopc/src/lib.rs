@@ -8,5 +8,6 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod execution;
+pub mod openapi;
 pub mod runner;
 pub mod server;

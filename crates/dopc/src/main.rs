@@ -34,6 +34,8 @@ enum Command {
     /// Manage API tokens (stored hashed in the plan store; works while a server runs).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the API's OpenAPI description (JSON).
+    Openapi,
 }
 
 #[derive(Args)]
@@ -86,6 +88,10 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate(args, config, out, err),
         Command::Serve(args) => serve(args, config, out, err),
         Command::Token(command) => token(command, config, out, err),
+        Command::Openapi => {
+            let _ = writeln!(out, "{}", dopc::openapi::document());
+            EXIT_OK
+        }
     })
 }
 

@@ -778,3 +778,36 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     let undeploy = server.execute("q", "undeploy", json!({})).await;
     assert_eq!(server.wait(undeploy).await["status"], "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_endpoint_is_served() {
+    let server = Server::start().await;
+    let doc: Value = serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+    let mut checked = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            let url = format!(
+                "{}{}",
+                server.url,
+                path.replace("{name}", "nope").replace("{id}", "999999")
+            );
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let res = server
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&server.token)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body = res.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {path}: not routed");
+            assert!(
+                !body.contains("no such endpoint"),
+                "{method} {path}: not routed: {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 19, "{checked}");
+}

@@ -15,7 +15,7 @@ use crate::execution::{ExecOptions, Execution, Status, Task};
 use crate::server::AppState;
 
 /// `POST /executions`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     plan: String,
@@ -36,6 +36,7 @@ fn load(store: &dop_store::Store, id: u64) -> Result<Execution, ApiError> {
 }
 
 /// `POST /executions`: checks the plan, the step set and the options before anything is queued.
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = CreateBody, responses((status = 201, description = "Queued (status `new`); it runs when its plan has no running execution", body = Execution), (status = 422, description = "No such plan, no such step set, bad node filter, unknown option", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -109,6 +110,7 @@ pub struct ListQuery {
 }
 
 /// `GET /executions`: a JSON array, oldest first (as the original).
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("plan" = Option<String>, Query, description = "Only this plan's"), ("status" = Option<Status>, Query, description = "Only those with this status")), responses((status = 200, description = "Executions, oldest first (a bare array, as the original)", body = Vec<Execution>)))]
 pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -124,6 +126,7 @@ pub async fn list(
 }
 
 /// `GET /executions/{id}`.
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "The execution", body = Execution), (status = 404, description = "No such execution", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -134,13 +137,14 @@ pub async fn get(
 }
 
 /// `POST /executions/{id}/cancel` body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CancelBody {
     force: bool,
 }
 
 /// `POST /executions/{id}/cancel`.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", request_body(content = CancelBody, description = "Optional"), params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "A waiting one is cancelled; a running one is asked to stop: 1st request graceful, 2nd (or `force`) terminates its commands, 3rd kills them", body = Execution), (status = 409, description = "It has finished", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -165,6 +169,7 @@ fn remove_logs(s: &AppState, e: &Execution) {
 }
 
 /// `DELETE /executions/{id}`: a finished or cancelled one, with its logs.
+#[utoipa::path(delete, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "Removed, with its logs", body = Execution), (status = 409, description = "It has not finished", body = crate::openapi::ErrorBody)))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -188,7 +193,7 @@ pub async fn remove(
 }
 
 /// `DELETE /executions` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClearBody {
     statuses: Vec<Status>,
@@ -198,6 +203,7 @@ pub struct ClearBody {
 }
 
 /// `DELETE /executions`: removes finished executions by status (and plan, age), with logs.
+#[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearBody, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, or a status that is not final", body = crate::openapi::ErrorBody)))]
 pub async fn clear(
     State(s): State<AppState>,
     Body(body): Body<ClearBody>,

@@ -69,6 +69,7 @@ fn events_after(path: &std::path::Path, since: u64) -> Vec<Event> {
 }
 
 /// `GET /executions/{id}/log`.
+#[utoipa::path(get, path = "/api/v1/executions/{id}/log", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("node" = Option<String>, Query, description = "One node's log"), ("level" = Option<String>, Query, description = "debug, info, warn or error: that level and above"), ("since" = Option<u64>, Query, description = "Events after this sequence number, as JSON")), responses((status = 200, description = "`{execution, status, log}`, or with `since` `{execution, status, events, last_seq}`", body = serde_json::Value), (status = 404, description = "No such execution or node log", body = crate::openapi::ErrorBody), (status = 422, description = "Unknown level", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -161,6 +162,7 @@ pub struct StreamQuery {
 
 /// `GET /executions/{id}/log/stream` (websocket): every event after `since`, live until the
 /// execution ends, then `{"kind": "end", "status"}` and a normal close.
+#[utoipa::path(get, path = "/api/v1/executions/{id}/log/stream", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("since" = Option<u64>, Query, description = "Start after this sequence number (default 0)")), responses((status = 101, description = "Websocket: one JSON event per message, live, then `{kind: end, status, last_seq}` and a close. A client that does not read for 10 s is closed with code 4000 and the sequence number to resume from")))]
 pub async fn stream(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -16,7 +16,7 @@ use crate::server::AppState;
 
 /// A plan sent to the server: its text (includes expanded by the client), as the original's
 /// base64 `content` or as plain `text`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanBody {
     content: Option<String>,
@@ -92,6 +92,7 @@ fn stored_json(stored: &Stored, name: &str) -> Value {
 }
 
 /// `GET /plans`.
+#[utoipa::path(get, path = "/api/v1/plans", tag = "plans", responses((status = 200, description = "The stored plans: `{plans: [{name, latest, nodes, created_at, updated_at}]}`", body = serde_json::Value), (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
     let plans = blocking(move || Ok(store.list()?)).await?;
@@ -102,6 +103,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 }
 
 /// `POST /plans`.
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = serde_json::Value), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
 pub async fn add(
     State(s): State<AppState>,
     Body(body): Body<PlanBody>,
@@ -155,6 +157,7 @@ fn update_with(
 }
 
 /// `PUT /plans/{name}`.
+#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanBody, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = serde_json::Value), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -164,6 +167,7 @@ pub async fn update(
 }
 
 /// `PUT /plans` (the original's form: the name comes from the plan).
+#[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = serde_json::Value)))]
 pub async fn update_original(
     State(s): State<AppState>,
     Body(body): Body<PlanBody>,
@@ -179,6 +183,7 @@ pub struct VersionQuery {
 }
 
 /// `GET /plans/{name}`: the stored text (secrets masked), base64 as the original, and plain.
+#[utoipa::path(get, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan"), ("version" = Option<u64>, Query, description = "An iteration (default: the latest)")), responses((status = 200, description = "`{name, iteration, content (base64), text}`; passwords and private keys masked", body = serde_json::Value), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -195,6 +200,7 @@ pub async fn get(
 }
 
 /// `GET /plans/{name}/versions`.
+#[utoipa::path(get, path = "/api/v1/plans/{name}/versions", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{versions: [{number, time_ms, hash, nodes, step_sets, steps}]}`, oldest first", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn versions(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -213,6 +219,7 @@ pub struct DiffQuery {
 }
 
 /// `GET /plans/{name}/diff`.
+#[utoipa::path(get, path = "/api/v1/plans/{name}/diff", tag = "plans", params(("name" = String, Path, description = "The plan"), ("from" = Option<u64>, Query, description = "Iteration (default: the one before `to`)"), ("to" = Option<u64>, Query, description = "Iteration (default: the latest)")), responses((status = 200, description = "`{from, to, changes, text}`: what changed, by name", body = serde_json::Value), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
 pub async fn diff(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -226,6 +233,7 @@ pub async fn diff(
 }
 
 /// `DELETE /plans/{name}`: refused while it has waiting or running executions or deployed nodes.
+#[utoipa::path(delete, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Removed with its iterations and state", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody), (status = 409, description = "It has waiting or running executions, or deployed nodes", body = crate::openapi::ErrorBody)))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -248,7 +256,7 @@ pub async fn remove(
 }
 
 /// `PUT /plans/{name}/reset` body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResetBody {
     force: bool,
@@ -256,6 +264,7 @@ pub struct ResetBody {
 
 /// `PUT /plans/{name}/reset`: dopi's step state back to ready (failed and interrupted work;
 /// with `force` all).
+#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetBody, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = serde_json::Value), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
 pub async fn reset(
     State(s): State<AppState>,
     Path(name): Path<String>,

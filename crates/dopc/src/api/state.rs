@@ -94,6 +94,7 @@ pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
 }
 
 /// `GET /plans/{name}/state`.
+#[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, nodes: [{name, in_plan, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -103,6 +104,7 @@ pub async fn get(
 }
 
 /// `GET /plans/{name}/state/stream` (websocket): the state now, then again after every change.
+#[utoipa::path(get, path = "/api/v1/plans/{name}/state/stream", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 101, description = "Websocket: the state document now, then again on every change")))]
 pub async fn stream(
     State(s): State<AppState>,
     Path(name): Path<String>,
