@@ -79,7 +79,9 @@ impl Masker {
         Masker { secrets }
     }
 
-    /// The text with every secret replaced.
+    /// The text with every secret replaced: the plan's passwords, and any private key block
+    /// (`-----BEGIN … PRIVATE KEY-----` to its `-----END … PRIVATE KEY-----`, however it is
+    /// indented or quoted).
     pub fn mask<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
         for secret in &self.secrets {
@@ -87,8 +89,40 @@ impl Masker {
                 out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "****"));
             }
         }
+        if out.contains("PRIVATE KEY-----") {
+            out = std::borrow::Cow::Owned(mask_private_keys(&out));
+        }
         out
     }
+}
+
+/// Replaces the body of every private key block with `****`, keeping its markers.
+fn mask_private_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let Some(header_end) = rest[begin..].find("PRIVATE KEY-----").map(|i| begin + i + 16) else {
+            break;
+        };
+        out.push_str(&rest[..header_end]);
+        match rest[header_end..].find("-----END ") {
+            Some(end) => {
+                out.push_str("****");
+                rest = &rest[header_end + end..];
+                // Past the END marker, so the loop does not find it again.
+                let marker_end = rest.find("KEY-----").map_or(rest.len(), |i| i + 8);
+                out.push_str(&rest[..marker_end]);
+                rest = &rest[marker_end..];
+            }
+            None => {
+                // A key without its end: mask everything after the header.
+                out.push_str("****");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a run shows on standard error.
@@ -342,5 +376,10 @@ mod tests {
         let masker = Masker::for_plan(&plan);
         assert_eq!(masker.mask("open sesame-42 please"), "open **** please");
         assert_eq!(masker.mask("a plain p"), "a plain p");
+        let key = "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----\n  b3BlbnNzaC1rZXk\n  -----END OPENSSH PRIVATE KEY-----\nafter";
+        assert_eq!(
+            masker.mask(key),
+            "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----****-----END OPENSSH PRIVATE KEY-----\nafter"
+        );
     }
 }

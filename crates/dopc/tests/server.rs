@@ -426,10 +426,13 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
         "{body}"
     );
     // Secrets never come back: the plan's password is masked in what is served.
-    let secret_plan = "name: sec\ninfrastructures: {l: {type: baremetal}}\ncredentials:\n  pw: {type: username_password, username: root, password: 'hunter2-very-secret'}\nnodes: {s1: {infrastructure: l, credentials: [pw]}}\n";
+    let secret_plan = "name: sec\ninfrastructures: {l: {type: baremetal}}\ncredentials:\n  pw: {type: username_password, username: root, password: 'hunter2-very-secret'}\n  \
+                       key:\n    type: ssh_key\n    username: root\n    private_key: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      \
+                       c2VjcmV0LWtleS1ib2R5\n      -----END OPENSSH PRIVATE KEY-----\nnodes: {s1: {infrastructure: l, credentials: [pw]}}\n";
     server.plan(secret_plan).await;
     let (_, body) = server.get("/plans/sec").await;
     assert!(!body.to_string().contains("hunter2-very-secret"), "{body}");
+    assert!(!body["text"].as_str().unwrap().contains("c2VjcmV0LWtleS1ib2R5"), "{body}");
     assert!(body["text"].as_str().unwrap().contains("****"));
     // The server still serves.
     assert_eq!(server.get("/plans").await.0, 200);
