@@ -101,7 +101,10 @@ fn mask_private_keys(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(begin) = rest.find("-----BEGIN ") {
-        let Some(header_end) = rest[begin..].find("PRIVATE KEY-----").map(|i| begin + i + 16) else {
+        let Some(header_end) = rest[begin..]
+            .find("PRIVATE KEY-----")
+            .map(|i| begin + i + 16)
+        else {
             break;
         };
         out.push_str(&rest[..header_end]);

@@ -41,7 +41,8 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// The server's settings file (TOML: bind, max_body_bytes, shutdown_timeout_secs,
-    /// local_dir, connect_timeout_secs) [default: /etc/dop/dopc.toml when it exists].
+    /// local_dir, connect_timeout_secs, [tls] cert and key) [default: /etc/dop/dopc.toml when
+    /// it exists].
     #[arg(
         long,
         value_name = "FILE",
@@ -152,7 +153,16 @@ fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut dyn W
                 std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.bind))
             })?;
         // The address, for people and for scripts that asked for port 0.
-        let _ = writeln!(out, "dopc listening on http://{}", listener.local_addr()?);
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let _ = writeln!(
+            out,
+            "dopc listening on {scheme}://{}",
+            listener.local_addr()?
+        );
         let _ = out.flush();
         dopc::server::serve(listener, store, log_dir, &settings, stop_signal()).await
     });

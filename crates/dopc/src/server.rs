@@ -29,6 +29,18 @@ pub struct ServeConfig {
     pub local_dir: Option<PathBuf>,
     /// Seconds dopi waits for a node's SSH server.
     pub connect_timeout_secs: u64,
+    /// Serve HTTPS (and WSS) with this certificate chain and key (PEM files).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]` of `dopc.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The private key, PEM.
+    pub key: PathBuf,
 }
 
 impl Default for ServeConfig {
@@ -39,6 +51,7 @@ impl Default for ServeConfig {
             shutdown_timeout_secs: 30,
             local_dir: None,
             connect_timeout_secs: 10,
+            tls: None,
         }
     }
 }
@@ -160,14 +173,46 @@ pub async fn serve(
         closing,
     };
     let app = router(state, config.max_body_bytes);
-    tracing::info!(address = %listener.local_addr()?, "dopc serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("stopping: no new requests; streams are closed");
-            closing_tx.send_replace(true);
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping: no new requests; streams are closed");
+        closing_tx.send_replace(true);
+    };
+    match &config.tls {
+        None => {
+            tracing::info!(address = %listener.local_addr()?, "dopc serving (HTTP)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(tls) => {
+            // ring, as everywhere in dop (no C crypto build); set once per process.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "TLS: cannot use {} and {}: {e}",
+                            tls.cert.display(),
+                            tls.key.display()
+                        ),
+                    )
+                })?;
+            tracing::info!(address = %listener.local_addr()?, "dopc serving (HTTPS)");
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(None);
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+    }
     runner
         .shutdown(Duration::from_secs(config.shutdown_timeout_secs))
         .await;

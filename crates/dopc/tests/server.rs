@@ -47,7 +47,19 @@ impl Server {
 
     /// A server in a new directory, with a token.
     async fn start() -> Server {
+        Server::start_with(None, reqwest::Client::builder()).await
+    }
+
+    /// A server with a `dopc.toml` (`DIR` in it becomes the server's directory).
+    async fn start_with(config: Option<&str>, http: reqwest::ClientBuilder) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = config {
+            std::fs::write(
+                dir.path().join("dopc.toml"),
+                text.replace("DIR", dir.path().to_str().unwrap()),
+            )
+            .unwrap();
+        }
         let out = Server::command(dir.path(), &["token", "create", "tests"])
             .output()
             .unwrap();
@@ -62,10 +74,7 @@ impl Server {
             child: None,
             url: String::new(),
             token,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
+            http: http.timeout(Duration::from_secs(60)).build().unwrap(),
         };
         server.launch();
         server
@@ -74,7 +83,12 @@ impl Server {
     /// Starts (again) the server process on a free port and waits for its address.
     fn launch(&mut self) {
         use std::io::BufRead;
-        let mut child = Server::command(self.dir.path(), &["serve", "--bind", "127.0.0.1:0"])
+        let config = self.dir.path().join("dopc.toml");
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0"];
+        if config.exists() {
+            args.extend(["--server-config", config.to_str().unwrap()]);
+        }
+        let mut child = Server::command(self.dir.path(), &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -432,7 +446,13 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
     server.plan(secret_plan).await;
     let (_, body) = server.get("/plans/sec").await;
     assert!(!body.to_string().contains("hunter2-very-secret"), "{body}");
-    assert!(!body["text"].as_str().unwrap().contains("c2VjcmV0LWtleS1ib2R5"), "{body}");
+    assert!(
+        !body["text"]
+            .as_str()
+            .unwrap()
+            .contains("c2VjcmV0LWtleS1ib2R5"),
+        "{body}"
+    );
     assert!(body["text"].as_str().unwrap().contains("****"));
     // The server still serves.
     assert_eq!(server.get("/plans").await.0, 200);
@@ -813,4 +833,101 @@ async fn every_documented_endpoint_is_served() {
         }
     }
     assert!(checked >= 19, "{checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_a_certificate_is_configured() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let d = ca_dir.path();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dop test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.pem")).unwrap()).unwrap();
+    let config = format!(
+        "[tls]\ncert = '{}'\nkey = '{}'\n",
+        d.join("server.pem").display(),
+        d.join("server.key").display()
+    );
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca);
+    let server = Server::start_with(Some(&config), client).await;
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let (status, body) = server.get("/plans").await;
+    assert_eq!((status, body), (200, json!({"plans": []})));
+    // Plain HTTP to the TLS port gets nowhere; neither does a client that does not trust the CA.
+    let plain = server.url.replacen("https://", "http://", 1);
+    let res = reqwest::get(format!("{plain}/api/v1/ping")).await;
+    assert!(res.is_err() || !res.unwrap().status().is_success());
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    assert!(untrusting.get(server.api("/ping")).send().await.is_err());
 }
