@@ -2,14 +2,14 @@
 //!
 //! * `cargo xtask demo` — the main job on built-in defaults: the bundled plan deployed by dopv
 //!   on local test nodes and run by dopi over SSH, end to end.
-//! * `cargo xtask bench [parse|store|ssh]` — benchmarks, built in release mode.
+//! * `cargo xtask bench [parse|store|ssh|dopc]` — benchmarks, built in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh] | testbed up N [DIR] | testbed down [DIR]>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc] | testbed up N [DIR] | testbed down [DIR]>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -355,13 +355,15 @@ fn bench(which: &str) -> Result<(), String> {
             ("dop-core", "parse"),
             ("dop-store", "store"),
             ("dopi", "ssh"),
+            ("dopc", "dopc"),
         ],
         "parse" => &[("dop-core", "parse")],
         "store" => &[("dop-store", "store")],
         "ssh" => &[("dopi", "ssh")],
+        "dopc" => &[("dopc", "dopc")],
         other => {
             return Err(format!(
-                "unknown benchmark '{other}'; available: parse, store, ssh"
+                "unknown benchmark '{other}'; available: parse, store, ssh, dopc"
             ))
         }
     };

@@ -142,6 +142,10 @@ pub enum Echo {
     Progress,
 }
 
+/// Event lines a live reader may fall behind before it must re-read the file.
+#[cfg(feature = "async")]
+pub const LIVE_BACKLOG: usize = 1024;
+
 /// The logs of one execution.
 pub struct ExecutionLog {
     dir: PathBuf,
@@ -152,9 +156,10 @@ pub struct ExecutionLog {
     /// What to show on standard error.
     echo: Echo,
     masker: Arc<Masker>,
-    /// The last sequence number written, for live readers.
+    /// Every event line as it is written, for live readers (a reader that lags re-reads
+    /// `events.jsonl`).
     #[cfg(feature = "async")]
-    seq: tokio::sync::watch::Sender<u64>,
+    lines: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl std::fmt::Debug for ExecutionLog {
@@ -213,14 +218,15 @@ impl ExecutionLog {
             echo,
             masker: Arc::new(masker),
             #[cfg(feature = "async")]
-            seq: tokio::sync::watch::channel(0).0,
+            lines: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
         }))
     }
 
-    /// Follows the sequence number of the last event written (live log streams wait on it).
+    /// Every event line (JSON, as in `events.jsonl`) written from now on. A receiver more than
+    /// [`LIVE_BACKLOG`] lines behind is told it lagged; it catches up from the file.
     #[cfg(feature = "async")]
-    pub fn watch_seq(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.seq.subscribe()
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.lines.subscribe()
     }
 
     /// The execution's directory.
@@ -256,10 +262,10 @@ impl ExecutionLog {
             fields,
         };
         let line = format_line(event.time_ms, level, node, &event.message);
-        let _ = serde_json::to_writer(&mut files.events, &event);
-        let _ = files.events.write_all(b"\n");
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        let _ = files.events.write_all(format!("{json}\n").as_bytes());
         #[cfg(feature = "async")]
-        self.seq.send_replace(event.seq);
+        let _ = self.lines.send(Arc::from(json));
         let _ = files.all.write_all(line.as_bytes());
         let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
         match self.echo {

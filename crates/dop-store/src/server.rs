@@ -1,6 +1,10 @@
-//! dopc's records in the store: executions (by number) and API tokens (by the hash of the
-//! token), in `<store>/dopc`, opened per operation like every other database of the store, so
-//! that `dopc token create` works while a server runs.
+//! dopc's records in the store: executions (by number) in `<store>/dopc`, a database opened
+//! per operation like every other of the store; and the API tokens (by the SHA-256 of the
+//! token) in `<store>/dopc-tokens.json`, a small file a server checks on every request with
+//! one `stat` (re-read only when it changed), and `dopc token …` rewrites while a server runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,15 +18,12 @@ use crate::store::Store;
 pub enum Kind {
     /// Executions, keyed by their number.
     Execution,
-    /// API tokens, keyed by the SHA-256 of the token.
-    Token,
 }
 
 impl Kind {
     fn prefix(self) -> &'static str {
         match self {
             Kind::Execution => "execution/",
-            Kind::Token => "token/",
         }
     }
 }
@@ -117,5 +118,62 @@ impl Store {
             path: crate::layout::Layout::new(self.root()).server(),
             reason: format!("unreadable dopc record: {e}"),
         })
+    }
+}
+
+/// The tokens file's content: token hash → record.
+pub type Tokens = BTreeMap<String, serde_json::Value>;
+
+impl Store {
+    /// `<store>/dopc-tokens.json`.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.root().join("dopc-tokens.json")
+    }
+
+    /// The tokens (none when the file does not exist).
+    pub fn read_tokens(&self) -> Result<Tokens> {
+        let path = self.tokens_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path,
+                reason: format!("unreadable tokens: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tokens::new()),
+            Err(e) => Err(StoreError::io(path, e)),
+        }
+    }
+
+    /// Changes the tokens under an exclusive lock, then replaces the file atomically (mode
+    /// 0600), so that readers see the old or the new file, never a part.
+    pub fn update_tokens<T>(&self, change: impl FnOnce(&mut Tokens) -> T) -> Result<T> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.tokens_path();
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(lock_path.clone(), e))?;
+        // Writers (two `dopc token` commands) take turns; released when `lock` is closed.
+        lock.lock().map_err(|e| StoreError::io(lock_path, e))?;
+        let mut tokens = self.read_tokens()?;
+        let result = change(&mut tokens);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(tmp.clone(), e))?;
+        f.write_all(&serde_json::to_vec_pretty(&tokens).unwrap_or_default())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| StoreError::io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(path, e))?;
+        drop(lock);
+        Ok(result)
     }
 }

@@ -8,7 +8,6 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use dop_store::server::Kind;
 use dop_store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,6 +48,13 @@ pub enum TokenError {
     Name(String),
 }
 
+fn records(tokens: &dop_store::server::Tokens) -> Vec<(String, TokenRecord)> {
+    tokens
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_value(v.clone()).ok()?)))
+        .collect()
+}
+
 /// Makes a token named `name` and returns it (the only time it is shown).
 pub fn create(store: &Store, name: &str) -> Result<String, TokenError> {
     if name.is_empty()
@@ -59,14 +65,6 @@ pub fn create(store: &Store, name: &str) -> Result<String, TokenError> {
     {
         return Err(TokenError::Name(format!(
             "'{name}' is not a token name: use 1 to 64 letters, digits, '-', '_', '.', '@'"
-        )));
-    }
-    if list(store)?
-        .iter()
-        .any(|t| t.name == name && t.revoked_ms.is_none())
-    {
-        return Err(TokenError::Name(format!(
-            "a token named '{name}' exists; revoke it first or choose another name"
         )));
     }
     let mut bytes = [0u8; 32];
@@ -81,45 +79,80 @@ pub fn create(store: &Store, name: &str) -> Result<String, TokenError> {
         created_ms: now_ms(),
         revoked_ms: None,
     };
-    store.server_write(Kind::Token, &[(hash(&token), Some(record))])?;
+    let hashed = hash(&token);
+    store.update_tokens(|tokens| {
+        if records(tokens)
+            .iter()
+            .any(|(_, t)| t.name == name && t.revoked_ms.is_none())
+        {
+            return Err(TokenError::Name(format!(
+                "a token named '{name}' exists; revoke it first or choose another name"
+            )));
+        }
+        tokens.insert(hashed, serde_json::to_value(&record).unwrap_or_default());
+        Ok(())
+    })??;
     Ok(token)
 }
 
 /// Every token record.
 pub fn list(store: &Store) -> Result<Vec<TokenRecord>, TokenError> {
-    Ok(store.server_list(Kind::Token)?)
+    Ok(records(&store.read_tokens()?)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
 }
 
 /// Revokes the tokens named `name`; returns how many.
 pub fn revoke(store: &Store, name: &str) -> Result<usize, TokenError> {
-    let path_records: Vec<(String, TokenRecord)> = store
-        .server_list_keyed::<TokenRecord>(Kind::Token)?
-        .into_iter()
-        .filter(|(_, t)| t.name == name && t.revoked_ms.is_none())
-        .collect();
-    if path_records.is_empty() {
+    let n = store.update_tokens(|tokens| {
+        let mut n = 0;
+        for (k, mut t) in records(tokens) {
+            if t.name == name && t.revoked_ms.is_none() {
+                t.revoked_ms = Some(now_ms());
+                tokens.insert(k, serde_json::to_value(&t).unwrap_or_default());
+                n += 1;
+            }
+        }
+        n
+    })?;
+    if n == 0 {
         return Err(TokenError::Name(format!("no active token named '{name}'")));
     }
-    let changes: Vec<(String, Option<TokenRecord>)> = path_records
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                Some(TokenRecord {
-                    revoked_ms: Some(now_ms()),
-                    ..t.clone()
-                }),
-            )
-        })
-        .collect();
-    store.server_write(Kind::Token, &changes)?;
-    Ok(changes.len())
+    Ok(n)
 }
 
-/// The name of the active token presented, if any.
-pub fn check(store: &Store, token: &str) -> Option<String> {
-    let record: TokenRecord = store.server_get(Kind::Token, &hash(token)).ok()??;
-    record.revoked_ms.is_none().then_some(record.name)
+/// The server's view of the tokens file, read again only when the file changed.
+#[derive(Default)]
+pub struct TokenCache {
+    seen: std::sync::Mutex<
+        Option<(
+            std::fs::Metadata,
+            std::collections::HashMap<String, TokenRecord>,
+        )>,
+    >,
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.ino(), a.mtime(), a.mtime_nsec(), a.len()) == (b.ino(), b.mtime(), b.mtime_nsec(), b.len())
+}
+
+impl TokenCache {
+    /// The name of the active token presented, if any (one `stat` when nothing changed).
+    pub fn check(&self, store: &Store, token: &str) -> Option<String> {
+        let meta = std::fs::metadata(store.tokens_path()).ok()?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = seen.as_ref().is_some_and(|(m, _)| same_file(m, &meta));
+        if !fresh {
+            let tokens = store.read_tokens().ok()?;
+            *seen = Some((meta, records(&tokens).into_iter().collect()));
+        }
+        let (_, map) = seen.as_ref()?;
+        map.get(&hash(token))
+            .filter(|t| t.revoked_ms.is_none())
+            .map(|t| t.name.clone())
+    }
 }
 
 fn presented(req: &Request) -> Option<String> {
@@ -150,11 +183,7 @@ pub async fn require_token(
     let Some(token) = presented(&req) else {
         return unauthorized("this endpoint needs `Authorization: Bearer <token>` (make one with `dopc token create NAME`)");
     };
-    let store = state.store.clone();
-    let name = tokio::task::spawn_blocking(move || check(&store, &token))
-        .await
-        .ok()
-        .flatten();
+    let name = state.tokens.check(&state.store, &token);
     match name {
         Some(name) => {
             req.extensions_mut().insert(Caller(name));

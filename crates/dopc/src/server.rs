@@ -74,6 +74,10 @@ pub struct AppState {
     pub log_dir: PathBuf,
     /// Becomes true when the server stops: streams say goodbye.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Recently computed plan states.
+    pub state_cache: Arc<crate::api::state::StateCache>,
+    /// The API tokens, as last read.
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 /// The API router (`/api/v1/...`).
@@ -171,6 +175,8 @@ pub async fn serve(
         runner: runner.clone(),
         log_dir,
         closing,
+        state_cache: Arc::default(),
+        tokens: Arc::default(),
     };
     let app = router(state, config.max_body_bytes);
     let shutdown = async move {

@@ -182,6 +182,18 @@ async fn send(socket: &mut WebSocket, text: String) -> bool {
     )
 }
 
+/// Sends messages with one flush at the end.
+async fn send_all(socket: &mut WebSocket, lines: Vec<String>) -> bool {
+    use futures_util::SinkExt;
+    let work = async {
+        for line in lines {
+            socket.feed(Message::Text(line.into())).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(SEND_TIMEOUT, work).await, Ok(Ok(())))
+}
+
 async fn close(socket: &mut WebSocket, code: u16, reason: String) {
     let frame = CloseFrame {
         code,
@@ -194,99 +206,157 @@ async fn close(socket: &mut WebSocket, code: u16, reason: String) {
     .await;
 }
 
-async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
-    let path = dir(&s, &e).join("events.jsonl");
-    let mut last = since;
-    let mut offset = 0u64;
-    let mut partial = String::new();
-    let mut closing = s.closing.clone();
-    loop {
-        // Everything written so far; a line without its newline yet waits for the rest.
-        let (lines, new_offset) = {
-            let path = path.clone();
-            let start = offset;
-            tokio::task::spawn_blocking(move || read_from(&path, start))
-                .await
-                .unwrap_or((String::new(), start))
-        };
-        offset = new_offset;
-        partial.push_str(&lines);
-        while let Some(end) = partial.find('\n') {
-            let line: String = partial.drain(..=end).collect();
-            let Ok(event) = serde_json::from_str::<Event>(line.trim_end()) else {
-                continue;
-            };
-            if event.seq <= last {
-                continue;
-            }
-            let seq = event.seq;
-            if !send(
-                &mut socket,
-                serde_json::to_string(&event).unwrap_or_default(),
-            )
+/// A stream's reading position in `events.jsonl`.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+    last: u64,
+}
+
+impl Tail {
+    /// The complete events written since the last call with a sequence number above `last`.
+    async fn read(&mut self) -> Vec<String> {
+        let (path, start) = (self.path.clone(), self.offset);
+        let (text, offset) = tokio::task::spawn_blocking(move || read_from(&path, start))
             .await
-            {
-                // A client that does not read is dropped; it resumes from what it got.
-                close(
-                    &mut socket,
-                    4000,
-                    format!("lagged: reconnect with ?since={last}"),
-                )
-                .await;
-                return;
+            .unwrap_or((String::new(), start));
+        self.offset = offset;
+        self.partial.push_str(&text);
+        let mut out = Vec::new();
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            if let Some(line) = self.fresh(line.trim_end()) {
+                out.push(line);
             }
-            last = seq;
         }
-        // Finished, and everything sent?
-        let live = s.runner.live_log(e.id);
-        if live.is_none() {
-            let state = s.clone();
-            let id = e.id;
-            let current = tokio::task::spawn_blocking(move || {
-                state
-                    .store
-                    .server_get::<Execution>(dop_store::server::Kind::Execution, &id.to_string())
-                    .ok()
-                    .flatten()
-            })
-            .await
-            .ok()
-            .flatten();
-            let done = current.as_ref().is_none_or(|c| c.status.is_final());
-            if done && read_from(&path, offset).0.is_empty() {
-                let status = current.map(|c| c.status);
+        out
+    }
+
+    /// The line when its event comes after `last` (and moves `last` on).
+    fn fresh(&mut self, line: &str) -> Option<String> {
+        let seq = seq_of(line)?;
+        (seq > self.last).then(|| {
+            self.last = seq;
+            line.to_string()
+        })
+    }
+}
+
+/// The sequence number of an event line: events are written with `seq` first, so it is read
+/// without parsing the line (every subscriber does this for every event).
+fn seq_of(line: &str) -> Option<u64> {
+    match line.strip_prefix("{\"seq\":") {
+        Some(rest) => rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok()),
+        None => serde_json::from_str::<Event>(line).ok().map(|e| e.seq),
+    }
+}
+
+async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
+    let mut tail = Tail {
+        path: dir(&s, &e).join("events.jsonl"),
+        offset: 0,
+        partial: String::new(),
+        last: since,
+    };
+    let mut closing = s.closing.clone();
+    // Subscribed before the file is read, so nothing falls between the two.
+    let mut live = s.runner.live_log(e.id).map(|log| log.subscribe());
+    macro_rules! deliver {
+        ($lines:expr) => {
+            for line in $lines {
+                if !send(&mut socket, line).await {
+                    // A client that does not read is dropped; it resumes from what it got.
+                    close(
+                        &mut socket,
+                        4000,
+                        format!("lagged: reconnect with ?since={}", tail.last),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        };
+    }
+    deliver!(tail.read().await);
+    if let Some(rx) = live.as_mut() {
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Ok(line) => {
+                        // Whatever else is waiting goes out in the same write.
+                        let mut batch: Vec<String> = tail.fresh(&line).into_iter().collect();
+                        while batch.len() < 256 {
+                            match rx.try_recv() {
+                                Ok(more) => batch.extend(tail.fresh(&more)),
+                                Err(_) => break,
+                            }
+                        }
+                        if !send_all(&mut socket, batch).await {
+                            close(&mut socket, 4000, format!("lagged: reconnect with ?since={}", tail.last)).await;
+                            return;
+                        }
+                    }
+                    // Too far behind the live feed: catch up from the file, then go on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => deliver!(tail.read().await),
+                    // The execution's log is closed: it has ended.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = closing.changed() => {
+                    close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={}", tail.last)).await;
+                    return;
+                }
+                msg = socket.recv() => {
+                    if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    // Ended, or not started yet: the rest of the file; then either the end message, once the
+    // execution's record says how it ended, or (it started meanwhile) the live feed again.
+    loop {
+        deliver!(tail.read().await);
+        let state = s.clone();
+        let id = e.id;
+        let current = tokio::task::spawn_blocking(move || {
+            state
+                .store
+                .server_get::<Execution>(dop_store::server::Kind::Execution, &id.to_string())
+                .ok()
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        match current {
+            Some(c) if !c.status.is_final() => {
+                if live.is_none() && s.runner.live_log(id).is_some() {
+                    // It was waiting in the queue and runs now.
+                    return Box::pin(follow(s.clone(), e.clone(), tail.last, socket)).await;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = closing.changed() => {
+                        close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={}", tail.last)).await;
+                        return;
+                    }
+                }
+            }
+            other => {
+                deliver!(tail.read().await);
+                let status = other.map(|c| c.status);
                 let _ = send(
                     &mut socket,
-                    json!({"kind": "end", "status": status, "last_seq": last}).to_string(),
+                    json!({"kind": "end", "status": status, "last_seq": tail.last}).to_string(),
                 )
                 .await;
                 close(&mut socket, 1000, "the execution has ended".into()).await;
                 return;
-            }
-        }
-        // Wait for more: the live log's sequence number, or a short poll.
-        let wait = async {
-            match live {
-                Some(log) => {
-                    let mut seq = log.watch_seq();
-                    if *seq.borrow_and_update() <= last {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), seq.changed()).await;
-                    }
-                }
-                None => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        tokio::select! {
-            () = wait => {}
-            _ = closing.changed() => {
-                close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={last}")).await;
-                return;
-            }
-            msg = socket.recv() => {
-                // The client closed (or sent something we ignore).
-                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
-                    return;
-                }
             }
         }
     }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::response::Response;
-use axum::Json;
+use axum::response::{IntoResponse, Response};
 use dop_core::{LookupSettings, NodeFacts, Resolver};
 use dop_store::{App, Store};
 use serde_json::{json, Value};
@@ -93,14 +92,52 @@ pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
     }))
 }
 
-/// `GET /plans/{name}/state`.
+/// How long a computed state document is served before it is computed again. Reading a
+/// plan's state opens its databases, which a busy run holds; many readers share one reading.
+const FRESH: Duration = Duration::from_millis(200);
+
+type Entry = (std::time::Instant, axum::body::Bytes);
+
+/// Recently computed state documents by plan.
+#[derive(Default)]
+pub struct StateCache {
+    entries: tokio::sync::Mutex<std::collections::HashMap<String, Entry>>,
+}
+
+impl StateCache {
+    /// The plan's state as JSON, at most [`FRESH`] old.
+    pub async fn get(
+        &self,
+        store: &std::sync::Arc<Store>,
+        name: &str,
+    ) -> Result<axum::body::Bytes, ApiError> {
+        let mut entries = self.entries.lock().await;
+        if let Some((at, value)) = entries.get(name) {
+            if at.elapsed() < FRESH {
+                return Ok(value.clone());
+            }
+        }
+        let (store, n) = (store.clone(), name.to_string());
+        let value =
+            axum::body::Bytes::from(blocking(move || combined(&store, &n)).await?.to_string());
+        entries.retain(|_, (at, _)| at.elapsed() < FRESH);
+        entries.insert(name.to_string(), (std::time::Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+/// `GET /plans/{name}/state` (at most 200 ms old).
 #[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, nodes: [{name, in_plan, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
-    Ok(Json(blocking(move || combined(&store, &name)).await?))
+) -> Result<Response, ApiError> {
+    let body = s.state_cache.get(&s.store, &name).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /plans/{name}/state/stream` (websocket): the state now, then again after every change.

@@ -1,0 +1,230 @@
+//! dopc under load, against baselines measured in the same run:
+//!
+//! * requests per second on `GET /plans/{name}/state` (a 50-node plan with dopi and dopv
+//!   state), against `GET /ping` (the server's floor: routing and HTTP only), 16 clients;
+//! * event latency from dopi writing an event to 100 websocket subscribers receiving it,
+//!   against 1 subscriber, for a run of 50 nodes × 4 steps (400 command events).
+//!
+//! Run with `cargo xtask bench dopc` (release mode). The server is the real `dopc serve`
+//! binary on an ephemeral loopback port, stopped by pid at the end.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const NODES: usize = 50;
+const CLIENTS: usize = 16;
+const SECONDS: u64 = 5;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dopc(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
+    c.env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", dir.join("store"))
+        .env("DOP_LOG_DIR", dir.join("logs"));
+    c
+}
+
+fn plan() -> String {
+    let mut t = String::from("name: bench\ninfrastructures:\n  lab: {type: baremetal}\nnodes:\n");
+    for i in 0..NODES {
+        t.push_str(&format!("  n{i:03}: {{infrastructure: lab}}\n"));
+    }
+    t.push_str("steps:\n  default:\n");
+    for s in 0..4 {
+        t.push_str(&format!("    - name: s{s}\n      nodes: all\n      max_in_flight: -1\n      command: {{plugin: custom, exec: 'true'}}\n"));
+    }
+    t
+}
+
+async fn hammer(http: &reqwest::Client, url: &str, token: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (http, url, token) = (http.clone(), url.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let res = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                assert!(res.status().is_success());
+                let _ = res.bytes().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / SECONDS as f64
+}
+
+/// Runs the plan with `subscribers` websocket followers; returns the latencies (ms) of every
+/// command event at every subscriber.
+async fn latencies(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    subscribers: usize,
+) -> Vec<f64> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let put = http
+        .put(format!("{base}/api/v1/plans/bench/reset"))
+        .bearer_auth(token)
+        .json(&json!({"force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let created: Value = http
+        .post(format!("{base}/api/v1/executions"))
+        .bearer_auth(token)
+        .json(&json!({"plan": "bench", "task": "run"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_u64().unwrap();
+    let mut followers = Vec::new();
+    for _ in 0..subscribers {
+        let mut req = format!(
+            "{}/api/v1/executions/{id}/log/stream",
+            base.replacen("http://", "ws://", 1)
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        followers.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            let mut lat = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                let Ok(text) = msg.to_text() else { break };
+                let Ok(v) = serde_json::from_str::<Value>(text) else {
+                    break;
+                };
+                if v["kind"] == "end" {
+                    break;
+                }
+                let received = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+                    * 1e3;
+                if v["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("command_"))
+                {
+                    lat.push(received - v["time_ms"].as_f64().unwrap());
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for f in followers {
+        all.extend(f.await.unwrap());
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    all
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = String::from_utf8(
+        dopc(dir.path())
+            .args(["token", "create", "bench"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let mut child = dopc(dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Killed(child);
+    let base = line
+        .trim()
+        .strip_prefix("dopc listening on ")
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let added = http
+        .post(format!("{base}/api/v1/plans"))
+        .bearer_auth(&token)
+        .json(&json!({"text": plan()}))
+        .send()
+        .await
+        .unwrap();
+    assert!(added.status().is_success());
+    // State to serve: one run's worth of dopi records.
+    let _ = latencies(&http, &base, &token, 1).await;
+
+    println!(
+        "dopc benchmark: {NODES} nodes, {CLIENTS} clients for {SECONDS} s each; 2 worker threads"
+    );
+    let ping = hammer(&http, &format!("{base}/api/v1/ping"), &token).await;
+    let state = hammer(&http, &format!("{base}/api/v1/plans/bench/state"), &token).await;
+    println!("  GET /ping (baseline)          {ping:>9.0} req/s");
+    println!("  GET /plans/bench/state        {state:>9.0} req/s   ({:.2}x the baseline's time per request)", ping / state);
+    // Three rounds each: on a shared 2-core machine the run, the server and 100 clients
+    // compete for the cores, so single rounds vary a lot.
+    let mut ones = Vec::new();
+    let mut hundreds = Vec::new();
+    for _ in 0..3 {
+        ones.push(latencies(&http, &base, &token, 1).await);
+        hundreds.push(latencies(&http, &base, &token, 100).await);
+    }
+    let median = |runs: &[Vec<f64>], p: f64| {
+        let mut v: Vec<f64> = runs.iter().map(|r| pct(r, p)).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[1]
+    };
+    for (i, (one, hundred)) in ones.iter().zip(&hundreds).enumerate() {
+        println!(
+            "  round {}: 1 subscriber p50 {:.1} ms p99 {:.1} ms; 100 subscribers p50 {:.1} ms p99 {:.1} ms ({} deliveries)",
+            i + 1,
+            pct(one, 0.5),
+            pct(one, 0.99),
+            pct(hundred, 0.5),
+            pct(hundred, 0.99),
+            hundred.len()
+        );
+    }
+    println!(
+        "  event latency, median of 3 rounds: 1 subscriber (baseline) p50 {:.1} ms; 100 subscribers p50 {:.1} ms, p99 {:.1} ms; p50 ratio {:.1}x",
+        median(&ones, 0.5),
+        median(&hundreds, 0.5),
+        median(&hundreds, 0.99),
+        median(&hundreds, 0.5) / median(&ones, 0.5).max(0.001)
+    );
+}
