@@ -229,6 +229,20 @@ impl ExecutionLog {
         self.lines.subscribe()
     }
 
+    /// The log a caller gave (`Some`), or a new execution's under `log_dir`.
+    pub fn given_or_new(
+        given: Option<&Arc<ExecutionLog>>,
+        log_dir: &Path,
+        plan: &str,
+        echo: Echo,
+        masker: impl FnOnce() -> Masker,
+    ) -> std::io::Result<Arc<ExecutionLog>> {
+        match given {
+            Some(log) => Ok(log.clone()),
+            None => ExecutionLog::create(log_dir, plan, &new_execution_id(), echo, masker()),
+        }
+    }
+
     /// The execution's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

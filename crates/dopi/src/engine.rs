@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::exec::Stop;
-use crate::logs::{new_execution_id, ExecutionLog};
+use crate::logs::ExecutionLog;
 use crate::plugin::{CommandContext, Options, Outcome, Registry};
 use crate::state::{record_key, step_hash, step_keys, NodeStepState, PlanState, RunState};
 
@@ -430,20 +430,17 @@ pub fn run(
     if !problems.is_empty() {
         return Err(RunError::Plugins(problems));
     }
-    let log = match &opts.log {
-        Some(log) => log.clone(),
-        None => ExecutionLog::create(
-            &opts.log_dir,
-            plan_name,
-            &new_execution_id(),
-            opts.echo,
-            crate::logs::Masker::for_plan(&plan),
-        )
-        .map_err(|source| RunError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        })?,
-    };
+    let log = ExecutionLog::given_or_new(
+        opts.log.as_ref(),
+        &opts.log_dir,
+        plan_name,
+        opts.echo,
+        || crate::logs::Masker::for_plan(&plan),
+    )
+    .map_err(|source| RunError::Logs {
+        path: opts.log_dir.clone(),
+        source,
+    })?;
     let id = log.id.clone();
     if let Some(h) = lock.took_over_from() {
         log.event(

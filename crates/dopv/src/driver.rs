@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dop_core::plan::{Node, Provider as Kind};
 use dop_core::{LookupSettings, NodeFacts, NodeFilter, Plan, Resolver};
-use dop_store::logs::{new_execution_id, Echo, ExecutionLog, Masker, NodeLog};
+use dop_store::logs::{Echo, ExecutionLog, Masker, NodeLog};
 use dop_store::{now_ms, App, StateSession, Store, StoreError};
 use serde::Serialize;
 use serde_json::json;
@@ -349,20 +349,17 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         return Err(DopvError::Preflight(problems));
     }
 
-    let log = match &opts.log {
-        Some(log) => log.clone(),
-        None => ExecutionLog::create(
-            &opts.log_dir,
-            plan_name,
-            &new_execution_id(),
-            opts.echo,
-            Masker::for_plan(&plan),
-        )
-        .map_err(|source| DopvError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        })?,
-    };
+    let log = ExecutionLog::given_or_new(
+        opts.log.as_ref(),
+        &opts.log_dir,
+        plan_name,
+        opts.echo,
+        || Masker::for_plan(&plan),
+    )
+    .map_err(|source| DopvError::Logs {
+        path: opts.log_dir.clone(),
+        source,
+    })?;
     let id = log.id.clone();
     let ctx = Arc::new(Ctx {
         plan_name: plan_name.to_string(),
@@ -803,19 +800,9 @@ async fn execute(
         ActionKind::Adopt => {
             let actual = provider.read(spec).await.map_err(|e| e.to_string())?;
             let record = NodeRecord {
-                status: Status::Deployed,
-                desired: spec.node.clone(),
-                ssh_port: spec.ssh_port,
-                provider: ctx
-                    .plan
-                    .infrastructure(&spec.node.infrastructure)
-                    .map_or(Kind::Baremetal, |i| i.provider),
-                iteration: ctx.iteration,
-                generation: new_generation(None),
                 actual: Some(actual),
                 refreshed_ms: Some(now_ms()),
-                updated_ms: now_ms(),
-                error: None,
+                ..fresh_record(ctx, spec, Status::Deployed, None)
             };
             ctx.write(vec![node_change(&spec.node.name, Some(&record))])
                 .await
@@ -830,6 +817,30 @@ async fn execute(
             create(ctx, spec, record, provider, log).await
         }
         ActionKind::Update => update(ctx, action, spec, record, provider, log).await,
+    }
+}
+
+/// A record for a node starting out: the plan entry, a new generation, nothing seen yet.
+fn fresh_record(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    status: Status,
+    old: Option<&NodeRecord>,
+) -> NodeRecord {
+    NodeRecord {
+        status,
+        desired: spec.node.clone(),
+        ssh_port: spec.ssh_port,
+        provider: ctx
+            .plan
+            .infrastructure(&spec.node.infrastructure)
+            .map_or(Kind::Baremetal, |i| i.provider),
+        iteration: ctx.iteration,
+        generation: new_generation(old),
+        actual: None,
+        refreshed_ms: None,
+        updated_ms: now_ms(),
+        error: None,
     }
 }
 
@@ -884,21 +895,7 @@ async fn create(
     log: &NodeLog,
 ) -> Result<(), String> {
     run_hook(ctx, Hook::PreCreate, spec, true, log).await?;
-    let record = NodeRecord {
-        status: Status::Creating,
-        desired: spec.node.clone(),
-        ssh_port: spec.ssh_port,
-        provider: ctx
-            .plan
-            .infrastructure(&spec.node.infrastructure)
-            .map_or(Kind::Baremetal, |i| i.provider),
-        iteration: ctx.iteration,
-        generation: new_generation(old),
-        actual: None,
-        refreshed_ms: None,
-        updated_ms: now_ms(),
-        error: None,
-    };
+    let record = fresh_record(ctx, spec, Status::Creating, old);
     ctx.write(vec![node_change(&spec.node.name, Some(&record))])
         .await?;
     match build(ctx, spec, provider, log).await {
