@@ -935,3 +935,37 @@ async fn tls_when_a_certificate_is_configured() {
         .unwrap();
     assert!(untrusting.get(server.api("/ping")).send().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_are_never_read_do_not_stop_the_server() {
+    let server = Server::start().await;
+    server
+        .plan("name: idle\ninfrastructures: {l: {type: baremetal}}\nnodes: {i1: {infrastructure: l}}\nsteps:\n  default:\n    - name: s\n      nodes: all\n      command: {plugin: custom, exec: 'true'}\n")
+        .await;
+    let id = server.execute("idle", "run", json!({})).await;
+    assert_eq!(server.wait(id).await["status"], "done");
+    // Fifty clients connect to streams and never read a message.
+    let mut idle = Vec::new();
+    for _ in 0..25 {
+        idle.push(server.ws(&format!("/executions/{id}/log/stream")).await);
+        idle.push(server.ws("/plans/idle/state/stream").await);
+    }
+    // The server goes on serving everyone else.
+    assert_eq!(server.get("/plans/idle/state").await.0, 200);
+    let again = server
+        .execute("idle", "reset", json!({"force": true}))
+        .await;
+    assert_eq!(server.wait(again).await["status"], "done");
+    let mut ws = server.ws(&format!("/executions/{id}/log/stream")).await;
+    let mut end = Value::Null;
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) {
+            if v["kind"] == "end" {
+                end = v;
+                break;
+            }
+        }
+    }
+    assert_eq!(end["status"], "done");
+    drop(idle);
+}
