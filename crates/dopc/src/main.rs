@@ -18,11 +18,15 @@ use dopc::server::ServeConfig;
 struct Cli {
     #[command(flatten)]
     global: cli::GlobalArgs,
+    #[command(flatten)]
+    client: dopc::cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage error.";
+const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan, failed command or failed \
+                          execution, 2 usage error, 4 execution cancelled, 5 server unreachable \
+                          (or TLS failed, or it timed out), 6 token refused.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -36,6 +40,14 @@ enum Command {
     Token(TokenCommand),
     /// Print the API's OpenAPI description (JSON).
     Openapi,
+    /// Ask the server whether it answers.
+    Ping,
+    /// Plans on the server.
+    #[command(subcommand)]
+    Plan(dopc::cli::PlanCommand),
+    /// Executions on the server: start tasks, follow logs, cancel, clean up.
+    #[command(subcommand)]
+    Execution(dopc::cli::ExecutionCommand),
 }
 
 #[derive(Args)]
@@ -70,12 +82,8 @@ enum TokenCommand {
         /// Who or what uses it.
         name: String,
     },
-    /// List the tokens (names and times; never the tokens).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List the tokens (names and times; never the tokens); `--json` for JSON.
+    List,
     /// Revoke the tokens of a name: requests with them are refused from now on.
     Revoke {
         /// The token's name.
@@ -88,11 +96,12 @@ fn main() -> ExitCode {
     cli::main_with(&cli.global, |config, out, err| match &cli.command {
         Command::Validate(args) => cli::validate(args, config, out, err),
         Command::Serve(args) => serve(args, config, out, err),
-        Command::Token(command) => token(command, config, out, err),
+        Command::Token(command) => token(command, cli.client.json, config, out, err),
         Command::Openapi => {
             let _ = writeln!(out, "{}", dopc::openapi::document());
             EXIT_OK
         }
+        Command::Ping | Command::Plan(_) | Command::Execution(_) => client(&cli, out, err),
     })
 }
 
@@ -191,7 +200,45 @@ async fn stop_signal() {
     }
 }
 
-fn token(command: &TokenCommand, config: &Config, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+fn client(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let client = match dopc::cli::client(&cli.client) {
+        Ok(c) => c,
+        Err(e) => return dopc::cli::failed(err, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let mut session = dopc::cli::Session {
+        client,
+        json: cli.client.json,
+        out,
+        err,
+    };
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Ping => dopc::cli::ping(&mut session).await,
+            Command::Plan(c) => dopc::cli::plan(&mut session, c).await,
+            Command::Execution(c) => dopc::cli::execution(&mut session, c).await,
+            _ => EXIT_FAILURE,
+        }
+    })
+}
+
+fn token(
+    command: &TokenCommand,
+    json: bool,
+    config: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let store = match dop_store::Store::open(&config.store_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -207,8 +254,8 @@ fn token(command: &TokenCommand, config: &Config, out: &mut dyn Write, err: &mut
                 "token '{name}' created; it is shown only now: keep it safe"
             );
         }),
-        TokenCommand::List { json } => dopc::auth::list(&store).map(|tokens| {
-            if *json {
+        TokenCommand::List => dopc::auth::list(&store).map(|tokens| {
+            if json {
                 cli::print_json(out, &tokens);
             } else {
                 for t in tokens {

@@ -1,0 +1,711 @@
+//! The client commands of the `dopc` binary: arguments, output, exit codes. Every call goes
+//! through [`crate::client`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use dop_core::cli::print_json;
+use serde_json::Value;
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::execution::{ExecOptions, Status, Task};
+
+/// Exit status: the execution was cancelled.
+pub const EXIT_CANCELLED: u8 = 4;
+/// Exit status: the server could not be reached (or TLS failed, or it timed out).
+pub const EXIT_UNREACHABLE: u8 = 5;
+/// Exit status: the token was refused.
+pub const EXIT_UNAUTHORIZED: u8 = 6;
+
+/// Where the server is and how to reach it (every client command).
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The server [default: http://127.0.0.1:8780].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "DOPC_URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+    /// The API token (never printed).
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "DOPC_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for https:// instead of the system's.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DOPC_CA",
+        hide_env_values = true
+    )]
+    pub ca: Option<PathBuf>,
+    /// Seconds one request may take.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Print JSON (the API's answer) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `dopc plan …`.
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Add a plan file (includes are expanded here, before upload).
+    Add {
+        /// The plan file.
+        file: PathBuf,
+        /// Store it as the next iteration if the plan exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Store a plan file as the next iteration of its plan; prints what changed.
+    Update {
+        /// The plan file.
+        file: PathBuf,
+    },
+    /// The stored plans.
+    List,
+    /// A stored plan's text (secrets masked).
+    Get {
+        /// The plan.
+        name: String,
+        /// An iteration (default: the latest).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Every iteration of a plan.
+    Versions {
+        /// The plan.
+        name: String,
+    },
+    /// What changed between two iterations.
+    Diff {
+        /// The plan.
+        name: String,
+        /// From this iteration (default: the one before `--to`).
+        #[arg(long)]
+        from: Option<u64>,
+        /// To this iteration (default: the latest).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Remove a plan and its state (refused while it has executions waiting or running, or
+    /// deployed nodes).
+    Delete {
+        /// The plan.
+        name: String,
+    },
+    /// Put failed (with --force: all) step state back to ready.
+    Reset {
+        /// The plan.
+        name: String,
+        /// Done work too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The plan's combined dopv and dopi state.
+    State {
+        /// The plan.
+        name: String,
+        /// Print it again on every change (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+/// Options of a task (as the API's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TaskArgs {
+    /// The plan.
+    pub plan: String,
+    /// dopi's step set.
+    #[arg(long, short = 's')]
+    pub stepset: Option<String>,
+    /// Nodes to include: names or /regex/, comma-separated.
+    #[arg(long)]
+    pub nodes: Option<String>,
+    /// Roles to include.
+    #[arg(long)]
+    pub roles: Option<String>,
+    /// Nodes to leave out.
+    #[arg(long)]
+    pub exclude_nodes: Option<String>,
+    /// Roles to leave out.
+    #[arg(long)]
+    pub exclude_roles: Option<String>,
+    /// Show what would be done; change nothing.
+    #[arg(long, short = 'n')]
+    pub noop: bool,
+    /// sync: also destroy and redeploy.
+    #[arg(long)]
+    pub destructive: bool,
+    /// sync: also reboot.
+    #[arg(long)]
+    pub interruptive: bool,
+    /// undeploy, teardown: delete data disks.
+    #[arg(long)]
+    pub rmdisk: bool,
+    /// reset: done work too.
+    #[arg(long)]
+    pub force: bool,
+    /// Stream the execution's log until it ends, and exit with its result.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+impl TaskArgs {
+    fn options(&self) -> ExecOptions {
+        ExecOptions {
+            step_set: self.stepset.clone(),
+            nodes: self.nodes.clone(),
+            roles: self.roles.clone(),
+            exclude_nodes: self.exclude_nodes.clone(),
+            exclude_roles: self.exclude_roles.clone(),
+            noop: self.noop,
+            destructive: self.destructive,
+            interruptive: self.interruptive,
+            rmdisk: self.rmdisk,
+            force: self.force,
+            ..ExecOptions::default()
+        }
+    }
+}
+
+/// `dopc execution …`.
+#[derive(Subcommand, Debug)]
+pub enum ExecutionCommand {
+    /// Executions, oldest first.
+    List {
+        /// Only this plan's.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Only those with this status (new, queued, running, done, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One execution.
+    Get {
+        /// The execution.
+        id: u64,
+    },
+    /// An execution's log: whole, one node's, by level; --follow streams it live.
+    Log {
+        /// The execution.
+        id: u64,
+        /// One node's log.
+        #[arg(long)]
+        node: Option<String>,
+        /// That level and above: debug, info, warn, error.
+        #[arg(long)]
+        level: Option<String>,
+        /// Stream events live until the execution ends (resuming after disconnects), and exit
+        /// with its result.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Remove a finished execution and its logs.
+    Remove {
+        /// The execution.
+        id: u64,
+    },
+    /// Remove finished executions by status (and plan, age).
+    Clear {
+        /// Statuses to remove: done, failed, cancelled (repeatable).
+        #[arg(long = "status", required = true)]
+        statuses: Vec<String>,
+        /// Only this plan's.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Only those finished at least this many seconds ago.
+        #[arg(long)]
+        age: Option<u64>,
+    },
+    /// Cancel: a waiting execution at once; a running one gracefully, then (again, or with
+    /// --force) terminating its commands, then killing them.
+    Cancel {
+        /// The execution.
+        id: u64,
+        /// Terminate running commands now.
+        #[arg(long)]
+        force: bool,
+    },
+    /// dopv deploy.
+    Deploy(TaskArgs),
+    /// dopv undeploy.
+    Undeploy(TaskArgs),
+    /// dopi run.
+    Run(TaskArgs),
+    /// dopv deploy, then dopi run.
+    Setup(TaskArgs),
+    /// dopv undeploy, then dopi reset.
+    Teardown(TaskArgs),
+    /// dopv sync, then dopi run.
+    Sync(TaskArgs),
+    /// dopi reset.
+    Reset(TaskArgs),
+}
+
+/// Output streams and the client.
+pub struct Session<'a> {
+    /// The client.
+    pub client: Client,
+    /// Print JSON.
+    pub json: bool,
+    /// Results.
+    pub out: &'a mut dyn Write,
+    /// Messages.
+    pub err: &'a mut dyn Write,
+}
+
+/// The client for the arguments.
+pub fn client(args: &ClientArgs) -> Result<Client, ClientError> {
+    Client::new(ClientConfig {
+        url: args
+            .url
+            .clone()
+            .unwrap_or_else(|| ClientConfig::default().url),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        ca: args.ca.clone(),
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        retries: 3,
+    })
+}
+
+/// The exit status for a client error, after saying it in one line.
+pub fn failed(err: &mut dyn Write, e: &ClientError) -> u8 {
+    let _ = writeln!(err, "error: {e}");
+    if let ClientError::Api {
+        details: Some(d), ..
+    } = e
+    {
+        for finding in d.as_array().into_iter().flatten() {
+            let _ = writeln!(
+                err,
+                "  {}: {} (line {})",
+                finding["path"].as_str().unwrap_or(""),
+                finding["message"].as_str().unwrap_or(""),
+                finding["line"]
+            );
+        }
+    }
+    match e {
+        ClientError::Unreachable { .. } | ClientError::Tls { .. } | ClientError::Timeout { .. } => {
+            EXIT_UNREACHABLE
+        }
+        ClientError::Unauthorized(_) => EXIT_UNAUTHORIZED,
+        ClientError::Config(_) => 2,
+        _ => 1,
+    }
+}
+
+fn show(s: &mut Session<'_>, value: &Value, text: impl FnOnce(&Value) -> String) {
+    if s.json {
+        print_json(s.out, value);
+    } else {
+        let _ = write!(s.out, "{}", text(value));
+    }
+}
+
+fn event_line(e: &Value) -> String {
+    let time = e["time_ms"]
+        .as_u64()
+        .map(dop_store::rfc3339)
+        .unwrap_or_default();
+    let level = e["level"].as_str().unwrap_or("").to_uppercase();
+    match e["node"].as_str() {
+        Some(n) => format!(
+            "{time} {level:<5} [{n}] {}\n",
+            e["message"].as_str().unwrap_or("")
+        ),
+        None => format!(
+            "{time} {level:<5} {}\n",
+            e["message"].as_str().unwrap_or("")
+        ),
+    }
+}
+
+fn status_code(status: Status) -> u8 {
+    match status {
+        Status::Done => 0,
+        Status::Cancelled => EXIT_CANCELLED,
+        _ => 1,
+    }
+}
+
+/// Streams an execution's events to `out` until it ends; returns the exit status.
+async fn follow(s: &mut Session<'_>, id: u64) -> u8 {
+    let json = s.json;
+    let out = &mut *s.out;
+    let result = s
+        .client
+        .follow(id, 0, Duration::from_secs(120), |event| {
+            if json {
+                let _ = writeln!(out, "{event}");
+            } else {
+                let _ = write!(out, "{}", event_line(event));
+            }
+            let _ = out.flush();
+        })
+        .await;
+    match result {
+        Ok(status) => {
+            let _ = writeln!(s.err, "execution {id} {}", json_word(&status));
+            status_code(status)
+        }
+        Err(e) => failed(s.err, &e),
+    }
+}
+
+fn json_word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn execution_line(e: &crate::execution::Execution) -> String {
+    format!(
+        "{:>5}  {:<10} {:<9} {:<20} {}{}\n",
+        e.id,
+        json_word(&e.status),
+        e.task.name(),
+        e.plan,
+        e.created_at,
+        e.error
+            .as_ref()
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default()
+    )
+}
+
+fn plan_text(file: &std::path::Path) -> Result<String, String> {
+    let loaded = dop_core::load_file(file, &dop_core::LookupSettings::default());
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!(
+            "{}\n{} is not valid; nothing was sent",
+            errors.join("\n"),
+            file.display()
+        ));
+    }
+    loaded
+        .expanded
+        .map(|e| e.text)
+        .ok_or_else(|| format!("{} cannot be read", file.display()))
+}
+
+/// `dopc ping`.
+pub async fn ping(s: &mut Session<'_>) -> u8 {
+    match s.client.ping().await {
+        Ok(v) => {
+            let url = s.client.url().to_string();
+            show(s, &v, |_| format!("dopc at {url} answers\n"));
+            0
+        }
+        Err(e) => failed(s.err, &e),
+    }
+}
+
+/// `dopc plan …`.
+pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
+    let result = match command {
+        PlanCommand::Add { file, .. } | PlanCommand::Update { file }
+            if plan_text(file).is_err() =>
+        {
+            let _ = writeln!(
+                s.err,
+                "error: {}",
+                plan_text(file).err().unwrap_or_default()
+            );
+            return 1;
+        }
+        PlanCommand::Add { file, force } => {
+            let text = plan_text(file).unwrap_or_default();
+            s.client.add_plan(&text, *force).await.map(|v| {
+                show(s, &v, |v| {
+                    format!(
+                        "{} plan '{}' as iteration {}\n",
+                        v["status"].as_str().unwrap_or(""),
+                        v["name"].as_str().unwrap_or(""),
+                        v["iteration"]["number"]
+                    )
+                });
+            })
+        }
+        PlanCommand::Update { file } => {
+            let text = plan_text(file).unwrap_or_default();
+            let name = dop_core::load_str(&text, None, &dop_core::LookupSettings::default())
+                .plan
+                .map(|p| p.name)
+                .unwrap_or_default();
+            s.client.update_plan(&name, &text).await.map(|v| {
+                show(s, &v, |v| {
+                    let mut t = format!(
+                        "{} plan '{}' (iteration {})\n",
+                        v["status"].as_str().unwrap_or(""),
+                        v["name"].as_str().unwrap_or(""),
+                        v["iteration"]["number"]
+                    );
+                    if let Some(changes) = v["diff"]["changes"].as_object() {
+                        t.push_str(&format!("{}\n", Value::Object(changes.clone())));
+                    }
+                    t
+                });
+            })
+        }
+        PlanCommand::List => s.client.plans().await.map(|v| {
+            show(s, &v, |v| {
+                v["plans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{:<24} iteration {:<4} {:>5} nodes  updated {}\n",
+                            p["name"].as_str().unwrap_or(""),
+                            p["latest"],
+                            p["nodes"],
+                            p["updated_at"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            });
+        }),
+        PlanCommand::Get { name, version } => s.client.plan(name, *version).await.map(|v| {
+            show(s, &v, |v| v["text"].as_str().unwrap_or("").to_string());
+        }),
+        PlanCommand::Versions { name } => s.client.versions(name).await.map(|v| {
+            show(s, &v, |v| {
+                v["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        format!(
+                            "{:>4}  {}  {}  {} nodes\n",
+                            i["number"],
+                            i["time_ms"]
+                                .as_u64()
+                                .map(dop_store::rfc3339)
+                                .unwrap_or_default(),
+                            &i["hash"].as_str().unwrap_or("")
+                                [..12.min(i["hash"].as_str().unwrap_or("").len())],
+                            i["nodes"]
+                        )
+                    })
+                    .collect()
+            });
+        }),
+        PlanCommand::Diff { name, from, to } => s.client.diff(name, *from, *to).await.map(|v| {
+            show(s, &v, |v| {
+                format!(
+                    "iteration {} -> {}\n{}",
+                    v["from"],
+                    v["to"],
+                    v["text"].as_str().unwrap_or("")
+                )
+            });
+        }),
+        PlanCommand::Delete { name } => s.client.delete_plan(name).await.map(|v| {
+            show(s, &v, |_| format!("removed plan '{name}'\n"));
+        }),
+        PlanCommand::Reset { name, force } => s.client.reset(name, *force).await.map(|v| {
+            show(s, &v, |v| {
+                format!("{} node record(s) put back to ready\n", v["reset"])
+            });
+        }),
+        PlanCommand::State { name, watch: false } => s.client.state(name).await.map(|v| {
+            show(s, &v, state_text);
+        }),
+        PlanCommand::State { name, watch: true } => {
+            let json = s.json;
+            let out = &mut *s.out;
+            s.client
+                .watch_state(name, |v| {
+                    if json {
+                        let _ = writeln!(out, "{v}");
+                    } else {
+                        let _ = writeln!(out, "{}", state_text(v));
+                    }
+                    out.flush().is_ok()
+                })
+                .await
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => failed(s.err, &e),
+    }
+}
+
+fn state_text(v: &Value) -> String {
+    let mut t = format!(
+        "plan '{}': iteration {}, state serial {}\n",
+        v["plan"].as_str().unwrap_or(""),
+        v["iteration"],
+        v["serial"]
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "  {:<28} {:<12} {:<4} generation {}\n",
+            n["name"].as_str().unwrap_or(""),
+            n["status"].as_str().unwrap_or("not deployed"),
+            n["actual"]["power"].as_str().unwrap_or("-"),
+            n["generation"]
+        ));
+    }
+    for set in v["step_sets"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "  [{}] step set '{}'\n",
+            set["state"].as_str().unwrap_or(""),
+            set["name"].as_str().unwrap_or("")
+        ));
+        for step in set["steps"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "    [{}] {}\n",
+                step["state"].as_str().unwrap_or(""),
+                step["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    t
+}
+
+/// `dopc execution …`.
+pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
+    let task = |t: Task, a: &TaskArgs| (t, a.clone());
+    let (task, args) = match command {
+        ExecutionCommand::Deploy(a) => task(Task::Deploy, a),
+        ExecutionCommand::Undeploy(a) => task(Task::Undeploy, a),
+        ExecutionCommand::Run(a) => task(Task::Run, a),
+        ExecutionCommand::Setup(a) => task(Task::Setup, a),
+        ExecutionCommand::Teardown(a) => task(Task::Teardown, a),
+        ExecutionCommand::Sync(a) => task(Task::Sync, a),
+        ExecutionCommand::Reset(a) => task(Task::Reset, a),
+        other => return execution_query(s, other).await,
+    };
+    let e = match s.client.execute(&args.plan, task, &args.options()).await {
+        Ok(e) => e,
+        Err(e) => return failed(s.err, &e),
+    };
+    if !args.follow {
+        show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+            format!(
+                "execution {} ({} of '{}') is {}\n",
+                e.id,
+                task.name(),
+                e.plan,
+                json_word(&e.status)
+            )
+        });
+        return 0;
+    }
+    let _ = writeln!(
+        s.err,
+        "execution {} ({} of '{}'); following its log",
+        e.id,
+        task.name(),
+        e.plan
+    );
+    follow(s, e.id).await
+}
+
+async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
+    let parse_status = |t: &str| serde_json::from_value::<Status>(Value::String(t.to_string()));
+    let result = match command {
+        ExecutionCommand::List { plan, status } => {
+            let status = match status.as_deref().map(parse_status).transpose() {
+                Ok(st) => st,
+                Err(_) => {
+                    let _ = writeln!(s.err, "error: unknown status; use new, queued, running, done, failed or cancelled");
+                    return 2;
+                }
+            };
+            s.client
+                .executions(plan.as_deref(), status)
+                .await
+                .map(|list| {
+                    show(s, &serde_json::to_value(&list).unwrap_or_default(), |_| {
+                        list.iter().map(execution_line).collect()
+                    });
+                })
+        }
+        ExecutionCommand::Get { id } => s.client.execution(*id).await.map(|e| {
+            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+                execution_line(&e)
+            });
+        }),
+        ExecutionCommand::Log {
+            id, follow: true, ..
+        } => return follow(s, *id).await,
+        ExecutionCommand::Log {
+            id,
+            node,
+            level,
+            follow: false,
+        } => s
+            .client
+            .log(*id, node.as_deref(), level.as_deref())
+            .await
+            .map(|v| {
+                show(s, &v, |v| v["log"].as_str().unwrap_or("").to_string());
+            }),
+        ExecutionCommand::Remove { id } => s.client.remove_execution(*id).await.map(|e| {
+            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+                format!("removed execution {}\n", e.id)
+            });
+        }),
+        ExecutionCommand::Clear {
+            statuses,
+            plan,
+            age,
+        } => {
+            let parsed: Result<Vec<Status>, _> = statuses.iter().map(|t| parse_status(t)).collect();
+            let Ok(statuses) = parsed else {
+                let _ = writeln!(
+                    s.err,
+                    "error: unknown status; use done, failed or cancelled"
+                );
+                return 2;
+            };
+            s.client
+                .clear(&statuses, plan.as_deref(), *age)
+                .await
+                .map(|list| {
+                    show(s, &serde_json::to_value(&list).unwrap_or_default(), |_| {
+                        format!("removed {} execution(s)\n", list.len())
+                    });
+                })
+        }
+        ExecutionCommand::Cancel { id, force } => s.client.cancel(*id, *force).await.map(|e| {
+            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+                format!(
+                    "execution {}: {} (cancel requests: {})\n",
+                    e.id,
+                    json_word(&e.status),
+                    e.cancel_requests
+                )
+            });
+        }),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => failed(s.err, &e),
+    }
+}

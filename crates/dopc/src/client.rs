@@ -1,0 +1,599 @@
+//! The client of the dopc API: typed calls over HTTP(S), bearer token, a custom CA, timeouts
+//! and retries of idempotent calls, and websocket streams that resume from the last sequence
+//! number after a disconnect (a server restart included).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::execution::{ExecOptions, Execution, Status, Task};
+
+/// Where the server is and how to talk to it.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `http://127.0.0.1:8780` or `https://…`.
+    pub url: String,
+    /// The bearer token (never printed).
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for HTTPS, instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// How long one request may take.
+    pub timeout: Duration,
+    /// How often an idempotent call is tried again after a connection failure.
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "****"))
+            .field("ca", &self.ca)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            url: "http://127.0.0.1:8780".into(),
+            token: None,
+            ca: None,
+            timeout: Duration::from_secs(30),
+            retries: 3,
+        }
+    }
+}
+
+/// Why a call failed. Each says in one line what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered.
+    #[error("cannot reach dopc at {url}: {reason} (is `dopc serve` running there? set --url or DOPC_URL)")]
+    Unreachable {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS with {url} failed: {reason} (give the server's CA with --ca or DOPC_CA)")]
+    Tls {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token was refused.
+    #[error("the server refused the token: {0} (set --token or DOPC_TOKEN; make one with `dopc token create NAME` on the server)")]
+    Unauthorized(String),
+    /// The server answered with an error.
+    #[error("{message} ({status} {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+        /// Structured details (an invalid plan's findings).
+        details: Option<Value>,
+    },
+    /// The call took longer than the timeout.
+    #[error("dopc at {url} did not answer within {seconds} s")]
+    Timeout {
+        /// The server URL.
+        url: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The client is set up wrong (bad URL, unreadable CA).
+    #[error("{0}")]
+    Config(String),
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from dopc: {0}")]
+    Protocol(String),
+}
+
+/// A client.
+#[derive(Clone)]
+pub struct Client {
+    config: ClientConfig,
+    http: reqwest::Client,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+fn tls_config(
+    ca: &std::path::Path,
+) -> Result<(reqwest::Certificate, Arc<rustls::ClientConfig>), ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(ca)
+        .map_err(|e| ClientError::Config(format!("cannot read the CA {}: {e}", ca.display())))?;
+    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+        ClientError::Config(format!("{} is not a PEM certificate: {e}", ca.display()))
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| {
+            ClientError::Config(format!("{} is not a PEM certificate: {e}", ca.display()))
+        })?;
+        roots
+            .add(der)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((cert, Arc::new(config)))
+}
+
+/// The chain of causes of an error, for a one-line message.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl Client {
+    /// A client for the configured server.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "the server URL '{}' must start with http:// or https://",
+                config.url
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(10));
+        let mut tls = None;
+        if let Some(ca) = &config.ca {
+            let (cert, rustls) = tls_config(ca)?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+            tls = Some(rustls);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Config(causes(&e)))?;
+        Ok(Client { config, http, tls })
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.config.url.trim_end_matches('/'))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ClientError {
+        let reason = causes(e);
+        if e.is_timeout() {
+            ClientError::Timeout {
+                url: self.config.url.clone(),
+                seconds: self.config.timeout.as_secs(),
+            }
+        } else if reason.contains("certificate")
+            || reason.contains("tls")
+            || reason.contains("TLS")
+            || reason.contains("InvalidContentType")
+        {
+            ClientError::Tls {
+                url: self.config.url.clone(),
+                reason,
+            }
+        } else {
+            ClientError::Unreachable {
+                url: self.config.url.clone(),
+                reason,
+            }
+        }
+    }
+
+    /// One call; idempotent ones are tried again after connection failures.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, ClientError> {
+        let idempotent = method != reqwest::Method::POST;
+        let mut attempt = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), self.endpoint(path));
+            if let Some(t) = &self.config.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(res) => return self.answer(res).await,
+                Err(e)
+                    if idempotent
+                        && attempt < self.config.retries
+                        && (e.is_connect() || e.is_request())
+                        && !e.is_timeout() =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(self.transport_error(&e)),
+            }
+        }
+    }
+
+    async fn answer<T: DeserializeOwned>(&self, res: reqwest::Response) -> Result<T, ClientError> {
+        let status = res.status().as_u16();
+        let text = res.text().await.map_err(|e| self.transport_error(&e))?;
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            ClientError::Protocol(format!(
+                "status {status}, not JSON: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
+        if status >= 400 {
+            let error = &value["error"];
+            let message = error["message"]
+                .as_str()
+                .unwrap_or("the server gave no reason")
+                .to_string();
+            if status == 401 {
+                return Err(ClientError::Unauthorized(message));
+            }
+            return Err(ClientError::Api {
+                status,
+                code: error["code"].as_str().unwrap_or("unknown").to_string(),
+                message,
+                details: error.get("details").cloned(),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /ping`.
+    pub async fn ping(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/ping", None).await
+    }
+
+    /// `GET /plans`.
+    pub async fn plans(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/plans", None).await
+    }
+
+    /// `POST /plans` with the plan's text (includes already expanded).
+    pub async fn add_plan(&self, text: &str, force: bool) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/plans",
+            Some(json!({"text": text, "force": force})),
+        )
+        .await
+    }
+
+    /// `PUT /plans/{name}`.
+    pub async fn update_plan(&self, name: &str, text: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/plans/{name}"),
+            Some(json!({"text": text})),
+        )
+        .await
+    }
+
+    /// `GET /plans/{name}`.
+    pub async fn plan(&self, name: &str, version: Option<u64>) -> Result<Value, ClientError> {
+        let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        self.call(reqwest::Method::GET, &format!("/plans/{name}{query}"), None)
+            .await
+    }
+
+    /// `GET /plans/{name}/versions`.
+    pub async fn versions(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/plans/{name}/versions"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /plans/{name}/diff`.
+    pub async fn diff(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut q = Vec::new();
+        if let Some(f) = from {
+            q.push(format!("from={f}"));
+        }
+        if let Some(t) = to {
+            q.push(format!("to={t}"));
+        }
+        let query = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.call(
+            reqwest::Method::GET,
+            &format!("/plans/{name}/diff{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /plans/{name}`.
+    pub async fn delete_plan(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::DELETE, &format!("/plans/{name}"), None)
+            .await
+    }
+
+    /// `PUT /plans/{name}/reset`.
+    pub async fn reset(&self, name: &str, force: bool) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/plans/{name}/reset"),
+            Some(json!({"force": force})),
+        )
+        .await
+    }
+
+    /// `GET /plans/{name}/state`.
+    pub async fn state(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/plans/{name}/state"), None)
+            .await
+    }
+
+    /// `GET /executions`.
+    pub async fn executions(
+        &self,
+        plan: Option<&str>,
+        status: Option<Status>,
+    ) -> Result<Vec<Execution>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(p) = plan {
+            q.push(format!("plan={p}"));
+        }
+        if let Some(s) = status {
+            q.push(format!("status={}", json!(s).as_str().unwrap_or_default()));
+        }
+        let query = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.call(reqwest::Method::GET, &format!("/executions{query}"), None)
+            .await
+    }
+
+    /// `GET /executions/{id}`.
+    pub async fn execution(&self, id: u64) -> Result<Execution, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/executions/{id}"), None)
+            .await
+    }
+
+    /// `POST /executions`.
+    pub async fn execute(
+        &self,
+        plan: &str,
+        task: Task,
+        options: &ExecOptions,
+    ) -> Result<Execution, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/executions",
+            Some(json!({"plan": plan, "task": task, "options": options})),
+        )
+        .await
+    }
+
+    /// `POST /executions/{id}/cancel`.
+    pub async fn cancel(&self, id: u64, force: bool) -> Result<Execution, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/executions/{id}/cancel"),
+            Some(json!({"force": force})),
+        )
+        .await
+    }
+
+    /// `DELETE /executions/{id}`.
+    pub async fn remove_execution(&self, id: u64) -> Result<Execution, ClientError> {
+        self.call(reqwest::Method::DELETE, &format!("/executions/{id}"), None)
+            .await
+    }
+
+    /// `DELETE /executions`.
+    pub async fn clear(
+        &self,
+        statuses: &[Status],
+        plan: Option<&str>,
+        age: Option<u64>,
+    ) -> Result<Vec<Execution>, ClientError> {
+        self.call(
+            reqwest::Method::DELETE,
+            "/executions",
+            Some(json!({"statuses": statuses, "plan": plan, "age": age})),
+        )
+        .await
+    }
+
+    /// `GET /executions/{id}/log`.
+    pub async fn log(
+        &self,
+        id: u64,
+        node: Option<&str>,
+        level: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut q = Vec::new();
+        if let Some(n) = node {
+            q.push(format!("node={n}"));
+        }
+        if let Some(l) = level {
+            q.push(format!("level={l}"));
+        }
+        let query = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.call(
+            reqwest::Method::GET,
+            &format!("/executions/{id}/log{query}"),
+            None,
+        )
+        .await
+    }
+
+    async fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        ClientError,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.endpoint(path).replacen("http", "ws", 1);
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        if let Some(t) = &self.config.token {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ClientError::Config("the token is not a valid header value".into()))?;
+            req.headers_mut().insert("Authorization", value);
+        }
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        match tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) if res.status() == 401 => Err(
+                ClientError::Unauthorized("the token is unknown or revoked".into()),
+            ),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(ClientError::Api {
+                status: res.status().as_u16(),
+                code: "websocket".into(),
+                message: String::from_utf8_lossy(res.body().as_deref().unwrap_or_default())
+                    .into_owned(),
+                details: None,
+            }),
+            Err(e) => {
+                let reason = causes(&e);
+                if reason.to_lowercase().contains("tls") || reason.contains("certificate") {
+                    Err(ClientError::Tls {
+                        url: self.config.url.clone(),
+                        reason,
+                    })
+                } else {
+                    Err(ClientError::Unreachable {
+                        url: self.config.url.clone(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Follows an execution's events from `since` until it ends, calling `on_event` with each
+    /// event exactly once, in order. A dropped connection (a server restart, a lag) is resumed
+    /// from the last sequence number seen, for up to `patience` of failed reconnects. Returns
+    /// the final status.
+    pub async fn follow(
+        &self,
+        id: u64,
+        since: u64,
+        patience: Duration,
+        mut on_event: impl FnMut(&Value),
+    ) -> Result<Status, ClientError> {
+        let mut last = since;
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            let mut ws = match self
+                .websocket(&format!("/executions/{id}/log/stream?since={last}"))
+                .await
+            {
+                Ok(ws) => {
+                    failing_since = None;
+                    ws
+                }
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => {
+                    let started = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if started.elapsed() > patience {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            while let Some(msg) = ws.next().await {
+                let Ok(msg) = msg else { break };
+                if msg.is_close() {
+                    break;
+                }
+                let Ok(text) = msg.to_text() else { continue };
+                let Ok(event) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                if event["kind"] == "end" {
+                    return serde_json::from_value(event["status"].clone())
+                        .map_err(|e| ClientError::Protocol(format!("end without a status: {e}")));
+                }
+                let seq = event["seq"].as_u64().unwrap_or(0);
+                if seq > last {
+                    last = seq;
+                    on_event(&event);
+                }
+            }
+            // Dropped before the end: resume from `last`.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Calls `on_state` with the plan's state now and after every change, until it returns
+    /// false or the stream ends.
+    pub async fn watch_state(
+        &self,
+        name: &str,
+        mut on_state: impl FnMut(&Value) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut ws = self
+            .websocket(&format!("/plans/{name}/state/stream"))
+            .await?;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Ok(text) = msg.to_text() else { continue };
+            let Ok(state) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            if state["kind"] == "end" || !on_state(&state) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
