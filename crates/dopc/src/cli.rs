@@ -407,6 +407,7 @@ fn plan_text(file: &std::path::Path) -> Result<String, String> {
         .expanded
         .map(|e| e.text)
         .ok_or_else(|| format!("{} cannot be read", file.display()))
+        .map_err(|e| format!("error: {e}"))
 }
 
 /// `dopc ping`.

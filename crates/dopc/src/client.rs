@@ -127,6 +127,12 @@ fn tls_config(
             .add(der)
             .map_err(|e| ClientError::Config(format!("{}: {e}", ca.display())))?;
     }
+    if roots.is_empty() {
+        return Err(ClientError::Config(format!(
+            "{} holds no PEM certificate",
+            ca.display()
+        )));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -1,0 +1,349 @@
+//! The `dopc` client commands as processes against a real server (no root needed: the plans
+//! are baremetal, their steps run on this host with the `custom` plugin). Servers are stopped
+//! by pid when a test ends.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    url: String,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_hard();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Server {
+    fn env(dir: &Path, c: &mut Command) {
+        c.env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", dir.join("store"))
+            .env("DOP_LOG_DIR", dir.join("logs"))
+            .env_remove("DOPC_URL")
+            .env_remove("DOPC_TOKEN")
+            .env_remove("DOPC_CA")
+            .env_remove("DOPC_SERVER_CONFIG");
+    }
+
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
+        Server::env(dir.path(), &mut c);
+        let out = c.args(["token", "create", "cli"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut s = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            token: text(&out.stdout).trim().to_string(),
+        };
+        s.launch("127.0.0.1:0");
+        s
+    }
+
+    fn launch(&mut self, bind: &str) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
+        Server::env(self.dir.path(), &mut c);
+        let mut child = c
+            .args(["serve", "--bind", bind])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.url = line
+            .trim()
+            .strip_prefix("dopc listening on ")
+            .expect(&line)
+            .to_string();
+        self.child = Some(child);
+    }
+
+    fn stop_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn terminate(&mut self) {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let _ = c.wait();
+    }
+
+    /// A client command with the server's URL and token in the environment.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
+        Server::env(self.dir.path(), &mut c);
+        c.env("DOPC_URL", &self.url)
+            .env("DOPC_TOKEN", &self.token)
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "dopc {args:?}\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+const PLAN: &str = "name: cli\ninfrastructures: {l: {type: baremetal}}\nnodes:\n  a: {infrastructure: l}\n  b: {infrastructure: l}\n\
+                    steps:\n  default:\n    - name: hello\n      nodes: all\n      command: {plugin: custom, exec: 'echo hello'}\n";
+
+/// Times and hashes differ between runs: blank them for snapshots.
+fn stable(mut v: Value) -> Value {
+    match &mut v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k.ends_with("_at") || k.ends_with("_ms") || k == "hash" || k == "source" {
+                    *x = Value::String("[varies]".into());
+                } else {
+                    *x = stable(x.take());
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                *x = stable(x.take());
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+#[test]
+fn every_command_with_text_and_json() {
+    let server = Server::start();
+    assert!(server.ok(&["ping"]).contains("answers"));
+    let plan = server.file("cli.yaml", PLAN);
+    assert_eq!(
+        server.ok(&["plan", "add", plan.to_str().unwrap()]),
+        "added plan 'cli' as iteration 1\n"
+    );
+    insta::assert_json_snapshot!("plan_list", stable(server.json(&["plan", "list"])));
+    assert!(server.ok(&["plan", "get", "cli"]).contains("echo hello"));
+
+    // A run, followed to the end: its events, in order, and the exit status of the result.
+    let out = server.run(&["execution", "run", "cli", "--follow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let log = text(&out.stdout);
+    assert!(
+        log.contains("[a] custom [OK]") && log.contains("execution 1 done"),
+        "{log}"
+    );
+    insta::assert_json_snapshot!(
+        "execution_get",
+        stable(server.json(&["execution", "get", "1"]))
+    );
+    let warn = server.ok(&["execution", "log", "1", "--level", "warn"]);
+    assert!(
+        warn.lines()
+            .all(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{warn}"
+    );
+    assert!(server
+        .ok(&["execution", "log", "1", "--node", "b"])
+        .contains("hello"));
+
+    // The plan changes: update shows it, versions and diff list it.
+    let changed = server.file("cli.yaml", &PLAN.replace("echo hello", "echo bonjour"));
+    assert!(server
+        .ok(&["plan", "update", changed.to_str().unwrap()])
+        .starts_with("updated plan 'cli' (iteration 2)"));
+    assert_eq!(
+        server.json(&["plan", "versions", "cli"])["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(server.ok(&["plan", "diff", "cli"]).contains("bonjour"));
+    let state = server.json(&["plan", "state", "cli"]);
+    assert_eq!(state["nodes"].as_array().unwrap().len(), 2);
+    assert!(server
+        .ok(&["plan", "reset", "cli", "--force"])
+        .contains("put back to ready"));
+
+    // Errors: one line, a documented status.
+    let out = server.run(&["execution", "cancel", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: execution 1 has already finished (done) (409 conflict)\n"
+    );
+    let out = server.run(&["execution", "deploy", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: there is no plan 'nowhere' in the store"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = server.file(
+        "bad.yaml",
+        "name: bad\nnodes: {x: {infrastructure: nope}}\n",
+    );
+    let out = server.run(&["plan", "add", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not valid; nothing was sent"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Clean-up commands.
+    let removed = server.json(&["execution", "clear", "--status", "done"]);
+    assert_eq!(removed.as_array().unwrap().len(), 1);
+    assert_eq!(server.json(&["execution", "list"]), serde_json::json!([]));
+    assert!(server
+        .ok(&["plan", "delete", "cli"])
+        .contains("removed plan 'cli'"));
+}
+
+#[test]
+fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
+    let server = Server::start();
+    let out = server
+        .cmd(&["plan", "list"])
+        .env("DOPC_TOKEN", "dop_wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).starts_with("error: the server refused the token"));
+    assert!(
+        !text(&out.stderr).contains("dop_wrong"),
+        "the token is never printed"
+    );
+    let out = server
+        .cmd(&["plan", "list"])
+        .env("DOPC_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(text(&out.stderr).starts_with("error: cannot reach dopc at http://127.0.0.1:1"));
+    // https to a plain server: TLS fails; a CA file that is not one: a usage error.
+    let https = server.url.replacen("http://", "https://", 1);
+    let out = server
+        .cmd(&["ping"])
+        .env("DOPC_URL", &https)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let not_ca = server.file("not-a-ca.pem", "hello");
+    let out = server
+        .cmd(&["ping", "--ca", not_ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    let out = server
+        .cmd(&["ping", "--url", "127.0.0.1:8780"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
+    let mut server = Server::start();
+    let slow = "name: slow\ninfrastructures: {l: {type: baremetal}}\nnodes: {s1: {infrastructure: l}}\nsteps:\n  default:\n    \
+                - {name: one, nodes: all, command: {plugin: custom, exec: 'sleep 1'}}\n    \
+                - {name: two, nodes: all, command: {plugin: custom, exec: 'sleep 1'}}\n    \
+                - {name: three, nodes: all, command: {plugin: custom, exec: 'sleep 1'}}\n";
+    let plan = server.file("slow.yaml", slow);
+    server.ok(&["plan", "add", plan.to_str().unwrap()]);
+    let started = server.json(&["execution", "run", "slow"]);
+    let id = started["id"].as_u64().unwrap().to_string();
+    let follower = server
+        .cmd(&["execution", "log", &id, "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Restart the server on the same port while the run is under way: SIGTERM hands the
+    // execution back, the new server runs it to the end.
+    let t = Instant::now();
+    while !server
+        .ok(&["execution", "log", &id])
+        .contains("step 'one' done")
+    {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    server.launch(&format!("127.0.0.1:{port}"));
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let seqs: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no event lost or repeated: {seqs:?}"
+    );
+    let events: Value =
+        serde_json::from_str(&server.ok(&["execution", "get", &id, "--json"])).unwrap();
+    assert_eq!(events["status"], "done");
+    assert!(text(&out.stderr).contains(&format!("execution {id} done")));
+}
