@@ -81,8 +81,9 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
     }
     store_demo(&plan_file)?;
     println!(
-        "\ndemo finished: dopv deployed the plan's nodes, dopi ran its steps on them over SSH, \
-         a plan change was shown and applied, and the nodes were removed again"
+        "\ndemo finished: through dopc, dopv deployed the plan's nodes and dopi ran its steps on \
+         them over SSH; a plan change was previewed and applied, only the changed node ran its \
+         steps again; everything was torn down and the server stopped"
     );
     Ok(())
 }
@@ -104,15 +105,8 @@ impl Drop for Scratch {
 const DEMO_KEY_LINE: &str =
     "public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForTheDemoPlanOnly demo'";
 
-/// One more web node, for the plan update the demo shows.
-const WEB04: &str = "  web04.demo.local:\n    infrastructure: lab\n    credentials: demo_ssh\n    \
-                     interfaces: {eth0: {network: loopback, ip: 127.0.90.14}}\n";
-
-/// The demo proper, in a throw-away store: dopv deploys the plan's nodes on the local
-/// provider (after showing what it would do), dopi runs the default step set on them over SSH
-/// (twice: done work is not redone), then the plan gains a node: dopv shows and makes the
-/// change, dopi runs only the new node. Everything is undeployed at the end.
-fn store_demo(plan_file: &Path) -> Result<(), String> {
+/// Makes sure the local nodes can run: root, and OpenSSH's server (installed when missing).
+fn demo_prerequisites() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(
@@ -121,15 +115,34 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
                 .into(),
         );
     }
+    if !Path::new("/usr/sbin/sshd").exists() {
+        println!("== installing what the local nodes need (.ci/install-deps: openssh-server, …)");
+        let status = Command::new("bash")
+            .arg(root().join(".ci/install-deps"))
+            .status()
+            .map_err(|e| format!("cannot run .ci/install-deps: {e}"))?;
+        if !status.success() {
+            return Err(
+                "could not install openssh-server: install it (apt-get install \
+                        openssh-server) and run the demo again"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The demo proper, as an operator would do it through dopc: a server in a throw-away
+/// directory, a token, the plan added, `setup` followed live, the combined state, a plan
+/// change (a node removed, a node moved) previewed with `sync --noop` and applied with `sync
+/// --destructive` (then dopi runs: only the changed node's steps run again), `teardown`, and
+/// the server stopped. The server and the client are dopc's own libraries, the same code as
+/// `dopc serve` and `dopc execution … --follow`.
+fn store_demo(plan_file: &Path) -> Result<(), String> {
+    demo_prerequisites()?;
     let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let scratch = Scratch(dir.clone());
-    let config = {
-        let mut c = dop_core::Config::defaults(&dop_core::Environment::default());
-        c.store_dir = dir.join("store");
-        c.log_dir = dir.join("logs");
-        c
-    };
+    let _scratch = Scratch(dir.clone());
     let key = dir.join("demo_key");
     let keygen = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "dop demo", "-f"])
@@ -139,7 +152,6 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     if !keygen.success() {
         return Err("ssh-keygen could not make the demo key".into());
     }
-    let settings = LookupSettings::default();
     let original = std::fs::read_to_string(plan_file).map_err(|e| e.to_string())?;
     if !original.contains(DEMO_KEY_LINE) {
         return Err(format!(
@@ -154,150 +166,161 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
             k = key.display()
         ),
     );
-    let file = dir.join("demo.yaml");
-    std::fs::write(&file, &text).map_err(|e| e.to_string())?;
-    let plan = dop_core::load_file(&file, &settings)
-        .plan
-        .ok_or("the demo plan with its key is not valid")?;
     let store =
-        std::sync::Arc::new(dop_store::Store::open(&config.store_dir).map_err(|e| e.to_string())?);
-    store
-        .add(&text, &plan, Some(&file), false)
+        std::sync::Arc::new(dop_store::Store::open(&dir.join("store")).map_err(|e| e.to_string())?);
+    println!("\n$ dopc token create demo");
+    let token = dopc::auth::create(&store, "demo").map_err(|e| e.to_string())?;
+    println!("(a token, shown once; the demo keeps it)");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
         .map_err(|e| e.to_string())?;
-
-    let dopv_opts = |operation, noop| dopv::Options {
-        operation,
-        filter: dop_core::NodeFilter::all(),
-        noop,
-        settings: settings.clone(),
-        log_dir: config.log_dir.clone(),
-        echo: dopi::Echo::Quiet,
-        providers: dopv::provider::ProviderOptions {
-            local_dir: dir.join("local"),
-        },
-        expect_serial: None,
-        handle_signals: false,
-        stop: None,
-        log: None,
-    };
-    let sync = dopv::Operation::Sync(dopv::Permissions::default());
-    let dopv_step = |title: &str, operation, noop| -> Result<dopv::Report, String> {
-        println!("\n== {title}");
-        let report = dopv::run(&store, &plan.name, &dopv_opts(operation, noop))
-            .map_err(|e| e.to_string())?;
-        dopv::cli::render(&report, &mut std::io::stdout());
-        if report.failed() {
-            return Err(format!("{title} failed; see {}", report.log_dir.display()));
-        }
-        Ok(report)
-    };
-    let dopi_opts = dopi::RunOptions {
-        step_set: "default".into(),
-        filter: dop_core::NodeFilter::all(),
-        noop: false,
-        settings: settings.clone(),
-        log_dir: config.log_dir.clone(),
-        echo: dopi::Echo::Lines,
-        handle_signals: false,
-        connect_timeout: 10,
-        redeployed: dopi::Redeployed::Refuse,
-        stop: None,
-        log: None,
-    };
-    let dopi_step = |title: &str| -> Result<(), String> {
-        println!("\n== {title}");
-        let report = dopi::run(
-            store.clone(),
-            &plan.name,
-            &dopi_opts,
-            &dopi::Registry::local(),
-        )
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .map_err(|e| e.to_string())?;
-        if report.result != dopi::RunResult::Done {
-            return Err(format!("{title} did not finish: {:?}", report.result));
-        }
-        Ok(())
-    };
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-
-    dopv_step(
-        "dopv sync demo --noop: what dopv would do, and why",
-        sync,
-        true,
-    )?;
-    dopv_step(
-        "dopv sync demo: four local nodes, each with its own sshd",
-        sync,
-        false,
-    )?;
-    dopi_step("dopi run demo: the default step set, over SSH")?;
-    dopi_step("dopi run demo again: done work is not redone")?;
-
-    // The plan gains a web node.
-    let changed_text = text.replacen(
-        "\n  db01.demo.local:\n",
-        &format!("\n{WEB04}  db01.demo.local:\n"),
-        1,
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
     );
-    let changed = dop_core::load_str(&changed_text, Some(&file), &settings)
-        .plan
-        .ok_or("the changed demo plan is not valid")?;
-    store
-        .update(&changed_text, &changed, Some(&file))
-        .map_err(|e| e.to_string())?;
-    let (from, to, diff) = store
-        .diff(&plan.name, None, None)
-        .map_err(|e| e.to_string())?;
-    println!("\n== dopv update: stored iteration {from}, then {to}; what changed:");
-    print!("{diff}");
-    dopv_step(
-        "dopv sync demo --noop: the new node, and nothing else",
-        sync,
-        true,
-    )?;
-    dopv_step("dopv sync demo", sync, false)?;
-    dopi_step("dopi run demo: only the new node has work to do")?;
-
-    println!("\n== dopv show demo");
-    let show = dopv::cli::ShowArgs {
-        plan: plan.name.clone(),
-        json: false,
+    println!(
+        "$ dopc serve --bind {}   (in the background)",
+        url.trim_start_matches("http://")
+    );
+    let settings = dopc::server::ServeConfig {
         local_dir: Some(dir.join("local")),
+        ..Default::default()
     };
-    dopv::cli::show(
-        &show,
-        &config,
-        &mut dop_store::cli::Io {
-            out: &mut out,
-            err: &mut err,
-        },
-    );
-    println!("\n== dopi show demo");
-    let show = dopi::cli::ShowArgs {
-        plan: plan.name.clone(),
-        stepset: None,
-        json: false,
-        detailed: false,
-        watch: false,
-        lookup: Default::default(),
-    };
-    if dopi::cli::show(
-        &show,
-        &config,
-        &mut dop_store::cli::Io {
-            out: &mut out,
-            err: &mut err,
-        },
-    ) != 0
-    {
-        return Err("dopi show failed".into());
+    let server = runtime.spawn({
+        let (store, log_dir) = (store.clone(), dir.join("logs"));
+        async move {
+            dopc::server::serve(listener, store, log_dir, &settings, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+    let client = dopc::client::Client::new(dopc::client::ClientConfig {
+        url: url.clone(),
+        token: Some(token),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(demo_story(&client, &text));
+    let _ = stop_tx.send(());
+    let _ = runtime.block_on(server);
+    result?;
+    Ok(())
+}
+
+/// Runs a task and follows its log to the end, as `dopc execution TASK PLAN --follow`.
+async fn follow_task(
+    client: &dopc::client::Client,
+    task: dopc::execution::Task,
+    options: dopc::execution::ExecOptions,
+    flags: &str,
+) -> Result<(u64, Vec<serde_json::Value>), String> {
+    println!("\n$ dopc execution {} demo{flags} --follow", task.name());
+    let e = client
+        .execute("demo", task, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut events = Vec::new();
+    let status = client
+        .follow(e.id, 0, std::time::Duration::from_secs(60), |ev| {
+            print!("{}", dopc::cli::event_line(ev));
+            events.push(ev.clone());
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != dopc::execution::Status::Done {
+        return Err(format!(
+            "execution {} of {} ended {status:?}",
+            e.id,
+            task.name()
+        ));
     }
-    dopv_step(
-        "dopv undeploy demo --rmdisk: the nodes and their disks go",
-        dopv::Operation::Undeploy { rmdisk: true },
-        false,
-    )?;
-    drop(scratch);
+    Ok((e.id, events))
+}
+
+async fn demo_story(client: &dopc::client::Client, text: &str) -> Result<(), String> {
+    use dopc::execution::{ExecOptions, Task};
+    println!("\n$ dopc plan add demo.yaml");
+    let added = client
+        .add_plan(text, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{} plan '{}'",
+        added["status"].as_str().unwrap_or(""),
+        added["name"].as_str().unwrap_or("")
+    );
+    follow_task(client, Task::Setup, ExecOptions::default(), "").await?;
+    println!("\n$ dopc plan state demo");
+    print!(
+        "{}",
+        dopc::cli::state_text(&client.state("demo").await.map_err(|e| e.to_string())?)
+    );
+
+    // The plan changes: web03 leaves it, web02 moves to another address.
+    let changed = text
+        .replacen("  web03.demo.local:\n    infrastructure: lab\n    credentials: demo_ssh\n    interfaces: {eth0: {network: loopback, ip: 127.0.90.13}}\n", "", 1)
+        .replacen("ip: 127.0.90.12}", "ip: 127.0.90.32}", 1);
+    if changed.contains("web03.demo.local:\n    infrastructure") || !changed.contains("127.0.90.32")
+    {
+        return Err("the demo plan is not the one the demo expects (web02, web03)".into());
+    }
+    println!("\n$ dopc plan update demo.yaml   (web03 removed, web02 moved to 127.0.90.32)");
+    let updated = client
+        .update_plan("demo", &changed)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{} to iteration {}",
+        updated["status"].as_str().unwrap_or(""),
+        updated["iteration"]["number"]
+    );
+    let noop = ExecOptions {
+        noop: true,
+        ..ExecOptions::default()
+    };
+    follow_task(client, Task::Sync, noop, " --noop").await?;
+    let destructive = ExecOptions {
+        destructive: true,
+        ..ExecOptions::default()
+    };
+    let (_, events) = follow_task(client, Task::Sync, destructive, " --destructive").await?;
+    let ran: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "command_finished")
+        .filter_map(|e| e["node"].as_str().map(str::to_string))
+        .collect();
+    println!(
+        "\n== the steps ran again on: {}",
+        ran.iter().cloned().collect::<Vec<_>>().join(", ")
+    );
+    if ran.iter().map(String::as_str).collect::<Vec<_>>() != ["web02.demo.local"] {
+        return Err(format!(
+            "only the redeployed web02 should have run its steps again, not {ran:?}"
+        ));
+    }
+    follow_task(
+        client,
+        Task::Teardown,
+        ExecOptions {
+            rmdisk: true,
+            ..ExecOptions::default()
+        },
+        " --rmdisk",
+    )
+    .await?;
+    println!("\n$ dopc plan state demo");
+    print!(
+        "{}",
+        dopc::cli::state_text(&client.state("demo").await.map_err(|e| e.to_string())?)
+    );
     Ok(())
 }
 
@@ -382,11 +405,6 @@ fn bench(which: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_demo_runs_on_its_bundled_plan() {
-        super::demo(None).expect("demo");
-    }
-
     #[test]
     fn the_demo_refuses_an_invalid_plan() {
         let plan = super::root().join("fixtures/plans/invalid/wrong-types.yaml");

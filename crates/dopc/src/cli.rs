@@ -316,7 +316,8 @@ fn show(s: &mut Session<'_>, value: &Value, text: impl FnOnce(&Value) -> String)
     }
 }
 
-fn event_line(e: &Value) -> String {
+/// An event for people, as the log files show it.
+pub fn event_line(e: &Value) -> String {
     let time = e["time_ms"]
         .as_u64()
         .map(dop_store::rfc3339)
@@ -554,7 +555,8 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     }
 }
 
-fn state_text(v: &Value) -> String {
+/// A plan state document for people.
+pub fn state_text(v: &Value) -> String {
     let mut t = format!(
         "plan '{}': iteration {}, state serial {}\n",
         v["plan"].as_str().unwrap_or(""),
