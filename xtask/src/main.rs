@@ -3,13 +3,14 @@
 //! * `cargo xtask demo` — the main job on built-in defaults: the bundled plan deployed by dopv
 //!   on local test nodes and run by dopi over SSH, end to end.
 //! * `cargo xtask bench [parse|store|ssh|dopc]` — benchmarks, built in release mode.
+//! * `cargo xtask dist` — shell completions and man pages of the three tools in `target/dist/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc] | testbed up N [DIR] | testbed down [DIR]>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc] | dist | testbed up N [DIR] | testbed down [DIR]>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(args.get(1).map(PathBuf::from)),
         Some("bench") => bench(args.get(1).map_or("all", String::as_str)),
         Some("testbed") => testbed(&args[1..]),
+        Some("dist") => dist(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -324,6 +326,54 @@ async fn demo_story(client: &dopc::client::Client, text: &str) -> Result<(), Str
     Ok(())
 }
 
+/// `dist`: shell completions (bash, zsh, fish) and man pages (one per command and subcommand)
+/// of the three tools, into `target/dist/`, made from the tools' own argument definitions.
+fn dist() -> Result<(), String> {
+    use clap::CommandFactory;
+    let out = root().join("target/dist");
+    let tools = [
+        ("dopi", dopi::app::Cli::command()),
+        ("dopv", dopv::app::Cli::command()),
+        ("dopc", dopc::app::Cli::command()),
+    ];
+    let mut files = 0;
+    for (name, command) in tools {
+        for (shell, dir) in [
+            (clap_complete::Shell::Bash, "completions/bash"),
+            (clap_complete::Shell::Zsh, "completions/zsh"),
+            (clap_complete::Shell::Fish, "completions/fish"),
+        ] {
+            let dir = out.join(dir);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            clap_complete::generate_to(shell, &mut command.clone(), name, &dir)
+                .map_err(|e| format!("{name} {shell} completions: {e}"))?;
+            files += 1;
+        }
+        let man = out.join("man/man1");
+        std::fs::create_dir_all(&man).map_err(|e| format!("{}: {e}", man.display()))?;
+        files += man_pages(&command, name, &man)?;
+    }
+    println!("{files} files in {}", out.display());
+    Ok(())
+}
+
+/// The man page of a command and, as `tool-sub.1`, of each of its subcommands.
+fn man_pages(command: &clap::Command, name: &str, dir: &Path) -> Result<usize, String> {
+    let mut page = Vec::new();
+    // clap names are `&'static str` without its `string` feature; xtask runs once.
+    let static_name: &'static str = Box::leak(name.to_string().into_boxed_str());
+    clap_mangen::Man::new(command.clone().name(static_name))
+        .render(&mut page)
+        .map_err(|e| format!("{name}.1: {e}"))?;
+    std::fs::write(dir.join(format!("{name}.1")), page).map_err(|e| format!("{name}.1: {e}"))?;
+    let mut n = 1;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        n += man_pages(sub, &sub_name, dir)?;
+    }
+    Ok(n)
+}
+
 /// `testbed up N [DIR]`: N test nodes (real sshd on 127.10.x.y:2222) that stay up; `testbed
 /// down [DIR]` stops them by pid and removes DIR.
 fn testbed(args: &[String]) -> Result<(), String> {
@@ -405,6 +455,24 @@ fn bench(which: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dist_makes_completions_and_man_pages_for_every_tool() {
+        super::dist().expect("dist");
+        let out = super::root().join("target/dist");
+        for tool in ["dopi", "dopv", "dopc"] {
+            let bash =
+                std::fs::read_to_string(out.join(format!("completions/bash/{tool}.bash"))).unwrap();
+            assert!(bash.contains(&format!("_{tool}()")), "{tool}");
+            assert!(out.join(format!("completions/zsh/_{tool}")).exists());
+            assert!(out.join(format!("completions/fish/{tool}.fish")).exists());
+            let man = std::fs::read_to_string(out.join(format!("man/man1/{tool}.1"))).unwrap();
+            assert!(man.contains(".TH"), "{tool}");
+        }
+        let sync = std::fs::read_to_string(out.join("man/man1/dopv-sync.1")).unwrap();
+        assert!(sync.contains("destructive"), "{sync}");
+        assert!(out.join("man/man1/dopc-execution-setup.1").exists());
+    }
+
     #[test]
     fn the_demo_refuses_an_invalid_plan() {
         let plan = super::root().join("fixtures/plans/invalid/wrong-types.yaml");

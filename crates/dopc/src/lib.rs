@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -12,6 +12,7 @@
 //! `<log_dir>/<plan>/<execution_id>/all.log`, one log per node, and `events.jsonl`.
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod cli;
 mod engine;
 pub mod exec;

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod actual;
+pub mod app;
 pub mod cli;
 pub mod driver;
 pub mod hooks;
