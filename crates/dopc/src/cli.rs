@@ -49,12 +49,64 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub ca: Option<PathBuf>,
-    /// Seconds one request may take.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
-    pub timeout: u64,
+    /// Seconds one request may take [default: 30].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     /// Print JSON (the API's answer) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file with `url`, `token` and `ca` (TOML) for what the flags and environment leave
+    /// unset [default: ~/.config/dop/dopc-client.toml when it exists].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DOPC_CLIENT_CONFIG",
+        hide_env_values = true
+    )]
+    pub client_config: Option<PathBuf>,
+}
+
+/// `dopc-client.toml`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    url: Option<String>,
+    token: Option<String>,
+    ca: Option<PathBuf>,
+    timeout: Option<u64>,
+}
+
+fn client_file(args: &ClientArgs) -> Result<ClientFile, ClientError> {
+    let path = match &args.client_config {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".config/dop/dopc-client.toml"),
+            None => return Ok(ClientFile::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.client_config.is_none() => {
+            return Ok(ClientFile::default())
+        }
+        Err(e) => return Err(ClientError::Config(format!("{}: {e}", path.display()))),
+    };
+    let file: ClientFile = toml::from_str(&text)
+        .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    if file.token.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(ClientError::Config(format!(
+                "{} holds a token but others can read it: chmod 600 it",
+                path.display()
+            )));
+        }
+    }
+    Ok(file)
 }
 
 /// `dopc plan …`.
@@ -267,16 +319,19 @@ pub struct Session<'a> {
     pub err: &'a mut dyn Write,
 }
 
-/// The client for the arguments.
+/// The client for the arguments: flags, then environment, then the client file, then the
+/// defaults.
 pub fn client(args: &ClientArgs) -> Result<Client, ClientError> {
+    let file = client_file(args)?;
     Client::new(ClientConfig {
         url: args
             .url
             .clone()
+            .or(file.url)
             .unwrap_or_else(|| ClientConfig::default().url),
-        token: args.token.clone().filter(|t| !t.is_empty()),
-        ca: args.ca.clone(),
-        timeout: Duration::from_secs(args.timeout.max(1)),
+        token: args.token.clone().or(file.token).filter(|t| !t.is_empty()),
+        ca: args.ca.clone().or(file.ca),
+        timeout: Duration::from_secs(args.timeout.or(file.timeout).unwrap_or(30).max(1)),
         retries: 3,
     })
 }

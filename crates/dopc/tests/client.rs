@@ -34,6 +34,8 @@ impl Server {
             .env_remove("DOPC_URL")
             .env_remove("DOPC_TOKEN")
             .env_remove("DOPC_CA")
+            .env("HOME", dir)
+            .env_remove("DOPC_CLIENT_CONFIG")
             .env_remove("DOPC_SERVER_CONFIG");
     }
 
@@ -158,10 +160,21 @@ fn stable(mut v: Value) -> Value {
 fn every_command_with_text_and_json() {
     let server = Server::start();
     assert!(server.ok(&["ping"]).contains("answers"));
-    let plan = server.file("cli.yaml", PLAN);
+    // The steps come from an included file: the client expands it before upload.
+    let (head, steps) = PLAN.split_once("steps:\n").unwrap();
+    let part = server.file("steps.yaml", steps);
+    let plan = server.file(
+        "cli.yaml",
+        &format!("{head}steps:\ninclude: {}\n", part.display()),
+    );
     assert_eq!(
         server.ok(&["plan", "add", plan.to_str().unwrap()]),
         "added plan 'cli' as iteration 1\n"
+    );
+    let stored = server.ok(&["plan", "get", "cli"]);
+    assert!(
+        stored.contains("echo hello") && !stored.contains("include:"),
+        "{stored}"
     );
     insta::assert_json_snapshot!("plan_list", stable(server.json(&["plan", "list"])));
     assert!(server.ok(&["plan", "get", "cli"]).contains("echo hello"));
