@@ -360,3 +360,44 @@ fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
     assert_eq!(events["status"], "done");
     assert!(text(&out.stderr).contains(&format!("execution {id} done")));
 }
+
+#[test]
+fn a_server_that_never_answers_times_out_in_one_line() {
+    let server = Server::start();
+    // Accepts connections, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let out = server
+        .cmd(&["ping", "--timeout", "1", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: dopc at {url} did not answer within 1 s\n")
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(silent);
+}
+
+#[test]
+fn plan_state_watch_prints_again_when_the_state_changes() {
+    let server = Server::start();
+    let plan = server.file("cli.yaml", PLAN);
+    server.ok(&["plan", "add", plan.to_str().unwrap()]);
+    let mut watcher = server
+        .cmd(&["plan", "state", "cli", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["step_sets"][0]["state"], "ready");
+    server.ok(&["execution", "run", "cli", "--follow"]);
+    let next: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(next["serial"].as_u64() > first["serial"].as_u64(), "{next}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
