@@ -18,6 +18,17 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: the command line is wrong (clap's own status for usage errors).
 pub const EXIT_USAGE: u8 = 2;
+/// What `--version` prints after the tool's name: the version, the git commit and the build
+/// profile it was built from (`0.1.0 (commit 1a2b3c4d5e6f, release build)`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DOP_GIT_COMMIT"),
+    ", ",
+    env!("DOP_BUILD_PROFILE"),
+    " build)"
+);
+
 /// Exit status: the plan is locked by another process (or the store is busy); try again later.
 pub const EXIT_LOCKED: u8 = 3;
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// The dop server: queues executions of dopv and dopi, streams their logs and serves the
 /// combined state of each plan.
 #[derive(Parser)]
-#[command(name = "dopc", version, after_help = EXIT_CODES)]
+#[command(name = "dopc", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,

@@ -10,7 +10,7 @@ use dop_store::cli::{ImportArgs, PlanCommand};
 /// Run a plan's steps on its nodes: commands, files, reboots and Puppet runs over SSH, with
 /// canaries, concurrency limits and resumable state.
 #[derive(Parser)]
-#[command(name = "dopi", version, after_help = EXIT_CODES)]
+#[command(name = "dopi", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,

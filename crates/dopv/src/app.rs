@@ -13,7 +13,7 @@ use dop_store::cli::PlanCommand;
 /// --json, and the node-selection flags. Only `sync --destructive` removes nodes that left
 /// the plan or redeploys changed ones; only `sync --interruptive` reboots.
 #[derive(Parser)]
-#[command(name = "dopv", version, after_help = EXIT_CODES)]
+#[command(name = "dopv", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,
