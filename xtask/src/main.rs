@@ -326,9 +326,44 @@ async fn demo_story(client: &dopc::client::Client, text: &str) -> Result<(), Str
     Ok(())
 }
 
-/// `dist`: shell completions (bash, zsh, fish) and man pages (one per command and subcommand)
-/// of the three tools, into `target/dist/`, made from the tools' own argument definitions.
+/// `dist`: release builds of the three tools, their shell completions (bash, zsh, fish) and
+/// man pages (one per command and subcommand), and one RPM per tool plus `dop-common`, all in
+/// `target/dist/`.
 fn dist() -> Result<(), String> {
+    let files = docs_for_dist()?;
+    println!("{files} completion and man page files in target/dist");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bins",
+            "-p",
+            "dopi",
+            "-p",
+            "dopv",
+            "-p",
+            "dopc",
+        ])
+        // Packages ship binaries without debug information (a quarter of the size).
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("the release build failed".into());
+    }
+    for rpm in rpms(
+        &root().join("target/release"),
+        &root().join("target/dist/rpm"),
+    )? {
+        println!("{}", rpm.display());
+    }
+    Ok(())
+}
+
+/// Completions and man pages from the tools' own argument definitions.
+fn docs_for_dist() -> Result<usize, String> {
     use clap::CommandFactory;
     let out = root().join("target/dist");
     let tools = [
@@ -353,8 +388,161 @@ fn dist() -> Result<(), String> {
         std::fs::create_dir_all(&man).map_err(|e| format!("{}: {e}", man.display()))?;
         files += man_pages(&command, name, &man)?;
     }
-    println!("{files} files in {}", out.display());
-    Ok(())
+    Ok(files)
+}
+
+/// The changelog text of the newest section of `CHANGELOG.md`.
+fn newest_changes() -> Result<String, String> {
+    let text = std::fs::read_to_string(root().join("CHANGELOG.md"))
+        .map_err(|e| format!("CHANGELOG.md: {e}"))?;
+    let mut sections = text.split("\n## ").skip(1);
+    let newest = sections
+        .next()
+        .ok_or("CHANGELOG.md has no `## version` section")?;
+    Ok(newest
+        .split_once('\n')
+        .map_or("", |(_, body)| body)
+        .trim()
+        .to_string())
+}
+
+/// One RPM per tool (binary, man pages, completions, license; dopc: its systemd unit and
+/// settings) and `dop-common` (shared settings, the service user, directories), from the
+/// binaries in `bin_dir` and the man pages and completions in `target/dist`.
+fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
+    use rpm::{Dependency, FileOptions, PackageBuilder};
+    let version = env!("CARGO_PKG_VERSION");
+    let dist = root().join("target/dist");
+    let packaging = root().join("packaging");
+    let license = root().join("LICENSE");
+    let changes = newest_changes()?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let arch = std::env::consts::ARCH;
+    let err = |what: &str, e: rpm::Error| format!("{what}: {e}");
+    let new_builder = |name: &str, summary: &str, arch: &str| {
+        let mut b = PackageBuilder::new(name, version, "Apache-2.0", arch, summary);
+        b.using_config(rpm::BuildConfig::default().compression(rpm::CompressionType::Gzip))
+            .release("1")
+            .url("https://github.com/dop-rs/dop")
+            .add_changelog_entry("dop developers", changes.clone(), 1_795_600_000);
+        b
+    };
+    let mut made = Vec::new();
+
+    let mut common = new_builder(
+        "dop-common",
+        "dop: shared settings, the dop service user and directories",
+        "noarch",
+    );
+    common
+        .description("Settings shared by dopi, dopv and dopc (/etc/dop/dop.conf), the 'dop' user the dopc service runs as, and the store and log directories.")
+        .with_file(packaging.join("dop.conf"), FileOptions::new("/etc/dop/dop.conf").mode(0o100644).config().noreplace())
+        .map_err(|e| err("dop.conf", e))?
+        .with_file(packaging.join("sysusers-dop.conf"), FileOptions::new("/usr/lib/sysusers.d/dop.conf").mode(0o100644))
+        .map_err(|e| err("sysusers", e))?
+        .with_file(&license, FileOptions::new("/usr/share/licenses/dop-common/LICENSE").mode(0o100644).doc())
+        .map_err(|e| err("LICENSE", e))?
+        .with_file(root().join("README.md"), FileOptions::new("/usr/share/doc/dop-common/README.md").mode(0o100644).doc())
+        .map_err(|e| err("README", e))?
+        .with_dir_entry(FileOptions::dir("/etc/dop").mode(0o40755))
+        .map_err(|e| err("/etc/dop", e))?
+        .with_dir_entry(FileOptions::dir("/var/lib/dop").mode(0o40750))
+        .map_err(|e| err("/var/lib/dop", e))?
+        .with_dir_entry(FileOptions::dir("/var/log/dop").mode(0o40750))
+        .map_err(|e| err("/var/log/dop", e))?;
+    let pkg = common.build().map_err(|e| err("dop-common", e))?;
+    made.push(pkg.write_to(out).map_err(|e| err("dop-common", e))?);
+
+    let tools = [
+        ("dopi", "dop: run a plan's steps on its nodes over SSH"),
+        ("dopv", "dop: make the infrastructure match the plan"),
+        (
+            "dopc",
+            "dop: the server (queued executions, logs, state) and its client",
+        ),
+    ];
+    for (tool, summary) in tools {
+        let mut b = new_builder(tool, summary, arch);
+        b.description(format!(
+            "{summary}. Part of dop, the Deployment Orchestrator for Puppet."
+        ))
+        .requires(Dependency::eq("dop-common", format!("{version}-1")))
+        .with_file(
+            bin_dir.join(tool),
+            FileOptions::new(format!("/usr/bin/{tool}")).mode(0o100755),
+        )
+        .map_err(|e| err(tool, e))?
+        .with_file(
+            &license,
+            FileOptions::new(format!("/usr/share/licenses/{tool}/LICENSE"))
+                .mode(0o100644)
+                .doc(),
+        )
+        .map_err(|e| err("LICENSE", e))?
+        .with_file(
+            dist.join(format!("completions/bash/{tool}.bash")),
+            FileOptions::new(format!("/usr/share/bash-completion/completions/{tool}"))
+                .mode(0o100644),
+        )
+        .map_err(|e| err("bash completion", e))?
+        .with_file(
+            dist.join(format!("completions/zsh/_{tool}")),
+            FileOptions::new(format!("/usr/share/zsh/site-functions/_{tool}")).mode(0o100644),
+        )
+        .map_err(|e| err("zsh completion", e))?
+        .with_file(
+            dist.join(format!("completions/fish/{tool}.fish")),
+            FileOptions::new(format!("/usr/share/fish/vendor_completions.d/{tool}.fish"))
+                .mode(0o100644),
+        )
+        .map_err(|e| err("fish completion", e))?;
+        let man_dir = dist.join("man/man1");
+        let mut pages: Vec<PathBuf> = std::fs::read_dir(&man_dir)
+            .map_err(|e| format!("{}: {e}", man_dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n == format!("{tool}.1") || n.starts_with(&format!("{tool}-")))
+            })
+            .collect();
+        pages.sort();
+        for page in pages {
+            let name = page
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            b.with_file(
+                &page,
+                FileOptions::new(format!("/usr/share/man/man1/{name}"))
+                    .mode(0o100644)
+                    .doc(),
+            )
+            .map_err(|e| err(&name, e))?;
+        }
+        if tool == "dopc" {
+            b.with_file(
+                packaging.join("dopc.service"),
+                FileOptions::new("/usr/lib/systemd/system/dopc.service").mode(0o100644),
+            )
+            .map_err(|e| err("dopc.service", e))?
+            .with_file(
+                packaging.join("dopc.toml"),
+                FileOptions::new("/etc/dop/dopc.toml")
+                    .mode(0o100640)
+                    .group("dop")
+                    .config()
+                    .noreplace(),
+            )
+            .map_err(|e| err("dopc.toml", e))?
+            .requires(Dependency::any("systemd"));
+        }
+        let pkg = b.build().map_err(|e| err(tool, e))?;
+        made.push(pkg.write_to(out).map_err(|e| err(tool, e))?);
+    }
+    Ok(made)
 }
 
 /// The man page of a command and, as `tool-sub.1`, of each of its subcommands.
@@ -457,7 +645,7 @@ fn bench(which: &str) -> Result<(), String> {
 mod tests {
     #[test]
     fn dist_makes_completions_and_man_pages_for_every_tool() {
-        super::dist().expect("dist");
+        super::docs_for_dist().expect("dist");
         let out = super::root().join("target/dist");
         for tool in ["dopi", "dopv", "dopc"] {
             let bash =
