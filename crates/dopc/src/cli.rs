@@ -415,25 +415,18 @@ async fn follow(s: &mut Session<'_>, id: u64) -> u8 {
         .await;
     match result {
         Ok(status) => {
-            let _ = writeln!(s.err, "execution {id} {}", json_word(&status));
+            let _ = writeln!(s.err, "execution {id} {}", status.name());
             status_code(status)
         }
         Err(e) => failed(s.err, &e),
     }
 }
 
-fn json_word<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn execution_line(e: &crate::execution::Execution) -> String {
     format!(
         "{:>5}  {:<10} {:<9} {:<20} {}{}\n",
         e.id,
-        json_word(&e.status),
+        e.status.name(),
         e.task.name(),
         e.plan,
         e.created_at,
@@ -668,7 +661,7 @@ pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
                 e.id,
                 task.name(),
                 e.plan,
-                json_word(&e.status)
+                e.status.name()
             )
         });
         return 0;
@@ -755,7 +748,7 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                 format!(
                     "execution {}: {} (cancel requests: {})\n",
                     e.id,
-                    json_word(&e.status),
+                    e.status.name(),
                     e.cancel_requests
                 )
             });

@@ -101,6 +101,19 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// `?a=1&b=2` of the pairs that have a value; empty when none has.
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
 /// A client.
 #[derive(Clone)]
 pub struct Client {
@@ -331,18 +344,9 @@ impl Client {
         from: Option<u64>,
         to: Option<u64>,
     ) -> Result<Value, ClientError> {
-        let mut q = Vec::new();
-        if let Some(f) = from {
-            q.push(format!("from={f}"));
-        }
-        if let Some(t) = to {
-            q.push(format!("to={t}"));
-        }
-        let query = if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
-        };
+        let from = from.map(|v| v.to_string());
+        let to = to.map(|v| v.to_string());
+        let query = query(&[("from", from.as_deref()), ("to", to.as_deref())]);
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}/diff{query}"),
@@ -379,18 +383,8 @@ impl Client {
         plan: Option<&str>,
         status: Option<Status>,
     ) -> Result<Vec<Execution>, ClientError> {
-        let mut q = Vec::new();
-        if let Some(p) = plan {
-            q.push(format!("plan={p}"));
-        }
-        if let Some(s) = status {
-            q.push(format!("status={}", json!(s).as_str().unwrap_or_default()));
-        }
-        let query = if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
-        };
+        let status = status.map(Status::name);
+        let query = query(&[("plan", plan), ("status", status)]);
         self.call(reqwest::Method::GET, &format!("/executions{query}"), None)
             .await
     }
@@ -454,18 +448,7 @@ impl Client {
         node: Option<&str>,
         level: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut q = Vec::new();
-        if let Some(n) = node {
-            q.push(format!("node={n}"));
-        }
-        if let Some(l) = level {
-            q.push(format!("level={l}"));
-        }
-        let query = if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
-        };
+        let query = query(&[("node", node), ("level", level)]);
         self.call(
             reqwest::Method::GET,
             &format!("/executions/{id}/log{query}"),

@@ -61,6 +61,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// The name (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     /// True once it cannot change any more.
     pub fn is_final(self) -> bool {
         matches!(self, Status::Done | Status::Failed | Status::Cancelled)

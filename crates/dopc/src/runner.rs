@@ -217,7 +217,7 @@ impl Runner {
                     "execution_finished",
                     None,
                     None,
-                    format!("execution {} {}", e.id, word(&status)),
+                    format!("execution {} {}", e.id, status.name()),
                     json!({"execution": e.id, "status": status}),
                 );
                 runner.finish(e, status, result, error);
@@ -313,7 +313,7 @@ impl Runner {
             }
             _ => Err(crate::error::ApiError::conflict(format!(
                 "execution {id} has already finished ({})",
-                word(&e.status)
+                e.status.name()
             ))),
         }
     }
@@ -342,13 +342,6 @@ impl Runner {
             }
         }
     }
-}
-
-fn word<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Runs the task's parts in order; returns the status, per part a summary, and the error.
