@@ -437,7 +437,9 @@ fn execution_line(e: &crate::execution::Execution) -> String {
     )
 }
 
-fn plan_text(file: &std::path::Path) -> Result<String, String> {
+/// The plan file's text with its includes expanded, and the plan's name; or, ready to print,
+/// every finding (each an `error: …` block) and what happened.
+fn plan_file(file: &std::path::Path) -> Result<(String, String), String> {
     let loaded = dop_core::load_file(file, &dop_core::LookupSettings::default());
     let errors: Vec<String> = loaded
         .diagnostics
@@ -445,18 +447,15 @@ fn plan_text(file: &std::path::Path) -> Result<String, String> {
         .filter(|d| d.is_error())
         .map(ToString::to_string)
         .collect();
-    if !errors.is_empty() {
-        return Err(format!(
-            "{}\n{} is not valid; nothing was sent",
+    match (loaded.expanded, loaded.plan) {
+        (Some(expanded), Some(plan)) if errors.is_empty() => Ok((expanded.text, plan.name)),
+        _ if !errors.is_empty() => Err(format!(
+            "{}\nerror: {} is not valid; nothing was sent",
             errors.join("\n"),
             file.display()
-        ));
+        )),
+        _ => Err(format!("error: {} cannot be read", file.display())),
     }
-    loaded
-        .expanded
-        .map(|e| e.text)
-        .ok_or_else(|| format!("{} cannot be read", file.display()))
-        .map_err(|e| format!("error: {e}"))
 }
 
 /// `dopc ping`.
@@ -474,49 +473,41 @@ pub async fn ping(s: &mut Session<'_>) -> u8 {
 /// `dopc plan …`.
 pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     let result = match command {
-        PlanCommand::Add { file, .. } | PlanCommand::Update { file }
-            if plan_text(file).is_err() =>
-        {
-            let _ = writeln!(
-                s.err,
-                "error: {}",
-                plan_text(file).err().unwrap_or_default()
-            );
-            return 1;
-        }
-        PlanCommand::Add { file, force } => {
-            let text = plan_text(file).unwrap_or_default();
-            s.client.add_plan(&text, *force).await.map(|v| {
-                show(s, &v, |v| {
-                    format!(
-                        "{} plan '{}' as iteration {}\n",
-                        v["status"].as_str().unwrap_or(""),
-                        v["name"].as_str().unwrap_or(""),
-                        v["iteration"]["number"]
-                    )
-                });
-            })
-        }
-        PlanCommand::Update { file } => {
-            let text = plan_text(file).unwrap_or_default();
-            let name = dop_core::load_str(&text, None, &dop_core::LookupSettings::default())
-                .plan
-                .map(|p| p.name)
-                .unwrap_or_default();
-            s.client.update_plan(&name, &text).await.map(|v| {
-                show(s, &v, |v| {
-                    let mut t = format!(
-                        "{} plan '{}' (iteration {})\n",
-                        v["status"].as_str().unwrap_or(""),
-                        v["name"].as_str().unwrap_or(""),
-                        v["iteration"]["number"]
-                    );
-                    if let Some(changes) = v["diff"]["changes"].as_object() {
-                        t.push_str(&format!("{}\n", Value::Object(changes.clone())));
-                    }
-                    t
-                });
-            })
+        PlanCommand::Add { file, .. } | PlanCommand::Update { file } => {
+            // Read and checked once; the name is the plan's own.
+            let (text, name) = match plan_file(file) {
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    let _ = writeln!(s.err, "{message}");
+                    return 1;
+                }
+            };
+            match command {
+                PlanCommand::Add { force, .. } => s.client.add_plan(&text, *force).await.map(|v| {
+                    show(s, &v, |v| {
+                        format!(
+                            "{} plan '{}' as iteration {}\n",
+                            v["status"].as_str().unwrap_or(""),
+                            v["name"].as_str().unwrap_or(""),
+                            v["iteration"]["number"]
+                        )
+                    });
+                }),
+                _ => s.client.update_plan(&name, &text).await.map(|v| {
+                    show(s, &v, |v| {
+                        let mut t = format!(
+                            "{} plan '{}' (iteration {})\n",
+                            v["status"].as_str().unwrap_or(""),
+                            v["name"].as_str().unwrap_or(""),
+                            v["iteration"]["number"]
+                        );
+                        if let Some(changes) = v["diff"]["changes"].as_object() {
+                            t.push_str(&format!("{}\n", Value::Object(changes.clone())));
+                        }
+                        t
+                    });
+                }),
+            }
         }
         PlanCommand::List => s.client.plans().await.map(|v| {
             show(s, &v, |v| {

@@ -241,6 +241,11 @@ fn every_command_with_text_and_json() {
     let out = server.run(&["plan", "add", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
+        !text(&out.stderr).contains("error: error:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
         text(&out.stderr).contains("is not valid; nothing was sent"),
         "{}",
         text(&out.stderr)
