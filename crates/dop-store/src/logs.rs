@@ -160,7 +160,12 @@ pub struct ExecutionLog {
     /// `events.jsonl`).
     #[cfg(feature = "async")]
     lines: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Sees every event as it is written (dopc's metrics): never lags, never drops one.
+    observer: std::sync::OnceLock<Observer>,
 }
+
+/// A function that sees every event of an execution log.
+pub type Observer = Box<dyn Fn(&Event) + Send + Sync>;
 
 impl std::fmt::Debug for ExecutionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +224,7 @@ impl ExecutionLog {
             masker: Arc::new(masker),
             #[cfg(feature = "async")]
             lines: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
+            observer: std::sync::OnceLock::new(),
         }))
     }
 
@@ -246,6 +252,12 @@ impl ExecutionLog {
     /// The execution's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Calls `observer` with every event written from now on (set once; later calls are
+    /// ignored and return false). It runs under the log's lock: it must not write to the log.
+    pub fn observe(&self, observer: Observer) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The secret masker of the execution.
@@ -280,6 +292,9 @@ impl ExecutionLog {
         let _ = files.events.write_all(format!("{json}\n").as_bytes());
         #[cfg(feature = "async")]
         let _ = self.lines.send(Arc::from(json));
+        if let Some(observe) = self.observer.get() {
+            observe(&event);
+        }
         let _ = files.all.write_all(line.as_bytes());
         let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
         match self.echo {

@@ -18,12 +18,15 @@ use crate::store::Store;
 pub enum Kind {
     /// Executions, keyed by their number.
     Execution,
+    /// Monitor settings set through the API, keyed by plan name.
+    Monitor,
 }
 
 impl Kind {
     fn prefix(self) -> &'static str {
         match self {
             Kind::Execution => "execution/",
+            Kind::Monitor => "monitor/",
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::driver::{self, word, DopvError, Operation, Options, Report};
 use crate::planner::{Action, ActionKind, Permissions, Source};
-use crate::provider::{self, NodeSpec, ProviderOptions};
+use crate::provider::ProviderOptions;
 use crate::state::DopvState;
 
 /// Exit status of `--detailed-exitcode` when changes are pending.
@@ -331,6 +331,8 @@ pub fn undeploy(args: &UndeployArgs, config: &Config, io: &mut Io<'_>) -> u8 {
 struct ShownNode {
     node: String,
     in_plan: bool,
+    /// in_sync, pending, drifted or unknown.
+    state: crate::standing::SyncState,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<crate::state::Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,6 +345,8 @@ struct ShownNode {
     actual: Option<crate::actual::Actual>,
     drift: Vec<crate::actual::Difference>,
     pending: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -369,8 +373,8 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
             );
             let _ = writeln!(
                 io.out,
-                "{:<28} {:<11} {:<5} {:<10} {:<15} DRIFT / PENDING",
-                "NODE", "STATUS", "POWER", "ITERATION", "GENERATION"
+                "{:<28} {:<11} {:<5} {:<10} {:<15} {:<8} DRIFT / PENDING",
+                "NODE", "STATUS", "POWER", "ITERATION", "GENERATION", "STATE"
             );
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             for n in &nodes {
@@ -400,6 +404,9 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                 if !n.in_plan {
                     notes.push("removed from the plan".into());
                 }
+                if let Some(e) = &n.read_error {
+                    notes.push(format!("unknown: {e}"));
+                }
                 if let Some(e) = &n.error {
                     notes.push(format!("error: {e}"));
                 }
@@ -409,17 +416,14 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                 }
                 let _ = writeln!(
                     io.out,
-                    "{:<28} {:<11} {:<5} {:<10} {:<15} {}",
+                    "{:<28} {:<11} {:<5} {:<10} {:<15} {:<8} {}",
                     n.node,
                     status,
                     power,
                     n.iteration.map_or("-".into(), |i| i.to_string()),
                     n.generation.map_or("-".into(), |g| g.to_string()),
-                    if note.is_empty() {
-                        "in sync".to_string()
-                    } else {
-                        note
-                    }
+                    n.state.name(),
+                    note
                 );
             }
             EXIT_OK
@@ -447,72 +451,31 @@ fn shown(
             }
         })?;
     let options = provider_options(config, &args.local_dir);
-    let mut names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-    names.extend(
-        state
-            .nodes
-            .keys()
-            .filter(|n| plan.node(n).is_none())
-            .cloned(),
-    );
-    let mut nodes = Vec::new();
-    for name in names {
-        let planned = plan.node(&name);
-        let record = state.nodes.get(&name);
-        let mut shown = ShownNode {
-            node: name.clone(),
-            in_plan: planned.is_some(),
+    let nodes = crate::standing::standings(
+        &args.plan,
+        &plan,
+        &state,
+        &options,
+        crate::Permissions::default(),
+    )
+    .into_iter()
+    .map(|standing| {
+        let record = state.nodes.get(&standing.node);
+        ShownNode {
+            node: standing.node,
+            in_plan: standing.in_plan,
+            state: standing.state,
             status: record.map(|r| r.status),
             generation: record.map(|r| r.generation),
             iteration: record.map(|r| r.iteration),
-            refreshed: record.and_then(|r| r.refreshed_ms).map(rfc3339),
+            refreshed: standing.refreshed_ms.map(rfc3339),
             actual: record.and_then(|r| r.actual.clone()),
-            drift: Vec::new(),
-            pending: Vec::new(),
+            drift: standing.drift,
+            pending: standing.pending,
+            read_error: standing.read_error,
             error: record.and_then(|r| r.error.clone()),
-        };
-        if let Some(r) = record {
-            if let Ok(p) = provider::for_infrastructure(
-                r.provider,
-                &r.desired.infrastructure,
-                &args.plan,
-                &options,
-            ) {
-                let spec = NodeSpec {
-                    plan: args.plan.clone(),
-                    node: r.desired.clone(),
-                    ssh_port: r.ssh_port,
-                    credentials: r
-                        .desired
-                        .credentials
-                        .iter()
-                        .filter_map(|c| plan.credential(c).cloned())
-                        .collect(),
-                };
-                if let Some(actual) = &r.actual {
-                    shown.drift = actual.drift(&p.expected(&spec));
-                }
-            }
-            if let Some(node) = planned {
-                let (old, new) = (
-                    serde_json::to_value(&r.desired).unwrap_or_default(),
-                    serde_json::to_value(node).unwrap_or_default(),
-                );
-                if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
-                    let keys: std::collections::BTreeSet<&String> =
-                        old.keys().chain(new.keys()).collect();
-                    shown.pending = keys
-                        .into_iter()
-                        .filter(|k| {
-                            old.get(*k) != new.get(*k)
-                                && !["jump_hosts", "force_stop"].contains(&k.as_str())
-                        })
-                        .cloned()
-                        .collect();
-                }
-            }
         }
-        nodes.push(shown);
-    }
+    })
+    .collect();
     Ok((iteration.info.number, state.serial, nodes))
 }

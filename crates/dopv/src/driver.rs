@@ -19,6 +19,7 @@ use crate::actual::Actual;
 use crate::hooks::{self, Hook};
 use crate::planner::{self, Action, ActionKind, NodeView, Permissions, Reason};
 use crate::provider::{self, ChangeKind, NodeSpec, Provider, ProviderOptions};
+use crate::standing::{spec_for, ssh_port};
 use crate::state::{disks_change, node_change, DiskRecord, DopvState, NodeRecord, Status};
 
 /// The commands.
@@ -220,25 +221,6 @@ impl Ctx {
     }
 }
 
-fn ssh_port(plan: &Plan, infrastructure: &str) -> u16 {
-    plan.infrastructure(infrastructure)
-        .and_then(|i| i.ssh_port)
-        .unwrap_or(22)
-}
-
-fn spec_for(plan: &Plan, plan_name: &str, node: &Node, port: u16) -> NodeSpec {
-    NodeSpec {
-        plan: plan_name.to_string(),
-        node: node.clone(),
-        ssh_port: port,
-        credentials: node
-            .credentials
-            .iter()
-            .filter_map(|c| plan.credential(c).cloned())
-            .collect(),
-    }
-}
-
 /// Runs a dopv command on a stored plan.
 pub fn run(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, DopvError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -291,6 +273,9 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
 
     let mut problems = Vec::new();
     let mut providers: HashMap<(String, Kind), Arc<dyn Provider>> = HashMap::new();
+    // `refresh` only looks: a provider that cannot be reached makes its nodes' standing
+    // unknown (recorded), where the other commands refuse to start.
+    let mut unavailable: HashMap<String, String> = HashMap::new();
     let mut subjects = Vec::new();
     for &i in &selection.nodes {
         let name = resolver.name(i).to_string();
@@ -314,7 +299,12 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             ) {
                 Ok(p) => {
                     if let Err(e) = p.check().await {
-                        problems.push(format!("infrastructure '{}': {e}", node.infrastructure));
+                        let problem = format!("infrastructure '{}': {e}", node.infrastructure);
+                        if opts.operation == Operation::Refresh {
+                            unavailable.insert(node.infrastructure.clone(), problem);
+                        } else {
+                            problems.push(problem);
+                        }
                     }
                     providers.insert(key, p.clone());
                     p
@@ -397,6 +387,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
 
     // Ask the providers how the nodes are.
     let mut actuals: Vec<Option<Actual>> = Vec::new();
+    let mut read_errors: Vec<Option<String>> = Vec::new();
     let mut unreadable = Vec::new();
     for s in &subjects {
         let read_spec = match &s.record {
@@ -407,8 +398,15 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             },
             None => s.spec.clone(),
         };
-        match s.provider.read(&read_spec).await {
-            Ok(a) => actuals.push(Some(a)),
+        let read = match unavailable.get(&s.infrastructure) {
+            Some(problem) => Err(format!("the provider is unavailable: {problem}")),
+            None => s.provider.read(&read_spec).await.map_err(|e| e.to_string()),
+        };
+        match read {
+            Ok(a) => {
+                actuals.push(Some(a));
+                read_errors.push(None);
+            }
             Err(e) => {
                 ctx.event(
                     "error",
@@ -424,6 +422,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
                     error: Some(format!("cannot read the node: {e}")),
                 });
                 actuals.push(None);
+                read_errors.push(Some(e));
             }
         }
     }
@@ -533,17 +532,19 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         return Ok(report);
     }
 
-    // Record what the providers said about the nodes dopv knows.
-    let refreshed: Vec<_> = subjects
-        .iter()
-        .zip(&actuals)
-        .filter_map(|(s, a)| {
-            let mut record = s.record.clone()?;
-            record.actual = Some(a.clone()?);
-            record.refreshed_ms = Some(now_ms());
-            Some(node_change(&s.spec.node.name, Some(&record)))
-        })
-        .collect();
+    // Record what the providers said about the nodes dopv knows, or that they could not say.
+    let mut refreshed = Vec::new();
+    for ((s, actual), read_error) in subjects.iter_mut().zip(&actuals).zip(&read_errors) {
+        let Some(record) = s.record.as_mut() else {
+            continue;
+        };
+        if let Some(a) = actual {
+            record.actual = Some(a.clone());
+        }
+        record.read_error = read_error.clone();
+        record.refreshed_ms = Some(now_ms());
+        refreshed.push(node_change(&s.spec.node.name, Some(record)));
+    }
     if !refreshed.is_empty() {
         if let Err(e) = ctx.write(refreshed).await {
             return Err(DopvError::State {
@@ -839,6 +840,7 @@ fn fresh_record(
         generation: new_generation(old),
         actual: None,
         refreshed_ms: None,
+        read_error: None,
         updated_ms: now_ms(),
         error: None,
     }
@@ -1171,6 +1173,7 @@ async fn update(
                 iteration: ctx.iteration,
                 actual: Some(actual),
                 refreshed_ms: Some(now_ms()),
+                read_error: None,
                 updated_ms: now_ms(),
                 error: None,
                 ..record.clone()

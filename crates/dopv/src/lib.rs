@@ -4,6 +4,8 @@
 //!   `local` (lightweight containers on this host).
 //! * [`planner`] decides per node what a run does and why, from the newest plan iteration, the
 //!   state ([`state`]) and what the provider reports ([`actual`]).
+//! * [`standing`] says per node whether it is in sync, drifted, pending or unknown, from the
+//!   state alone.
 //! * [`driver::run`] carries a command out: `deploy`, `undeploy`, `refresh`, `sync`, each with
 //!   `noop`.
 #![deny(missing_docs)]
@@ -16,6 +18,7 @@ pub mod hooks;
 pub mod planner;
 pub mod provider;
 pub mod providers;
+pub mod standing;
 pub mod state;
 
 pub use driver::{run, DopvError, Operation, Options, Outcome, Report};

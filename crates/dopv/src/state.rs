@@ -53,6 +53,10 @@ pub struct NodeRecord {
     /// When the provider was last asked, in milliseconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refreshed_ms: Option<u64>,
+    /// Why the provider could not be asked at the last look (`actual` is then older): the
+    /// node's standing is unknown, never taken for gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
     /// When this record last changed.
     pub updated_ms: u64,
     /// Why the last action on the node failed.
@@ -157,6 +161,7 @@ mod tests {
                 ..Actual::default()
             }),
             refreshed_ms: None,
+            read_error: None,
             updated_ms: 1,
             error: None,
         };

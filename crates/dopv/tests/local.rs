@@ -132,6 +132,32 @@ impl Lab {
     }
 }
 
+/// Makes the local provider unreachable while it lives: its directory is moved away and a
+/// file takes its place; dropping it puts the directory back (also when a test fails).
+struct Unavailable {
+    dir: PathBuf,
+    away: PathBuf,
+}
+
+impl Unavailable {
+    fn new(dir: &Path) -> Unavailable {
+        let away = dir.with_extension("away");
+        std::fs::rename(dir, &away).unwrap();
+        std::fs::write(dir, "not a directory").unwrap();
+        Unavailable {
+            dir: dir.to_path_buf(),
+            away,
+        }
+    }
+}
+
+impl Drop for Unavailable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.dir);
+        let _ = std::fs::rename(&self.away, &self.dir);
+    }
+}
+
 fn answers(address: &str, port: u16) -> bool {
     std::net::TcpStream::connect((address, port)).is_ok()
 }
@@ -347,6 +373,47 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
         .map(|n| (n["node"].as_str().unwrap().to_string(), n["drift"].clone()))
         .collect();
     insta::assert_json_snapshot!("show_after_refresh", drift);
+    let states = |shown: &Value| -> Vec<(String, String)> {
+        shown["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let word = n["state"].as_str().unwrap().to_string();
+                (n["node"].as_str().unwrap().to_string(), word)
+            })
+            .collect()
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        states(&shown),
+        pairs(&[("dark", "drifted"), ("gone", "drifted"), ("fine", "in_sync")])
+    );
+
+    // The provider cannot be reached (its directory is a file now): refresh fails, records
+    // every node as unknown, never as gone, and keeps what it knew.
+    {
+        let _away = Unavailable::new(&lab.local_dir());
+        let out = lab.expect(&["refresh", "drift"], 1);
+        assert!(out.contains("unavailable"), "{out}");
+        let shown = lab.json(&["show", "drift"], 0);
+        assert_eq!(
+            states(&shown),
+            pairs(&[("dark", "unknown"), ("gone", "unknown"), ("fine", "unknown")])
+        );
+        let fine = &shown["nodes"][2];
+        assert_eq!(fine["actual"]["exists"], true, "{fine}");
+        assert!(
+            fine["read_error"].as_str().unwrap().contains("cannot create"),
+            "{fine}"
+        );
+        // Only refresh tolerates it: sync refuses to start.
+        lab.expect(&["sync", "drift"], 1);
+    }
 
     let repaired = lab.json(&["sync", "drift"], 0);
     insta::assert_json_snapshot!("sync_repairs_drift", plan_of(&repaired));
