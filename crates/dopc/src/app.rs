@@ -38,6 +38,8 @@ pub enum Command {
     Openapi,
     /// Ask the server whether it answers.
     Ping,
+    /// The server's metrics (Prometheus text, as `/api/v1/metrics` serves them).
+    Metrics,
     /// Plans on the server.
     #[command(subcommand)]
     Plan(crate::cli::PlanCommand),
@@ -49,8 +51,8 @@ pub enum Command {
 #[derive(Args)]
 pub struct ServeArgs {
     /// The server's settings file (TOML: bind, max_body_bytes, shutdown_timeout_secs,
-    /// local_dir, connect_timeout_secs, [tls] cert and key) [default: /etc/dop/dopc.toml when
-    /// it exists].
+    /// local_dir, connect_timeout_secs, [tls] cert and key, [monitor.<plan>] interval_secs and
+    /// auto_sync) [default: /etc/dop/dopc.toml when it exists].
     #[arg(
         long,
         value_name = "FILE",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use dop_core::cli::print_json;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::execution::{ExecOptions, Status, Task};
@@ -165,6 +165,15 @@ pub enum PlanCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Per node: in sync, pending (plan changed), drifted (changed behind dopv's back, with
+    /// the fields) or unknown (the provider could not be asked), as of the last refresh.
+    Drift {
+        /// The plan.
+        name: String,
+    },
+    /// Show the plan's monitor (schedule, auto-sync policy, last findings), or set it with
+    /// --interval (the whole setting is replaced), or go back to dopc.toml's with --clear.
+    Monitor(MonitorArgs),
     /// The plan's combined dopv and dopi state.
     State {
         /// The plan.
@@ -173,6 +182,50 @@ pub enum PlanCommand {
         #[arg(long)]
         watch: bool,
     },
+}
+
+/// `dopc plan monitor`.
+#[derive(Args, Debug, Clone)]
+pub struct MonitorArgs {
+    /// The plan.
+    pub name: String,
+    /// Refresh every this many seconds (sets the monitor through the API).
+    #[arg(long, value_name = "SECS", conflicts_with = "clear")]
+    pub interval: Option<u64>,
+    /// Queue a sync when a refresh finds drift or pending changes (default: report only).
+    #[arg(long, requires = "interval")]
+    pub auto_sync: bool,
+    /// The auto-sync may destroy and redeploy.
+    #[arg(long, requires = "auto_sync")]
+    pub destructive: bool,
+    /// The auto-sync may reboot.
+    #[arg(long, requires = "auto_sync")]
+    pub interruptive: bool,
+    /// The auto-sync does not run the step set afterwards.
+    #[arg(long, requires = "auto_sync")]
+    pub no_run: bool,
+    /// Switch the monitor off (overrides dopc.toml until --clear).
+    #[arg(long, requires = "interval")]
+    pub off: bool,
+    /// Remove the API setting: dopc.toml's applies again.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+impl MonitorArgs {
+    /// The setting the flags ask for, if they ask for one.
+    fn settings(&self) -> Option<crate::monitor::MonitorSettings> {
+        Some(crate::monitor::MonitorSettings {
+            enabled: !self.off,
+            interval_secs: self.interval?,
+            auto_sync: crate::monitor::AutoSync {
+                enabled: self.auto_sync,
+                destructive: self.destructive,
+                interruptive: self.interruptive,
+                run: !self.no_run,
+            },
+        })
+    }
 }
 
 /// Options of a task (as the API's).
@@ -305,6 +358,8 @@ pub enum ExecutionCommand {
     Sync(TaskArgs),
     /// dopi reset.
     Reset(TaskArgs),
+    /// dopv refresh: ask the providers how the nodes are and record it; change nothing.
+    Refresh(TaskArgs),
 }
 
 /// Output streams and the client.
@@ -470,6 +525,17 @@ pub async fn ping(s: &mut Session<'_>) -> u8 {
     }
 }
 
+/// `dopc metrics`: the text as served (also with `--json`: it is not JSON).
+pub async fn metrics(s: &mut Session<'_>) -> u8 {
+    match s.client.metrics().await {
+        Ok(text) => {
+            let _ = write!(s.out, "{text}");
+            0
+        }
+        Err(e) => failed(s.err, &e),
+    }
+}
+
 /// `dopc plan …`.
 pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     let result = match command {
@@ -570,6 +636,28 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                 format!("{} node record(s) put back to ready\n", v["reset"])
             });
         }),
+        PlanCommand::Drift { name } => s.client.state(name).await.map(|v| {
+            let drift = json!({
+                "plan": v["plan"], "iteration": v["iteration"], "sync": v["sync"],
+                "nodes": v["nodes"].as_array().into_iter().flatten().map(|n| {
+                    let mut d = n["sync"].clone();
+                    d["name"] = n["name"].clone();
+                    d["in_plan"] = n["in_plan"].clone();
+                    d
+                }).collect::<Vec<_>>(),
+            });
+            show(s, &drift, drift_text);
+        }),
+        PlanCommand::Monitor(args) => {
+            let answer = if args.clear {
+                s.client.set_monitor(&args.name, None).await
+            } else if let Some(settings) = args.settings() {
+                s.client.set_monitor(&args.name, Some(&settings)).await
+            } else {
+                s.client.monitor(&args.name).await
+            };
+            answer.map(|v| show(s, &v, monitor_text))
+        }
         PlanCommand::State { name, watch: false } => s.client.state(name).await.map(|v| {
             show(s, &v, state_text);
         }),
@@ -592,6 +680,120 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         Ok(()) => 0,
         Err(e) => failed(s.err, &e),
     }
+}
+
+/// `dopc plan drift` for people: one line per node, then its differing fields.
+pub fn drift_text(v: &Value) -> String {
+    let mut t = format!(
+        "plan '{}': iteration {}; {} in sync, {} pending, {} drifted, {} unknown\n",
+        v["plan"].as_str().unwrap_or(""),
+        v["iteration"],
+        v["sync"]["in_sync"],
+        v["sync"]["pending"],
+        v["sync"]["drifted"],
+        v["sync"]["unknown"],
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let mut notes = Vec::new();
+        if let Some(reason) = n["reason"].as_str() {
+            notes.push(reason.to_string());
+        }
+        let held: Vec<&str> = n["held_back"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !held.is_empty() {
+            notes.push(format!("needs {}", held.join(" and ")));
+        }
+        if let Some(e) = n["read_error"].as_str() {
+            notes.push(e.to_string());
+        }
+        t.push_str(&format!(
+            "  {:<28} {:<8} refreshed {:<20} {}\n",
+            n["name"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
+            n["refreshed_at"].as_str().unwrap_or("never"),
+            notes.join("; ")
+        ));
+        for d in n["drift"].as_array().into_iter().flatten() {
+            t.push_str(&format!(
+                "      drift {}: {} (deployed: {})\n",
+                d["field"].as_str().unwrap_or(""),
+                d["actual"],
+                d["expected"]
+            ));
+        }
+        let pending: Vec<&str> = n["pending"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !pending.is_empty() {
+            t.push_str(&format!("      pending: {}\n", pending.join(", ")));
+        }
+    }
+    t
+}
+
+/// `dopc plan monitor` for people.
+pub fn monitor_text(v: &Value) -> String {
+    let plan = v["plan"].as_str().unwrap_or("");
+    let mut t = match v["settings"].as_object() {
+        None => format!("plan '{plan}' is not monitored\n"),
+        Some(set) => {
+            let sync = &set["auto_sync"];
+            let policy = if sync["enabled"] == true {
+                let mut allowed = vec!["in place"];
+                if sync["interruptive"] == true {
+                    allowed.push("reboot");
+                }
+                if sync["destructive"] == true {
+                    allowed.push("destroy and redeploy");
+                }
+                format!(
+                    "auto-sync on ({}){}",
+                    allowed.join(", "),
+                    if sync["run"] == true {
+                        ", then run"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                "auto-sync off: report only".to_string()
+            };
+            format!(
+                "plan '{plan}': {} every {} s, {policy} (set in {})\n",
+                if set["enabled"] == true {
+                    "refresh"
+                } else {
+                    "off; would refresh"
+                },
+                set["interval_secs"],
+                v["source"].as_str().unwrap_or("")
+            )
+        }
+    };
+    let st = &v["status"];
+    if let Some(verdict) = st["verdict"].as_str() {
+        t.push_str(&format!(
+            "  last check {}: {verdict}\n",
+            st["last_checked_at"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(next) = st["next_due_at"].as_str() {
+        t.push_str(&format!("  next refresh due {next}\n"));
+    }
+    if st["skipped"].as_u64().unwrap_or(0) > 0 {
+        t.push_str(&format!(
+            "  {} refresh(es) skipped: one was still waiting or running\n",
+            st["skipped"]
+        ));
+    }
+    t
 }
 
 /// A plan state document for people.
@@ -639,6 +841,7 @@ pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
         ExecutionCommand::Teardown(a) => task(Task::Teardown, a),
         ExecutionCommand::Sync(a) => task(Task::Sync, a),
         ExecutionCommand::Reset(a) => task(Task::Reset, a),
+        ExecutionCommand::Refresh(a) => task(Task::Refresh, a),
         other => return execution_query(s, other).await,
     };
     let e = match s.client.execute(&args.plan, task, &args.options()).await {

@@ -377,6 +377,45 @@ impl Client {
             .await
     }
 
+    /// `GET /plans/{name}/monitor`.
+    pub async fn monitor(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/plans/{name}/monitor"),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /plans/{name}/monitor` (`Some`), or `DELETE` (`None`: back to `dopc.toml`'s).
+    pub async fn set_monitor(
+        &self,
+        name: &str,
+        settings: Option<&crate::monitor::MonitorSettings>,
+    ) -> Result<Value, ClientError> {
+        let path = format!("/plans/{name}/monitor");
+        match settings {
+            Some(s) => {
+                let body = serde_json::to_value(s).unwrap_or_default();
+                self.call(reqwest::Method::PUT, &path, Some(body)).await
+            }
+            None => self.call(reqwest::Method::DELETE, &path, None).await,
+        }
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let mut req = self.http.get(self.endpoint("/metrics"));
+        if let Some(t) = &self.config.token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if !res.status().is_success() {
+            return self.answer(res).await;
+        }
+        res.text().await.map_err(|e| self.transport_error(&e))
+    }
+
     /// `GET /executions`.
     pub async fn executions(
         &self,

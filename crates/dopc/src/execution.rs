@@ -20,6 +20,8 @@ pub enum Task {
     Sync,
     /// dopi reset.
     Reset,
+    /// dopv refresh: ask the providers how the nodes are and record it; change nothing.
+    Refresh,
 }
 
 impl Task {
@@ -33,6 +35,7 @@ impl Task {
             Task::Teardown => "teardown",
             Task::Sync => "sync",
             Task::Reset => "reset",
+            Task::Refresh => "refresh",
         }
     }
 
@@ -156,8 +159,13 @@ pub struct Execution {
     pub status: Status,
     /// Its options.
     pub options: ExecOptions,
-    /// Who asked for it (the token's name).
+    /// Who asked for it: the token's name, or `monitor` for executions dopc's monitor
+    /// scheduled.
     pub created_by: String,
+    /// Why it was made, when something other than a person made it (the monitor says which
+    /// schedule or finding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When it was made (RFC 3339).
     pub created_at: String,
     /// When it started running.

@@ -1,7 +1,8 @@
 //! dopc: the dop server. It keeps a queue of dopv and dopi executions per plan (one running at
 //! a time), runs them in-process through the libraries, serves their logs (whole, per node, by
 //! level, as events, live over websockets) and each plan's combined dopv + dopi state, behind
-//! bearer tokens. See `docs/api.md`.
+//! bearer tokens. Its monitor refreshes plans on a schedule and, where a plan's policy allows,
+//! syncs what drifted; `/metrics` serves its numbers to Prometheus. See `docs/api.md`.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -11,6 +12,8 @@ pub mod cli;
 pub mod client;
 pub mod error;
 pub mod execution;
+pub mod metrics;
+pub mod monitor;
 pub mod openapi;
 pub mod runner;
 pub mod server;

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "{}", dopc::openapi::document());
             EXIT_OK
         }
-        Command::Ping | Command::Plan(_) | Command::Execution(_) => client(&cli, out, err),
+        Command::Ping | Command::Metrics | Command::Plan(_) | Command::Execution(_) => {
+            client(&cli, out, err)
+        }
     })
 }
 
@@ -146,6 +148,7 @@ fn client(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     runtime.block_on(async {
         match &cli.command {
             Command::Ping => dopc::cli::ping(&mut session).await,
+            Command::Metrics => dopc::cli::metrics(&mut session).await,
             Command::Plan(c) => dopc::cli::plan(&mut session, c).await,
             Command::Execution(c) => dopc::cli::execution(&mut session, c).await,
             _ => EXIT_FAILURE,

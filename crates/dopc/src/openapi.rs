@@ -45,7 +45,7 @@ impl Modify for Bearer {
 /// The API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "dopc", description = "The dop server: plans, queued dopv and dopi executions, their logs, and each plan's combined state. Every endpoint but ping needs `Authorization: Bearer <token>` (`dopc token create NAME`)."),
+    info(title = "dopc", description = "The dop server: plans, queued dopv and dopi executions, their logs, each plan's combined state, its monitor (scheduled refresh, auto-sync policy) and Prometheus metrics. Every endpoint but ping needs `Authorization: Bearer <token>` (`dopc token create NAME`)."),
     paths(
         ping,
         crate::api::plans::list, crate::api::plans::add, crate::api::plans::update_original,
@@ -55,8 +55,10 @@ impl Modify for Bearer {
         crate::api::executions::list, crate::api::executions::create, crate::api::executions::clear,
         crate::api::executions::get, crate::api::executions::remove, crate::api::executions::cancel,
         crate::api::logs::get, crate::api::logs::stream,
+        crate::api::monitor::get, crate::api::monitor::put, crate::api::monitor::remove,
+        crate::api::monitor::metrics,
     ),
-    components(schemas(ErrorBody, ErrorDetail, crate::execution::Execution, crate::execution::ExecOptions, crate::execution::Task, crate::execution::Status)),
+    components(schemas(ErrorBody, ErrorDetail, crate::execution::Execution, crate::execution::ExecOptions, crate::execution::Task, crate::execution::Status, crate::monitor::MonitorSettings, crate::monitor::AutoSync)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

@@ -14,7 +14,23 @@ use dop_store::{now_ms, rfc3339, Store};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::error::ApiError;
 use crate::execution::{Execution, Status, Task};
+
+/// What to run, and who asks.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The plan.
+    pub plan: String,
+    /// The task.
+    pub task: Task,
+    /// Its options.
+    pub options: crate::execution::ExecOptions,
+    /// The token's name, or `monitor`.
+    pub created_by: String,
+    /// Why, when no person asked.
+    pub reason: Option<String>,
+}
 
 /// Where the runner keeps things.
 #[derive(Clone, Debug)]
@@ -48,6 +64,11 @@ pub struct Runner {
     inner: Mutex<Inner>,
     /// Tells waiters (shutdown) that an execution ended.
     ended: tokio::sync::Notify,
+    /// Every execution that reached a final status (the monitor acts on its refreshes).
+    finished: tokio::sync::broadcast::Sender<Execution>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Counts changes a cached plan state cannot see: executions ending, plans written.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -60,6 +81,7 @@ impl Runner {
     pub fn start(
         store: Arc<Store>,
         config: RunnerConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Runner>, dop_store::StoreError> {
         let mut stale = Vec::new();
         for mut e in store.server_list::<Execution>(Kind::Execution)? {
@@ -89,9 +111,42 @@ impl Runner {
                 ..Inner::default()
             }),
             ended: tokio::sync::Notify::new(),
+            finished: tokio::sync::broadcast::channel(256).0,
+            metrics,
+            changes: std::sync::atomic::AtomicU64::new(0),
         });
         runner.kick();
         Ok(runner)
+    }
+
+    /// Notes a change of plans or state: cached plan states are computed again.
+    pub fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many changes were noted so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Executions as they reach a final status, from now on.
+    pub fn subscribe_finished(&self) -> tokio::sync::broadcast::Receiver<Execution> {
+        self.finished.subscribe()
+    }
+
+    /// The store the runner works on.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// True when the plan has an execution of `task` waiting or running.
+    pub fn has_pending(&self, plan: &str, task: Task) -> Result<bool, dop_store::StoreError> {
+        Ok(self
+            .store
+            .server_list::<Execution>(Kind::Execution)?
+            .iter()
+            .any(|e| e.plan == plan && e.task == task && !e.status.is_final()))
     }
 
     /// The log of a running execution (for live streams).
@@ -111,6 +166,66 @@ impl Runner {
         {
             tracing::error!(execution = e.id, error = %err, "cannot record the execution");
         }
+    }
+
+    /// Checks a request (the plan exists, its step set, the node filter) and queues it; it
+    /// starts at once when its plan has no running execution.
+    pub fn submit(self: &Arc<Self>, request: Request) -> Result<Execution, ApiError> {
+        let Request {
+            plan: name,
+            task,
+            options,
+            created_by,
+            reason,
+        } = request;
+        dop_core::check_plan_name(&name)
+            .map_err(|e| ApiError::invalid("invalid_name", format!("plan name '{name}': {e}")))?;
+        let plan = match self.store.iteration(&name, None) {
+            Ok(it) => it.plan,
+            Err(dop_store::StoreError::NoSuchPlan(_)) => {
+                return Err(ApiError::invalid(
+                    "no_such_plan",
+                    format!("there is no plan '{name}' in the store; add it first"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        options
+            .filter()
+            .map_err(|e| ApiError::invalid("invalid_options", e.to_string()))?;
+        if task.runs_steps() && plan.step_set(options.step_set()).is_none() {
+            return Err(ApiError::invalid(
+                "invalid_options",
+                format!(
+                    "plan '{}' has no step set '{}'; it has: {}",
+                    plan.name,
+                    options.step_set(),
+                    plan.step_sets
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let (_, e) = self.store.server_add_execution(|id| Execution {
+            id,
+            plan: name.clone(),
+            task,
+            status: Status::New,
+            options: options.clone(),
+            created_by: created_by.clone(),
+            reason: reason.clone(),
+            created_at: rfc3339(now_ms()),
+            started_at: None,
+            finished_at: None,
+            log_id: format!("dopc-{id}"),
+            cancel_requests: 0,
+            result: serde_json::Value::Null,
+            error: None,
+        })?;
+        self.kick();
+        Ok(e)
     }
 
     /// Starts what can start: per plan without a running execution, its oldest waiting one.
@@ -184,6 +299,19 @@ impl Runner {
                 return;
             }
         };
+        let metrics = self.metrics.clone();
+        log.observe(Box::new(move |event| {
+            if event.kind == "command_finished" {
+                let state = event.fields.get("state").and_then(|v| v.as_str());
+                let skipped = event.fields.get("skipped") == Some(&json!(true));
+                metrics.command_finished(match state {
+                    Some("done") if skipped => "skipped",
+                    Some("done") => "done",
+                    Some("ready") => "stopped",
+                    _ => "failed",
+                });
+            }
+        }));
         lock(&self.inner).logs.insert(e.id, log.clone());
         e.status = Status::Running;
         e.started_at = Some(rfc3339(now_ms()));
@@ -261,9 +389,18 @@ impl Runner {
             e.status = status;
             e.error = error;
             e.finished_at = Some(rfc3339(now_ms()));
+            if let Some(started) = e.started_at.as_deref().and_then(dop_store::parse_rfc3339) {
+                let ms = now_ms().saturating_sub(started);
+                self.metrics
+                    .execution_finished(e.task, status, ms as f64 / 1000.0);
+            }
         }
         e.result = result;
         self.save(&e);
+        self.changed();
+        if e.status.is_final() {
+            let _ = self.finished.send(e.clone());
+        }
         self.ended.notify_waiters();
         self.kick();
     }
@@ -271,15 +408,11 @@ impl Runner {
     /// Cancels an execution: a waiting one at once; a running one is asked to stop, more
     /// firmly with every request (1: start nothing new, 2: terminate running commands, 3: kill
     /// them); `force` goes straight to terminate.
-    pub fn cancel(
-        self: &Arc<Self>,
-        id: u64,
-        force: bool,
-    ) -> Result<Execution, crate::error::ApiError> {
+    pub fn cancel(self: &Arc<Self>, id: u64, force: bool) -> Result<Execution, ApiError> {
         let mut e: Execution = self
             .store
             .server_get(Kind::Execution, &id.to_string())?
-            .ok_or_else(|| crate::error::ApiError::not_found(format!("no execution {id}")))?;
+            .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))?;
         match e.status {
             Status::New | Status::Queued => {
                 e.status = Status::Cancelled;
@@ -311,7 +444,7 @@ impl Runner {
                 self.save(&e);
                 Ok(e)
             }
-            _ => Err(crate::error::ApiError::conflict(format!(
+            _ => Err(ApiError::conflict(format!(
                 "execution {id} has already finished ({})",
                 e.status.name()
             ))),
@@ -382,9 +515,19 @@ fn run_task(
             "outcomes": report.outcomes, "unreadable": report.unreadable,
         });
         if report.failed() {
+            let failures: Vec<String> = report
+                .unreadable
+                .iter()
+                .chain(&report.outcomes)
+                .filter_map(|o| Some(format!("{}: {}", o.node, o.error.as_deref()?)))
+                .collect();
             Err((
                 Status::Failed,
-                format!("dopv {} failed on some nodes", report.operation),
+                format!(
+                    "dopv {} failed on some nodes: {}",
+                    report.operation,
+                    failures.join("; ")
+                ),
             ))
         } else if report.stopped {
             Err((
@@ -481,6 +624,7 @@ fn run_task(
                 step("dopi", dopi_run())
             }
             Task::Reset => step("dopi", dopi_reset(o.force)),
+            Task::Refresh => step("dopv", dopv(dopv::Operation::Refresh)),
         }
     })();
     let result = serde_json::Value::Object(parts);

@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub connect_timeout_secs: u64,
     /// Serve HTTPS (and WSS) with this certificate chain and key (PEM files).
     pub tls: Option<TlsConfig>,
+    /// Per plan, its monitor (`[monitor.<plan>]`); the API can override it.
+    pub monitor: std::collections::BTreeMap<String, crate::monitor::MonitorSettings>,
 }
 
 /// `[tls]` of `dopc.toml`.
@@ -52,6 +54,7 @@ impl Default for ServeConfig {
             local_dir: None,
             connect_timeout_secs: 10,
             tls: None,
+            monitor: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -59,7 +62,13 @@ impl Default for ServeConfig {
 impl ServeConfig {
     /// Reads a `dopc.toml`; unknown keys are an error naming them.
     pub fn from_toml(text: &str) -> Result<ServeConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (plan, settings) in &config.monitor {
+            settings
+                .check()
+                .map_err(|e| format!("[monitor.{plan}]: {e}"))?;
+        }
+        Ok(config)
     }
 }
 
@@ -78,11 +87,17 @@ pub struct AppState {
     pub state_cache: Arc<crate::api::state::StateCache>,
     /// The API tokens, as last read.
     pub tokens: Arc<crate::auth::TokenCache>,
+    /// The monitor (schedules, policies, findings).
+    pub monitor: Arc<crate::monitor::Monitor>,
+    /// The numbers `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// What dopv's providers need (to tell each node's standing).
+    pub providers: dopv::provider::ProviderOptions,
 }
 
 /// The API router (`/api/v1/...`).
 pub fn router(state: AppState, max_body: usize) -> Router {
-    use crate::api::{executions, logs, plans, state as plan_state};
+    use crate::api::{executions, logs, monitor, plans, state as plan_state};
     let authenticated = Router::new()
         .route(
             "/plans",
@@ -100,6 +115,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/plans/{name}/state", get(plan_state::get))
         .route("/plans/{name}/state/stream", get(plan_state::stream))
         .route(
+            "/plans/{name}/monitor",
+            get(monitor::get).put(monitor::put).delete(monitor::remove),
+        )
+        .route("/metrics", get(monitor::metrics))
+        .route(
             "/executions",
             get(executions::list)
                 .post(executions::create)
@@ -112,6 +132,10 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/executions/{id}/cancel", post(executions::cancel))
         .route("/executions/{id}/log", get(logs::get))
         .route("/executions/{id}/log/stream", get(logs::stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            note_plan_writes,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,
@@ -131,6 +155,20 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// A request that changed plans tells the runner, so that no cached state outlives it.
+async fn note_plan_writes(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let writes = req.method() != axum::http::Method::GET && req.uri().path().contains("/plans");
+    let response = next.run(req).await;
+    if writes && response.status().is_success() {
+        s.runner.changed();
+    }
+    response
 }
 
 /// One structured log line per request.
@@ -157,19 +195,30 @@ pub async fn serve(
     config: &ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let local_dir = config
+        .local_dir
+        .clone()
+        .unwrap_or_else(|| store.root().join("local"));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let runner = Runner::start(
         store.clone(),
         RunnerConfig {
             log_dir: log_dir.clone(),
-            local_dir: config
-                .local_dir
-                .clone()
-                .unwrap_or_else(|| store.root().join("local")),
+            local_dir: local_dir.clone(),
             connect_timeout: config.connect_timeout_secs,
         },
+        metrics.clone(),
     )
     .map_err(std::io::Error::other)?;
+    let providers = dopv::provider::ProviderOptions { local_dir };
+    let monitor = crate::monitor::Monitor::new(
+        runner.clone(),
+        metrics.clone(),
+        providers.clone(),
+        config.monitor.clone(),
+    );
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    tokio::spawn(monitor.clone().run(closing.clone()));
     let state = AppState {
         store,
         runner: runner.clone(),
@@ -177,6 +226,9 @@ pub async fn serve(
         closing,
         state_cache: Arc::default(),
         tokens: Arc::default(),
+        monitor,
+        metrics,
+        providers,
     };
     let app = router(state, config.max_body_bytes);
     let shutdown = async move {

@@ -220,6 +220,66 @@ fn every_command_with_text_and_json() {
         .ok(&["plan", "reset", "cli", "--force"])
         .contains("put back to ready"));
 
+    // Drift, monitor and metrics: the baremetal nodes are recorded by a deploy, then
+    // refreshed; b is dropped from the plan, so it is pending (removal needs --destructive).
+    let out = server.run(&["execution", "deploy", "cli", "--follow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = server.run(&["execution", "refresh", "cli", "--follow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dropped = server.file(
+        "cli.yaml",
+        &PLAN
+            .replace("echo hello", "echo bonjour")
+            .replace("  b: {infrastructure: l}\n", ""),
+    );
+    server.ok(&["plan", "update", dropped.to_str().unwrap()]);
+    insta::assert_json_snapshot!("plan_drift", stable(server.json(&["plan", "drift", "cli"])));
+    let drift = server.ok(&["plan", "drift", "cli"]);
+    assert!(
+        drift.starts_with("plan 'cli': iteration 3; 1 in sync, 1 pending, 0 drifted, 0 unknown\n"),
+        "{drift}"
+    );
+    assert!(
+        drift.contains("removed_from_plan; needs --destructive"),
+        "{drift}"
+    );
+    assert_eq!(
+        server.ok(&["plan", "monitor", "cli"]),
+        "plan 'cli' is not monitored\n"
+    );
+    let set = server.ok(&[
+        "plan",
+        "monitor",
+        "cli",
+        "--interval",
+        "3600",
+        "--auto-sync",
+        "--interruptive",
+    ]);
+    assert!(
+        set.starts_with("plan 'cli': refresh every 3600 s, auto-sync on (in place, reboot), then run (set in api)\n"),
+        "{set}"
+    );
+    let monitor = server.json(&["plan", "monitor", "cli"]);
+    assert_eq!(monitor["settings"]["auto_sync"]["interruptive"], true);
+    assert_eq!(monitor["settings"]["auto_sync"]["destructive"], false);
+    let out = server.run(&["plan", "monitor", "cli", "--destructive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--destructive needs --auto-sync"
+    );
+    assert_eq!(
+        server.ok(&["plan", "monitor", "cli", "--clear"]),
+        "plan 'cli' is not monitored\n"
+    );
+    let metrics = server.ok(&["metrics"]);
+    assert!(
+        metrics.contains("dopc_nodes{plan=\"cli\",state=\"pending\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
     // Errors: one line, a documented status.
     let out = server.run(&["execution", "cancel", "1"]);
     assert_eq!(out.status.code(), Some(1));
@@ -252,8 +312,17 @@ fn every_command_with_text_and_json() {
     );
 
     // Clean-up commands.
+    server.ok(&["execution", "undeploy", "cli", "--follow"]);
     let removed = server.json(&["execution", "clear", "--status", "done"]);
-    assert_eq!(removed.as_array().unwrap().len(), 1);
+    // The run, the deploy, the refresh and the undeploy (and a refresh the monitor may have
+    // started while it was set).
+    let asked = removed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["created_by"] != "monitor")
+        .count();
+    assert_eq!(asked, 4, "{removed}");
     assert_eq!(server.json(&["execution", "list"]), serde_json::json!([]));
     assert!(server
         .ok(&["plan", "delete", "cli"])

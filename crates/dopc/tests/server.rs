@@ -969,3 +969,421 @@ async fn streams_that_are_never_read_do_not_stop_the_server() {
     assert_eq!(end["status"], "done");
     drop(idle);
 }
+
+/// The Prometheus text format, parsed strictly: every line must be a comment the format knows
+/// or a sample `name{label="value",…} number`; the text ends with `# EOF`. Returns the samples
+/// by name and labels (`name{a="x",b="y"}`, labels as written).
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut samples = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "the text ends with # EOF");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().unwrap_or(""));
+            assert!(["HELP", "TYPE", "UNIT"].contains(&kind), "comment: {line}");
+            assert!(name_ok(name), "metric name in: {line}");
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or("");
+                assert!(
+                    [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "unknown",
+                        "info"
+                    ]
+                    .contains(&t),
+                    "type in: {line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in: {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "metric name in: {line}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("labels in: {line}"));
+            for pair in inner.split(',') {
+                let (k, v) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("label in: {line}"));
+                assert!(name_ok(k), "label name in: {line}");
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "label value in: {line}"
+                );
+            }
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+/// Makes the local provider unreachable while it lives (its directory is moved away and a
+/// file takes its place); dropping it puts the directory back, also when a test fails.
+struct Unreachable {
+    dir: PathBuf,
+    away: PathBuf,
+}
+
+impl Unreachable {
+    fn new(dir: &Path) -> Unreachable {
+        let away = dir.with_extension("away");
+        std::fs::rename(dir, &away).unwrap();
+        std::fs::write(dir, "not a directory").unwrap();
+        Unreachable {
+            dir: dir.to_path_buf(),
+            away,
+        }
+    }
+}
+
+impl Drop for Unreachable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.dir);
+        let _ = std::fs::rename(&self.away, &self.dir);
+    }
+}
+
+impl Server {
+    /// Waits (at most 60 s) until `check` holds for the plan's state; returns that state.
+    async fn state_until(&self, plan: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let t = Instant::now();
+        loop {
+            let (_, state) = self.get(&format!("/plans/{plan}/state")).await;
+            if check(&state) {
+                return state;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let (_, monitor) = self.get(&format!("/plans/{plan}/monitor")).await;
+                panic!("never {what}: {state}\nmonitor: {monitor}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The monitor's executions of a plan.
+    async fn by_monitor(&self, plan: &str, task: &str) -> Vec<Value> {
+        let (_, all) = self.get(&format!("/executions?plan={plan}")).await;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["created_by"] == "monitor" && e["task"] == task)
+            .cloned()
+            .collect()
+    }
+
+    /// The monitor's refreshes that finished after execution `after`.
+    async fn refreshes_after(&self, plan: &str, after: u64) -> Vec<Value> {
+        self.by_monitor(plan, "refresh")
+            .await
+            .into_iter()
+            .filter(|e| {
+                e["id"].as_u64().unwrap() > after
+                    && ["done", "failed"].contains(&e["status"].as_str().unwrap())
+            })
+            .collect()
+    }
+
+    async fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let res = self
+            .http
+            .get(self.api("/metrics"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let kind = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        parse_prometheus(&res.text().await.unwrap())
+    }
+}
+
+fn node<'a>(state: &'a Value, name: &str) -> &'a Value {
+    state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {state}"))
+}
+
+const SLOW_STEPS: &str = "  slow:\n    - name: wait\n      nodes: [web1]\n      set_plugin_defaults:\n        \
+                          - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 5'}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_reports_drift_and_syncs_only_what_its_policy_allows() {
+    if !root() {
+        return;
+    }
+    // Configured in dopc.toml: a refresh every second, auto-sync off (the default).
+    let server = Server::start_with(
+        Some("[monitor.mon]\ninterval_secs = 1\n"),
+        reqwest::Client::builder(),
+    )
+    .await;
+    let k = key(server.path());
+    let (p, port) = ("127.0.75", 2345);
+    let v1 = plan(
+        "mon",
+        p,
+        port,
+        &k,
+        &[
+            ("web1", "127.0.75.1"),
+            ("web2", "127.0.75.2"),
+            ("db", "127.0.75.3"),
+        ],
+        &format!("{COUNT_STEPS}{SLOW_STEPS}"),
+    );
+    server.plan(&v1).await;
+    let setup = server.execute("mon", "setup", json!({})).await;
+    assert_eq!(server.wait(setup).await["status"], "done");
+    server
+        .state_until("mon", "all in sync", |s| s["sync"]["in_sync"] == 3)
+        .await;
+    let (_, monitor) = server.get("/plans/mon/monitor").await;
+    assert_eq!(monitor["source"], "config", "{monitor}");
+    assert_eq!(monitor["settings"]["auto_sync"]["enabled"], false);
+
+    // web1's container is removed behind dopv's back: drifted within an interval, and with
+    // auto-sync off only reported.
+    let dir = server.path().join("local/nodes/mon/web1");
+    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let state = server
+        .state_until("mon", "web1 drifted (missing)", |s| {
+            // A refresh between the kill and the removal sees it powered off first.
+            node(s, "web1")["sync"]["reason"] == "missing"
+        })
+        .await;
+    let web1 = &node(&state, "web1")["sync"];
+    assert_eq!(web1["state"], "drifted", "{web1}");
+    assert_eq!(web1["drift"][0]["field"], "exists", "{web1}");
+    assert!(web1["refreshed_at"].is_string(), "{web1}");
+    let last = server.by_monitor("mon", "refresh").await;
+    let last_id = last.last().unwrap()["id"].as_u64().unwrap();
+    assert!(
+        last.iter().all(|e| e["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("scheduled refresh")),
+        "{last:?}"
+    );
+    // One more finished refresh after the drift was seen: still nothing synced.
+    let t = Instant::now();
+    while server.refreshes_after("mon", last_id).await.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no refresh ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.by_monitor("mon", "sync").await.is_empty());
+    let (_, monitor) = server.get("/plans/mon/monitor").await;
+    let verdict = monitor["status"]["verdict"].as_str().unwrap();
+    assert!(verdict.contains("web1 drifted"), "{verdict}");
+    assert!(
+        verdict.contains("auto-sync is off, reported only"),
+        "{verdict}"
+    );
+
+    // The plan drops db; the API turns auto-sync on without destructive changes: web1 is
+    // recreated (and runs its steps), db stays deployed, held back.
+    let v2 = v1.replace(
+        "  db:\n    infrastructure: lab\n    credentials: [k]\n    interfaces: {eth0: {network: lo, ip: 127.0.75.3}}\n",
+        "",
+    );
+    assert_ne!(v1, v2);
+    let (status, body) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/mon",
+            Some(json!({"text": v2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let policy = json!({"interval_secs": 1, "auto_sync": {"enabled": true}});
+    let (status, monitor) = server
+        .call(reqwest::Method::PUT, "/plans/mon/monitor", Some(policy))
+        .await;
+    assert_eq!(status, 200, "{monitor}");
+    assert_eq!(monitor["source"], "api");
+    let state = server
+        .state_until("mon", "web1 recreated", |s| {
+            node(s, "web1")["sync"]["state"] == "in_sync"
+        })
+        .await;
+    let db = node(&state, "db");
+    assert_eq!(db["status"], "deployed", "{db}");
+    assert_eq!(db["in_plan"], false);
+    assert_eq!(db["sync"]["state"], "pending");
+    assert_eq!(db["sync"]["reason"], "removed_from_plan");
+    let syncs = server.by_monitor("mon", "sync").await;
+    assert_eq!(syncs.len(), 1, "{syncs:?}");
+    let sync = server.wait(syncs[0]["id"].as_u64().unwrap()).await;
+    assert_eq!(sync["status"], "done", "{sync}");
+    assert_eq!(
+        sync["options"]["nodes"], "web1",
+        "only what drifted: {sync}"
+    );
+    assert!(!sync["options"]["destructive"].as_bool().unwrap_or(false));
+    let reason = sync["reason"].as_str().unwrap();
+    assert!(reason.contains("db (needs --destructive)"), "{reason}");
+    let (_, log) = server.get(&format!("/executions/{}/log", sync["id"])).await;
+    assert!(
+        log["log"]
+            .as_str()
+            .unwrap()
+            .contains("[web1] ssh/custom [OK]"),
+        "{log}"
+    );
+    let (status, _) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/mon/monitor",
+            Some(json!({"interval_secs": 0})),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // A refresh due while one waits is skipped and counted, never piled up: a 5 s run holds
+    // the plan while refreshes are due every second.
+    let run = server
+        .execute("mon", "run", json!({"step_set": "slow"}))
+        .await;
+    assert_eq!(server.wait(run).await["status"], "done");
+    let (_, monitor) = server.get("/plans/mon/monitor").await;
+    assert!(
+        monitor["status"]["skipped"].as_u64().unwrap() >= 1,
+        "{monitor}"
+    );
+    let (_, all) = server.get("/executions?plan=mon").await;
+    let waiting = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["task"] == "refresh" && !["done", "failed"].contains(&e["status"].as_str().unwrap())
+        })
+        .count();
+    assert!(waiting <= 2, "at most one waiting and one running: {all}");
+
+    // Metrics, scraped with a real HTTP client, parse and show the counts.
+    let mut stream = server.ws("/plans/mon/state/stream").await;
+    let _first = stream.next().await.unwrap().unwrap();
+    let m = server.metrics().await;
+    assert_eq!(m[r#"dopc_nodes{plan="mon",state="pending"}"#], 1.0, "{m:?}");
+    assert_eq!(m[r#"dopc_nodes{plan="mon",state="in_sync"}"#], 2.0, "{m:?}");
+    assert_eq!(m[r#"dopc_nodes{plan="mon",state="drifted"}"#], 0.0, "{m:?}");
+    assert_eq!(m[r#"dopc_executions{task="setup",status="done"}"#], 1.0);
+    assert!(m[r#"dopc_executions{task="refresh",status="done"}"#] >= 2.0);
+    assert_eq!(m[r#"dopc_monitor_auto_syncs_total{plan="mon"}"#], 1.0);
+    assert!(m[r#"dopc_monitor_refreshes_skipped_total{plan="mon"}"#] >= 1.0);
+    // Three from the setup, one from the auto-sync, one from the slow run.
+    assert!(
+        m[r#"dopc_dopi_commands_total{result="done"}"#] >= 5.0,
+        "{m:?}"
+    );
+    assert_eq!(m[r#"dopc_websocket_subscribers{stream="state"}"#], 1.0);
+    assert!(m.contains_key("dopc_queue_length"));
+    assert!(m.contains_key(r#"dopc_execution_duration_seconds_count{task="setup",status="done"}"#));
+    drop(stream);
+    let anonymous = server
+        .http
+        .get(server.api("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The provider cannot be reached while a destructive policy is on: the refresh fails,
+    // the nodes are unknown (not gone), and nothing is synced.
+    let destructive =
+        json!({"interval_secs": 1, "auto_sync": {"enabled": true, "destructive": true}});
+    let syncs_before = server.by_monitor("mon", "sync").await.len();
+    {
+        let _away = Unreachable::new(&server.path().join("local"));
+        let (_, monitor) = server
+            .call(
+                reqwest::Method::PUT,
+                "/plans/mon/monitor",
+                Some(destructive),
+            )
+            .await;
+        assert_eq!(monitor["settings"]["auto_sync"]["destructive"], true);
+        let last_id = server.by_monitor("mon", "refresh").await.last().unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        let t = Instant::now();
+        let failed = loop {
+            let done = server.refreshes_after("mon", last_id).await;
+            if let Some(f) = done.iter().find(|e| e["status"] == "failed") {
+                break f.clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no refresh failed: {done:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            failed["error"].as_str().unwrap().contains("unavailable"),
+            "{failed}"
+        );
+        let (_, state) = server.get("/plans/mon/state").await;
+        assert_eq!(state["sync"]["unknown"], 3, "{state}");
+        assert_eq!(node(&state, "db")["status"], "deployed");
+        let (_, monitor) = server.get("/plans/mon/monitor").await;
+        let verdict = monitor["status"]["verdict"].as_str().unwrap();
+        assert!(verdict.contains("unknown: nothing is synced"), "{verdict}");
+        assert_eq!(server.by_monitor("mon", "sync").await.len(), syncs_before);
+    }
+    // Reachable again, the destructive policy lets the monitor undeploy db.
+    server
+        .state_until("mon", "db undeployed", |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["name"] != "db")
+        })
+        .await;
+    let (status, _) = server
+        .call(reqwest::Method::DELETE, "/plans/mon/monitor", None)
+        .await;
+    assert_eq!(status, 200);
+    let id = server
+        .execute("mon", "teardown", json!({"rmdisk": true}))
+        .await;
+    assert_eq!(server.wait(id).await["status"], "done");
+}

@@ -101,7 +101,16 @@ pub fn standings(
     );
     names
         .into_iter()
-        .map(|name| standing(plan_name, plan, name, state.nodes.get(name), options, permissions))
+        .map(|name| {
+            standing(
+                plan_name,
+                plan,
+                name,
+                state.nodes.get(name),
+                options,
+                permissions,
+            )
+        })
         .collect()
 }
 
@@ -225,7 +234,8 @@ mod tests {
     use crate::state::NodeRecord;
 
     fn plan(nodes: &str) -> Plan {
-        let text = format!("name: p\ninfrastructures: {{metal: {{type: baremetal}}}}\nnodes:\n{nodes}");
+        let text =
+            format!("name: p\ninfrastructures: {{metal: {{type: baremetal}}}}\nnodes:\n{nodes}");
         dop_core::load_str(&text, None, &dop_core::LookupSettings::default())
             .plan
             .expect("a valid plan")
@@ -296,8 +306,14 @@ mod tests {
         let by_name = |n: &str| all.iter().find(|s| s.node == n).unwrap();
         assert_eq!(by_name("changed").pending, ["fqdn"]);
         assert_eq!(by_name("gone").drift[0].field, "exists");
-        assert_eq!(by_name("gone").action.as_ref().unwrap().reason, Reason::Missing);
-        assert_eq!(by_name("dropped").action.as_ref().unwrap().reason, Reason::RemovedFromPlan);
+        assert_eq!(
+            by_name("gone").action.as_ref().unwrap().reason,
+            Reason::Missing
+        );
+        assert_eq!(
+            by_name("dropped").action.as_ref().unwrap().reason,
+            Reason::RemovedFromPlan
+        );
         assert_eq!(by_name("unreadable").refreshed_ms, Some(5));
 
         let destructive = Permissions {
@@ -305,6 +321,10 @@ mod tests {
             interruptive: false,
         };
         let all = standings("p", &new, &state, &options, destructive);
-        assert!(all.iter().find(|s| s.node == "dropped").unwrap().actionable());
+        assert!(all
+            .iter()
+            .find(|s| s.node == "dropped")
+            .unwrap()
+            .actionable());
     }
 }

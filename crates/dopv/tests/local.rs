@@ -391,7 +391,11 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
     };
     assert_eq!(
         states(&shown),
-        pairs(&[("dark", "drifted"), ("gone", "drifted"), ("fine", "in_sync")])
+        pairs(&[
+            ("dark", "drifted"),
+            ("gone", "drifted"),
+            ("fine", "in_sync")
+        ])
     );
 
     // The provider cannot be reached (its directory is a file now): refresh fails, records
@@ -403,12 +407,19 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
         let shown = lab.json(&["show", "drift"], 0);
         assert_eq!(
             states(&shown),
-            pairs(&[("dark", "unknown"), ("gone", "unknown"), ("fine", "unknown")])
+            pairs(&[
+                ("dark", "unknown"),
+                ("gone", "unknown"),
+                ("fine", "unknown")
+            ])
         );
         let fine = &shown["nodes"][2];
         assert_eq!(fine["actual"]["exists"], true, "{fine}");
         assert!(
-            fine["read_error"].as_str().unwrap().contains("cannot create"),
+            fine["read_error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot create"),
             "{fine}"
         );
         // Only refresh tolerates it: sync refuses to start.

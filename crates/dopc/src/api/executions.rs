@@ -3,10 +3,10 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use dop_store::now_ms;
 use dop_store::server::Kind;
-use dop_store::{now_ms, rfc3339};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::blocking;
 use crate::auth::Caller;
@@ -42,62 +42,17 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     Body(body): Body<CreateBody>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
-    let store = s.store.clone();
+    let runner = s.runner.clone();
     let execution = blocking(move || {
-        dop_core::check_plan_name(&body.plan).map_err(|e| {
-            ApiError::invalid("invalid_name", format!("plan name '{}': {e}", body.plan))
-        })?;
-        let plan = match store.iteration(&body.plan, None) {
-            Ok(it) => it.plan,
-            Err(dop_store::StoreError::NoSuchPlan(_)) => {
-                return Err(ApiError::invalid(
-                    "no_such_plan",
-                    format!(
-                        "there is no plan '{}' in the store; add it first",
-                        body.plan
-                    ),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        body.options
-            .filter()
-            .map_err(|e| ApiError::invalid("invalid_options", e.to_string()))?;
-        if body.task.runs_steps() && plan.step_set(body.options.step_set()).is_none() {
-            return Err(ApiError::invalid(
-                "invalid_options",
-                format!(
-                    "plan '{}' has no step set '{}'; it has: {}",
-                    plan.name,
-                    body.options.step_set(),
-                    plan.step_sets
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        let (_, e) = store.server_add_execution(|id| Execution {
-            id,
-            plan: body.plan.clone(),
+        runner.submit(crate::runner::Request {
+            plan: body.plan,
             task: body.task,
-            status: Status::New,
-            options: body.options.clone(),
+            options: body.options,
             created_by: caller.0.clone(),
-            created_at: rfc3339(now_ms()),
-            started_at: None,
-            finished_at: None,
-            log_id: format!("dopc-{id}"),
-            cancel_requests: 0,
-            result: Value::Null,
-            error: None,
-        })?;
-        Ok(e)
+            reason: None,
+        })
     })
     .await?;
-    let runner = s.runner.clone();
-    tokio::task::spawn_blocking(move || runner.kick());
     Ok((StatusCode::CREATED, Json(execution)))
 }
 

@@ -256,6 +256,7 @@ fn seq_of(line: &str) -> Option<u64> {
 }
 
 async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
+    let _counted = s.metrics.subscriber(crate::metrics::Stream::Log);
     let mut tail = Tail {
         path: dir(&s, &e).join("events.jsonl"),
         offset: 0,

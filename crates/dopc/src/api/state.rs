@@ -1,4 +1,5 @@
-//! A plan's combined state: dopv's (per node: deployed entry, actual state, generation, drift)
+//! A plan's combined state: dopv's (per node: its standing — in sync, pending, drifted or
+//! unknown, with the differing fields —, deployed entry, actual state, generation)
 //! and dopi's (per step set, step and node), one document; and a websocket that pushes it on
 //! every change.
 
@@ -19,7 +20,11 @@ use crate::server::AppState;
 const POLL: Duration = Duration::from_millis(300);
 
 /// The combined state document of a plan.
-pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
+pub fn combined(
+    store: &Store,
+    name: &str,
+    providers: &dopv::provider::ProviderOptions,
+) -> Result<Value, ApiError> {
     let iteration = store.iteration(name, None)?;
     let plan = &iteration.plan;
     let dopv_records = store.state(name, App::Dopv)?;
@@ -62,20 +67,30 @@ pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
             json!({"name": set.name, "state": state.as_str(), "steps": steps})
         })
         .collect();
-    let mut names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-    names.extend(
-        dopv.nodes
-            .keys()
-            .filter(|n| plan.node(n).is_none())
-            .cloned(),
-    );
-    let nodes: Vec<Value> = names
+    let standings =
+        dopv::standing::standings(name, plan, &dopv, providers, dopv::Permissions::default());
+    let mut counts = serde_json::Map::new();
+    for word in dopv::standing::SyncState::ALL {
+        let n = standings.iter().filter(|s| s.state == word).count();
+        counts.insert(word.name().to_string(), n.into());
+    }
+    let nodes: Vec<Value> = standings
         .iter()
-        .map(|n| {
+        .map(|standing| {
+            let n = &standing.node;
             let record = dopv.nodes.get(n);
             json!({
                 "name": n,
-                "in_plan": plan.node(n).is_some(),
+                "in_plan": standing.in_plan,
+                "sync": {
+                    "state": standing.state,
+                    "reason": standing.action.as_ref().map(|a| a.reason),
+                    "held_back": standing.action.as_ref().map(|a| a.held_back.clone()).unwrap_or_default(),
+                    "drift": standing.drift,
+                    "pending": standing.pending,
+                    "refreshed_at": standing.refreshed_ms.map(dop_store::rfc3339),
+                    "read_error": standing.read_error,
+                },
                 "status": record.map(|r| r.status),
                 "generation": record.map(|r| r.generation),
                 "iteration": record.map(|r| r.iteration),
@@ -88,7 +103,7 @@ pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
         .collect();
     Ok(json!({
         "plan": name, "iteration": iteration.info.number, "serial": dopi_records.serial.max(dopv_records.serial),
-        "nodes": nodes, "step_sets": step_sets,
+        "sync": counts, "nodes": nodes, "step_sets": step_sets,
     }))
 }
 
@@ -96,7 +111,8 @@ pub fn combined(store: &Store, name: &str) -> Result<Value, ApiError> {
 /// plan's state opens its databases, which a busy run holds; many readers share one reading.
 const FRESH: Duration = Duration::from_millis(200);
 
-type Entry = (std::time::Instant, axum::body::Bytes);
+/// When it was computed, the runner's change count then, and the document.
+type Entry = (std::time::Instant, u64, axum::body::Bytes);
 
 /// Recently computed state documents by plan.
 #[derive(Default)]
@@ -105,34 +121,47 @@ pub struct StateCache {
 }
 
 impl StateCache {
-    /// The plan's state as JSON, at most [`FRESH`] old.
+    /// The plan's state as JSON, at most [`FRESH`] old, and never older than the last
+    /// change the runner noted (`changes`): a client that saw an execution end or a plan
+    /// update reads the state after it.
     pub async fn get(
         &self,
         store: &std::sync::Arc<Store>,
         name: &str,
+        providers: &dopv::provider::ProviderOptions,
+        changes: u64,
     ) -> Result<axum::body::Bytes, ApiError> {
         let mut entries = self.entries.lock().await;
-        if let Some((at, value)) = entries.get(name) {
-            if at.elapsed() < FRESH {
+        if let Some((at, seen, value)) = entries.get(name) {
+            if at.elapsed() < FRESH && *seen == changes {
                 return Ok(value.clone());
             }
         }
-        let (store, n) = (store.clone(), name.to_string());
-        let value =
-            axum::body::Bytes::from(blocking(move || combined(&store, &n)).await?.to_string());
-        entries.retain(|_, (at, _)| at.elapsed() < FRESH);
-        entries.insert(name.to_string(), (std::time::Instant::now(), value.clone()));
+        let (store, n, p) = (store.clone(), name.to_string(), providers.clone());
+        let value = axum::body::Bytes::from(
+            blocking(move || combined(&store, &n, &p))
+                .await?
+                .to_string(),
+        );
+        entries.retain(|_, (at, _, _)| at.elapsed() < FRESH);
+        entries.insert(
+            name.to_string(),
+            (std::time::Instant::now(), changes, value.clone()),
+        );
         Ok(value)
     }
 }
 
 /// `GET /plans/{name}/state` (at most 200 ms old).
-#[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, nodes: [{name, in_plan, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, sync: {in_sync, pending, drifted, unknown}, nodes: [{name, in_plan, sync: {state, reason, held_back, drift, pending, refreshed_at, read_error}, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let body = s.state_cache.get(&s.store, &name).await?;
+    let body = s
+        .state_cache
+        .get(&s.store, &name, &s.providers, s.runner.changes())
+        .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
@@ -147,13 +176,13 @@ pub async fn stream(
     Path(name): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let store = s.store.clone();
-    let n = name.clone();
-    let first = blocking(move || combined(&store, &n)).await?;
+    let (store, n, p) = (s.store.clone(), name.clone(), s.providers.clone());
+    let first = blocking(move || combined(&store, &n, &p)).await?;
     Ok(ws.on_upgrade(move |socket| push(s, name, first, socket)))
 }
 
 async fn push(s: AppState, name: String, first: Value, mut socket: WebSocket) {
+    let _counted = s.metrics.subscriber(crate::metrics::Stream::State);
     let mut closing = s.closing.clone();
     let mut serial = first["serial"].as_u64().unwrap_or(0);
     let mut iteration = first["iteration"].as_u64().unwrap_or(0);
@@ -177,9 +206,9 @@ async fn push(s: AppState, name: String, first: Value, mut socket: WebSocket) {
                 continue;
             }
         }
-        let store = s.store.clone();
-        let n = name.clone();
-        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n)).await else {
+        let (store, n, p) = (s.store.clone(), name.clone(), s.providers.clone());
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n, &p)).await
+        else {
             // The plan is gone (removed): say so and end.
             let _ = socket
                 .send(Message::Text(
