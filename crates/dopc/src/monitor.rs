@@ -480,3 +480,38 @@ fn held_back(s: &Standing) -> String {
         format!("{} (needs {needs})", s.node)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::server::ServeConfig;
+
+    #[test]
+    fn the_shipped_dopc_toml_parses_with_every_example_switched_on() {
+        let shipped = include_str!("../../../packaging/dopc.toml");
+        let on: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains('=') || l.starts_with('['))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = ServeConfig::from_toml(&on).unwrap_or_else(|e| panic!("{e}\n{on}"));
+        let web = &config.monitor["web"];
+        assert_eq!(web.interval_secs, 300);
+        assert!(web.enabled && !web.auto_sync.enabled && web.auto_sync.run);
+        assert!(config.tls.is_some());
+    }
+
+    #[test]
+    fn monitor_settings_that_cannot_work_are_refused_naming_the_section() {
+        let zero = ServeConfig::from_toml("[monitor.web]\ninterval_secs = 0\n").unwrap_err();
+        assert_eq!(zero, "[monitor.web]: interval_secs must be at least 1");
+        let unknown = ServeConfig::from_toml("[monitor.web]\ninterval_secs = 5\nauto_sink = {}\n")
+            .unwrap_err();
+        assert!(unknown.contains("unknown field `auto_sink`"), "{unknown}");
+        let missing = ServeConfig::from_toml("[monitor.web]\nenabled = true\n").unwrap_err();
+        assert!(
+            missing.contains("missing field `interval_secs`"),
+            "{missing}"
+        );
+    }
+}
