@@ -170,6 +170,9 @@ pub enum PlanCommand {
     Drift {
         /// The plan.
         name: String,
+        /// Exit 2 when a node is not in sync (0: every node is).
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Show the plan's monitor (schedule, auto-sync policy, last findings), or set it with
     /// --interval (the whole setting is replaced), or go back to dopc.toml's with --clear.
@@ -538,6 +541,7 @@ pub async fn metrics(s: &mut Session<'_>) -> u8 {
 
 /// `dopc plan …`.
 pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
+    let mut status = 0;
     let result = match command {
         PlanCommand::Add { file, .. } | PlanCommand::Update { file } => {
             // Read and checked once; the name is the plan's own.
@@ -636,7 +640,14 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                 format!("{} node record(s) put back to ready\n", v["reset"])
             });
         }),
-        PlanCommand::Drift { name } => s.client.state(name).await.map(|v| {
+        PlanCommand::Drift {
+            name,
+            detailed_exitcode,
+        } => s.client.state(name).await.map(|v| {
+            let in_sync = v["sync"]["in_sync"] == v["nodes"].as_array().map_or(0, Vec::len);
+            if *detailed_exitcode && !in_sync {
+                status = 2;
+            }
             let drift = json!({
                 "plan": v["plan"], "iteration": v["iteration"], "sync": v["sync"],
                 "nodes": v["nodes"].as_array().into_iter().flatten().map(|n| {
@@ -677,7 +688,7 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) => status,
         Err(e) => failed(s.err, &e),
     }
 }

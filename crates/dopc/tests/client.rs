@@ -243,6 +243,8 @@ fn every_command_with_text_and_json() {
         drift.contains("removed_from_plan; needs --destructive"),
         "{drift}"
     );
+    let out = server.run(&["plan", "drift", "cli", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "b is pending");
     assert_eq!(
         server.ok(&["plan", "monitor", "cli"]),
         "plan 'cli' is not monitored\n"

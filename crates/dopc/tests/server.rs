@@ -934,6 +934,38 @@ async fn tls_when_a_certificate_is_configured() {
         .build()
         .unwrap();
     assert!(untrusting.get(server.api("/ping")).send().await.is_err());
+
+    // The dopc client trusts the system's roots when no --ca is given (here the CA file
+    // through SSL_CERT_FILE, as on a host whose CA bundle holds it), over HTTPS and WSS.
+    server
+        .plan(
+            "name: tls\ninfrastructures: {l: {type: baremetal}}\nnodes: {a: {infrastructure: l}}\n\
+             steps:\n  default:\n    - name: hi\n      nodes: all\n      command: {plugin: custom, exec: 'echo hi'}\n",
+        )
+        .await;
+    let client = |args: &[&str], cert_file: Option<&Path>| {
+        let mut c = Server::command(server.path(), args);
+        c.env("DOPC_URL", &server.url)
+            .env("DOPC_TOKEN", &server.token)
+            .env_remove("DOPC_CA")
+            .env_remove("SSL_CERT_DIR")
+            .env("HOME", server.path());
+        match cert_file {
+            Some(f) => c.env("SSL_CERT_FILE", f),
+            None => c.env_remove("SSL_CERT_FILE"),
+        };
+        c.output().unwrap()
+    };
+    let out = client(&["execution", "run", "tls", "--follow"], Some(&d.join("ca.pem")));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[a] custom [OK]"));
+    let out = client(&["ping"], None);
+    assert_eq!(out.status.code(), Some(5), "the system's roots lack the test CA");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
