@@ -409,6 +409,11 @@ fn newest_changes() -> Result<String, String> {
 /// One RPM per tool (binary, man pages, completions, license; dopc: its systemd unit and
 /// settings) and `dop-common` (shared settings, the service user, directories), from the
 /// binaries in `bin_dir` and the man pages and completions in `target/dist`.
+/// dop-common's `%pre`: the `dop` user and group, as packaging/sysusers-dop.conf says.
+const DOP_USER_SCRIPT: &str = "getent group dop >/dev/null || groupadd -r dop\n\
+getent passwd dop >/dev/null || useradd -r -g dop -d /var/lib/dop -s /sbin/nologin -c 'dop server' dop\n\
+exit 0\n";
+
 fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     use rpm::{Dependency, FileOptions, PackageBuilder};
     let version = env!("CARGO_PKG_VERSION");
@@ -449,7 +454,12 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
         .with_dir_entry(FileOptions::dir("/var/lib/dop").mode(0o40750))
         .map_err(|e| err("/var/lib/dop", e))?
         .with_dir_entry(FileOptions::dir("/var/log/dop").mode(0o40750))
-        .map_err(|e| err("/var/log/dop", e))?;
+        .map_err(|e| err("/var/log/dop", e))?
+        // The user exists before any file owned by its group is installed (dopc.toml): rpm
+        // runs sysusers.d only after the transaction, or not at all on older releases.
+        .pre_install_script(DOP_USER_SCRIPT)
+        .requires(Dependency::script_pre("/usr/sbin/useradd"))
+        .requires(Dependency::script_pre("/usr/bin/getent"));
     let pkg = common.build().map_err(|e| err("dop-common", e))?;
     made.push(pkg.write_to(out).map_err(|e| err("dop-common", e))?);
 
@@ -538,6 +548,11 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             )
             .map_err(|e| err("dopc.toml", e))?
             .requires(Dependency::any("systemd"));
+        }
+        if tool == "dopv" {
+            // The `local` provider's containers; cloud providers need neither.
+            b.recommends(Dependency::any("openssh-server"))
+                .recommends(Dependency::any("util-linux"));
         }
         let pkg = b.build().map_err(|e| err(tool, e))?;
         made.push(pkg.write_to(out).map_err(|e| err(tool, e))?);

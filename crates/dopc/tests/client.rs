@@ -326,9 +326,21 @@ fn every_command_with_text_and_json() {
         .count();
     assert_eq!(asked, 4, "{removed}");
     assert_eq!(server.json(&["execution", "list"]), serde_json::json!([]));
+    // A monitor set through the API goes with its plan: added again, it is not monitored.
+    // (Switched off, so that no refresh can make the plan busy before it is deleted.)
+    let off = server.ok(&["plan", "monitor", "cli", "--interval", "3600", "--off"]);
+    assert!(
+        off.starts_with("plan 'cli': off; would refresh every 3600 s"),
+        "{off}"
+    );
     assert!(server
         .ok(&["plan", "delete", "cli"])
         .contains("removed plan 'cli'"));
+    server.ok(&["plan", "add", plan.to_str().unwrap()]);
+    assert_eq!(
+        server.ok(&["plan", "monitor", "cli"]),
+        "plan 'cli' is not monitored\n"
+    );
 }
 
 #[test]

@@ -956,7 +956,10 @@ async fn tls_when_a_certificate_is_configured() {
         };
         c.output().unwrap()
     };
-    let out = client(&["execution", "run", "tls", "--follow"], Some(&d.join("ca.pem")));
+    let out = client(
+        &["execution", "run", "tls", "--follow"],
+        Some(&d.join("ca.pem")),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -965,7 +968,11 @@ async fn tls_when_a_certificate_is_configured() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("[a] custom [OK]"));
     let out = client(&["ping"], None);
-    assert_eq!(out.status.code(), Some(5), "the system's roots lack the test CA");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "the system's roots lack the test CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,7 +238,7 @@ pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
+    let (store, monitor) = (s.store.clone(), s.monitor.clone());
     blocking(move || {
         let pending = store
             .server_list::<crate::execution::Execution>(dop_store::server::Kind::Execution)?
@@ -250,6 +250,8 @@ pub async fn remove(
             )));
         }
         store.remove(&name, false, false)?;
+        // A plan added again later under this name starts unmonitored (dopc.toml aside).
+        monitor.set(&name, None)?;
         Ok(Json(json!({"name": name, "status": "removed"})))
     })
     .await
