@@ -347,3 +347,31 @@ impl Drop for Testbed {
         self.stop();
     }
 }
+
+/// Makes a directory unusable while it lives: it is moved aside and a plain file takes its
+/// place (as a provider whose storage is gone); dropping it puts the directory back, also when
+/// a test fails, so that whatever runs from it can be stopped by the test's clean-up.
+pub struct DirectoryAway {
+    dir: PathBuf,
+    aside: PathBuf,
+}
+
+impl DirectoryAway {
+    /// Moves `dir` aside (to `<dir>.away`) and writes a file in its place.
+    pub fn new(dir: &Path) -> std::io::Result<DirectoryAway> {
+        let aside = dir.with_extension("away");
+        std::fs::rename(dir, &aside)?;
+        std::fs::write(dir, "not a directory: moved aside by a test\n")?;
+        Ok(DirectoryAway {
+            dir: dir.to_path_buf(),
+            aside,
+        })
+    }
+}
+
+impl Drop for DirectoryAway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.dir);
+        let _ = std::fs::rename(&self.aside, &self.dir);
+    }
+}

@@ -693,6 +693,15 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     }
 }
 
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// `dopc plan drift` for people: one line per node, then its differing fields.
 pub fn drift_text(v: &Value) -> String {
     let mut t = format!(
@@ -709,12 +718,7 @@ pub fn drift_text(v: &Value) -> String {
         if let Some(reason) = n["reason"].as_str() {
             notes.push(reason.to_string());
         }
-        let held: Vec<&str> = n["held_back"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let held = strings(&n["held_back"]);
         if !held.is_empty() {
             notes.push(format!("needs {}", held.join(" and ")));
         }
@@ -736,12 +740,7 @@ pub fn drift_text(v: &Value) -> String {
                 d["expected"]
             ));
         }
-        let pending: Vec<&str> = n["pending"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let pending = strings(&n["pending"]);
         if !pending.is_empty() {
             t.push_str(&format!("      pending: {}\n", pending.join(", ")));
         }

@@ -1077,32 +1077,6 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
     samples
 }
 
-/// Makes the local provider unreachable while it lives (its directory is moved away and a
-/// file takes its place); dropping it puts the directory back, also when a test fails.
-struct Unreachable {
-    dir: PathBuf,
-    away: PathBuf,
-}
-
-impl Unreachable {
-    fn new(dir: &Path) -> Unreachable {
-        let away = dir.with_extension("away");
-        std::fs::rename(dir, &away).unwrap();
-        std::fs::write(dir, "not a directory").unwrap();
-        Unreachable {
-            dir: dir.to_path_buf(),
-            away,
-        }
-    }
-}
-
-impl Drop for Unreachable {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.dir);
-        let _ = std::fs::rename(&self.away, &self.dir);
-    }
-}
-
 impl Server {
     /// Waits (at most 60 s) until `check` holds for the plan's state; returns that state.
     async fn state_until(&self, plan: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -1371,7 +1345,7 @@ async fn the_monitor_reports_drift_and_syncs_only_what_its_policy_allows() {
         json!({"interval_secs": 1, "auto_sync": {"enabled": true, "destructive": true}});
     let syncs_before = server.by_monitor("mon", "sync").await.len();
     {
-        let _away = Unreachable::new(&server.path().join("local"));
+        let _away = dop_testbed::DirectoryAway::new(&server.path().join("local")).unwrap();
         let (_, monitor) = server
             .call(
                 reqwest::Method::PUT,

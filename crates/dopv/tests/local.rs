@@ -132,32 +132,6 @@ impl Lab {
     }
 }
 
-/// Makes the local provider unreachable while it lives: its directory is moved away and a
-/// file takes its place; dropping it puts the directory back (also when a test fails).
-struct Unavailable {
-    dir: PathBuf,
-    away: PathBuf,
-}
-
-impl Unavailable {
-    fn new(dir: &Path) -> Unavailable {
-        let away = dir.with_extension("away");
-        std::fs::rename(dir, &away).unwrap();
-        std::fs::write(dir, "not a directory").unwrap();
-        Unavailable {
-            dir: dir.to_path_buf(),
-            away,
-        }
-    }
-}
-
-impl Drop for Unavailable {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.dir);
-        let _ = std::fs::rename(&self.away, &self.dir);
-    }
-}
-
 fn answers(address: &str, port: u16) -> bool {
     std::net::TcpStream::connect((address, port)).is_ok()
 }
@@ -401,7 +375,7 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
     // The provider cannot be reached (its directory is a file now): refresh fails, records
     // every node as unknown, never as gone, and keeps what it knew.
     {
-        let _away = Unavailable::new(&lab.local_dir());
+        let _away = dop_testbed::DirectoryAway::new(&lab.local_dir()).unwrap();
         let out = lab.expect(&["refresh", "drift"], 1);
         assert!(out.contains("unavailable"), "{out}");
         let shown = lab.json(&["show", "drift"], 0);
