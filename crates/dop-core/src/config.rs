@@ -76,6 +76,8 @@ pub struct Config {
     pub lookup: LookupSettings,
     /// Seconds to wait for a node to answer a connection check.
     pub connection_check_timeout: u64,
+    /// Where the Hiera data for Puppet is written (`hiera_dir`; default `<store_dir>/hiera`).
+    pub hiera_dir: Option<PathBuf>,
 }
 
 /// Facts about the process the defaults depend on.
@@ -161,6 +163,13 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the Hiera data for Puppet goes: `hiera_dir`, or `<store_dir>/hiera`.
+    pub fn hiera_dir(&self) -> PathBuf {
+        self.hiera_dir
+            .clone()
+            .unwrap_or_else(|| self.store_dir.join("hiera"))
+    }
+
     /// The built-in defaults.
     pub fn defaults(env: &Environment) -> Config {
         let (store_dir, log_dir) = if env.root {
@@ -178,6 +187,7 @@ impl Config {
             verbosity: Level::Info,
             lookup: LookupSettings::default(),
             connection_check_timeout: 5,
+            hiera_dir: None,
         }
     }
 
@@ -239,6 +249,7 @@ impl Config {
             match name.as_str() {
                 "store_dir" | "plan_store_dir" => self.store_dir = PathBuf::from(text(value)?),
                 "log_dir" => self.log_dir = PathBuf::from(text(value)?),
+                "hiera_dir" => self.hiera_dir = Some(PathBuf::from(text(value)?)),
                 "log_level" => self.log_level = level(value)?,
                 "verbosity" => self.verbosity = level(value)?,
                 "role_variable" => self.lookup.role_variable = text(value)?,

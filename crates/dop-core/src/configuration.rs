@@ -148,6 +148,44 @@ impl<'p> Resolver<'p> {
     }
 }
 
+/// One hierarchy level of a node, as Hiera would read it from the plan's `configuration`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HieraLevel<'p> {
+    /// The hierarchy level as configured (`roles/%{::role}`).
+    pub level: &'p str,
+    /// The level interpolated for the node (`roles/web`): the path walked in `configuration`.
+    pub source: String,
+    /// What is there (any YAML value; Hiera needs a mapping).
+    pub data: &'p serde_json::Value,
+}
+
+impl<'p> Resolver<'p> {
+    /// The hierarchy levels that exist in the plan's `configuration` for node `i`, most
+    /// specific first, with the node's role known (`%{::role}` interpolated).
+    pub fn levels(&self, i: usize) -> Vec<HieraLevel<'p>> {
+        let Some(node) = self.plan.nodes.get(i) else {
+            return Vec::new();
+        };
+        self.settings
+            .hierarchy
+            .iter()
+            .filter_map(|level| {
+                let source = interpolate(level, node, Some(&self.roles[i]))?;
+                let data = source
+                    .split('/')
+                    .try_fold(&self.plan.configuration, |value, segment| {
+                        value.get(segment)
+                    })?;
+                Some(HieraLevel {
+                    level: level.as_str(),
+                    source,
+                    data,
+                })
+            })
+            .collect()
+    }
+}
+
 impl NodeFacts for Resolver<'_> {
     fn len(&self) -> usize {
         self.plan.nodes.len()
@@ -192,6 +230,31 @@ configuration:
         load_str(PLAN, None, &LookupSettings::default())
             .plan
             .expect("valid")
+    }
+
+    #[test]
+    fn a_nodes_levels_are_the_hierarchy_interpolated_with_its_role() {
+        let plan = plan();
+        let settings = LookupSettings::default();
+        let resolver = Resolver::new(&plan, &settings);
+        let sources = |i: usize| -> Vec<String> {
+            resolver.levels(i).into_iter().map(|l| l.source).collect()
+        };
+        assert_eq!(
+            sources(0),
+            ["roles/base", "defaults"],
+            "web01: no node entry"
+        );
+        assert_eq!(
+            sources(1),
+            ["nodes/db01.example.com", "roles/db", "defaults"]
+        );
+        // odd01's `role: false` is beaten by the defaults' role (as Hiera's lookup does).
+        assert_eq!(
+            sources(2),
+            ["nodes/odd01.example.com", "roles/base", "defaults"]
+        );
+        assert_eq!(resolver.levels(1)[1].data["port"], 5432);
     }
 
     #[test]

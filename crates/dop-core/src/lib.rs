@@ -44,7 +44,7 @@ pub mod plan;
 pub mod yaml;
 
 pub use config::{Config, ConfigError, Environment, Level};
-pub use configuration::{LookupSettings, Resolver, NO_ROLE};
+pub use configuration::{HieraLevel, LookupSettings, Resolver, NO_ROLE};
 pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};
 pub use diff::{Change, ChangeKind, FieldChange, PlanDiff};

@@ -212,7 +212,53 @@ pub fn run(command: &PlanCommand, config: &Config, check: PlanCheck<'_>, io: &mu
             EXIT_OK
         }),
     };
-    result.unwrap_or_else(|e| fail(io, &e))
+    let writes = matches!(
+        command,
+        PlanCommand::Add(_) | PlanCommand::Update(_) | PlanCommand::Remove(_)
+    );
+    match result {
+        Ok(status) => {
+            if writes {
+                warn_on_hiera(&sync_hiera(&store, config), &config.hiera_dir(), io);
+            }
+            status
+        }
+        Err(e) => fail(io, &e),
+    }
+}
+
+/// Writes the Hiera data for Puppet after the plans changed (see [`crate::hiera`]).
+pub fn sync_hiera(
+    store: &Store,
+    config: &Config,
+) -> Result<crate::hiera::Index, crate::hiera::HieraError> {
+    crate::hiera::sync(store, &config.hiera_dir(), &config.lookup)
+}
+
+/// Says on standard error what kept the Hiera data from being written, if anything: the plans
+/// are stored either way.
+pub fn warn_on_hiera(
+    result: &Result<crate::hiera::Index, crate::hiera::HieraError>,
+    dir: &std::path::Path,
+    io: &mut Io<'_>,
+) {
+    match result {
+        Ok(index) => {
+            for (plan, problem) in index.problems() {
+                let _ = writeln!(
+                    io.err,
+                    "warning: Puppet keeps the previous Hiera data of plan '{plan}': {problem}"
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(
+                io.err,
+                "warning: the Hiera data for Puppet under {} was not updated: {e}; run `dopi hiera sync` once it is fixed",
+                dir.display()
+            );
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -394,5 +440,112 @@ pub fn import(args: &ImportArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         EXIT_FAILURE
     } else {
         EXIT_OK
+    }
+}
+
+/// `hiera`: the data Puppet reads from the store (see [`crate::hiera`]).
+#[derive(Subcommand, Clone, Debug)]
+pub enum HieraCommand {
+    /// Write the Hiera data of every stored plan now (plan add, update and remove do it too);
+    /// exit 1 when a plan's newest iteration could not be written (it keeps its old data).
+    Sync(JsonArg),
+    /// The data Puppet reads for a node now, level by level, most specific first.
+    Show {
+        /// The node (its name, Puppet's certname).
+        node: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a Hiera 5 `hiera.yaml` that reads the data (for Puppet's environment or global
+    /// hierarchy).
+    Config,
+}
+
+/// The `hiera.yaml` (Hiera 5) that reads the data under `dir`.
+pub fn hiera_yaml(dir: &std::path::Path) -> String {
+    format!(
+        "# Hiera 5: the configuration of nodes in stored dop plans (`dopi hiera config`).\n\
+         # Nodes in no plan have no data here: their lookups go on to the next level.\n\
+         ---\n\
+         version: 5\n\
+         hierarchy:\n  \
+           - name: \"dop plans: the node's plan configuration (nodes, roles, defaults)\"\n    \
+             data_hash: json_data\n    \
+             datadir: \"{}\"\n    \
+             glob: \"%{{trusted.certname}}/*.json\"\n",
+        dir.join("current/nodes").display()
+    )
+}
+
+/// Runs a `hiera` command; returns the exit status.
+pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
+    let dir = config.hiera_dir();
+    match command {
+        HieraCommand::Config => {
+            let _ = write!(io.out, "{}", hiera_yaml(&dir));
+            EXIT_OK
+        }
+        HieraCommand::Sync(JsonArg { json }) => {
+            let store = match open(config, io) {
+                Ok(s) => s,
+                Err(status) => return status,
+            };
+            let result = sync_hiera(&store, config);
+            let Ok(index) = &result else {
+                warn_on_hiera(&result, &dir, io);
+                return EXIT_FAILURE;
+            };
+            if *json {
+                print_json(io.out, &json!({"dir": dir, "index": index}));
+            } else {
+                let nodes: usize = index.plans.values().map(|p| p.nodes.len()).sum();
+                let _ = writeln!(
+                    io.out,
+                    "wrote generation {} of the Hiera data under {}: {} plan(s), {nodes} node(s)",
+                    index.generation,
+                    dir.display(),
+                    index.plans.len()
+                );
+                warn_on_hiera(&result, &dir, io);
+            }
+            if index.problems().is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_FAILURE
+            }
+        }
+        HieraCommand::Show { node, json } => match crate::hiera::node_data(&dir, node) {
+            Err(e) => {
+                let _ = writeln!(io.err, "error: {e}");
+                EXIT_FAILURE
+            }
+            Ok(levels) if *json => {
+                let levels: Vec<_> = levels
+                    .into_iter()
+                    .map(|(file, data)| json!({"file": file, "data": data}))
+                    .collect();
+                print_json(io.out, &json!({"node": node, "levels": levels}));
+                EXIT_OK
+            }
+            Ok(levels) if levels.is_empty() => {
+                let _ = writeln!(
+                    io.out,
+                    "node '{node}' is in no stored plan (or `dopi hiera sync` has not run): Puppet finds no dop data for it"
+                );
+                EXIT_OK
+            }
+            Ok(levels) => {
+                for (file, data) in levels {
+                    let _ = writeln!(io.out, "# {file}");
+                    let _ = writeln!(
+                        io.out,
+                        "{}",
+                        serde_json::to_string_pretty(&data).unwrap_or_default()
+                    );
+                }
+                EXIT_OK
+            }
+        },
     }
 }

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod control;
 pub mod deployment;
 mod error;
+pub mod hiera;
 mod import;
 mod layout;
 mod lock;

@@ -96,6 +96,7 @@ fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut dyn W
             listener.local_addr()?
         );
         let _ = out.flush();
+        settings.hiera = Some((config.hiera_dir(), config.lookup.clone()));
         dopc::server::serve(listener, store, log_dir, &settings, stop_signal()).await
     });
     match result {

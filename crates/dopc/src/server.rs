@@ -33,6 +33,10 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Per plan, its monitor (`[monitor.<plan>]`); the API can override it.
     pub monitor: std::collections::BTreeMap<String, crate::monitor::MonitorSettings>,
+    /// Where to write the Hiera data for Puppet after plan changes, and how roles resolve
+    /// (from `dop.conf`, not `dopc.toml`); `None`: not written.
+    #[serde(skip)]
+    pub hiera: Option<(PathBuf, dop_core::LookupSettings)>,
 }
 
 /// `[tls]` of `dopc.toml`.
@@ -55,6 +59,7 @@ impl Default for ServeConfig {
             connect_timeout_secs: 10,
             tls: None,
             monitor: std::collections::BTreeMap::new(),
+            hiera: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What dopv's providers need (to tell each node's standing).
     pub providers: dopv::provider::ProviderOptions,
+    /// Where the Hiera data for Puppet goes, and how roles resolve.
+    pub hiera: Option<(PathBuf, dop_core::LookupSettings)>,
 }
 
 /// The API router (`/api/v1/...`).
@@ -157,7 +164,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// A request that changed plans tells the runner, so that no cached state outlives it.
+/// A request that changed plans tells the runner, so that no cached state outlives it, and
+/// writes the Hiera data for Puppet before it answers.
 async fn note_plan_writes(
     axum::extract::State(s): axum::extract::State<AppState>,
     req: Request,
@@ -167,6 +175,27 @@ async fn note_plan_writes(
     let response = next.run(req).await;
     if writes && response.status().is_success() {
         s.runner.changed();
+        if let Some((dir, lookup)) = s.hiera.clone() {
+            let store = s.store.clone();
+            let written =
+                tokio::task::spawn_blocking(move || dop_store::hiera::sync(&store, &dir, &lookup))
+                    .await;
+            match written {
+                Ok(Ok(index)) => {
+                    for (plan, problem) in index.problems() {
+                        tracing::warn!(
+                            plan,
+                            problem,
+                            "Puppet keeps the previous Hiera data of the plan"
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the Hiera data for Puppet was not updated")
+                }
+                Err(e) => tracing::error!(error = %e, "the Hiera data for Puppet was not updated"),
+            }
+        }
     }
     response
 }
@@ -229,6 +258,7 @@ pub async fn serve(
         monitor,
         metrics,
         providers,
+        hiera: config.hiera.clone(),
     };
     let app = router(state, config.max_body_bytes);
     let shutdown = async move {

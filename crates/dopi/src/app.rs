@@ -41,4 +41,8 @@ pub enum Command {
     ImportStore(ImportArgs),
     /// Forget the recorded SSH host key of nodes (after they were rebuilt outside dopv).
     ForgetHostKey(ForgetHostKeyArgs),
+    /// The Hiera data Puppet reads from the stored plans: write it, show a node's, print the
+    /// hiera.yaml that reads it.
+    #[command(subcommand)]
+    Hiera(dop_store::cli::HieraCommand),
 }

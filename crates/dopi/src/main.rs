@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Command::Show(args) => runs::show(args, config, &mut io),
             Command::ImportStore(args) => plans::import(args, config, &mut io),
             Command::ForgetHostKey(args) => runs::forget_host_key(args, config, &mut io),
+            Command::Hiera(command) => dop_store::cli::hiera(command, config, &mut io),
         }
     })
 }
