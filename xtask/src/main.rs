@@ -90,8 +90,8 @@ fn demo(plan_file: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// Powers off the demo's nodes and removes its directory when the demo ends, pass or fail.
-struct Scratch(PathBuf);
+/// Powers off the demo's nodes and removes its directories when the demo ends, pass or fail.
+struct Scratch(PathBuf, Vec<PathBuf>);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -99,8 +99,49 @@ impl Drop for Scratch {
         if stopped > 0 {
             println!("(stopped {stopped} demo node(s) left running)");
         }
-        let _ = std::fs::remove_dir_all(&self.0);
+        for dir in std::iter::once(&self.0).chain(&self.1) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// True when the real `puppet` is installed.
+fn puppet_installed() -> bool {
+    Command::new("puppet")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The demo plan's Puppet step (added when Puppet is installed): each node gets a manifest and
+/// a `hiera.yaml` that reads the Hiera data dopc writes for the plan, then `puppet apply`
+/// writes the node's role, looked up in that data, to `/var/www/role`.
+fn puppet_step(hiera_dir: &Path) -> String {
+    let indent =
+        |text: &str| -> String { text.lines().map(|l| format!("            {l}\n")).collect() };
+    format!(
+        "    - name: configure with Puppet
+      nodes: all
+      commands:
+        - plugin: ssh/file_deploy
+          title: the Puppet manifest
+          file: /root/dop-demo-site.pp
+          content: |
+{manifest}        - plugin: ssh/file_deploy
+          title: the Hiera configuration
+          file: /root/dop-demo-hiera.yaml
+          content: |
+{hiera}        - plugin: ssh/custom
+          title: Puppet's directories (a new node's /var and /run are its own, and empty)
+          exec: 'mkdir -p /var/lib/puppet /var/cache/puppet /var/log/puppet /run/puppet'
+        - plugin: ssh/puppet_agent_run
+          title: puppet apply
+          apply: /root/dop-demo-site.pp
+          arguments: '--hiera_config /root/dop-demo-hiera.yaml'
+",
+        manifest = indent("file { '/var/www/role': content => \"${lookup('role')}, from the plan's Hiera data\\n\" }"),
+        hiera = indent(&dop_store::cli::hiera_yaml(hiera_dir)),
+    )
 }
 
 /// The literal key of the bundled plan, which the demo replaces with a pair it makes.
@@ -144,7 +185,10 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     demo_prerequisites()?;
     let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let _scratch = Scratch(dir.clone());
+    // The nodes see the host's /srv (not its /tmp): the Hiera data goes there.
+    let hiera_dir = Path::new("/srv").join(format!("dop-demo-{}-hiera", std::process::id()));
+    let puppet = puppet_installed();
+    let _scratch = Scratch(dir.clone(), vec![hiera_dir.clone()]);
     let key = dir.join("demo_key");
     let keygen = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "dop demo", "-f"])
@@ -154,7 +198,18 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     if !keygen.success() {
         return Err("ssh-keygen could not make the demo key".into());
     }
-    let original = std::fs::read_to_string(plan_file).map_err(|e| e.to_string())?;
+    let mut original = std::fs::read_to_string(plan_file).map_err(|e| e.to_string())?;
+    if puppet {
+        println!(
+            "== Puppet is installed: the default step set gets a `puppet apply` on every node"
+        );
+        let at = original
+            .find("  maintenance:\n")
+            .ok_or("the demo plan has no maintenance step set to put the Puppet step before")?;
+        original.insert_str(at, &puppet_step(&hiera_dir));
+    } else {
+        println!("== Puppet is not installed (.ci/install-deps installs it): no Puppet step");
+    }
     if !original.contains(DEMO_KEY_LINE) {
         return Err(format!(
             "{} has no demo key line to replace",
@@ -193,6 +248,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     );
     let settings = dopc::server::ServeConfig {
         local_dir: Some(dir.join("local")),
+        hiera: Some((hiera_dir.clone(), LookupSettings::default())),
         ..Default::default()
     };
     let server = runtime.spawn({
@@ -210,7 +266,8 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(demo_story(&client, &text));
+    let nodes_dir = puppet.then(|| dir.join("local/nodes/demo"));
+    let result = runtime.block_on(demo_story(&client, &text, nodes_dir.as_deref()));
     let _ = stop_tx.send(());
     let _ = runtime.block_on(server);
     result?;
@@ -238,6 +295,15 @@ async fn follow_task(
         .await
         .map_err(|e| e.to_string())?;
     if status != dopc::execution::Status::Done {
+        // What the nodes said, to see why (the demo's directory is removed at its end).
+        if let Ok(log) = client.log(e.id, None, None).await {
+            let text = log["log"].as_str().unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            println!("\n== the end of execution {}'s log", e.id);
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                println!("{line}");
+            }
+        }
         return Err(format!(
             "execution {} of {} ended {status:?}",
             e.id,
@@ -247,7 +313,13 @@ async fn follow_task(
     Ok((e.id, events))
 }
 
-async fn demo_story(client: &dopc::client::Client, text: &str) -> Result<(), String> {
+/// `nodes_dir` (the local provider's node directories) is given when the plan has the Puppet
+/// step: what Puppet wrote on each node is shown and checked.
+async fn demo_story(
+    client: &dopc::client::Client,
+    text: &str,
+    nodes_dir: Option<&Path>,
+) -> Result<(), String> {
     use dopc::execution::{ExecOptions, Task};
     println!("\n$ dopc plan add demo.yaml");
     let added = client
@@ -260,6 +332,21 @@ async fn demo_story(client: &dopc::client::Client, text: &str) -> Result<(), Str
         added["name"].as_str().unwrap_or("")
     );
     follow_task(client, Task::Setup, ExecOptions::default(), "").await?;
+    if let Some(nodes_dir) = nodes_dir {
+        println!("\n== Puppet wrote each node's role, looked up in the Hiera data dop wrote from the plan");
+        for (node, role) in [("web01.demo.local", "web"), ("db01.demo.local", "db")] {
+            // The node's /var is this directory on the host.
+            let file = nodes_dir.join(node).join("var/www/role");
+            let written =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("{node}:/var/www/role: {}", written.trim_end());
+            if !written.starts_with(&format!("{role},")) {
+                return Err(format!(
+                    "Puppet wrote the wrong role on {node}: {written:?}"
+                ));
+            }
+        }
+    }
     println!("\n$ dopc plan state demo");
     print!(
         "{}",

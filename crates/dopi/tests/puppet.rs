@@ -6,6 +6,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::{node_message, plan, text_of, World};
 use dop_testbed::{Options, Testbed};
@@ -164,5 +165,221 @@ fn puppet_runs_are_judged_by_detailed_exit_codes_with_reruns_and_the_lock() {
     assert_eq!(
         show_message(5, "n06"),
         "a Puppet run is already in progress on the node and wait_if_already_running is false"
+    );
+}
+
+/// Whether the real `puppet` is installed (`.ci/install-deps` installs Debian's puppet-agent).
+fn real_puppet() -> bool {
+    let found = Command::new("puppet")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: no `puppet` on this machine (run .ci/install-deps)");
+    }
+    found
+}
+
+/// `puppet config print statedir` as the test nodes' login sees it (with its HOME).
+fn statedir_of_login(login: &str, home: &Path) -> PathBuf {
+    let mut c = if login == dop_testbed::ROOT_LOGIN {
+        let mut c = Command::new("runuser");
+        c.args(["-u", login, "--", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .arg("puppet");
+        c
+    } else {
+        let mut c = Command::new("puppet");
+        c.env("HOME", home);
+        c
+    };
+    let out = c.args(["config", "print", "statedir"]).output().unwrap();
+    assert!(out.status.success(), "{}", text_of(&out.stderr));
+    PathBuf::from(text_of(&out.stdout).trim())
+}
+
+/// Real Puppet (`puppet apply`, masterless) run by `ssh/puppet_agent_run` on the test nodes:
+/// its manifests read the plan's configuration through the Hiera data dop writes; detailed exit
+/// codes 0, 2, 4 and 6, reruns, `--noop` and the run lock are Puppet's own.
+#[test]
+fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
+    if !real_puppet() {
+        return;
+    }
+    let w = World::new();
+    let options = Options {
+        nodes: 4,
+        port: 2326,
+        first: 141,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let dir = w.node_dir("puppet");
+    let (home, out) = (dir.join("home"), dir.join("out"));
+    for d in [&home, &out] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let manifest = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let site = manifest(
+        "site.pp",
+        "file { \"${lookup('out_dir')}/${trusted['certname']}.conf\": content => \"port=${lookup('web::port')}\\n\" }\n",
+    );
+    let fail = manifest("fail.pp", "exec { 'fails': command => '/bin/false' }\n");
+    let mixed = manifest(
+        "mixed.pp",
+        "notify { 'changed': } exec { 'fails': command => '/bin/false', require => Notify['changed'] }\n",
+    );
+    // dop writes the Hiera data where the nodes' login can read it.
+    let conf = w.path().join("dop.conf");
+    std::fs::write(
+        &conf,
+        format!("hiera_dir: {}\n", dir.join("hiera").display()),
+    )
+    .unwrap();
+    let dopi = |args: &[&str]| {
+        let out = w.command(args).env("DOP_CONFIG", &conf).output().unwrap();
+        (
+            out.status.code(),
+            text_of(&out.stdout),
+            text_of(&out.stderr),
+        )
+    };
+    let hiera_yaml = dir.join("hiera.yaml");
+    let (code, yaml, _) = dopi(&["hiera", "config"]);
+    assert_eq!(code, Some(0));
+    std::fs::write(&hiera_yaml, yaml).unwrap();
+
+    let step = |set: &str, nodes: &str, manifest: &str, extra: &str| {
+        format!(
+            "  {set}:
+    - name: puppet
+      nodes: [{nodes}]
+      max_in_flight: -1
+      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}, env: {{HOME: '{home}'}}}}]
+      command: {{plugin: ssh/puppet_agent_run, apply: '{manifest}', arguments: '--hiera_config {hiera}{extra}'}}
+",
+            port = options.port,
+            home = home.display(),
+            hiera = hiera_yaml.display(),
+        )
+    };
+    let steps = [
+        step(
+            "apply",
+            "n01, n02",
+            &site,
+            "', rerun_on_change: true, max_rerun: '2",
+        ),
+        step("again", "n01", &site, ""),
+        step("noop", "n03", &site, " --noop"),
+        step(
+            "failures",
+            "n04",
+            &fail,
+            "', rerun_on_error: true, max_rerun: '1",
+        ),
+        step("mixed", "n04", &mixed, ""),
+        step("locked", "n01", &site, "', lock_check_interval: '1"),
+    ]
+    .concat()
+    .replace("max_rerun: '2'", "max_rerun: 2")
+    .replace("max_rerun: '1'", "max_rerun: 1")
+    .replace("lock_check_interval: '1'", "lock_check_interval: 1");
+    let n02_fqdn = &testbed.addresses[1];
+    let text = plan(&testbed, &testbed.client_key(), "", &steps).replace(
+        "steps:\n",
+        &format!(
+            "configuration:\n  nodes:\n    '{n02_fqdn}': {{'web::port': 9090}}\n  defaults: {{out_dir: '{}', 'web::port': 8080}}\nsteps:\n",
+            out.display()
+        ),
+    );
+    let file = w.path().join("ssh.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let (code, _, err) = dopi(&["add", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, shown, _) = dopi(&["hiera", "show", "n02"]);
+    assert!(shown.contains("\"web::port\": 9090"), "{shown}");
+
+    let run = |set: &str| {
+        let (code, _, err) = dopi(&["run", "ssh", "-s", set]);
+        (code, err)
+    };
+    let show_message = |set: usize, n: &str| node_message(&w.show_json("ssh"), set, n);
+    let node_log = |n: &str| -> String {
+        let logs = w.path().join("logs/ssh");
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .filter_map(|e| {
+                std::fs::read_to_string(e.unwrap().path().join(format!("{n}.log"))).ok()
+            })
+            .collect()
+    };
+
+    // Changes (2), then a rerun with none (0); each node's data from its plan.
+    let (code, err) = run("apply");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("n01.conf")).unwrap(),
+        "port=8080\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("n02.conf")).unwrap(),
+        "port=9090\n"
+    );
+    assert!(
+        node_log("n01").contains("Starting Puppet Rerun 1 of 2"),
+        "{}",
+        node_log("n01")
+    );
+    assert_eq!(show_message(0, "n01"), "");
+
+    // Nothing to change: 0.
+    assert_eq!(run("again").0, Some(0));
+    // --noop: a would-be change is not made, and is no failure.
+    assert_eq!(run("noop").0, Some(0));
+    assert!(!out.join("n03.conf").exists(), "--noop changed nothing");
+
+    // Failures (4) are rerun once, then fail; changes and failures (6) fail.
+    assert_eq!(run("failures").0, Some(1));
+    let m = show_message(3, "n04");
+    assert!(
+        m.starts_with("Puppet had ERRORS during the run! max_reruns (1) reached!")
+            && m.contains("exit status 4, expected 0 or 2")
+            && m.ends_with("(Puppet: the run had failures)"),
+        "{m}"
+    );
+    assert_eq!(run("mixed").0, Some(1));
+    let m = show_message(4, "n04");
+    assert!(
+        m.contains("exit status 6, expected 0 or 2")
+            && m.ends_with("(Puppet: changes applied, and the run had failures)"),
+        "{m}"
+    );
+
+    // Another run holds Puppet's own lock (in the statedir Puppet reports for the login):
+    // the command waits until it is gone.
+    let state = statedir_of_login(&testbed.user, &home);
+    std::fs::create_dir_all(&state).unwrap();
+    let lock = state.join("agent_catalog_run.lock");
+    std::fs::write(&lock, "4242").unwrap();
+    let remover = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            std::fs::remove_file(lock).unwrap();
+        })
+    };
+    let (code, err) = run("locked");
+    remover.join().unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        node_log("n01").contains("Puppet run already in progress, waiting 1s to check again"),
+        "{}",
+        node_log("n01")
     );
 }

@@ -2,6 +2,10 @@
 //! codes (0 no changes, 2 changes: success; 4 failures, 6 changes and failures, 1 a failed or
 //! locked run: failure) and by error patterns, with reruns on change or error, and a wait while
 //! another agent run holds the lock. Unlike the original, `expect_exit_codes` is honoured.
+//!
+//! With `apply: /path/site.pp` it runs Puppet without a server instead (`puppet apply
+//! --detailed-exitcodes`, judged the same way), with the node's name as the certname, so that
+//! its Hiera lookups find the node's data of the plan (see `dopi hiera`).
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +23,9 @@ use crate::ssh::Target;
 pub struct PuppetAgentRun;
 
 /// Its own parameters (besides the judging and ssh ones).
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "arguments",
+    "apply",
     "env",
     "rerun_on_change",
     "rerun_on_error",
@@ -36,6 +41,8 @@ const DEFAULT_TIMEOUT: u64 = 1800;
 /// The settings of one command, read once.
 struct Settings {
     puppet: String,
+    /// The manifest `puppet apply` runs; `None`: `puppet agent --test`.
+    apply: Option<String>,
     arguments: String,
     rerun_on_change: bool,
     rerun_on_error: bool,
@@ -94,8 +101,19 @@ impl Settings {
                 ));
             }
         }
+        let apply = match options.get("apply") {
+            None => None,
+            Some(Value::String(p)) if p.starts_with('/') && !p.ends_with('/') => Some(p.clone()),
+            Some(v) => {
+                return Err(ParamProblem::error(
+                    "apply",
+                    format!("'apply' must be the absolute path of a manifest on the node, not {v}"),
+                ))
+            }
+        };
         Ok(Settings {
             puppet: puppet_bin(options)?,
+            apply,
             arguments: params::arguments(options.get("arguments"))
                 .map_err(|e| ParamProblem::error("arguments", e))?,
             rerun_on_change: flag(options, "rerun_on_change", false),
@@ -106,11 +124,23 @@ impl Settings {
         })
     }
 
-    fn command(&self) -> String {
-        let mut line = format!("{} agent --test --color false", shell_quote(&self.puppet));
+    /// The command line for `node`.
+    fn command(&self, node: &str) -> String {
+        let puppet = shell_quote(&self.puppet);
+        let mut line = match &self.apply {
+            None => format!("{puppet} agent --test --color false"),
+            Some(_) => format!(
+                "{puppet} apply --detailed-exitcodes --color false --certname {}",
+                shell_quote(node)
+            ),
+        };
         if !self.arguments.is_empty() {
             line.push(' ');
             line.push_str(&self.arguments);
+        }
+        if let Some(manifest) = &self.apply {
+            line.push(' ');
+            line.push_str(&shell_quote(manifest));
         }
         line
     }
@@ -168,7 +198,7 @@ impl Plugin for PuppetAgentRun {
 
     fn describe(&self, options: &Options) -> String {
         match Settings::read(options) {
-            Ok(s) => format!("run `{}` on the node over ssh", s.command()),
+            Ok(s) => format!("run `{}` on the node over ssh", s.command("NODE")),
             Err(problem) => problem.message,
         }
     }
@@ -200,7 +230,7 @@ impl Plugin for PuppetAgentRun {
                 Ok(c) => c,
                 Err(e) => return Outcome::failed(e),
             };
-            let line = settings.command();
+            let line = settings.command(&ctx.node.name);
             // Every run gets what is left of plugin_timeout, not all of it.
             let left = ctx.with_timeout(ctx.timeout.saturating_sub(start.elapsed()));
             let mut outcome = run_remote(
@@ -331,10 +361,20 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(
-            s.command(),
+            s.command("web01"),
             "'/opt/puppet labs/bin/puppet' agent --test --color false --environment prod --tags 'a b'"
         );
         assert_eq!((s.max_rerun, s.wait_if_running), (1, true));
+        let apply = Settings::read(&options(serde_json::json!({
+            "apply": "/etc/puppet/code/site.pp", "arguments": "--noop"
+        })))
+        .unwrap();
+        assert_eq!(
+            apply.command("web01.example.com"),
+            "'puppet' apply --detailed-exitcodes --color false --certname 'web01.example.com' --noop '/etc/puppet/code/site.pp'"
+        );
+        let problems = PuppetAgentRun.check(&options(serde_json::json!({"apply": "site.pp"})));
+        assert_eq!(problems[0].key, "apply", "{problems:?}");
     }
 
     #[test]
