@@ -432,6 +432,8 @@ fn dist() -> Result<(), String> {
             "dopv",
             "-p",
             "dopc",
+            "-p",
+            "dop-puppet",
         ])
         // Packages ship binaries without debug information (a quarter of the size).
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
@@ -457,6 +459,7 @@ fn docs_for_dist() -> Result<usize, String> {
         ("dopi", dopi::app::Cli::command()),
         ("dopv", dopv::app::Cli::command()),
         ("dopc", dopc::app::Cli::command()),
+        ("dop-puppet-autosign", dop_puppet::app::Cli::command()),
     ];
     let mut files = 0;
     for (name, command) in tools {
@@ -557,6 +560,10 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             "dopc",
             "dop: the server (queued executions, logs, state) and its client",
         ),
+        (
+            "dop-puppet-autosign",
+            "dop: Puppet's policy-based autosign for the nodes of stored plans",
+        ),
     ];
     for (tool, summary) in tools {
         let mut b = new_builder(tool, summary, arch);
@@ -635,6 +642,21 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             )
             .map_err(|e| err("dopc.toml", e))?
             .requires(Dependency::any("systemd"));
+        }
+        if tool == "dop-puppet-autosign" {
+            let sample = dist.join("hiera.yaml");
+            std::fs::write(
+                &sample,
+                dop_store::cli::hiera_yaml(Path::new("/var/lib/dop/hiera")),
+            )
+            .map_err(|e| format!("{}: {e}", sample.display()))?;
+            b.with_file(
+                &sample,
+                FileOptions::new(format!("/usr/share/doc/{tool}/hiera.yaml"))
+                    .mode(0o100644)
+                    .doc(),
+            )
+            .map_err(|e| err("hiera.yaml", e))?;
         }
         if tool == "dopv" {
             // The `local` provider's containers; cloud providers need neither.
@@ -749,10 +771,12 @@ mod tests {
     fn dist_makes_completions_and_man_pages_for_every_tool() {
         super::docs_for_dist().expect("dist");
         let out = super::root().join("target/dist");
-        for tool in ["dopi", "dopv", "dopc"] {
+        for tool in ["dopi", "dopv", "dopc", "dop-puppet-autosign"] {
             let bash =
                 std::fs::read_to_string(out.join(format!("completions/bash/{tool}.bash"))).unwrap();
-            assert!(bash.contains(&format!("_{tool}()")), "{tool}");
+            // clap names the function after the tool, dashes doubled into underscores.
+            let function = format!("_{}()", tool.replace('-', "__"));
+            assert!(bash.contains(&function), "{tool}");
             assert!(out.join(format!("completions/zsh/_{tool}")).exists());
             assert!(out.join(format!("completions/fish/{tool}.fish")).exists());
             let man = std::fs::read_to_string(out.join(format!("man/man1/{tool}.1"))).unwrap();

@@ -333,6 +333,31 @@ mod tests {
     }
 
     #[test]
+    fn the_hiera_dir_defaults_to_the_store_and_the_shipped_file_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        std::fs::write(&file, "store_dir: /srv/store\n").unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(config.hiera_dir(), Path::new("/srv/store/hiera"));
+        // packaging/dop.conf with every example switched on.
+        let shipped = include_str!("../../../packaging/dop.conf");
+        let on: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(": ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&file, &on).unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap_or_else(|e| panic!("{e}\n{on}"));
+        assert_eq!(config.hiera_dir(), Path::new("/var/lib/dop-hiera"), "{on}");
+        assert_eq!(config.connection_check_timeout, 10);
+    }
+
+    #[test]
     fn bad_files_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dop.conf");

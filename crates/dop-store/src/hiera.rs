@@ -440,6 +440,38 @@ configuration:
     }
 
     #[test]
+    fn a_reader_never_sees_a_partial_file_while_the_data_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let dir = tmp.path().join("hiera");
+        let settings = LookupSettings::default();
+        let (a, b) = (PLAN.to_string(), PLAN.replace("5433", "6543"));
+        add(&store, &a);
+        sync(&store, &dir, &settings).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (dir, done) = (dir.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+                    let levels = node_data(&dir, "db01.example.com").expect("whole files");
+                    assert_eq!(levels.len(), 3);
+                    let port = &levels[0].1["postgres::port"];
+                    assert!(port == 5433 || port == 6543, "{port}");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..30 {
+            add(&store, if i % 2 == 0 { &b } else { &a });
+            sync(&store, &dir, &settings).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(reader.join().unwrap() > 0);
+    }
+
+    #[test]
     fn keys_hiera_cannot_look_up_are_refused_with_their_path() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("store")).unwrap();

@@ -171,6 +171,14 @@ fn every_command_with_text_and_json() {
         server.ok(&["plan", "add", plan.to_str().unwrap()]),
         "added plan 'cli' as iteration 1\n"
     );
+    // The server wrote the plan's Hiera data for Puppet before it answered.
+    let index = std::fs::read_to_string(server.dir.path().join("store/hiera/current/index.json"))
+        .expect("the Hiera data of the added plan");
+    let index: Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(
+        index["plans"]["cli"]["nodes"],
+        serde_json::json!(["a", "b"])
+    );
     let stored = server.ok(&["plan", "get", "cli"]);
     assert!(
         stored.contains("echo hello") && !stored.contains("include:"),

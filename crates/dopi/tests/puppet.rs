@@ -382,4 +382,37 @@ fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
         "{}",
         node_log("n01")
     );
+
+    // dop's level masks nothing: a node in no plan finds the next level's data; a plan's node
+    // finds its plan's first.
+    let common = dir.join("common");
+    std::fs::create_dir_all(&common).unwrap();
+    std::fs::write(common.join("common.json"), r#"{"web::port": 7070}"#).unwrap();
+    let layered = dir.join("layered.yaml");
+    let dop_level = std::fs::read_to_string(&hiera_yaml).unwrap();
+    std::fs::write(
+        &layered,
+        format!(
+            "{dop_level}  - name: common\n    data_hash: json_data\n    datadir: \"{}\"\n    path: common.json\n",
+            common.display()
+        ),
+    )
+    .unwrap();
+    let port_of = |certname: &str| {
+        let out = Command::new("puppet")
+            .args(["apply", "--color", "false", "--hiera_config"])
+            .arg(&layered)
+            .args(["--certname", certname, "-e", "notice(lookup('web::port'))"])
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        let text = text_of(&out.stdout) + &text_of(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("Notice: Scope(Class[main]): "))
+            .unwrap_or_else(|| panic!("no notice in {text}"))
+            .to_string()
+    };
+    assert_eq!(port_of("stranger.example.com"), "7070");
+    assert_eq!(port_of("n02"), "9090");
 }
