@@ -186,8 +186,15 @@ pub struct NodeLog {
     all: Mutex<Option<File>>,
 }
 
+/// Logs hold commands' output: readable by the owner and its group only (0640, in 0750
+/// directories), whatever the umask.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }
 
 /// A new execution id: UTC time and process id, e.g. `20261125T163000Z-4242`.
@@ -206,7 +213,13 @@ impl ExecutionLog {
         masker: Masker,
     ) -> std::io::Result<Arc<ExecutionLog>> {
         let dir = log_dir.join(plan).join(id);
-        std::fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(&dir)?;
+        }
         let files = Files {
             all: open_append(&dir.join("all.log"))?,
             events: open_append(&dir.join("events.jsonl"))?,

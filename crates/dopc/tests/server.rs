@@ -303,12 +303,57 @@ async fn ping_and_authentication() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    // A revoked token is refused from the next request on, while the server runs.
+    // Every documented endpoint but ping refuses a missing or unknown token (websockets too:
+    // before the upgrade).
+    let doc: Value = serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+    let endpoints: Vec<(reqwest::Method, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.as_str() != "/api/v1/ping")
+        .flat_map(|(path, methods)| {
+            let url = format!(
+                "{}{}",
+                server.url,
+                path.replace("{name}", "plan").replace("{id}", "1")
+            );
+            methods
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| {
+                    (
+                        reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap(),
+                        url.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(endpoints.len() >= 22, "{}", endpoints.len());
+    let refused_all = |token: Option<String>, what: &'static str| {
+        let (http, endpoints) = (server.http.clone(), endpoints.clone());
+        async move {
+            for (method, url) in endpoints {
+                let mut req = http.request(method.clone(), &url);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status().as_u16(), 401, "{method} {url} with {what}");
+            }
+        }
+    };
+    refused_all(None, "no token").await;
+    refused_all(Some("dop_made_up".into()), "an unknown token").await;
+
+    // A revoked token is refused from the next request on, while the server runs, everywhere.
     let out = Server::command(server.path(), &["token", "revoke", "tests"])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(server.get("/plans").await.0, 401);
+    refused_all(Some(server.token.clone()), "a revoked token").await;
     let list = Server::command(server.path(), &["token", "list", "--json"])
         .output()
         .unwrap();
@@ -1399,4 +1444,137 @@ async fn the_monitor_reports_drift_and_syncs_only_what_its_policy_allows() {
         .execute("mon", "teardown", json!({"rmdisk": true}))
         .await;
     assert_eq!(server.wait(id).await["status"], "done");
+}
+
+/// Every file under `dir`, as text (lossy), with its path.
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // Symlinks (the Hiera data's `current`) are read through their target.
+            if path.is_dir() && !entry.file_type().unwrap().is_symlink() {
+                todo.push(path);
+            } else if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// A plan's credential passwords never leave the plan: not in any API answer, log, event,
+/// stream or Hiera file of a full run, even when a command prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_secrets_are_never_in_answers_logs_or_data() {
+    const SECRETS: [&str; 2] = ["Pw-9f8e7d6c5b4a", "Chal-1a2b3c4d5e"];
+    let server = Server::start().await;
+    let text = format!(
+        "name: vault
+infrastructures: {{lab: {{type: baremetal}}}}
+credentials:
+  db_admin: {{type: username_password, username: admin, password: '{}'}}
+  autosign: {{type: username_password, username: puppet, password: '{}'}}
+nodes:
+  vault01: {{infrastructure: lab}}
+configuration:
+  defaults: {{role: vault, db_user: admin}}
+steps:
+  default:
+    - name: careless
+      nodes: all
+      command: {{plugin: custom, exec: 'echo admin password {} and challenge {}; echo {} >&2'}}
+",
+        SECRETS[0], SECRETS[1], SECRETS[0], SECRETS[1], SECRETS[0]
+    );
+    server.plan(&text).await;
+    let mut stream = server.ws("/plans/vault/state/stream").await;
+    let id = server.execute("vault", "setup", json!({})).await;
+    let mut log_stream = server.ws(&format!("/executions/{id}/log/stream")).await;
+    assert_eq!(server.wait(id).await["status"], "done");
+
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for path in [
+        "/plans".to_string(),
+        "/plans/vault".to_string(),
+        "/plans/vault/versions".to_string(),
+        "/plans/vault/state".to_string(),
+        "/plans/vault/monitor".to_string(),
+        "/executions".to_string(),
+        format!("/executions/{id}"),
+        format!("/executions/{id}/log"),
+        format!("/executions/{id}/log?node=vault01"),
+        format!("/executions/{id}/log?since=0"),
+        "/metrics".to_string(),
+    ] {
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        seen.push((path, body.to_string()));
+    }
+    // The stored plan's text comes back masked, base64 content included.
+    let (_, plan) = server.get("/plans/vault").await;
+    let content = plan["content"].as_str().unwrap();
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(content)
+        .unwrap();
+    seen.push((
+        "/plans/vault content".into(),
+        String::from_utf8_lossy(&decoded).into(),
+    ));
+    // The events the log stream sent, to its end; the state stream's first document.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), log_stream.next()).await {
+            Ok(Some(Ok(msg))) if msg.is_text() => {
+                let text = msg.into_text().unwrap().to_string();
+                let end = text.contains("\"kind\":\"end\"");
+                seen.push(("log stream".into(), text));
+                if end {
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the log stream ended early: {other:?}"),
+        }
+    }
+    let first = stream.next().await.unwrap().unwrap();
+    seen.push((
+        "state stream".into(),
+        first.into_text().unwrap().to_string(),
+    ));
+    // Every file the server wrote besides the store's own databases: logs, Hiera data.
+    for (path, content) in files_under(&server.path().join("logs"))
+        .into_iter()
+        .chain(files_under(&server.path().join("store/hiera")))
+    {
+        seen.push((path.display().to_string(), content));
+    }
+    let log_text = &seen.iter().find(|(p, _)| p.ends_with("/log")).unwrap().1;
+    assert!(
+        log_text.contains("admin password"),
+        "the command's output is logged: {log_text}"
+    );
+    for (place, content) in &seen {
+        for secret in SECRETS {
+            assert!(!content.contains(secret), "{secret} in {place}: {content}");
+        }
+    }
+    assert!(seen.len() > 15, "{}", seen.len());
+    // The logs are the owner's and its group's only, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let logs = server.path().join("logs/vault");
+    for (path, _) in files_under(&logs) {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", path.display());
+    }
+    let dir = std::fs::read_dir(&logs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750, "{}", dir.display());
 }
