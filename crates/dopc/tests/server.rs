@@ -1577,4 +1577,17 @@ steps:
         .path();
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o750, "{}", dir.display());
+    // The API tokens: hashed, the owner's only. The autosign challenge hashes: 0640.
+    let tokens = server.path().join("store/dopc-tokens.json");
+    let mode = std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!std::fs::read_to_string(&tokens)
+        .unwrap()
+        .contains(&server.token));
+    let autosign = server.path().join("store/hiera/current/autosign.json");
+    let mode = std::fs::metadata(&autosign).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(std::fs::read_to_string(&autosign)
+        .unwrap()
+        .contains("\"vault\""));
 }
