@@ -180,8 +180,8 @@ fn real_puppet() -> bool {
     found
 }
 
-/// `puppet config print statedir` as the test nodes' login sees it (with its HOME).
-fn statedir_of_login(login: &str, home: &Path) -> PathBuf {
+/// Runs `puppet ARGS` as the test nodes' login (with its HOME); returns its standard output.
+fn puppet_as_login(login: &str, home: &Path, args: &[&str]) -> String {
     let mut c = if login == dop_testbed::ROOT_LOGIN {
         let mut c = Command::new("runuser");
         c.args(["-u", login, "--", "env"])
@@ -193,9 +193,9 @@ fn statedir_of_login(login: &str, home: &Path) -> PathBuf {
         c.env("HOME", home);
         c
     };
-    let out = c.args(["config", "print", "statedir"]).output().unwrap();
+    let out = c.args(args).output().unwrap();
     assert!(out.status.success(), "{}", text_of(&out.stderr));
-    PathBuf::from(text_of(&out.stdout).trim())
+    text_of(&out.stdout)
 }
 
 /// Real Puppet (`puppet apply`, masterless) run by `ssh/puppet_agent_run` on the test nodes:
@@ -302,6 +302,9 @@ fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
     std::fs::write(&file, &text).unwrap();
     let (code, _, err) = dopi(&["add", file.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
+    // The nodes share this machine and so the login's Puppet directories: make them once, as
+    // a node's Puppet installation would have, rather than in several first runs at a time.
+    puppet_as_login(&testbed.user, &home, &["apply", "--noop", "-e", ""]);
     let (_, shown, _) = dopi(&["hiera", "show", "n02"]);
     assert!(shown.contains("\"web::port\": 9090"), "{shown}");
 
@@ -322,7 +325,13 @@ fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
 
     // Changes (2), then a rerun with none (0); each node's data from its plan.
     let (code, err) = run("apply");
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "{err}\nn01:\n{}\nn02:\n{}",
+        node_log("n01"),
+        node_log("n02")
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("n01.conf")).unwrap(),
         "port=8080\n"
@@ -363,7 +372,9 @@ fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
 
     // Another run holds Puppet's own lock (in the statedir Puppet reports for the login):
     // the command waits until it is gone.
-    let state = statedir_of_login(&testbed.user, &home);
+    let state = PathBuf::from(
+        puppet_as_login(&testbed.user, &home, &["config", "print", "statedir"]).trim(),
+    );
     std::fs::create_dir_all(&state).unwrap();
     let lock = state.join("agent_catalog_run.lock");
     std::fs::write(&lock, "4242").unwrap();
