@@ -218,10 +218,7 @@ pub fn sync(store: &Store, dir: &Path, settings: &LookupSettings) -> Result<Inde
             ),
             Err(problem) => {
                 // The previous generation's data of this plan, if it had any.
-                let kept = previous
-                    .as_ref()
-                    .and_then(|p| p.plans.get(&entry.name))
-                    .filter(|p| p.problem.is_none() || !p.nodes.is_empty());
+                let kept = previous.as_ref().and_then(|p| p.plans.get(&entry.name));
                 let mut files = Vec::new();
                 if let Some(kept) = kept {
                     for node in &kept.nodes {

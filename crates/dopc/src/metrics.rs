@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use dop_store::server::Kind;
-use dop_store::{App, Store};
+use dop_store::Store;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -217,22 +217,14 @@ impl Metrics {
         for entry in store.list().map_err(|e| e.to_string())? {
             let name = entry.name;
             // A plan whose state cannot be read now is left out of this scrape, not failed.
-            let Ok(iteration) = store.iteration(&name, None) else {
-                continue;
-            };
-            let Ok(records) = store.state(&name, App::Dopv) else {
-                continue;
-            };
-            let Ok(state) = dopv::state::DopvState::from_records(&records) else {
-                continue;
-            };
-            let standings = dopv::standing::standings(
+            let Ok((_, standings)) = dopv::standing::of_stored_plan(
+                store,
                 &name,
-                &iteration.plan,
-                &state,
                 providers,
                 dopv::Permissions::default(),
-            );
+            ) else {
+                continue;
+            };
             for word in dopv::standing::SyncState::ALL {
                 let n = standings.iter().filter(|s| s.state == word).count();
                 self.nodes

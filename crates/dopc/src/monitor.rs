@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dop_store::server::Kind;
-use dop_store::{now_ms, rfc3339, App, Store};
+use dop_store::{now_ms, rfc3339, Store};
 use dopv::standing::{Standing, SyncState};
 use serde::{Deserialize, Serialize};
 
@@ -317,25 +317,20 @@ impl Monitor {
         let Some(settings) = settings else {
             return Err("the plan is no longer monitored".into());
         };
-        let store = self.store();
-        let iteration = store.iteration(&e.plan, None).map_err(|e| e.to_string())?;
-        let records = store.state(&e.plan, App::Dopv).map_err(|e| e.to_string())?;
-        let state = dopv::state::DopvState::from_records(&records)?;
-        let standings = dopv::standing::standings(
+        let (plan, standings) = dopv::standing::of_stored_plan(
+            self.store(),
             &e.plan,
-            &iteration.plan,
-            &state,
             &self.providers,
             settings.permissions(),
-        );
+        )?;
         let off: Vec<&Standing> = standings
             .iter()
             .filter(|s| s.state != SyncState::InSync)
             .collect();
         let findings = off.iter().map(|s| finding(s)).collect();
+        let unknown = off.iter().any(|s| s.state == SyncState::Unknown);
         if e.status != Status::Done {
             let why = e.error.as_deref().unwrap_or("it did not finish");
-            let unknown = off.iter().any(|s| s.state == SyncState::Unknown);
             let verdict = if unknown {
                 format!("refresh {} failed, the actual state of some nodes is unknown: nothing is synced ({why})", e.id)
             } else {
@@ -369,7 +364,7 @@ impl Monitor {
                 None,
             ));
         }
-        if off.iter().any(|s| s.state == SyncState::Unknown) {
+        if unknown {
             return Ok((
                 format!(
                     "refresh {}: {summary}; some nodes are unknown, nothing is synced",
@@ -419,7 +414,7 @@ impl Monitor {
             ));
         }
         // Run the steps afterwards only where the plan has the step set to run.
-        let run = settings.auto_sync.run && iteration.plan.step_set("default").is_some();
+        let run = settings.auto_sync.run && plan.step_set("default").is_some();
         let request = Request {
             plan: e.plan.clone(),
             task: Task::Sync,

@@ -164,18 +164,22 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// A request that changed plans tells the runner, so that no cached state outlives it, and
-/// writes the Hiera data for Puppet before it answers.
+/// A request that changed plans tells the runner, so that no cached state outlives it; one
+/// that stored or removed a plan's text (`/plans`, `/plans/{name}`) also writes the Hiera data
+/// for Puppet before it answers (a reset or a monitor setting leaves that data as it is).
 async fn note_plan_writes(
     axum::extract::State(s): axum::extract::State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    let writes = req.method() != axum::http::Method::GET && req.uri().path().contains("/plans");
+    let path = req.uri().path();
+    let after_plans = path.split_once("/plans").map(|(_, rest)| rest);
+    let writes = req.method() != axum::http::Method::GET && after_plans.is_some();
+    let plan_text = after_plans.is_some_and(|rest| !rest.trim_start_matches('/').contains('/'));
     let response = next.run(req).await;
     if writes && response.status().is_success() {
         s.runner.changed();
-        if let Some((dir, lookup)) = s.hiera.clone() {
+        if let (true, Some((dir, lookup))) = (plan_text, s.hiera.clone()) {
             let store = s.store.clone();
             let written =
                 tokio::task::spawn_blocking(move || dop_store::hiera::sync(&store, &dir, &lookup))

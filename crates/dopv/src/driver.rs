@@ -386,8 +386,8 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     );
 
     // Ask the providers how the nodes are.
-    let mut actuals: Vec<Option<Actual>> = Vec::new();
-    let mut read_errors: Vec<Option<String>> = Vec::new();
+    // Per subject, in order: the provider's report, or why it could not be had.
+    let mut actuals: Vec<Result<Actual, String>> = Vec::new();
     let mut unreadable = Vec::new();
     for s in &subjects {
         let read_spec = match &s.record {
@@ -402,29 +402,22 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             Some(problem) => Err(format!("the provider is unavailable: {problem}")),
             None => s.provider.read(&read_spec).await.map_err(|e| e.to_string()),
         };
-        match read {
-            Ok(a) => {
-                actuals.push(Some(a));
-                read_errors.push(None);
-            }
-            Err(e) => {
-                ctx.event(
-                    "error",
-                    "message",
-                    Some(&s.spec.node.name),
-                    format!("cannot read the node from its provider: {e}"),
-                    json!({}),
-                );
-                unreadable.push(Outcome {
-                    node: s.spec.node.name.clone(),
-                    action: ActionKind::Update,
-                    result: "failed",
-                    error: Some(format!("cannot read the node: {e}")),
-                });
-                actuals.push(None);
-                read_errors.push(Some(e));
-            }
+        if let Err(e) = &read {
+            ctx.event(
+                "error",
+                "message",
+                Some(&s.spec.node.name),
+                format!("cannot read the node from its provider: {e}"),
+                json!({}),
+            );
+            unreadable.push(Outcome {
+                node: s.spec.node.name.clone(),
+                action: ActionKind::Update,
+                result: "failed",
+                error: Some(format!("cannot read the node: {e}")),
+            });
         }
+        actuals.push(read);
     }
 
     // Decide.
@@ -435,7 +428,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let mut actions = Vec::new();
     let mut in_sync = Vec::new();
     for (s, actual) in subjects.iter().zip(&actuals) {
-        let Some(actual) = actual else { continue };
+        let Ok(actual) = actual else { continue };
         let name = s.spec.node.name.as_str();
         let action = if let Operation::Undeploy { .. } = opts.operation {
             (actual.exists || s.record.is_some()).then(|| Action {
@@ -534,14 +527,17 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
 
     // Record what the providers said about the nodes dopv knows, or that they could not say.
     let mut refreshed = Vec::new();
-    for ((s, actual), read_error) in subjects.iter_mut().zip(&actuals).zip(&read_errors) {
+    for (s, actual) in subjects.iter_mut().zip(&actuals) {
         let Some(record) = s.record.as_mut() else {
             continue;
         };
-        if let Some(a) = actual {
-            record.actual = Some(a.clone());
+        match actual {
+            Ok(a) => {
+                record.actual = Some(a.clone());
+                record.read_error = None;
+            }
+            Err(e) => record.read_error = Some(e.clone()),
         }
-        record.read_error = read_error.clone();
         record.refreshed_ms = Some(now_ms());
         refreshed.push(node_change(&s.spec.node.name, Some(record)));
     }
@@ -612,7 +608,8 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             .iter()
             .position(|s| s.spec.node.name == action.node)
             .unwrap_or(0)]
-        .clone();
+        .clone()
+        .ok();
         let stop = stop.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;

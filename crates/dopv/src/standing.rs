@@ -114,6 +114,26 @@ pub fn standings(
         .collect()
 }
 
+/// The standings of a stored plan's nodes: its newest iteration against dopv's state in the
+/// store. Also returns that iteration's plan.
+pub fn of_stored_plan(
+    store: &dop_store::Store,
+    plan_name: &str,
+    options: &ProviderOptions,
+    permissions: Permissions,
+) -> Result<(Plan, Vec<Standing>), String> {
+    let plan = store
+        .iteration(plan_name, None)
+        .map_err(|e| e.to_string())?
+        .plan;
+    let records = store
+        .state(plan_name, dop_store::App::Dopv)
+        .map_err(|e| e.to_string())?;
+    let state = DopvState::from_records(&records)?;
+    let standings = standings(plan_name, &plan, &state, options, permissions);
+    Ok((plan, standings))
+}
+
 /// The spec dopv builds a node from (credentials resolved from the plan).
 pub fn spec_for(plan: &Plan, plan_name: &str, node: &dop_core::plan::Node, port: u16) -> NodeSpec {
     NodeSpec {
