@@ -180,11 +180,42 @@ pub(crate) fn let_waiters_in(path: &Path) {
     }
 }
 
+/// Removes the snapshot files a killed process left half written; true when there were any.
+///
+/// sled writes a snapshot of a changed database each time it opens it: into
+/// `snap.<lsn>.generating`, then renamed to `snap.<lsn>`. sled 0.34 also reads a leftover
+/// `.generating` file as the newest snapshot, and a torn one fails its checksum, so a process
+/// killed in that window (and every store operation opens a database) would leave the
+/// database unopenable. The log those snapshots summarise is intact, and sled rebuilds the
+/// snapshot from the older one and the log. This runs only after an open failed, holding the
+/// database's lock (the one sled takes, so no other process can be writing a snapshot).
+fn clear_torn_snapshots(path: &Path) -> bool {
+    let Ok(db_file) = File::options().read(true).write(true).open(path.join("db")) else {
+        return false;
+    };
+    if db_file.try_lock().is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    let mut cleared = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            cleared |= std::fs::remove_file(entry.path()).is_ok();
+        }
+    }
+    cleared
+}
+
 impl Backend for SledBackend {
     fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         let mut waiting: Option<File> = None;
+        let mut cleared = false;
         loop {
             let config = sled::Config::new()
                 .path(path)
@@ -222,6 +253,12 @@ impl Backend for SledBackend {
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
                 Err(sled::Error::Io(e)) => return Err(StoreError::io(path, e)),
+                Err(e @ sled::Error::Corruption { .. }) if !cleared => {
+                    cleared = true;
+                    if !clear_torn_snapshots(path) {
+                        return Err(corrupt(path, e));
+                    }
+                }
                 Err(e) => return Err(corrupt(path, e)),
             }
         }

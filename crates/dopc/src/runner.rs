@@ -55,6 +55,9 @@ struct Inner {
     running: HashMap<String, Running>,
     logs: HashMap<u64, Arc<ExecutionLog>>,
     accepting: bool,
+    /// Execution threads not yet returned. An execution leaves `running` before its thread
+    /// has saved it and looked at the queue; the server must not exit under those writes.
+    threads: usize,
 }
 
 /// The queue and its running executions.
@@ -108,6 +111,7 @@ impl Runner {
             config,
             inner: Mutex::new(Inner {
                 accepting: true,
+                threads: 0,
                 ..Inner::default()
             }),
             ended: tokio::sync::Notify::new(),
@@ -331,6 +335,7 @@ impl Runner {
             json!({"execution": e.id, "task": e.task}),
         );
         let runner = self.clone();
+        lock(&self.inner).threads += 1;
         std::thread::Builder::new()
             .name(format!("dopc-exec-{}", e.id))
             .spawn(move || {
@@ -349,6 +354,8 @@ impl Runner {
                     json!({"execution": e.id, "status": status}),
                 );
                 runner.finish(e, status, result, error);
+                lock(&runner.inner).threads -= 1;
+                runner.ended.notify_waiters();
             })
             .expect("a thread for the execution");
     }
@@ -466,7 +473,11 @@ impl Runner {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.ended.notified();
-            if lock(&self.inner).running.is_empty() {
+            let idle = {
+                let inner = lock(&self.inner);
+                inner.running.is_empty() && inner.threads == 0
+            };
+            if idle {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
