@@ -352,6 +352,19 @@ pub mod params {
         };
         map.iter()
             .map(|(k, val)| {
+                // The name goes into `export NAME=…` in front of a remote command: anything but
+                // a shell variable name would be run as shell text.
+                let mut chars = k.chars();
+                let is_name = chars
+                    .next()
+                    .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+                    && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+                if !is_name {
+                    return Err(format!(
+                        "'env.{k}' is not a variable name: use letters, digits and '_', not \
+                         starting with a digit"
+                    ));
+                }
                 scalar_text(val)
                     .map(|t| (k.clone(), t))
                     .ok_or_else(|| format!("'env.{k}' must be a string or number"))

@@ -331,4 +331,26 @@ mod tests {
     fn quoting_survives_single_quotes() {
         assert_eq!(super::shell_quote("it's $HOME"), r"'it'\''s $HOME'");
     }
+
+    #[test]
+    fn only_variable_names_reach_the_exports() {
+        use crate::plugin::params::env;
+        let ok = serde_json::json!({"A_1": "x; rm -rf /", "_b": 2});
+        assert_eq!(
+            super::exports(&env(Some(&ok)).unwrap()),
+            "export A_1='x; rm -rf /'; export _b='2'; "
+        );
+        for bad in [
+            "X=1; touch /tmp/owned; Y",
+            "1A",
+            "",
+            "A-B",
+            "A B",
+            "$(id)",
+            "Ä",
+        ] {
+            let err = env(Some(&serde_json::json!({ bad: "v" }))).unwrap_err();
+            assert!(err.contains("is not a variable name"), "{bad}: {err}");
+        }
+    }
 }
