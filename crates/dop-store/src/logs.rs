@@ -162,6 +162,30 @@ pub struct ExecutionLog {
     lines: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Sees every event as it is written (dopc's metrics): never lags, never drops one.
     observer: std::sync::OnceLock<Observer>,
+    /// Set at the first write that failed (a full disk): said once, on standard error.
+    lost: Arc<Lost>,
+}
+
+/// Whether writes to an execution's files failed. The run goes on (its state is what counts,
+/// and that is in the store); the operator is told once, and the run's summary says it.
+#[derive(Debug)]
+struct Lost {
+    dir: PathBuf,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Lost {
+    fn check(&self, written: std::io::Result<()>) {
+        if let Err(e) = written {
+            if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!(
+                    "warning: cannot write the execution log in {}: {e}; the run goes on and its \
+                     state is recorded, but log lines are lost until there is room",
+                    self.dir.display()
+                );
+            }
+        }
+    }
 }
 
 /// A function that sees every event of an execution log.
@@ -184,6 +208,7 @@ pub struct NodeLog {
     file: Mutex<Option<File>>,
     /// Its own append handle on `all.log` (appends of whole lines do not interleave).
     all: Mutex<Option<File>>,
+    lost: Arc<Lost>,
 }
 
 /// Logs hold commands' output: readable by the owner and its group only (0640, in 0750
@@ -229,7 +254,6 @@ impl ExecutionLog {
             failed: 0,
         };
         Ok(Arc::new(ExecutionLog {
-            dir,
             id: id.to_string(),
             files: Mutex::new(files),
             nodes: Mutex::new(HashMap::new()),
@@ -238,6 +262,11 @@ impl ExecutionLog {
             #[cfg(feature = "async")]
             lines: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
             observer: std::sync::OnceLock::new(),
+            lost: Arc::new(Lost {
+                dir: dir.clone(),
+                failed: std::sync::atomic::AtomicBool::new(false),
+            }),
+            dir,
         }))
     }
 
@@ -265,6 +294,11 @@ impl ExecutionLog {
     /// The execution's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// True when a write to the execution's files failed (lines were lost).
+    pub fn lost_lines(&self) -> bool {
+        self.lost.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Calls `observer` with every event written from now on (set once; later calls are
@@ -302,13 +336,14 @@ impl ExecutionLog {
         };
         let line = format_line(event.time_ms, level, node, &event.message);
         let json = serde_json::to_string(&event).unwrap_or_default();
-        let _ = files.events.write_all(format!("{json}\n").as_bytes());
+        self.lost
+            .check(files.events.write_all(format!("{json}\n").as_bytes()));
         #[cfg(feature = "async")]
         let _ = self.lines.send(Arc::from(json));
         if let Some(observe) = self.observer.get() {
             observe(&event);
         }
-        let _ = files.all.write_all(line.as_bytes());
+        self.lost.check(files.all.write_all(line.as_bytes()));
         let shown = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
         match self.echo {
             Echo::Quiet => {}
@@ -360,14 +395,25 @@ impl ExecutionLog {
         nodes
             .entry(node.to_string())
             .or_insert_with(|| {
-                let file = open_append(&self.dir.join(format!("{node}.log"))).ok();
-                let all = open_append(&self.dir.join("all.log")).ok();
+                let opened = |path: PathBuf| {
+                    let file = open_append(&path);
+                    match file {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            self.lost.check(Err(e));
+                            None
+                        }
+                    }
+                };
+                let file = opened(self.dir.join(format!("{node}.log")));
+                let all = opened(self.dir.join("all.log"));
                 Arc::new(NodeLog {
                     node: node.to_string(),
                     verbose: self.echo == Echo::Verbose,
                     masker: self.masker.clone(),
                     file: Mutex::new(file),
                     all: Mutex::new(all),
+                    lost: self.lost.clone(),
                 })
             })
             .clone()
@@ -394,10 +440,10 @@ impl NodeLog {
             );
         }
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = f.write_all(line.as_bytes());
+            self.lost.check(f.write_all(line.as_bytes()));
         }
         if let Some(f) = self.all.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = f.write_all(line.as_bytes());
+            self.lost.check(f.write_all(line.as_bytes()));
         }
     }
 }

@@ -250,9 +250,17 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                 "plan": args.plan, "step_set": args.stepset, "result": word,
                 "execution_id": report.execution_id, "log_dir": report.log_dir,
                 "failures": failures, "noop": lines, "recovered": report.recovered,
+                "log_lines_lost": report.log_lines_lost,
             }),
         );
         return status;
+    }
+    if report.log_lines_lost {
+        let _ = writeln!(
+            io.err,
+            "warning: some lines of this run's log in {} are missing: writing them failed",
+            report.log_dir.display()
+        );
     }
     if report.recovered > 0 {
         let _ = writeln!(

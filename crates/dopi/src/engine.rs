@@ -135,6 +135,8 @@ pub struct RunReport {
     pub result: RunResult,
     /// Commands found running from a run that died, put back to ready.
     pub recovered: usize,
+    /// True when writes to the log failed (a full disk): some log lines are missing.
+    pub log_lines_lost: bool,
 }
 
 /// Per node, per plugin name: the defaults in force.
@@ -516,6 +518,7 @@ pub fn run(
         log_dir: log.dir().to_path_buf(),
         result,
         recovered,
+        log_lines_lost: log.lost_lines(),
     })
 }
 
