@@ -616,3 +616,61 @@ fn a_snapshot_torn_by_a_kill_does_not_make_the_database_unreadable() {
         .unwrap();
     assert_eq!(store.state("torn", App::Dopi).unwrap().records.len(), 21);
 }
+
+/// The disk under the store full: writes fail with an error that names the store (never a
+/// panic, never "corrupt"), nothing acknowledged is lost, and once there is room the store
+/// opens and takes writes again. Root only (a tmpfs is mounted); skipped with the reason else.
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = match dop_testbed::SmallDisk::mount(&tmp.path().join("disk"), "8m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: no small disk for the test: {why}");
+            return;
+        }
+    };
+    let store = Store::open(disk.path()).unwrap();
+    let lock = store.lock("full", "t").unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..30u64 {
+        let key = format!("k{i:03}");
+        store
+            .write_state(&lock, App::Dopi, &[(key.clone(), Some(i.into()))], None)
+            .unwrap();
+        acknowledged.push((key, i));
+    }
+    let filler = disk.fill();
+    let mut refused = 0;
+    for i in 30..60u64 {
+        let key = format!("k{i:03}");
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_state(&lock, App::Dopi, &[(key.clone(), Some(i.into()))], None)
+        }))
+        .expect("a full disk must not make the store panic");
+        match written {
+            Ok(_) => acknowledged.push((key, i)),
+            Err(e) => {
+                refused += 1;
+                assert!(!matches!(e, StoreError::Corrupt { .. }), "{e}");
+                let text = e.to_string();
+                assert!(
+                    text.contains(&*disk.path().to_string_lossy()),
+                    "the error names no place: {text}"
+                );
+            }
+        }
+    }
+    assert!(refused > 0, "the disk was never full");
+    std::fs::remove_file(&filler).unwrap();
+    let state = store
+        .state("full", App::Dopi)
+        .expect("the store opens once there is room");
+    for (key, i) in &acknowledged {
+        assert_eq!(state.records.get(key), Some(&(*i).into()), "{key} lost");
+    }
+    store
+        .write_state(&lock, App::Dopi, &[("after".into(), Some(1.into()))], None)
+        .unwrap();
+    assert_eq!(store.state("full", App::Dopi).unwrap().records["after"], 1);
+}

@@ -10,6 +10,8 @@
 //! otherwise sshd runs as the current user, who is also the login.
 #![deny(missing_docs)]
 
+pub mod chaos;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -373,5 +375,69 @@ impl Drop for DirectoryAway {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.dir);
         let _ = std::fs::rename(&self.aside, &self.dir);
+    }
+}
+
+/// A small file system (tmpfs) mounted for a test, to fill up: a full disk under a store or a
+/// log directory. Unmounted when dropped, pass or fail. Needs root (CI runs as root).
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as mount takes it, e.g. `4m`) on `dir` (created when
+    /// missing). Err with the reason when this machine cannot (not root, no `mount`).
+    pub fn mount(dir: &Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fills the disk with a file (`.filler`) until no byte fits; returns the file, whose
+    /// removal makes room again.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join(".filler");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let block = vec![0u8; 64 * 1024];
+            while f.write_all(&block).is_ok() {}
+            // Then the last partial block, byte by byte in larger steps.
+            while f.write_all(&block[..512]).is_ok() {}
+            while f.write_all(&block[..1]).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }

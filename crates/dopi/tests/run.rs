@@ -825,3 +825,49 @@ steps:
     assert!(!text_of(&show.stdout).contains("Tr0ub4dor"));
     assert!(text_of(&show.stdout).contains("the password is ****"));
 }
+
+/// The disk under the log directory full: the run goes on and finishes (its state is in the
+/// store), says once that log lines are lost, and reports it in `--json`. Root only (a tmpfs is
+/// mounted); skipped with the reason else.
+#[test]
+fn a_full_log_disk_loses_log_lines_not_the_run() {
+    let w = World::new();
+    let disk = match dop_testbed::SmallDisk::mount(&w.path().join("logdisk"), "1m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: no small disk for the test: {why}");
+            return;
+        }
+    };
+    w.add(
+        "full",
+        "name: full
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..3}
+steps:
+  - name: talk
+    nodes: all
+    command: {plugin: custom, exec: 'seq 1 2000; echo $DOP_NODE_NAME >> WORK/ran'}
+",
+    );
+    disk.fill();
+    let out = w
+        .command(&["run", "full", "--json"])
+        .env("DOP_LOG_DIR", disk.path())
+        .output()
+        .unwrap();
+    let stderr = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"], "done", "{report}");
+    assert_eq!(report["log_lines_lost"], true, "{report}");
+    assert_eq!(
+        stderr.matches("cannot write the execution log").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(w.lines("ran").len(), 3);
+    let show = w.show_json("full");
+    assert_eq!(show["step_sets"][0]["state"], "done", "{show}");
+}

@@ -564,3 +564,165 @@ fn a_command_past_its_timeout_ends_without_waiting_for_it() {
         "{message}"
     );
 }
+
+/// Shell text in every parameter that reaches a remote command arrives as data: file names,
+/// patterns, replacements, file contents and variable values are quoted, and a variable name
+/// that is not one is refused before anything runs.
+#[test]
+fn shell_text_in_parameters_reaches_the_node_as_data() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let options = Options {
+        nodes: 1,
+        port: 2327,
+        first: 151,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let dir = w.node_dir("node-files");
+    let owned = dir.join("owned");
+    let attack = format!(
+        "$(touch {o}); `touch {o}`; touch {o} #'\"",
+        o = owned.display()
+    );
+    let weird = dir.join("a b;$(touch owned)'x\"`id`");
+    std::fs::write(&weird, "key = old\n").unwrap();
+    std::fs::set_permissions(&weird, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let yaml = |s: &str| serde_json::to_string(s).unwrap();
+    let steps = format!(
+        "  - name: hostile
+    nodes: all
+    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}}}]
+    commands:
+      - plugin: ssh/custom
+        exec: 'printf %s \"$V\" > {dir}/env-out'
+        env: {{V: {attack}}}
+      - {{plugin: ssh/file_exists, file: {weird}}}
+      - plugin: ssh/file_replace
+        file: {weird}
+        pattern: {pattern}
+        replacement: {attack}
+      - {{plugin: ssh/file_contains, file: {weird}, pattern: {contains}}}
+      - plugin: ssh/file_deploy
+        file: {deployed}
+        content: {attack}
+",
+        port = options.port,
+        dir = dir.display(),
+        attack = yaml(&attack),
+        weird = yaml(weird.to_str().unwrap()),
+        pattern = yaml("old"),
+        contains = yaml(&format!("touch {}", owned.display())),
+        deployed = yaml(dir.join("x;$(touch owned)").to_str().unwrap()),
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!owned.exists(), "shell text ran on the node");
+    assert!(!dir.join("owned").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("env-out")).unwrap(),
+        attack
+    );
+    assert_eq!(
+        std::fs::read_to_string(&weird).unwrap(),
+        format!("key = {attack}\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("x;$(touch owned)")).unwrap(),
+        attack
+    );
+
+    // A variable name with shell text is refused by validation: nothing runs.
+    let bad = "  - name: bad\n    nodes: all\n    command: {plugin: ssh/custom, exec: 'true', credentials: login, env: {'X=1; touch /tmp/dop-owned; Y': v}}\n";
+    let file = w.path().join("bad.yaml");
+    std::fs::write(&file, plan(&testbed, &testbed.client_key(), "", bad)).unwrap();
+    let out = w.dopi(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("is not a variable name")
+            || text(&out.stderr).contains("is not a variable name"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A node whose sshd stops answering mid-command (its session process paused with SIGSTOP, as
+/// a hung host would) fails at the command's timeout instead of holding the run; the other
+/// node is not touched, and once the node answers again the next run finishes the work.
+#[test]
+fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_later() {
+    let w = World::new();
+    let options = Options {
+        nodes: 2,
+        port: 2328,
+        first: 161,
+        ..Options::default()
+    };
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let flags = w.node_dir("flags");
+    let steps = format!(
+        "  - name: long
+    nodes: all
+    max_in_flight: -1
+    command:
+      plugin: ssh/custom
+      credentials: login
+      port: {port}
+      plugin_timeout: 3
+      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/paused ]; then echo $PPID > {flags}/session.tmp; mv {flags}/session.tmp {flags}/session; sleep 1; fi; echo done'
+",
+        port = options.port,
+        flags = flags.display(),
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let mut run = common::Running(
+        w.command(&["run", "ssh", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Pause n01's session process (the sshd child serving this command) once it is known.
+    let session = flags.join("session");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !session.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid: i32 = std::fs::read_to_string(&session)
+        .expect("n01's command started")
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::write(flags.join("paused"), "").unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is this test's sshd session.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(self.0, libc::SIGCONT);
+            }
+        }
+    }
+    let resume = Resume(pid);
+    let status = run.wait();
+    assert_eq!(status.code(), Some(1));
+    let show = w.show_json("ssh");
+    let message = node_message(&show, 0, "n01");
+    assert!(
+        message.contains("timed out") || message.contains("timeout"),
+        "{message}"
+    );
+    assert_eq!(
+        show["step_sets"][0]["steps"][0]["nodes"]["n02"]["state"],
+        "done"
+    );
+    drop(resume);
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
