@@ -414,3 +414,48 @@ fn version_names_the_commit_and_the_build_profile() {
         assert!(!line.contains("commit unknown"), "{line}");
     }
 }
+
+/// The invalid-plan corpus (`fixtures/plans/invalid`: type confusion, alias bombs, deep
+/// nesting, shell and path text in names, bad patterns, broken includes…) through `add`: each
+/// is refused with a finding that names the file, and nothing is stored or created.
+#[test]
+fn add_refuses_every_invalid_plan_and_stores_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let corpus = root().join("fixtures/plans/invalid");
+    let mut refused = 0;
+    for entry in std::fs::read_dir(&corpus).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_dopi"))
+            .env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", store.path())
+            .arg("add")
+            .arg(&path)
+            .current_dir(&corpus)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
+        let name = path.file_name().unwrap().to_str().unwrap();
+        // The plan's file, or the included file the error is in.
+        assert!(
+            stderr.contains(name) || stderr.contains("fixtures/plans/invalid/parts/"),
+            "{name}: the error names no file:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        refused += 1;
+    }
+    assert!(refused >= 20, "only {refused} plans in the corpus");
+    let out = Command::new(env!("CARGO_BIN_EXE_dopi"))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", store.path())
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert!(!Path::new("/tmp/dop-owned").exists());
+}
