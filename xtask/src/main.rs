@@ -2,15 +2,16 @@
 //!
 //! * `cargo xtask demo` — the main job on built-in defaults: the bundled plan deployed by dopv
 //!   on local test nodes and run by dopi over SSH, end to end.
-//! * `cargo xtask bench [parse|store|ssh|dopc]` — benchmarks, built in release mode.
+//! * `cargo xtask bench [parse|store|ssh|dopc|soak]` — benchmarks, built in release mode.
 //! * `cargo xtask dist` — shell completions and man pages of the three tools in `target/dist/`.
+//! * `cargo xtask chaos [KILLS] [SEED]` — the fault-injection tests in their full form.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc] | dist | testbed up N [DIR] | testbed down [DIR]>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR]>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.get(1).map_or("all", String::as_str)),
         Some("testbed") => testbed(&args[1..]),
         Some("dist") => dist(),
+        Some("chaos") => chaos(args.get(1), args.get(2)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -734,6 +736,48 @@ fn testbed(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Kill points per tool in the full form of the fault-injection tests.
+const FULL_CHAOS_KILLS: usize = 200;
+
+/// The fault-injection tests (every test named `chaos_…`: dopi, dopv and dopc killed at many
+/// moments) with `kills` kill points per tool instead of the test suite's bounded 50, and a
+/// seed to replay a run's moments.
+fn chaos(kills: Option<&String>, seed: Option<&String>) -> Result<(), String> {
+    let kills = match kills {
+        Some(k) => k
+            .parse::<usize>()
+            .map_err(|_| format!("KILLS must be a number, not '{k}'"))?,
+        None => FULL_CHAOS_KILLS,
+    };
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .current_dir(root())
+        .env("DOP_CHAOS_KILLS", kills.to_string())
+        .args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--",
+            "chaos_",
+            "--nocapture",
+        ])
+        .args(["--test-threads", "1"]);
+    if let Some(seed) = seed {
+        seed.parse::<u64>()
+            .map_err(|_| format!("SEED must be a number, not '{seed}'"))?;
+        cargo.env("DOP_CHAOS_SEED", seed);
+    }
+    println!("chaos: {kills} kill points per tool (the test suite uses 50)");
+    let status = cargo
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("a fault-injection test failed; its seed is printed above".into())
+    }
+}
+
 fn bench(which: &str) -> Result<(), String> {
     let benches: &[(&str, &str)] = match which {
         "all" => &[
@@ -746,9 +790,11 @@ fn bench(which: &str) -> Result<(), String> {
         "store" => &[("dop-store", "store")],
         "ssh" => &[("dopi", "ssh")],
         "dopc" => &[("dopc", "dopc")],
+        // Not in `all`: it runs for 10 minutes (DOP_SOAK_SECS).
+        "soak" => &[("dopc", "soak")],
         other => {
             return Err(format!(
-                "unknown benchmark '{other}'; available: parse, store, ssh, dopc"
+                "unknown benchmark '{other}'; available: parse, store, ssh, dopc, soak"
             ))
         }
     };

@@ -466,6 +466,31 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
             .any(|d| d["path"] == "infrastructures.l.type" && d["line"] == 2),
         "{body}"
     );
+    // Every invalid plan of the corpus (type confusion, alias bombs, deep nesting, shell and
+    // path text in names, bad patterns…): 422 with findings, nothing stored.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/plans/invalid");
+    let mut sent = 0;
+    for entry in std::fs::read_dir(&corpus).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // not UTF-8: JSON cannot carry it
+        };
+        if path.extension().is_none_or(|e| e != "yaml") || text.contains("include:") {
+            continue; // includes are expanded by the client
+        }
+        let (status, body) = server.post("/plans", json!({ "text": text })).await;
+        assert_eq!(status, 422, "{}: {body}", path.display());
+        assert_eq!(body["error"]["code"], "invalid_plan", "{}", path.display());
+        assert!(
+            !body["error"]["details"].as_array().unwrap().is_empty(),
+            "{}: {body}",
+            path.display()
+        );
+        sent += 1;
+    }
+    assert!(sent >= 10, "only {sent} plans of the corpus sent");
+    let (_, plans) = server.get("/plans").await;
+    assert_eq!(plans["plans"].as_array().unwrap().len(), 0, "{plans}");
     // A run for a step set the plan does not have.
     server
         .plan(&plan(
@@ -1590,4 +1615,142 @@ steps:
     assert!(std::fs::read_to_string(&autosign)
         .unwrap()
         .contains("\"vault\""));
+}
+
+/// Fault injection (`cargo xtask chaos` runs it with more kill points): the server killed with
+/// SIGKILL at many moments while runs queue and execute, then started again. After every
+/// restart the store opens, no execution is lost, the one that ran is marked interrupted, every
+/// started execution's log reads, and dopi work recorded done stays done and never runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigkill_of_the_server_loses_no_execution_and_repeats_no_work() {
+    use dop_testbed::chaos::{kills, wait_for_leftovers, Moments};
+    use std::collections::BTreeMap;
+    let mut server = Server::start().await;
+    let work = server.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut steps = String::from("steps:\n");
+    for s in 1..=4 {
+        steps.push_str(&format!(
+            "  - name: s{s}\n    nodes: all\n    command: {{plugin: custom, exec: 'sleep 0.0{s}; echo $DOP_NODE_NAME >> {}/ran-s{s}'}}\n",
+            work.display()
+        ));
+    }
+    let text = format!(
+        "name: chaos\nmax_in_flight: 2\ninfrastructures: {{lab: {{type: baremetal}}}}\nnodes:\n  \
+         n{{i}}.lab: {{infrastructure: lab, range: 1..4}}\n{steps}"
+    );
+    server.plan(&text).await;
+    let ran = |step: usize, node: &str| {
+        std::fs::read_to_string(work.join(format!("ran-s{step}")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == node)
+            .count()
+    };
+    // One undisturbed run sets the window kills fall in.
+    let started = Instant::now();
+    let first = server.execute("chaos", "run", json!({})).await;
+    assert_eq!(server.wait(first).await["status"], "done");
+    let window = started.elapsed().mul_f64(1.2);
+    let mut moments = Moments::from_env();
+    let target = kills();
+    println!(
+        "dopc chaos: seed {} (DOP_CHAOS_SEED), {target} kill points within {window:?}",
+        moments.seed
+    );
+    let mut created: Vec<u64> = vec![first];
+    let mut done_at: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    let (mut killed, mut rounds) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(400);
+    while killed < target && Instant::now() < deadline {
+        // Work for the server: a run when none waits or runs, after a reset when the last
+        // round finished everything (the reset is let finish: it legitimately undoes work).
+        let (_, list) = server.get("/executions?plan=chaos").await;
+        let busy = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| ["queued", "running", "new"].contains(&e["status"].as_str().unwrap()));
+        if !busy {
+            let (_, state) = server.get("/plans/chaos/state").await;
+            if state["step_sets"][0]["state"] == "done" {
+                let reset = server
+                    .execute("chaos", "reset", json!({"force": true}))
+                    .await;
+                created.push(reset);
+                assert_eq!(server.wait(reset).await["status"], "done");
+                done_at.clear();
+                rounds += 1;
+            }
+            created.push(server.execute("chaos", "run", json!({})).await);
+        }
+        tokio::time::sleep(moments.up_to(window)).await;
+        server.kill();
+        killed += 1;
+        let left = wait_for_leftovers(&work, Duration::from_secs(10));
+        assert!(left.is_empty(), "commands still running: {left:?}");
+        server.launch();
+
+        // Nothing lost; what ran when the server died is marked interrupted.
+        let (_, list) = server.get("/executions?plan=chaos").await;
+        let listed: BTreeMap<u64, &Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].as_u64().unwrap(), e))
+            .collect();
+        for id in &created {
+            let e = listed
+                .get(id)
+                .unwrap_or_else(|| panic!("execution {id} lost"));
+            match e["status"].as_str().unwrap() {
+                "failed" => assert!(
+                    e["error"].as_str().unwrap().starts_with("interrupted"),
+                    "{e}"
+                ),
+                "done" | "queued" | "running" => {}
+                other => panic!("execution {id} is {other}: {e}"),
+            }
+            if e["started_at"].is_string() {
+                let (status, log) = server.get(&format!("/executions/{id}/log")).await;
+                assert_eq!(status, 200, "the log of {id}: {log}");
+            }
+        }
+        // Done work stays done and is not redone.
+        let (status, state) = server.get("/plans/chaos/state").await;
+        assert_eq!(status, 200, "{state}");
+        for (s, step) in state["step_sets"][0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            for (node, record) in step["nodes"].as_object().unwrap() {
+                let key = (s + 1, node.clone());
+                let now = record["state"].as_str().unwrap();
+                let count = ran(s + 1, node);
+                match done_at.get(&key) {
+                    Some(then) => {
+                        assert_eq!(now, "done", "s{} on {node} was done", s + 1);
+                        assert_eq!(count, *then, "s{} on {node} ran again", s + 1);
+                    }
+                    None if now == "done" => {
+                        assert!(count >= 1, "s{} on {node} is done but never ran", s + 1);
+                        done_at.insert(key, count);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    assert_eq!(
+        killed, target,
+        "only {killed} kill points in 400 s ({rounds} rounds): something hangs"
+    );
+    // The work finishes after the last restart.
+    let last = server.execute("chaos", "run", json!({})).await;
+    assert_eq!(server.wait(last).await["status"], "done");
+    let (_, state) = server.get("/plans/chaos/state").await;
+    assert_eq!(state["step_sets"][0]["state"], "done", "{state}");
+    println!("dopc chaos: {killed} kills, {rounds} rounds finished between them");
 }

@@ -862,3 +862,116 @@ fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
     }
     lab.expect(&["undeploy", "sig"], 0);
 }
+
+/// Fault injection (`cargo xtask chaos` runs it with more kill points): dopv killed with
+/// SIGKILL at many moments of syncs that create, and (as the plan alternates between two
+/// versions) destroy nodes. After every kill the store opens and a node recorded deployed was
+/// never built again; every sync let finish leaves the plan in sync, and at the end exactly the
+/// plan's nodes run, nothing half-built left over.
+#[test]
+fn chaos_sigkill_at_many_moments_of_syncs_leaves_nothing_half_built() {
+    use dop_testbed::chaos::{kills, Moments};
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.68", 2338);
+    let version = |last: &str| {
+        let mut nodes: Vec<String> = (1..=3)
+            .map(|i| node(&format!("c{i}"), &format!("{p}.{i}"), ""))
+            .collect();
+        let ip = if last == "c4" { 9 } else { 10 };
+        nodes.push(node(
+            last,
+            &format!("{p}.{ip}"),
+            "    disks: {d: {size: 1M}}\n",
+        ));
+        plan_text("chaos", p, port, &nodes)
+    };
+    let versions = [version("c4"), version("c5")];
+    lab.plan(&versions[0]);
+    // One undisturbed sync sets the window kills fall in; then back to nothing deployed.
+    let started = std::time::Instant::now();
+    lab.expect(&["sync", "chaos", "-q"], 0);
+    let window = started.elapsed().mul_f64(1.2);
+    lab.expect(&["undeploy", "chaos", "--rmdisk", "-q"], 0);
+    let mut moments = Moments::from_env();
+    let target = kills();
+    println!(
+        "dopv chaos: seed {} (DOP_CHAOS_SEED), {target} kill points within {window:?}",
+        moments.seed
+    );
+    // The supervisor (the node's process) of each kept node when it was first seen deployed.
+    let mut built: std::collections::BTreeMap<String, (i32, Value)> = Default::default();
+    let (mut killed, mut rounds) = (0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
+    while killed < target && std::time::Instant::now() < deadline {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dopv"))
+            .env("DOP_CONFIG", "/dev/null")
+            .env("DOP_STORE_DIR", lab.path().join("store"))
+            .env("DOP_LOG_DIR", lab.path().join("logs"))
+            .env("DOP_LOCAL_DIR", lab.local_dir())
+            .args(["sync", "chaos", "--destructive", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(moments.up_to(window));
+        let finished = child.try_wait().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        if finished.is_none() {
+            killed += 1;
+        }
+        // The store opens after any kill, and kept nodes are built once.
+        let shown = lab.json(&["show", "chaos"], 0);
+        for n in shown["nodes"].as_array().unwrap() {
+            let name = n["node"].as_str().unwrap();
+            if !["c1", "c2", "c3"].contains(&name) || n["status"] != "deployed" {
+                continue;
+            }
+            let now = (lab.supervisor("chaos", name), n["generation"].clone());
+            let first = built.entry(name.to_string()).or_insert(now.clone());
+            assert_eq!(
+                *first, now,
+                "{name} was recorded deployed, then built again"
+            );
+        }
+        if let Some(status) = finished {
+            assert!(status.success(), "a sync ended with {status:?}");
+            let check = lab.json(&["sync", "chaos", "--noop", "--detailed-exitcode"], 0);
+            assert_eq!(check["in_sync"].as_array().unwrap().len(), 4, "{check:#}");
+            rounds += 1;
+            lab.plan(&versions[rounds % 2]);
+        }
+    }
+    assert_eq!(
+        killed, target,
+        "only {killed} kill points in 400 s ({rounds} syncs finished): something hangs"
+    );
+    lab.expect(&["sync", "chaos", "--destructive"], 0);
+    let check = lab.json(&["sync", "chaos", "--noop", "--detailed-exitcode"], 0);
+    assert_eq!(check["in_sync"].as_array().unwrap().len(), 4, "{check:#}");
+    let (last, ip, gone) = if rounds % 2 == 0 {
+        ("c4", 9, "c5")
+    } else {
+        ("c5", 10, "c4")
+    };
+    assert_eq!(lab.ssh(&format!("{p}.{ip}"), port, "hostname"), last);
+    assert!(
+        !lab.node_dir("chaos", gone).exists(),
+        "{gone} was left over"
+    );
+    // One node process per plan node: nothing half-built is running.
+    let nodes_dir = lab.local_dir().join("nodes/chaos");
+    let supervisors = dop_testbed::chaos::processes_mentioning(&nodes_dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| text(&c).contains("supervise.sh"))
+        })
+        .count();
+    assert_eq!(supervisors, 4);
+    println!("dopv chaos: {killed} kills, {rounds} syncs run to the end between them");
+    lab.expect(&["undeploy", "chaos", "--rmdisk"], 0);
+}
