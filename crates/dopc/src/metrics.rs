@@ -5,7 +5,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use dop_store::server::Kind;
 use dop_store::Store;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -195,12 +194,11 @@ impl Metrics {
     pub fn scrape(
         &self,
         store: &Store,
+        book: &crate::book::ExecutionBook,
         providers: &dopv::provider::ProviderOptions,
     ) -> Result<String, String> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        let executions: Vec<Execution> = store
-            .server_list(Kind::Execution)
-            .map_err(|e| e.to_string())?;
+        let executions: Vec<Execution> = book.list(|_| true);
         self.executions.clear();
         let mut waiting = 0;
         for e in &executions {

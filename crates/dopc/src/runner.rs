@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use dop_core::LookupSettings;
 use dop_store::control::Stop;
 use dop_store::logs::{Echo, ExecutionLog, Masker};
-use dop_store::server::Kind;
 use dop_store::{now_ms, rfc3339, Store};
 use serde_json::json;
 use tokio::sync::watch;
@@ -63,6 +62,8 @@ struct Inner {
 /// The queue and its running executions.
 pub struct Runner {
     store: Arc<Store>,
+    /// Every execution, as in the store (dopc is their only writer).
+    book: crate::book::ExecutionBook,
     config: RunnerConfig,
     inner: Mutex<Inner>,
     /// Tells waiters (shutdown) that an execution ended.
@@ -86,28 +87,28 @@ impl Runner {
         config: RunnerConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Runner>, dop_store::StoreError> {
+        let book = crate::book::ExecutionBook::load(store.clone())?;
         let mut stale = Vec::new();
-        for mut e in store.server_list::<Execution>(Kind::Execution)? {
-            if e.status == Status::Running {
-                e.status = Status::Failed;
-                e.finished_at = Some(rfc3339(now_ms()));
-                e.error = Some(
-                    "interrupted: the server stopped while this execution ran; the plan's state \
-                     records what finished, and running it again continues from there"
-                        .into(),
-                );
-                stale.push((e.id.to_string(), Some(e)));
-            }
+        for mut e in book.list(|e| e.status == Status::Running) {
+            e.status = Status::Failed;
+            e.finished_at = Some(rfc3339(now_ms()));
+            e.error = Some(
+                "interrupted: the server stopped while this execution ran; the plan's state \
+                 records what finished, and running it again continues from there"
+                    .into(),
+            );
+            stale.push((e.id, Some(e)));
         }
         if !stale.is_empty() {
             tracing::warn!(
                 count = stale.len(),
                 "executions interrupted by a server stop marked failed"
             );
-            store.server_write(Kind::Execution, &stale)?;
+            book.write(&stale)?;
         }
         let runner = Arc::new(Runner {
             store,
+            book,
             config,
             inner: Mutex::new(Inner {
                 accepting: true,
@@ -147,9 +148,7 @@ impl Runner {
     /// True when the plan has an execution of `task` waiting or running.
     pub fn has_pending(&self, plan: &str, task: Task) -> Result<bool, dop_store::StoreError> {
         Ok(self
-            .store
-            .server_list::<Execution>(Kind::Execution)?
-            .iter()
+            .book
             .any(|e| e.plan == plan && e.task == task && !e.status.is_final()))
     }
 
@@ -163,11 +162,13 @@ impl Runner {
         lock(&self.inner).running.contains_key(plan)
     }
 
+    /// The executions, as stored.
+    pub fn book(&self) -> &crate::book::ExecutionBook {
+        &self.book
+    }
+
     fn save(&self, e: &Execution) {
-        if let Err(err) = self
-            .store
-            .server_write(Kind::Execution, &[(e.id.to_string(), Some(e.clone()))])
-        {
+        if let Err(err) = self.book.save(e) {
             tracing::error!(execution = e.id, error = %err, "cannot record the execution");
         }
     }
@@ -212,7 +213,7 @@ impl Runner {
                 ),
             ));
         }
-        let (_, e) = self.store.server_add_execution(|id| Execution {
+        let e = self.book.add(|id| Execution {
             id,
             plan: name.clone(),
             task,
@@ -234,16 +235,9 @@ impl Runner {
 
     /// Starts what can start: per plan without a running execution, its oldest waiting one.
     pub fn kick(self: &Arc<Self>) {
-        let waiting = match self.store.server_list::<Execution>(Kind::Execution) {
-            Ok(all) => all
-                .into_iter()
-                .filter(|e| matches!(e.status, Status::New | Status::Queued))
-                .collect::<Vec<_>>(),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read the queue");
-                return;
-            }
-        };
+        let waiting = self
+            .book
+            .list(|e| matches!(e.status, Status::New | Status::Queued));
         for mut e in waiting {
             let start = {
                 let mut inner = lock(&self.inner);
@@ -380,10 +374,7 @@ impl Runner {
             shutdown && status == Status::Cancelled
         };
         // Re-read: a cancel may have counted requests meanwhile.
-        if let Ok(Some(stored)) = self
-            .store
-            .server_get::<Execution>(Kind::Execution, &e.id.to_string())
-        {
+        if let Some(stored) = self.book.get(e.id) {
             e.cancel_requests = stored.cancel_requests;
         }
         if handed_back {
@@ -417,8 +408,8 @@ impl Runner {
     /// them); `force` goes straight to terminate.
     pub fn cancel(self: &Arc<Self>, id: u64, force: bool) -> Result<Execution, ApiError> {
         let mut e: Execution = self
-            .store
-            .server_get(Kind::Execution, &id.to_string())?
+            .book
+            .get(id)
             .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))?;
         match e.status {
             Status::New | Status::Queued => {

@@ -4,7 +4,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use dop_store::now_ms;
-use dop_store::server::Kind;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -29,9 +28,8 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::not_found(format!("no execution '{id}' (ids are numbers)")))
 }
 
-fn load(store: &dop_store::Store, id: u64) -> Result<Execution, ApiError> {
-    store
-        .server_get(Kind::Execution, &id.to_string())?
+fn load(book: &crate::book::ExecutionBook, id: u64) -> Result<Execution, ApiError> {
+    book.get(id)
         .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
 }
 
@@ -70,14 +68,9 @@ pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<Execution>>, ApiError> {
-    let store = s.store.clone();
-    let all: Vec<Execution> = blocking(move || Ok(store.server_list(Kind::Execution)?)).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|e| q.plan.as_ref().is_none_or(|p| *p == e.plan))
-            .filter(|e| q.status.is_none_or(|st| st == e.status))
-            .collect(),
-    ))
+    Ok(Json(s.runner.book().list(|e| {
+        q.plan.as_ref().is_none_or(|p| *p == e.plan) && q.status.is_none_or(|st| st == e.status)
+    })))
 }
 
 /// `GET /executions/{id}`.
@@ -87,8 +80,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Execution>, ApiError> {
     let id = parse_id(&id)?;
-    let store = s.store.clone();
-    Ok(Json(blocking(move || load(&store, id)).await?))
+    Ok(Json(load(s.runner.book(), id)?))
 }
 
 /// `POST /executions/{id}/cancel` body.
@@ -132,15 +124,13 @@ pub async fn remove(
     let id = parse_id(&id)?;
     let state = s.clone();
     blocking(move || {
-        let e = load(&state.store, id)?;
+        let e = load(state.runner.book(), id)?;
         if !e.status.is_final() {
             return Err(ApiError::conflict(format!(
                 "execution {id} has not finished; cancel it first"
             )));
         }
-        state
-            .store
-            .server_write::<Execution>(Kind::Execution, &[(id.to_string(), None)])?;
+        state.runner.book().write(&[(id, None)])?;
         remove_logs(&state, &e);
         Ok(Json(e))
     })
@@ -181,25 +171,21 @@ pub async fn clear(
     let state = s.clone();
     blocking(move || {
         let now = now_ms();
-        let all: Vec<Execution> = state.store.server_list(Kind::Execution)?;
-        let removed: Vec<Execution> = all
-            .into_iter()
-            .filter(|e| body.statuses.contains(&e.status))
-            .filter(|e| body.plan.as_ref().is_none_or(|p| *p == e.plan))
-            .filter(|e| {
-                body.age.is_none_or(|age| {
-                    let finished = e
-                        .finished_at
-                        .as_deref()
-                        .and_then(dop_store::parse_rfc3339)
-                        .unwrap_or(now);
-                    now.saturating_sub(finished) >= age * 1000
-                })
-            })
-            .collect();
-        let changes: Vec<(String, Option<Execution>)> =
-            removed.iter().map(|e| (e.id.to_string(), None)).collect();
-        state.store.server_write(Kind::Execution, &changes)?;
+        let removed: Vec<Execution> = state.runner.book().list(|e| {
+            let old_enough = body.age.is_none_or(|age| {
+                let finished = e
+                    .finished_at
+                    .as_deref()
+                    .and_then(dop_store::parse_rfc3339)
+                    .unwrap_or(now);
+                now.saturating_sub(finished) >= age * 1000
+            });
+            body.statuses.contains(&e.status)
+                && body.plan.as_ref().is_none_or(|p| *p == e.plan)
+                && old_enough
+        });
+        let changes: Vec<(u64, Option<Execution>)> = removed.iter().map(|e| (e.id, None)).collect();
+        state.runner.book().write(&changes)?;
         for e in &removed {
             remove_logs(&state, e);
         }

@@ -46,8 +46,9 @@ fn execution(state: &AppState, id: &str) -> Result<Execution, ApiError> {
         .parse()
         .map_err(|_| ApiError::not_found(format!("no execution '{id}' (ids are numbers)")))?;
     state
-        .store
-        .server_get(dop_store::server::Kind::Execution, &n.to_string())?
+        .runner
+        .book()
+        .get(n)
         .ok_or_else(|| ApiError::not_found(format!("no execution {n}")))
 }
 
@@ -322,18 +323,8 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
     // execution's record says how it ended, or (it started meanwhile) the live feed again.
     loop {
         deliver!(tail.read().await);
-        let state = s.clone();
         let id = e.id;
-        let current = tokio::task::spawn_blocking(move || {
-            state
-                .store
-                .server_get::<Execution>(dop_store::server::Kind::Execution, &id.to_string())
-                .ok()
-                .flatten()
-        })
-        .await
-        .ok()
-        .flatten();
+        let current = s.runner.book().get(id);
         match current {
             Some(c) if !c.status.is_final() => {
                 if live.is_none() && s.runner.live_log(id).is_some() {

@@ -66,7 +66,7 @@ pub async fn remove(
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let text = blocking(move || {
         s.metrics
-            .scrape(&s.store, &s.providers)
+            .scrape(&s.store, s.runner.book(), &s.providers)
             .map_err(|e| ApiError::internal(format!("cannot read the metrics: {e}")))
     })
     .await?;

@@ -238,11 +238,10 @@ pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, monitor) = (s.store.clone(), s.monitor.clone());
+    let (store, monitor, runner) = (s.store.clone(), s.monitor.clone(), s.runner.clone());
     blocking(move || {
-        let pending = store
-            .server_list::<crate::execution::Execution>(dop_store::server::Kind::Execution)?
-            .into_iter()
+        let pending = runner
+            .book()
             .any(|e| e.plan == name && !e.status.is_final());
         if pending {
             return Err(ApiError::conflict(format!(
