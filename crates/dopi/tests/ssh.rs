@@ -726,3 +726,112 @@ fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_late
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// A node's address gone mid-command (its route dropped, as a pulled cable): the node fails
+/// (at its timeout, or when the connection is found dead), the other node finishes, and once
+/// the address is back the next run finishes the work. Runs in a network namespace the test
+/// creates (this test binary again, under `unshare --net`), where the loopback addresses are
+/// the test's own; root only, skipped with the reason else.
+#[test]
+fn a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back() {
+    if std::env::var_os("DOP_TEST_IN_NETNS").is_none() {
+        let out = Command::new("unshare")
+            .arg("--net")
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DOP_TEST_IN_NETNS", "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        if !out.status.success() && stderr.contains("unshare failed") {
+            eprintln!("skipped: no network namespace for the test: {stderr}");
+            return;
+        }
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}");
+        for line in stdout.lines().filter(|l| l.contains("n01 failed with")) {
+            println!("{line}");
+        }
+        return;
+    }
+    // In the namespace: loopback up with only 127.0.0.1 and the nodes' addresses, so that a
+    // node's address can be taken away.
+    let ip = |args: &str| {
+        let out = Command::new("ip").args(args.split(' ')).output().unwrap();
+        assert!(out.status.success(), "ip {args}: {}", text(&out.stderr));
+    };
+    let options = Options {
+        nodes: 2,
+        port: 2329,
+        first: 171,
+        ..Options::default()
+    };
+    let (a1, a2) = (
+        dop_testbed::address(options.first, 0),
+        dop_testbed::address(options.first, 1),
+    );
+    ip("link set lo up");
+    ip("addr del 127.0.0.1/8 dev lo");
+    ip("addr add 127.0.0.1/32 dev lo");
+    ip(&format!("addr add {a1}/32 dev lo"));
+    ip(&format!("addr add {a2}/32 dev lo"));
+    let w = World::new();
+    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let flags = w.node_dir("flags");
+    let steps = format!(
+        "  - name: long
+    nodes: all
+    max_in_flight: -1
+    command:
+      plugin: ssh/custom
+      credentials: login
+      port: {port}
+      plugin_timeout: 4
+      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/cut ]; then touch {flags}/started; sleep 2; fi; echo done'
+",
+        port = options.port,
+        flags = flags.display(),
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let mut run = common::Running(
+        w.command(&["run", "ssh", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !flags.join("started").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        flags.join("started").exists(),
+        "n01's command never started"
+    );
+    std::fs::write(flags.join("cut"), "").unwrap();
+    // The cable: the address goes, and what is sent to it is dropped.
+    ip(&format!("addr del {a1}/32 dev lo"));
+    ip(&format!("route add blackhole {a1}/32"));
+    let status = run.wait();
+    assert_eq!(status.code(), Some(1));
+    let show = w.show_json("ssh");
+    assert_eq!(
+        show["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"], "failed",
+        "{show:#}"
+    );
+    assert_eq!(
+        show["step_sets"][0]["steps"][0]["nodes"]["n02"]["state"],
+        "done"
+    );
+    println!("n01 failed with: {}", node_message(&show, 0, "n01"));
+    // The cable back: the next run reaches the node and finishes.
+    ip(&format!("route del blackhole {a1}/32"));
+    ip(&format!("addr add {a1}/32 dev lo"));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
