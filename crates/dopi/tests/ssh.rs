@@ -619,7 +619,12 @@ fn shell_text_in_parameters_reaches_the_node_as_data() {
     // A preview shows the commands and runs nothing.
     let out = w.dopi(&["run", "ssh", "--noop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).matches("would run:").count(), 5, "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).matches("would run:").count(),
+        5,
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!owned.exists() && !dir.join("env-out").exists());
     let out = w.dopi(&["run", "ssh"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
