@@ -658,54 +658,99 @@ fn shell_text_in_parameters_reaches_the_node_as_data() {
     );
 }
 
-/// A node whose sshd stops answering mid-command (its session process paused with SIGSTOP, as
-/// a hung host would) fails at the command's timeout instead of holding the run; the other
-/// node is not touched, and once the node answers again the next run finishes the work.
-#[test]
-fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_later() {
-    let w = World::new();
-    let options = Options {
-        nodes: 2,
-        port: 2328,
-        first: 161,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
-    let flags = w.node_dir("flags");
-    let steps = format!(
-        "  - name: long
+/// A run whose node n01 gets into trouble mid-command (the tests of a paused sshd and of an
+/// address taken away): a 2-node plan whose one step, on n01 and until `flags/fault` exists,
+/// writes its sshd session's pid to `flags/session` and waits, with a `plugin_timeout`.
+struct TroubledRun {
+    w: World,
+    _testbed: Testbed,
+    flags: PathBuf,
+    run: common::Running,
+}
+
+impl TroubledRun {
+    fn start(options: &Options, timeout: u32) -> TroubledRun {
+        let w = World::new();
+        let testbed = Testbed::start(&w.path().join("testbed"), options).expect("testbed");
+        let flags = w.node_dir("flags");
+        let steps = format!(
+            "  - name: long
     nodes: all
     max_in_flight: -1
     command:
       plugin: ssh/custom
       credentials: login
       port: {port}
-      plugin_timeout: 3
-      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/paused ]; then echo $PPID > {flags}/session.tmp; mv {flags}/session.tmp {flags}/session; sleep 1; fi; echo done'
+      plugin_timeout: {timeout}
+      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/fault ]; then echo $PPID > {flags}/session.tmp; mv {flags}/session.tmp {flags}/session; sleep 2; fi; echo done'
 ",
-        port = options.port,
-        flags = flags.display(),
-    );
-    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-    let mut run = common::Running(
-        w.command(&["run", "ssh", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // Pause n01's session process (the sshd child serving this command) once it is known.
-    let session = flags.join("session");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !session.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+            port = options.port,
+            flags = flags.display(),
+        );
+        w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+        let run = common::Running(
+            w.command(&["run", "ssh", "-q"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        TroubledRun {
+            w,
+            _testbed: testbed,
+            flags,
+            run,
+        }
     }
-    let pid: i32 = std::fs::read_to_string(&session)
-        .expect("n01's command started")
-        .trim()
-        .parse()
-        .unwrap();
-    std::fs::write(flags.join("paused"), "").unwrap();
+
+    /// Waits until n01's command runs; returns its sshd session's pid. Later runs of the
+    /// command do not wait any more.
+    fn session(&self) -> i32 {
+        let session = self.flags.join("session");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !session.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = std::fs::read_to_string(&session)
+            .expect("n01's command started")
+            .trim()
+            .parse()
+            .unwrap();
+        std::fs::write(self.flags.join("fault"), "").unwrap();
+        pid
+    }
+
+    /// Waits for the run: it fails, n01 failed and n02 is done; returns n01's message.
+    fn n01_failed(&mut self) -> String {
+        assert_eq!(self.run.wait().code(), Some(1));
+        let show = self.w.show_json("ssh");
+        let step = &show["step_sets"][0]["steps"][0]["nodes"];
+        assert_eq!(step["n01"]["state"], "failed", "{show:#}");
+        assert_eq!(step["n02"]["state"], "done", "{show:#}");
+        node_message(&show, 0, "n01")
+    }
+
+    /// The next run finishes the work.
+    fn rerun_finishes(&self) {
+        let out = self.w.dopi(&["run", "ssh"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
+/// A node whose sshd stops answering mid-command (its session process paused with SIGSTOP, as
+/// a hung host would) fails at the command's timeout instead of holding the run; the other
+/// node is not touched, and once the node answers again the next run finishes the work.
+#[test]
+fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_later() {
+    let options = Options {
+        nodes: 2,
+        port: 2328,
+        first: 161,
+        ..Options::default()
+    };
+    let mut run = TroubledRun::start(&options, 3);
+    // Pause n01's session process (the sshd child serving this command).
+    let pid = run.session();
     // SAFETY: kill has no memory preconditions; the pid is this test's sshd session.
     unsafe {
         libc::kill(pid, libc::SIGSTOP);
@@ -720,21 +765,13 @@ fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_late
         }
     }
     let resume = Resume(pid);
-    let status = run.wait();
-    assert_eq!(status.code(), Some(1));
-    let show = w.show_json("ssh");
-    let message = node_message(&show, 0, "n01");
+    let message = run.n01_failed();
     assert!(
         message.contains("timed out") || message.contains("timeout"),
         "{message}"
     );
-    assert_eq!(
-        show["step_sets"][0]["steps"][0]["nodes"]["n02"]["state"],
-        "done"
-    );
     drop(resume);
-    let out = w.dopi(&["run", "ssh"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run.rerun_finishes();
 }
 
 /// A node's address gone mid-command (its route dropped, as a pulled cable): the node fails
@@ -790,58 +827,16 @@ fn a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back(
     ip("addr add 127.0.0.1/32 dev lo");
     ip(&format!("addr add {a1}/32 dev lo"));
     ip(&format!("addr add {a2}/32 dev lo"));
-    let w = World::new();
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
-    let flags = w.node_dir("flags");
-    let steps = format!(
-        "  - name: long
-    nodes: all
-    max_in_flight: -1
-    command:
-      plugin: ssh/custom
-      credentials: login
-      port: {port}
-      plugin_timeout: 4
-      exec: 'if [ $DOP_NODE_NAME = n01 ] && [ ! -e {flags}/cut ]; then touch {flags}/started; sleep 2; fi; echo done'
-",
-        port = options.port,
-        flags = flags.display(),
-    );
-    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-    let mut run = common::Running(
-        w.command(&["run", "ssh", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !flags.join("started").exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(
-        flags.join("started").exists(),
-        "n01's command never started"
-    );
-    std::fs::write(flags.join("cut"), "").unwrap();
+    let mut run = TroubledRun::start(&options, 4);
+    run.session();
     // The cable: the address goes, and what is sent to it is dropped.
     ip(&format!("addr del {a1}/32 dev lo"));
     ip(&format!("route add blackhole {a1}/32"));
-    let status = run.wait();
-    assert_eq!(status.code(), Some(1));
-    let show = w.show_json("ssh");
-    assert_eq!(
-        show["step_sets"][0]["steps"][0]["nodes"]["n01"]["state"], "failed",
-        "{show:#}"
-    );
-    assert_eq!(
-        show["step_sets"][0]["steps"][0]["nodes"]["n02"]["state"],
-        "done"
-    );
-    println!("n01 failed with: {}", node_message(&show, 0, "n01"));
+    let message = run.n01_failed();
+    assert!(message.contains("timed out"), "{message}");
+    println!("n01 failed with: {message}");
     // The cable back: the next run reaches the node and finishes.
     ip(&format!("route del blackhole {a1}/32"));
     ip(&format!("addr add {a1}/32 dev lo"));
-    let out = w.dopi(&["run", "ssh"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run.rerun_finishes();
 }
