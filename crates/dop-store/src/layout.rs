@@ -111,7 +111,24 @@ impl Layout {
             }
             Err(e) => return Err(StoreError::io(&self.root, e)),
         }
-        std::fs::write(&marker, MARKER_CONTENT).map_err(|e| StoreError::io(&marker, e))
+        std::fs::write(&marker, MARKER_CONTENT).map_err(|e| StoreError::io(&marker, e))?;
+        self.make_private_dirs()
+    }
+
+    /// Makes the directories of the databases (plans, their credentials, state, executions)
+    /// readable by the store's owner only, whatever the umask: plan texts hold passwords.
+    /// The store directory itself stays as the umask makes it, so that Puppet can read the
+    /// Hiera data kept in it by default. Directories that exist are left as they are.
+    fn make_private_dirs(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [self.catalog(), self.root.join("plans"), self.server()] {
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io(&dir, e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +141,23 @@ pub fn check_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_store_keeps_its_databases_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        Layout::new(&root).ensure().unwrap();
+        for name in ["catalog", "plans", "dopc"] {
+            let mode = std::fs::metadata(root.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{name}: {mode:o}");
+        }
+        // Opening it again changes nothing and fails on nothing.
+        Layout::new(&root).ensure().unwrap();
+    }
 
     #[test]
     fn names_that_could_escape_the_store_are_refused() {
