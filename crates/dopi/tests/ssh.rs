@@ -782,6 +782,10 @@ fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_late
 #[test]
 fn a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back() {
     if std::env::var_os("DOP_TEST_IN_NETNS").is_none() {
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: no `ip` command (iproute2; `bash .ci/install-deps` installs it)");
+            return;
+        }
         let out = Command::new("unshare")
             .arg("--net")
             .arg(std::env::current_exe().unwrap())
