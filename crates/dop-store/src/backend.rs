@@ -180,7 +180,18 @@ pub(crate) fn let_waiters_in(path: &Path) {
     }
 }
 
-/// Removes the snapshot files a killed process left half written; true when there were any.
+/// What [`clear_torn_snapshots`] found.
+enum Torn {
+    /// Leftover snapshot files were removed: open again.
+    Cleared,
+    /// Another process holds the database (it opened it): open again, waiting as for any
+    /// holder.
+    Busy,
+    /// Nothing to remove: the damage is elsewhere.
+    Nothing,
+}
+
+/// Removes the snapshot files a killed process left half written.
 ///
 /// sled writes a snapshot of a changed database each time it opens it: into
 /// `snap.<lsn>.generating`, then renamed to `snap.<lsn>`. sled 0.34 also reads a leftover
@@ -189,15 +200,15 @@ pub(crate) fn let_waiters_in(path: &Path) {
 /// database unopenable. The log those snapshots summarise is intact, and sled rebuilds the
 /// snapshot from the older one and the log. This runs only after an open failed, holding the
 /// database's lock (the one sled takes, so no other process can be writing a snapshot).
-fn clear_torn_snapshots(path: &Path) -> bool {
+fn clear_torn_snapshots(path: &Path) -> Torn {
     let Ok(db_file) = File::options().read(true).write(true).open(path.join("db")) else {
-        return false;
+        return Torn::Nothing;
     };
     if db_file.try_lock().is_err() {
-        return false;
+        return Torn::Busy;
     }
     let Ok(entries) = std::fs::read_dir(path) else {
-        return false;
+        return Torn::Nothing;
     };
     let mut cleared = false;
     for entry in entries.flatten() {
@@ -207,7 +218,11 @@ fn clear_torn_snapshots(path: &Path) -> bool {
             cleared |= std::fs::remove_file(entry.path()).is_ok();
         }
     }
-    cleared
+    if cleared {
+        Torn::Cleared
+    } else {
+        Torn::Nothing
+    }
 }
 
 impl Backend for SledBackend {
@@ -254,9 +269,10 @@ impl Backend for SledBackend {
                 }
                 Err(sled::Error::Io(e)) => return Err(StoreError::io(path, e)),
                 Err(e @ sled::Error::Corruption { .. }) if !cleared => {
-                    cleared = true;
-                    if !clear_torn_snapshots(path) {
-                        return Err(corrupt(path, e));
+                    match clear_torn_snapshots(path) {
+                        Torn::Cleared => cleared = true,
+                        Torn::Busy if start.elapsed() < self.wait => std::thread::sleep(pause),
+                        Torn::Busy | Torn::Nothing => return Err(corrupt(path, e)),
                     }
                 }
                 Err(e) => return Err(corrupt(path, e)),
