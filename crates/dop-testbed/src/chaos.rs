@@ -119,7 +119,14 @@ mod tests {
             .args(["-c", &format!("sleep 30 # {}", marker.display())])
             .spawn()
             .unwrap();
-        assert_eq!(processes_mentioning(&marker), [child.id()]);
+        // Until the child has exec'd sh, its command line is still this test's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = processes_mentioning(&marker);
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            found = processes_mentioning(&marker);
+        }
+        assert_eq!(found, [child.id()]);
         assert_eq!(
             wait_for_leftovers(&marker, Duration::from_millis(20)),
             [child.id()]
