@@ -441,3 +441,26 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// The log of a server a test starts: its standard error appended to `<dir>/server.log` (every
+/// start of the same server appends), to show when the test fails.
+pub fn server_log(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("the server log can be created")
+}
+
+/// Prints the end of `<dir>/server.log` when the current thread is panicking (a test failed),
+/// so a slow or failing server can be diagnosed from the test's output.
+pub fn show_server_log_on_failure(dir: &Path) {
+    if std::thread::panicking() {
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- the server's log (last 60 lines) ---\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        );
+    }
+}

@@ -19,28 +19,7 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_hard();
-        show_server_log_on_failure(self.dir.path());
-    }
-}
-
-/// The server's own log (every start appends to `server.log`): shown when a test fails, so a
-/// slow or failing server can be diagnosed from the test's output.
-fn server_log(dir: &std::path::Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap()
-}
-
-fn show_server_log_on_failure(dir: &std::path::Path) {
-    if std::thread::panicking() {
-        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "--- the server's log (last 60 lines) ---\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        );
+        dop_testbed::show_server_log_on_failure(self.dir.path());
     }
 }
 
@@ -83,7 +62,7 @@ impl Server {
         let mut child = c
             .args(["serve", "--bind", bind])
             .stdout(Stdio::piped())
-            .stderr(server_log(self.dir.path()))
+            .stderr(dop_testbed::server_log(self.dir.path()))
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -21,28 +21,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
         dopv::providers::local::stop_all(&self.dir.path().join("local"));
-        show_server_log_on_failure(self.dir.path());
-    }
-}
-
-/// The server's own log (every start appends to `server.log`): shown when a test fails, so a
-/// slow or failing server can be diagnosed from the test's output.
-fn server_log(dir: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap()
-}
-
-fn show_server_log_on_failure(dir: &Path) {
-    if std::thread::panicking() {
-        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "--- the server's log (last 60 lines) ---\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        );
+        dop_testbed::show_server_log_on_failure(self.dir.path());
     }
 }
 
@@ -112,7 +91,7 @@ impl Server {
         }
         let mut child = Server::command(self.dir.path(), &args)
             .stdout(Stdio::piped())
-            .stderr(server_log(self.dir.path()))
+            .stderr(dop_testbed::server_log(self.dir.path()))
             .spawn()
             .unwrap();
         let mut line = String::new();
