@@ -8,10 +8,9 @@
 //! Run with `cargo xtask bench dopc` (release mode). The server is the real `dopc serve`
 //! binary on an ephemeral loopback port, stopped by pid at the end.
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -19,23 +18,6 @@ use serde_json::{json, Value};
 const NODES: usize = 50;
 const CLIENTS: usize = 16;
 const SECONDS: u64 = 5;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dopc(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-    c.env("DOP_CONFIG", "/dev/null")
-        .env("DOP_STORE_DIR", dir.join("store"))
-        .env("DOP_LOG_DIR", dir.join("logs"));
-    c
-}
 
 fn plan() -> String {
     let mut t = String::from("name: bench\ninfrastructures:\n  lab: {type: baremetal}\nnodes:\n");
@@ -150,33 +132,8 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = String::from_utf8(
-        dopc(dir.path())
-            .args(["token", "create", "bench"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
-    let mut child = dopc(dir.path())
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Killed(child);
-    let base = line
-        .trim()
-        .strip_prefix("dopc listening on ")
-        .unwrap()
-        .to_string();
+    let server = common::BenchServer::start("bench");
+    let (base, token) = (server.base.clone(), server.token.clone());
     let http = reqwest::Client::new();
     let added = http
         .post(format!("{base}/api/v1/plans"))

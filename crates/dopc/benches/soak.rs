@@ -11,12 +11,11 @@
 //! on an ephemeral loopback port, stopped by pid at the end; every command runs on this machine
 //! (the plans' nodes are `custom` commands), nothing leaves it.
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -25,23 +24,6 @@ const PLANS: usize = 20;
 const NODES_PER_PLAN: usize = 25;
 const READERS: usize = 8;
 const FOLLOWERS: usize = 20;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dopc(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-    c.env("DOP_CONFIG", "/dev/null")
-        .env("DOP_STORE_DIR", dir.join("store"))
-        .env("DOP_LOG_DIR", dir.join("logs"));
-    c
-}
 
 fn plan(p: usize) -> String {
     let mut t = format!("name: soak{p:02}\ninfrastructures:\n  lab: {{type: baremetal}}\nnodes:\n");
@@ -245,34 +227,8 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let dir = tempfile::tempdir().unwrap();
-    let token = String::from_utf8(
-        dopc(dir.path())
-            .args(["token", "create", "soak"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
-    let mut child = dopc(dir.path())
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = child.id();
-    let _server = Killed(child);
-    let base = line
-        .trim()
-        .strip_prefix("dopc listening on ")
-        .unwrap()
-        .to_string();
+    let server = common::BenchServer::start("soak");
+    let (pid, base, token) = (server.pid(), server.base.clone(), server.token.clone());
     let api = Arc::new(Api {
         http: reqwest::Client::new(),
         base,
