@@ -5,13 +5,17 @@
 //! * `cargo xtask bench [parse|store|ssh|dopc|soak]` — benchmarks, built in release mode.
 //! * `cargo xtask dist` — shell completions and man pages of the three tools in `target/dist/`.
 //! * `cargo xtask chaos [KILLS] [SEED]` — the fault-injection tests in their full form.
+//! * `cargo xtask openstack up|down|status` — a local OpenStack (fake compute and volume
+//!   drivers, loopback only) for the OpenStack provider's tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR]>";
+mod openstack;
+
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
         Some("testbed") => testbed(&args[1..]),
         Some("dist") => dist(),
         Some("chaos") => chaos(args.get(1), args.get(2)),
+        Some("openstack") => openstack::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

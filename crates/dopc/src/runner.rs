@@ -501,9 +501,7 @@ fn run_task(
             settings: settings.clone(),
             log_dir: config.log_dir.clone(),
             echo: Echo::Quiet,
-            providers: dopv::provider::ProviderOptions {
-                local_dir: config.local_dir.clone(),
-            },
+            providers: dopv::provider::ProviderOptions::new(config.local_dir.clone()),
             expect_serial: None,
             handle_signals: false,
             stop: Some(stop.clone()),

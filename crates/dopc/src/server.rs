@@ -243,7 +243,7 @@ pub async fn serve(
         metrics.clone(),
     )
     .map_err(std::io::Error::other)?;
-    let providers = dopv::provider::ProviderOptions { local_dir };
+    let providers = dopv::provider::ProviderOptions::new(local_dir);
     let monitor = crate::monitor::Monitor::new(
         runner.clone(),
         metrics.clone(),

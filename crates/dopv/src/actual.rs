@@ -22,6 +22,9 @@ pub struct ActualInterface {
     pub name: String,
     /// Its address (`dhcp` / `none` when it has no fixed one).
     pub ip: String,
+    /// The network its floating IP comes from (OpenStack), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_network: Option<String>,
 }
 
 /// A data disk as it is.
@@ -57,6 +60,9 @@ pub struct Actual {
     /// The image it was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The cloud's flavor (OpenStack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
     /// CPU cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
@@ -81,6 +87,9 @@ pub struct Actual {
     /// Tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
+    /// Security groups, sorted (OpenStack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
     /// The SSH port of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
@@ -128,10 +137,11 @@ impl Actual {
 }
 
 /// The fields drift is computed on (`ssh` is where the node is, not how it is).
-const COMPARED: [&str; 12] = [
+const COMPARED: [&str; 14] = [
     "power",
     "fqdn",
     "image",
+    "flavor",
     "cores",
     "memory",
     "storage",
@@ -140,6 +150,7 @@ const COMPARED: [&str; 12] = [
     "credentials",
     "dns",
     "tags",
+    "security_groups",
     "ssh_port",
 ];
 

@@ -50,6 +50,14 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub local_dir: Option<PathBuf>,
+    /// How long one cloud API request (OpenStack) may take before the node fails with
+    /// "did not answer".
+    #[arg(long, value_name = "SECONDS", env = "DOPV_API_TIMEOUT", default_value_t = ProviderOptions::API_TIMEOUT.as_secs())]
+    pub api_timeout: u64,
+    /// How long to wait for a cloud resource to reach a status (a server ACTIVE, a volume
+    /// attached) before the node fails with the resource's last status.
+    #[arg(long, value_name = "SECONDS", env = "DOPV_WAIT_TIMEOUT", default_value_t = ProviderOptions::WAIT_TIMEOUT.as_secs())]
+    pub wait_timeout: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub filter: NodeFilterArgs,
@@ -105,12 +113,12 @@ pub struct ShowArgs {
 }
 
 fn provider_options(config: &Config, local_dir: &Option<PathBuf>) -> ProviderOptions {
-    ProviderOptions {
-        local_dir: local_dir
+    ProviderOptions::new(
+        local_dir
             .clone()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(|| config.store_dir.join("local")),
-    }
+    )
 }
 
 /// Runs one of the acting commands.
@@ -133,7 +141,11 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         settings: args.lookup.settings(config),
         log_dir: config.log_dir.clone(),
         echo: if args.quiet { Echo::Quiet } else { Echo::Lines },
-        providers: provider_options(config, &args.local_dir),
+        providers: ProviderOptions {
+            api_timeout: std::time::Duration::from_secs(args.api_timeout.max(1)),
+            wait_timeout: std::time::Duration::from_secs(args.wait_timeout.max(1)),
+            ..provider_options(config, &args.local_dir)
+        },
         expect_serial: args.expect_serial,
         handle_signals: true,
         stop: None,

@@ -295,6 +295,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
                 kind,
                 &node.infrastructure,
                 plan_name,
+                &plan,
                 &opts.providers,
             ) {
                 Ok(p) => {
@@ -441,7 +442,9 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             })
         } else {
             let provider = s.provider.clone();
-            let kind_of = move |field: &str| provider.change_kind(field);
+            let kind_of = move |field: &str, from: &serde_json::Value, to: &serde_json::Value| {
+                provider.change_kind_of(field, from, to)
+            };
             let planned = s
                 .in_plan
                 .then(|| serde_json::to_value(&s.spec.node).unwrap_or_default());
@@ -983,7 +986,7 @@ async fn attach_disks(
                     .await
                     .map_err(|e| e.to_string())?;
                 if drop {
-                    delete_disk(ctx, provider, name, &mut recorded, &disk, log).await?;
+                    delete_disk(ctx, provider, spec, &mut recorded, &disk, log).await?;
                 } else {
                     log.line(&format!(
                         "the data disk '{}' is not in the plan: kept, detached ({})",
@@ -1016,17 +1019,18 @@ async fn attach_disks(
 async fn delete_disk(
     ctx: &Ctx,
     provider: &dyn Provider,
-    node: &str,
+    spec: &NodeSpec,
     recorded: &mut Vec<DiskRecord>,
     disk: &DiskRecord,
     log: &NodeLog,
 ) -> Result<(), String> {
     provider
-        .destroy_disk(disk)
+        .destroy_disk(spec, disk)
         .await
         .map_err(|e| e.to_string())?;
     recorded.retain(|d| d.name != disk.name);
-    ctx.write(vec![disks_change(node, recorded)]).await?;
+    ctx.write(vec![disks_change(&spec.node.name, recorded)])
+        .await?;
     log.line(&format!(
         "deleted the data disk '{}' ({})",
         disk.name, disk.id
@@ -1074,7 +1078,7 @@ async fn destroy(
                 ));
             }
             if rmdisk {
-                delete_disk(ctx, provider, name, &mut disks, &disk, log).await?;
+                delete_disk(ctx, provider, spec, &mut disks, &disk, log).await?;
             }
         }
     }
@@ -1098,13 +1102,29 @@ fn applied(old: &Node, new: &Node, action: &Action) -> Result<Node, String> {
         .iter()
         .filter(|c| c.source == planner::Source::Plan)
     {
-        match planned.get(&change.field) {
-            Some(v) => merged[&change.field] = v.clone(),
-            None => {
-                if let Some(m) = merged.as_object_mut() {
-                    m.remove(&change.field);
+        // `infrastructure_properties.<key>` changes one setting of that map.
+        let (parent, key) = match change.field.split_once('.') {
+            Some((parent, key)) => (Some(parent), key),
+            None => (None, change.field.as_str()),
+        };
+        let (from, into) = match parent {
+            Some(p) => (planned.get(p), merged.get_mut(p)),
+            None => (Some(&planned), Some(&mut merged)),
+        };
+        let value = from.and_then(|f| f.get(key)).cloned();
+        match (into, value) {
+            (Some(into), Some(v)) if into.is_object() => into[key] = v,
+            (Some(into), None) => {
+                if let Some(m) = into.as_object_mut() {
+                    m.remove(key);
                 }
             }
+            (None, Some(v)) => {
+                if let (Some(p), Some(m)) = (parent, merged.as_object_mut()) {
+                    m.insert(p.to_string(), serde_json::json!({ key: v }));
+                }
+            }
+            _ => {}
         }
     }
     serde_json::from_value(merged).map_err(|e| format!("cannot merge the node entry: {e}"))

@@ -150,44 +150,72 @@ pub struct NodeView<'a> {
     pub actual: &'a Actual,
     /// What the provider would report for the planned entry.
     pub expected: Option<Actual>,
-    /// The change kind of each plan field on the node's provider.
-    pub kind_of: &'a dyn Fn(&str) -> ChangeKind,
+    /// The change kind of a plan field on the node's provider, given its old and new value.
+    pub kind_of: &'a dyn Fn(&str, &serde_json::Value, &serde_json::Value) -> ChangeKind,
 }
 
 /// Plan keys that dopv does not act on: how dopi reaches the node, what happens on a stop.
 const IGNORED: [&str; 3] = ["name", "jump_hosts", "force_stop"];
 
+/// The plan key whose settings are compared one by one (`infrastructure_properties.<key>`):
+/// a provider may change some of them in place (OpenStack's security groups) and not others.
+pub const PROPERTIES: &str = "infrastructure_properties";
+
 /// The fields in which the planned entry differs from the deployed one.
 fn plan_changes(
     deployed: &serde_json::Value,
     planned: &serde_json::Value,
-    kind_of: &dyn Fn(&str) -> ChangeKind,
+    kind_of: &dyn Fn(&str, &serde_json::Value, &serde_json::Value) -> ChangeKind,
 ) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (field, from, to) in changed_fields(deployed, planned) {
+        if IGNORED.contains(&field.as_str()) {
+            continue;
+        }
+        changes.push(Change {
+            destructive: field == "disks" && loses_disk(&from, &to),
+            kind: if field == "infrastructure" {
+                ChangeKind::Redeploy
+            } else {
+                kind_of(&field, &from, &to)
+            },
+            field,
+            from,
+            to,
+            source: Source::Plan,
+        });
+    }
+    changes
+}
+
+/// The plan fields that differ between two node entries (as JSON), with both values (`null`
+/// where a side lacks it). `infrastructure_properties` is split into its settings.
+pub fn changed_fields(
+    deployed: &serde_json::Value,
+    planned: &serde_json::Value,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
     let empty = serde_json::Map::new();
     let old = deployed.as_object().unwrap_or(&empty);
     let new = planned.as_object().unwrap_or(&empty);
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    keys.into_iter()
-        .filter(|k| !IGNORED.contains(&k.as_str()))
-        .filter_map(|key| {
-            let (from, to) = (
-                old.get(key).cloned().unwrap_or_default(),
-                new.get(key).cloned().unwrap_or_default(),
-            );
-            (from != to).then(|| Change {
-                field: key.clone(),
-                destructive: key == "disks" && loses_disk(&from, &to),
-                kind: if key == "infrastructure" {
-                    ChangeKind::Redeploy
-                } else {
-                    kind_of(key)
-                },
-                from,
-                to,
-                source: Source::Plan,
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for key in keys {
+        let (from, to) = (
+            old.get(key).cloned().unwrap_or_default(),
+            new.get(key).cloned().unwrap_or_default(),
+        );
+        if from == to {
+            continue;
+        }
+        if key == PROPERTIES {
+            for (sub, from, to) in changed_fields(&from, &to) {
+                out.push((format!("{PROPERTIES}.{sub}"), from, to));
+            }
+        } else {
+            out.push((key.clone(), from, to));
+        }
+    }
+    out
 }
 
 /// True when a disk of `from` is missing from `to` or smaller there.
@@ -298,7 +326,7 @@ pub fn plan_node(view: &NodeView<'_>, permissions: Permissions) -> Option<Action
             let kind = if d.field == "power" {
                 ChangeKind::InPlace
             } else {
-                (view.kind_of)(&d.field)
+                (view.kind_of)(&d.field, &d.actual, &d.expected)
             };
             changes.push(Change {
                 field: d.field,

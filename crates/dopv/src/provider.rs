@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dop_core::plan::{Credential, DataDisk, Node, Provider as Kind};
+use dop_core::plan::{Credential, DataDisk, Node, Plan, Provider as Kind};
 use dop_store::logs::NodeLog;
 use serde::{Deserialize, Serialize};
 
@@ -78,8 +79,22 @@ pub trait Provider: Send + Sync {
     /// Starts (`true`) or stops the node; returns once it is up (SSH answers) or down.
     async fn power(&self, spec: &NodeSpec, on: bool, log: &NodeLog) -> Result<()>;
 
-    /// What changing `field` (a plan key) costs. Anything not implemented is a redeploy.
+    /// What changing `field` (a plan key, or `infrastructure_properties.<key>`) costs.
+    /// Anything not implemented is a redeploy.
     fn change_kind(&self, field: &str) -> ChangeKind;
+
+    /// What changing `field` from one value to another costs, for providers where that
+    /// depends on the values (OpenStack: a floating IP added to an interface is in place, a
+    /// new fixed address is not). The values are plan-shaped for plan changes and
+    /// [`Actual`]-shaped for drift.
+    fn change_kind_of(
+        &self,
+        field: &str,
+        _from: &serde_json::Value,
+        _to: &serde_json::Value,
+    ) -> ChangeKind {
+        self.change_kind(field)
+    }
 
     /// Applies `spec`'s value of `field` to the existing node (for fields whose kind is
     /// in-place or reboot; the driver reboots afterwards when one needs it). Disks are the
@@ -101,8 +116,8 @@ pub trait Provider: Send + Sync {
     /// Detaches a disk from the node, keeping it.
     async fn detach_disk(&self, spec: &NodeSpec, disk: &DiskRecord) -> Result<()>;
 
-    /// Deletes a (detached) disk.
-    async fn destroy_disk(&self, disk: &DiskRecord) -> Result<()>;
+    /// Deletes a (detached) disk of the node.
+    async fn destroy_disk(&self, spec: &NodeSpec, disk: &DiskRecord) -> Result<()>;
 }
 
 /// What the providers need from the caller.
@@ -110,24 +125,59 @@ pub trait Provider: Send + Sync {
 pub struct ProviderOptions {
     /// Where the `local` provider keeps its nodes and disks.
     pub local_dir: PathBuf,
+    /// How long one request to a cloud API may take before it counts as unanswered.
+    pub api_timeout: Duration,
+    /// How long to wait for a cloud resource to reach a status (a server `ACTIVE`, a volume
+    /// attached) before the node fails with the resource's last status.
+    pub wait_timeout: Duration,
 }
 
-/// The provider of an infrastructure (named for messages), or why there is none.
+impl ProviderOptions {
+    /// Default API timeout.
+    pub const API_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default wait timeout.
+    pub const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+    /// The options with default timeouts.
+    pub fn new(local_dir: PathBuf) -> ProviderOptions {
+        ProviderOptions {
+            local_dir,
+            api_timeout: Self::API_TIMEOUT,
+            wait_timeout: Self::WAIT_TIMEOUT,
+        }
+    }
+}
+
+/// The provider of an infrastructure (named for messages), or why there is none. `plan` is
+/// the newest plan; an infrastructure no longer in it can only be reached by the providers
+/// that need no settings from it.
 pub fn for_infrastructure(
     kind: Kind,
     infrastructure: &str,
-    plan: &str,
+    plan_name: &str,
+    plan: &Plan,
     options: &ProviderOptions,
 ) -> Result<Arc<dyn Provider>> {
     match kind {
         Kind::Baremetal => Ok(Arc::new(crate::providers::baremetal::Baremetal)),
         Kind::Local => Ok(Arc::new(crate::providers::local::Local::new(
             &options.local_dir,
-            plan,
+            plan_name,
         ))),
+        Kind::Openstack => {
+            let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
+                ProviderError::new(format!(
+                    "infrastructure '{infrastructure}' is no longer in the plan: dopv needs its \
+                     endpoint and credentials to reach its nodes; put it back to remove them"
+                ))
+            })?;
+            Ok(Arc::new(crate::providers::openstack::OpenStack::new(
+                infra, plan, plan_name, options,
+            )?))
+        }
         other => Err(ProviderError::new(format!(
             "infrastructure '{infrastructure}': the {other} provider is not available in this version of dopv \
-             (available: baremetal, local)"
+             (available: baremetal, local, openstack)"
         ))),
     }
 }

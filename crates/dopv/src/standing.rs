@@ -186,14 +186,15 @@ fn standing(
         (None, Some(r)) => (r.provider, &r.desired.infrastructure, r.ssh_port),
         (None, None) => return out,
     };
-    let provider = match provider::for_infrastructure(kind, infrastructure, plan_name, options) {
-        Ok(p) => p,
-        Err(e) => {
-            out.state = SyncState::Unknown;
-            out.read_error.get_or_insert_with(|| e.to_string());
-            return out;
-        }
-    };
+    let provider =
+        match provider::for_infrastructure(kind, infrastructure, plan_name, plan, options) {
+            Ok(p) => p,
+            Err(e) => {
+                out.state = SyncState::Unknown;
+                out.read_error.get_or_insert_with(|| e.to_string());
+                return out;
+            }
+        };
     if let Some(r) = record {
         let deployed = spec_for(plan, plan_name, &r.desired, r.ssh_port);
         if let Some(actual) = &r.actual {
@@ -210,7 +211,9 @@ fn standing(
     };
     let actual = record.and_then(|r| r.actual.as_ref()).unwrap_or(&assumed);
     let spec = planned.map(|n| spec_for(plan, plan_name, n, port));
-    let kind_of = |field: &str| provider.change_kind(field);
+    let kind_of = |field: &str, from: &serde_json::Value, to: &serde_json::Value| {
+        provider.change_kind_of(field, from, to)
+    };
     let view = NodeView {
         name,
         planned: planned.map(|n| serde_json::to_value(n).unwrap_or_default()),
@@ -238,13 +241,10 @@ fn changed_keys(deployed: &dop_core::plan::Node, planned: &dop_core::plan::Node)
         serde_json::to_value(deployed).unwrap_or_default(),
         serde_json::to_value(planned).unwrap_or_default(),
     );
-    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
-        return Vec::new();
-    };
-    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    keys.into_iter()
-        .filter(|k| old.get(*k) != new.get(*k) && !NOT_DEPLOYED.contains(&k.as_str()))
-        .cloned()
+    crate::planner::changed_fields(&old, &new)
+        .into_iter()
+        .map(|(field, _, _)| field)
+        .filter(|field| !NOT_DEPLOYED.contains(&field.as_str()))
         .collect()
 }
 
@@ -303,9 +303,7 @@ mod tests {
         state.nodes.get_mut("unreadable").unwrap().read_error =
             Some("the provider is unavailable".into());
 
-        let options = ProviderOptions {
-            local_dir: std::path::PathBuf::from("/nonexistent"),
-        };
+        let options = ProviderOptions::new(std::path::PathBuf::from("/nonexistent"));
         let all = standings("p", &new, &state, &options, Permissions::default());
         let words: Vec<(&str, &str, bool)> = all
             .iter()

@@ -609,7 +609,7 @@ fn killed_mid_sync_the_next_sync_completes() {
 fn a_plan_the_providers_cannot_make_changes_nothing() {
     let lab = Lab::new();
     let plan = "name: bad\ninfrastructures:\n  lab: {type: local}\n  cloud: {type: openstack, \
-                endpoint: 'https://cloud.invalid:5000/v3', credentials: api, networks: {}}\n\
+                endpoint: 'http://127.0.0.1:1/v3', credentials: api, networks: {}}\n\
                 credentials:\n  api: {type: username_password, username: u, password: secret}\n  \
                 root_key: {type: ssh_key, username: root, public_key: {file: KEY.pub}}\n\
                 nodes:\n  here: {infrastructure: lab, credentials: [root_key]}\n  \

@@ -95,7 +95,7 @@ impl Provider for Baremetal {
         Ok(())
     }
 
-    async fn destroy_disk(&self, _disk: &DiskRecord) -> Result<()> {
+    async fn destroy_disk(&self, _spec: &NodeSpec, _disk: &DiskRecord) -> Result<()> {
         Ok(())
     }
 }

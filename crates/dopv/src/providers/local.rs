@@ -115,6 +115,7 @@ fn interfaces(spec: &NodeSpec) -> Vec<ActualInterface> {
                 IpSetting::Dhcp => "dhcp".into(),
                 IpSetting::None => "none".into(),
             },
+            floating_network: None,
         })
         .collect()
 }
@@ -541,6 +542,8 @@ impl Provider for Local {
             dns: Some(spec.node.dns.clone()),
             tags: None,
             ssh_port: Some(spec.ssh_port),
+            flavor: None,
+            security_groups: None,
             ssh: loopback_address(spec).map(|a| SshEndpoint {
                 address: a.to_string(),
                 port: spec.ssh_port,
@@ -606,6 +609,8 @@ impl Provider for Local {
                 dns: Some(config.dns),
                 tags: None,
                 ssh_port: Some(running.port),
+                flavor: None,
+                security_groups: None,
                 ssh: Some(SshEndpoint {
                     address: running.address.to_string(),
                     port: running.port,
@@ -796,7 +801,7 @@ impl Provider for Local {
         }
     }
 
-    async fn destroy_disk(&self, disk: &DiskRecord) -> Result<()> {
+    async fn destroy_disk(&self, _spec: &NodeSpec, disk: &DiskRecord) -> Result<()> {
         match std::fs::remove_file(&disk.id) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(io_error("cannot delete the disk", Path::new(&disk.id), e))

@@ -2,3 +2,4 @@
 
 pub mod baremetal;
 pub mod local;
+pub mod openstack;
