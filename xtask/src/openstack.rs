@@ -835,9 +835,9 @@ impl Stack {
             ("m1.tiny", 1, 512, 1),
             ("m1.small", 1, 2048, 10),
             ("m1.medium", 2, 4096, 10),
-            // More memory than the fake compute host has: the scheduler finds no host and the
+            // More disk than the fake compute host has: the scheduler finds no host and the
             // server goes to ERROR (the provider's test of that fault).
-            ("m1.huge", 1, 8_388_608, 1),
+            ("m1.nohost", 1, 512, 2_000_000),
         ] {
             if !has_name(&flavors["flavors"], name) {
                 api.post(
@@ -981,7 +981,7 @@ impl Stack {
             "demo": account("demo"),
             "quota": account("dop-quota"),
             "image": "cirros-fake",
-            "flavors": ["m1.tiny", "m1.small", "m1.medium", "m1.huge"],
+            "flavors": ["m1.tiny", "m1.small", "m1.medium", "m1.nohost"],
             "networks": ["dop-net", "dop-net2"],
             "subnets": ["dop-sub", "dop-sub2"],
             "external_network": "public",

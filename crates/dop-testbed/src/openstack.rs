@@ -90,7 +90,7 @@ pub struct OpenStack {
     pub quota: Account,
     /// The public image's name (`cirros-fake`, 1 MiB, raw).
     pub image: String,
-    /// The flavors' names (`m1.tiny`, `m1.small`, `m1.medium`, and `m1.huge`, which no host can take).
+    /// The flavors' names (`m1.tiny`, `m1.small`, `m1.medium`, and `m1.nohost` (a 2 PB disk), which no host can take).
     pub flavors: Vec<String>,
     /// The shared tenant networks' names (`dop-net`, `dop-net2`).
     pub networks: Vec<String>,

@@ -761,7 +761,7 @@ fn wrong_credentials_unknown_names_and_quotas_fail_clearly_and_leak_nothing() {
             node(
                 "nohost",
                 "demo",
-                "    flavor: m1.huge\n    interfaces: {eth0: {network: dop-sub, ip: 10.99.0.35}}\n",
+                "    flavor: m1.nohost\n    interfaces: {eth0: {network: dop-sub, ip: 10.99.0.35}}\n",
             ),
         ]
         .concat(),

@@ -484,6 +484,50 @@ pub fn message_of(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_refused_token_is_renewed_once_and_the_request_goes_through() {
+        let os = match dop_testbed::openstack::OpenStack::find() {
+            Ok(os) => os,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+        };
+        let login = Login {
+            tokens_url: tokens_url(&os.auth_url),
+            user: os.demo.username.clone(),
+            password: os.demo.password.clone(),
+            project: os.demo.project.clone(),
+            domain: os.demo.domain.clone(),
+            interface: "public".into(),
+        };
+        let session = Session::new(login, Duration::from_secs(30)).unwrap();
+        session.authenticate().await.unwrap();
+        // The cloud stops taking the token (expired, revoked): Nova answers 401.
+        session.token.lock().await.as_mut().unwrap().value = "not-a-token".into();
+        let flavors = session
+            .call(Service::Compute, Method::GET, "/flavors", &[], None)
+            .await
+            .unwrap();
+        assert!(flavors["flavors"].as_array().is_some_and(|f| !f.is_empty()));
+        let renewed = session.token.lock().await.clone().unwrap();
+        assert_ne!(renewed.value, "not-a-token");
+
+        // Wrong credentials are an error that says so, with Keystone's status.
+        let mut wrong = session.login.clone();
+        wrong.password = "wrong".into();
+        let e = Session::new(wrong, Duration::from_secs(30))
+            .unwrap()
+            .authenticate()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refused user 'demo' for project 'demo'") && e.contains("HTTP 401"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn endpoints_become_the_tokens_url() {
         assert_eq!(
