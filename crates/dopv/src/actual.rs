@@ -1,7 +1,7 @@
 //! A node as its provider reports it, in the shape of the plan's node entry, and the fields in
 //! which it differs from what the plan wants (drift).
 
-use dop_core::plan::Dns;
+use dop_core::plan::{Dns, IpSetting};
 use dop_core::DataSize;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,18 @@ pub struct ActualInterface {
     /// The network its floating IP comes from (OpenStack), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_network: Option<String>,
+}
+
+impl ActualInterface {
+    /// How the plan's address setting reads in an [`ActualInterface`]: the address, or
+    /// `dhcp` / `none`.
+    pub fn ip_word(ip: &IpSetting) -> String {
+        match ip {
+            IpSetting::Static(ip) => ip.to_string(),
+            IpSetting::Dhcp => "dhcp".into(),
+            IpSetting::None => "none".into(),
+        }
+    }
 }
 
 /// A data disk as it is.

@@ -475,6 +475,7 @@ fn a_plan_is_deployed_changed_and_removed_on_openstack() {
             "demo",
             &format!("    flavor: m1.tiny\n    interfaces: {{eth0: {{network: dop-sub, ip: {ip}{floating}}}}}\n"),
         )
+        .replace("tenant: demo}", "tenant: demo, use_config_drive: true}")
     };
     let db01 = |flavor: &str| {
         node(
@@ -521,6 +522,8 @@ fn a_plan_is_deployed_changed_and_removed_on_openstack() {
     }
     assert_eq!(fixed_ips(&api.port(&plan, "web01-eth0")), ["10.99.0.11"]);
     assert_eq!(fixed_ips(&api.port(&plan, "web02-eth0")), ["10.99.0.12"]);
+    assert_eq!(api.server(&plan, "web02")["config_drive"], "True");
+    assert_eq!(api.server(&plan, "web01")["config_drive"], "");
     assert_eq!(fixed_ips(&api.port(&plan, "db01-eth1")), ["10.98.0.13"]);
     assert_eq!(
         api.port(&plan, "web01-eth0")["security_groups"]

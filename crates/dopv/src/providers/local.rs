@@ -110,11 +110,7 @@ fn interfaces(spec: &NodeSpec) -> Vec<ActualInterface> {
         .iter()
         .map(|i| ActualInterface {
             name: i.name.clone(),
-            ip: match i.ip {
-                IpSetting::Static(ip) => ip.to_string(),
-                IpSetting::Dhcp => "dhcp".into(),
-                IpSetting::None => "none".into(),
-            },
+            ip: ActualInterface::ip_word(&i.ip),
             floating_network: None,
         })
         .collect()

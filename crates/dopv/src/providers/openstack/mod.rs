@@ -598,11 +598,7 @@ impl OpenStack {
             .iter()
             .map(|i| ActualInterface {
                 name: i.name.clone(),
-                ip: match i.ip {
-                    IpSetting::Static(ip) => ip.to_string(),
-                    IpSetting::Dhcp => "dhcp".into(),
-                    IpSetting::None => "none".into(),
-                },
+                ip: ActualInterface::ip_word(&i.ip),
                 floating_network: i.floating_network.clone(),
             })
             .collect()
