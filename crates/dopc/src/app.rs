@@ -51,8 +51,8 @@ pub enum Command {
 #[derive(Args)]
 pub struct ServeArgs {
     /// The server's settings file (TOML: bind, max_body_bytes, shutdown_timeout_secs,
-    /// local_dir, connect_timeout_secs, [tls] cert and key, [monitor.<plan>] interval_secs and
-    /// auto_sync) [default: /etc/dop/dopc.toml when it exists].
+    /// local_dir, connect_timeout_secs, provider_api_timeout_secs, provider_wait_timeout_secs,
+    /// [tls] cert and key, [monitor.<plan>] interval_secs and auto_sync) [default: /etc/dop/dopc.toml when it exists].
     #[arg(
         long,
         value_name = "FILE",

@@ -36,8 +36,8 @@ pub struct Request {
 pub struct RunnerConfig {
     /// Execution logs.
     pub log_dir: PathBuf,
-    /// The `local` provider's directory.
-    pub local_dir: PathBuf,
+    /// What dopv's providers need: the `local` provider's directory, cloud API timeouts.
+    pub providers: dopv::provider::ProviderOptions,
     /// Seconds dopi waits for a node's SSH server.
     pub connect_timeout: u64,
 }
@@ -501,7 +501,7 @@ fn run_task(
             settings: settings.clone(),
             log_dir: config.log_dir.clone(),
             echo: Echo::Quiet,
-            providers: dopv::provider::ProviderOptions::new(config.local_dir.clone()),
+            providers: config.providers.clone(),
             expect_serial: None,
             handle_signals: false,
             stop: Some(stop.clone()),

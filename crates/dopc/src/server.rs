@@ -29,6 +29,12 @@ pub struct ServeConfig {
     pub local_dir: Option<PathBuf>,
     /// Seconds dopi waits for a node's SSH server.
     pub connect_timeout_secs: u64,
+    /// Seconds one cloud API request (OpenStack) of a dopv execution may take (dopv's
+    /// `--api-timeout`).
+    pub provider_api_timeout_secs: u64,
+    /// Seconds a dopv execution waits for a cloud resource to reach a status (dopv's
+    /// `--wait-timeout`).
+    pub provider_wait_timeout_secs: u64,
     /// Serve HTTPS (and WSS) with this certificate chain and key (PEM files).
     pub tls: Option<TlsConfig>,
     /// Per plan, its monitor (`[monitor.<plan>]`); the API can override it.
@@ -57,6 +63,8 @@ impl Default for ServeConfig {
             shutdown_timeout_secs: 30,
             local_dir: None,
             connect_timeout_secs: 10,
+            provider_api_timeout_secs: dopv::provider::ProviderOptions::API_TIMEOUT.as_secs(),
+            provider_wait_timeout_secs: dopv::provider::ProviderOptions::WAIT_TIMEOUT.as_secs(),
             tls: None,
             monitor: std::collections::BTreeMap::new(),
             hiera: None,
@@ -233,17 +241,21 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| store.root().join("local"));
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let providers = dopv::provider::ProviderOptions {
+        api_timeout: std::time::Duration::from_secs(config.provider_api_timeout_secs.max(1)),
+        wait_timeout: std::time::Duration::from_secs(config.provider_wait_timeout_secs.max(1)),
+        ..dopv::provider::ProviderOptions::new(local_dir)
+    };
     let runner = Runner::start(
         store.clone(),
         RunnerConfig {
             log_dir: log_dir.clone(),
-            local_dir: local_dir.clone(),
+            providers: providers.clone(),
             connect_timeout: config.connect_timeout_secs,
         },
         metrics.clone(),
     )
     .map_err(std::io::Error::other)?;
-    let providers = dopv::provider::ProviderOptions::new(local_dir);
     let monitor = crate::monitor::Monitor::new(
         runner.clone(),
         metrics.clone(),
@@ -310,4 +322,29 @@ pub async fn serve(
         .await;
     tracing::info!("dopc stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::ServeConfig;
+
+    #[test]
+    fn the_provider_timeouts_are_read_and_default_to_dopvs() {
+        let default = ServeConfig::default();
+        assert_eq!(default.provider_api_timeout_secs, 60);
+        assert_eq!(default.provider_wait_timeout_secs, 600);
+        let set = ServeConfig::from_toml(
+            "provider_api_timeout_secs = 5\nprovider_wait_timeout_secs = 30\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                set.provider_api_timeout_secs,
+                set.provider_wait_timeout_secs
+            ),
+            (5, 30)
+        );
+        let typo = ServeConfig::from_toml("provider_api_timeout = 5\n").unwrap_err();
+        assert!(typo.contains("provider_api_timeout"), "{typo}");
+    }
 }

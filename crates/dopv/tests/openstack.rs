@@ -314,7 +314,13 @@ impl Drop for Lab {
 
 impl Lab {
     fn new(os: OpenStack, test: &str) -> Lab {
-        let api = Api::login(&os, &os.demo);
+        let demo = os.demo.clone();
+        Lab::as_user(os, test, &demo)
+    }
+
+    /// A lab that looks at (and cleans up) the cloud as `account`.
+    fn as_user(os: OpenStack, test: &str, account: &Account) -> Lab {
+        let api = Api::login(&os, account);
         // Unique per run: a crashed earlier run's leftovers never meet this one's.
         let plan = format!("{test}{}", std::process::id());
         Lab {
@@ -977,4 +983,42 @@ fn a_server_of_the_same_name_that_dopv_did_not_make_is_never_touched() {
     lab.json("undeploy", &[], 0);
     let still = api.get(&format!("{}/servers/{theirs}", api.compute));
     assert_eq!(still["server"]["id"], theirs.as_str(), "{still:#}");
+}
+
+#[test]
+fn an_admin_who_sees_every_projects_names_gets_its_own_projects() {
+    let _turn = CLOUD.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(os) = cloud() else { return };
+    let admin = os.admin.clone();
+    let lab = Lab::as_user(os, "admin", &admin);
+    let plan = lab.plan.clone();
+    // Every project has a security group `default`; the admin sees them all.
+    let groups = lab
+        .api
+        .get(&format!("{}/security-groups?name=default", lab.api.network));
+    assert!(
+        groups["security_groups"].as_array().unwrap().len() > 1,
+        "{groups:#}"
+    );
+    lab.plan(
+        &node(
+            "adm01",
+            &admin.project,
+            "    flavor: m1.tiny\n    interfaces: {eth0: {network: dop-sub, ip: dhcp}}\n",
+        )
+        .replace(
+            "tenant: admin}",
+            "tenant: admin, security_groups: [default]}",
+        ),
+        &admin,
+    );
+    let report = lab.json("deploy", &[], 0);
+    assert_eq!(
+        results(&report),
+        [("adm01".to_string(), "done".to_string())]
+    );
+    let port = lab.api.port(&plan, "adm01-eth0");
+    assert_eq!(port["security_groups"].as_array().unwrap().len(), 1);
+    lab.json("undeploy", &[], 0);
+    assert_eq!(lab.api.counts(&plan), (0, 0, 0, 0));
 }

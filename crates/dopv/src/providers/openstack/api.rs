@@ -196,13 +196,14 @@ impl Api<'_> {
             .get(service, &format!("/{collection}"), &[("name", name)])
             .await
             .map_err(|e| e.to_string())?;
-        let mut found: Vec<Value> = listed[collection]
+        let found: Vec<Value> = listed[collection]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|v| v["name"].as_str() == Some(name))
             .cloned()
             .collect();
+        let mut found = self.prefer_own(found).await;
         match found.len() {
             1 => return Ok(found.remove(0)),
             0 => {}
@@ -226,6 +227,31 @@ impl Api<'_> {
                 ))
             }
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Of several resources with one name (an admin sees every project's), the project's own
+    /// when that leaves one.
+    async fn prefer_own(&self, found: Vec<Value>) -> Vec<Value> {
+        if found.len() < 2 {
+            return found;
+        }
+        let Ok(project) = self.session.project_id().await else {
+            return found;
+        };
+        let own: Vec<Value> = found
+            .iter()
+            .filter(|v| {
+                ["project_id", "tenant_id", "owner"]
+                    .iter()
+                    .any(|k| v[*k].as_str() == Some(project.as_str()))
+            })
+            .cloned()
+            .collect();
+        if own.len() == 1 {
+            own
+        } else {
+            found
         }
     }
 
@@ -312,6 +338,7 @@ impl Api<'_> {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        let project = self.session.project_id().await.unwrap_or_default();
         names
             .iter()
             .map(|name| {
@@ -319,6 +346,17 @@ impl Api<'_> {
                     .iter()
                     .filter(|g| g["name"].as_str() == Some(name))
                     .collect();
+                // An admin sees every project's `default`: the project's own counts.
+                let own: Vec<&Value> = by_name
+                    .iter()
+                    .copied()
+                    .filter(|g| g["project_id"].as_str() == Some(project.as_str()))
+                    .collect();
+                let by_name = if by_name.len() > 1 && own.len() == 1 {
+                    own
+                } else {
+                    by_name
+                };
                 match by_name.as_slice() {
                     [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
                     [] => groups

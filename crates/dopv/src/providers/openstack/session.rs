@@ -209,6 +209,8 @@ pub fn interface(endpoint_type: Option<&str>) -> String {
 struct Token {
     value: String,
     issued: Instant,
+    /// The id of the project the token is scoped to.
+    project_id: String,
     /// (catalog type, interface, URL).
     endpoints: Vec<(String, String, String)>,
 }
@@ -316,6 +318,10 @@ impl Session {
         Ok(Token {
             value: token,
             issued: Instant::now(),
+            project_id: document["token"]["project"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             endpoints,
         })
     }
@@ -340,6 +346,11 @@ impl Session {
             Some(v) if !url.ends_with(v) => format!("{url}{v}"),
             _ => url,
         })
+    }
+
+    /// The id of the project this session works in.
+    pub async fn project_id(&self) -> Result<String, ApiError> {
+        Ok(self.token(false).await?.project_id)
     }
 
     /// True when the project's catalog lists the service.
