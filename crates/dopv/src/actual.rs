@@ -1,7 +1,7 @@
 //! A node as its provider reports it, in the shape of the plan's node entry, and the fields in
 //! which it differs from what the plan wants (drift).
 
-use dop_core::plan::{Dns, IpSetting};
+use dop_core::plan::{DataDisk, Dns, IpSetting};
 use dop_core::DataSize;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,21 @@ pub struct ActualDisk {
     pub name: String,
     /// Its size.
     pub size: DataSize,
+}
+
+impl ActualDisk {
+    /// The plan's data disks as a provider reports them when all are attached: by name.
+    pub fn planned(disks: &[DataDisk]) -> Vec<ActualDisk> {
+        let mut out: Vec<ActualDisk> = disks
+            .iter()
+            .map(|d| ActualDisk {
+                name: d.name.clone(),
+                size: d.size,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
 }
 
 /// Where dopi reaches the node.

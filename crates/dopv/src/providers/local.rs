@@ -514,16 +514,7 @@ impl Provider for Local {
 
     fn expected(&self, spec: &NodeSpec) -> Actual {
         let sizing = spec.node.sizing(Kind::Local);
-        let mut disks: Vec<ActualDisk> = spec
-            .node
-            .disks
-            .iter()
-            .map(|d| ActualDisk {
-                name: d.name.clone(),
-                size: d.size,
-            })
-            .collect();
-        disks.sort_by(|a, b| a.name.cmp(&b.name));
+        let disks = ActualDisk::planned(&spec.node.disks);
         Actual {
             exists: true,
             power: Some(Power::On),

@@ -775,15 +775,7 @@ impl Provider for OpenStack {
 
     fn expected(&self, spec: &NodeSpec) -> Actual {
         let node = &spec.node;
-        let mut disks: Vec<ActualDisk> = node
-            .disks
-            .iter()
-            .map(|d| ActualDisk {
-                name: d.name.clone(),
-                size: d.size,
-            })
-            .collect();
-        disks.sort_by(|a, b| a.name.cmp(&b.name));
+        let disks = ActualDisk::planned(&node.disks);
         let groups = &node.infrastructure_properties.security_groups;
         Actual {
             exists: true,
