@@ -175,9 +175,20 @@ pub fn for_infrastructure(
                 infra, plan, plan_name, options,
             )?))
         }
+        Kind::Libvirt => {
+            let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
+                ProviderError::new(format!(
+                    "infrastructure '{infrastructure}' is no longer in the plan: dopv needs its \
+                     connection URI to reach its nodes; put it back to remove them"
+                ))
+            })?;
+            Ok(Arc::new(crate::providers::libvirt::Libvirt::new(
+                infra, plan_name, options,
+            )?))
+        }
         other => Err(ProviderError::new(format!(
             "infrastructure '{infrastructure}': the {other} provider is not available in this version of dopv \
-             (available: baremetal, local, openstack)"
+             (available: baremetal, local, openstack, libvirt)"
         ))),
     }
 }

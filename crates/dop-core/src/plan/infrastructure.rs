@@ -28,6 +28,8 @@ pub enum Provider {
     Vsphere,
     /// Local test nodes on the dop host (new in dop).
     Local,
+    /// Virtual machines on a libvirt host (KVM/qemu; new in dop).
+    Libvirt,
 }
 
 impl Provider {
@@ -39,6 +41,7 @@ impl Provider {
             "ovirt" | "rhev" | "rhevm" => Provider::Ovirt,
             "vsphere" | "vmware" => Provider::Vsphere,
             "local" => Provider::Local,
+            "libvirt" => Provider::Libvirt,
             _ => return None,
         })
     }
@@ -46,6 +49,12 @@ impl Provider {
     /// True for providers that need no endpoint, API credentials or networks.
     pub fn is_unmanaged(self) -> bool {
         matches!(self, Provider::Baremetal | Provider::Local)
+    }
+
+    /// True for providers whose API needs a plan credential. libvirt authenticates through
+    /// its connection (the local socket, or SSH keys for `qemu+ssh://`).
+    pub fn needs_api_credentials(self) -> bool {
+        !self.is_unmanaged() && self != Provider::Libvirt
     }
 }
 
@@ -57,6 +66,7 @@ impl fmt::Display for Provider {
             Provider::Ovirt => "ovirt",
             Provider::Vsphere => "vsphere",
             Provider::Local => "local",
+            Provider::Libvirt => "libvirt",
         })
     }
 }
@@ -177,7 +187,7 @@ pub(crate) fn parse(
             c.error(
                 v,
                 &type_path,
-                "the provider type is required: one of baremetal, openstack, ovirt, vsphere, local",
+                "the provider type is required: one of baremetal, openstack, ovirt, vsphere, local, libvirt",
             );
             (None, String::new())
         }
@@ -191,7 +201,7 @@ pub(crate) fn parse(
                         &type_path,
                         format!(
                             "invalid provider type '{s}': use one of baremetal, openstack, ovirt, \
-                             vsphere, local (or the aliases rhev, rhevm, rhos, vmware)"
+                             vsphere, local, libvirt (or the aliases rhev, rhevm, rhos, vmware)"
                         ),
                     );
                     (None, s)
@@ -254,7 +264,7 @@ pub(crate) fn parse(
                 }
             })
         }
-        None if !unmanaged => {
+        None if provider.is_some_and(Provider::needs_api_credentials) => {
             c.error(
                 v,
                 &join(path, "credentials"),

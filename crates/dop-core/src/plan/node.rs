@@ -255,6 +255,14 @@ pub struct InfrastructureProperties {
     pub default_pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest_folder: Option<String>,
+    /// libvirt: the domain type, `kvm` (default) or `qemu` (software emulation, for hosts
+    /// without usable KVM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_type: Option<String>,
+    /// libvirt, for tests: the node's first interface is qemu user networking instead of a
+    /// libvirt network, and this host address and port forward to the guest's SSH port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_network_ssh: Option<std::net::SocketAddr>,
     /// Effective security groups: `security_groups`, or the infrastructure's defaults plus
     /// `additional_security_groups`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -938,7 +946,7 @@ fn parse_disks(
     out
 }
 
-const PROPERTY_KEYS: [&str; 12] = [
+const PROPERTY_KEYS: [&str; 14] = [
     "datacenter",
     "cluster",
     "tenant",
@@ -951,6 +959,8 @@ const PROPERTY_KEYS: [&str; 12] = [
     "dest_folder",
     "security_groups",
     "additional_security_groups",
+    "domain_type",
+    "user_network_ssh",
 ];
 
 fn parse_properties(
@@ -1073,6 +1083,7 @@ fn parse_properties(
     }
     props.default_pool = text(c, "default_pool");
     props.dest_folder = text(c, "dest_folder");
+    parse_libvirt_properties(c, v, &path, provider, &mut props);
     let explicit = field(v, "security_groups");
     let additional = field(v, "additional_security_groups");
     if let (Some(_), Some(a)) = (explicit, additional) {
@@ -1112,6 +1123,64 @@ fn parse_properties(
         props.security_groups = groups;
     }
     props
+}
+
+/// The libvirt-only keys: refused on other providers, checked on libvirt.
+fn parse_libvirt_properties(
+    c: &mut Collector<'_>,
+    v: &Yaml,
+    path: &str,
+    provider: Option<Provider>,
+    props: &mut InfrastructureProperties,
+) {
+    let libvirt = provider == Some(Provider::Libvirt);
+    for key in ["domain_type", "user_network_ssh"] {
+        if let (Some(x), Some(p)) = (field(v, key), provider) {
+            if !libvirt {
+                c.error(
+                    x,
+                    &join(path, key),
+                    format!("'{key}' is valid only on libvirt infrastructures, not {p}"),
+                );
+            }
+        }
+    }
+    if !libvirt {
+        return;
+    }
+    props.domain_type = Some(match field(v, "domain_type") {
+        Some(x) => match x.as_str() {
+            Some(t @ ("kvm" | "qemu")) => t.to_string(),
+            _ => {
+                c.error(
+                    x,
+                    &join(path, "domain_type"),
+                    "the domain type must be 'kvm' (hardware virtualization) or 'qemu' \
+                     (software emulation)",
+                );
+                "kvm".to_string()
+            }
+        },
+        None => "kvm".to_string(),
+    });
+    if let Some(x) = field(v, "user_network_ssh") {
+        let p = join(path, "user_network_ssh");
+        props.user_network_ssh = match x.as_str().map(str::parse::<std::net::SocketAddr>) {
+            Some(Ok(addr)) => Some(addr),
+            _ => {
+                c.error(
+                    x,
+                    &p,
+                    format!(
+                        "'user_network_ssh' must be a host address and port such as \
+                         '127.0.80.11:2222', not {}",
+                        x.describe()
+                    ),
+                );
+                None
+            }
+        };
+    }
 }
 
 #[cfg(test)]

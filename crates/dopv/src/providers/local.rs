@@ -26,7 +26,7 @@
 //!
 //! A node runs under a supervisor shell in its own session; powering off kills that session.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -138,18 +138,6 @@ fn process_alive(pid: i32) -> bool {
         Ok(stat) => stat
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Whether something accepts connections on the address (an sshd answers with its banner).
-fn answers(addr: SocketAddr) -> bool {
-    match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-        Ok(mut s) => {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
-            let mut banner = [0u8; 4];
-            s.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
-        }
         Err(_) => false,
     }
 }
@@ -356,7 +344,7 @@ impl Local {
         }
         let started = Instant::now();
         loop {
-            if answers(addr) {
+            if super::ssh_answers(addr) {
                 log.line(&format!("local: the node answers on {addr}"));
                 return Ok(());
             }

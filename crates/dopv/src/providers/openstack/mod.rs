@@ -15,7 +15,6 @@
 
 mod api;
 mod session;
-mod userdata;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -366,7 +365,7 @@ impl OpenStack {
             }
             None => None,
         };
-        let user_data = userdata::cloud_config(spec).map_err(error)?;
+        let user_data = crate::providers::cloudinit::cloud_config(spec).map_err(error)?;
         let mark = marker(spec);
 
         let mut networks = Vec::new();
