@@ -1135,6 +1135,91 @@ mod tests {
         assert_ne!(a, mac_address("q", "web01", "eth0"));
     }
 
+    fn provider_and_specs(interfaces: &str) -> (Libvirt, Vec<NodeSpec>) {
+        let text = format!(
+            "name: p\ninfrastructures: {{kvm: {{type: libvirt, endpoint: 'qemu:///system', networks: {{lan: {{ip_pool: {{from: 10.0.2.10, to: 10.0.2.99}}, ip_netmask: 255.255.255.0, ip_defgw: 10.0.2.2}}, dyn: {{}}}}}}}}\n\
+             nodes:\n  n1:\n    infrastructure: kvm\n    image: base.raw\n    \
+             infrastructure_properties: {{domain_type: qemu, user_network_ssh: '127.0.80.9:2222'}}\n    interfaces: {interfaces}\n  \
+             n2:\n    infrastructure: kvm\n    image: base.raw\n    interfaces: {{eth0: {{network: dyn, ip: dhcp}}}}\n"
+        );
+        let loaded = dop_core::load_str(&text, None, &dop_core::LookupSettings::default());
+        let plan = loaded
+            .plan
+            .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+        let options = ProviderOptions::new(std::path::PathBuf::from("/nonexistent"));
+        let provider = Libvirt::new(&plan.infrastructures[0], "p", &options).unwrap();
+        let specs = plan
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                plan: "p".into(),
+                node: n.clone(),
+                ssh_port: 22,
+                credentials: Vec::new(),
+            })
+            .collect();
+        (provider, specs)
+    }
+
+    #[test]
+    fn the_test_attachment_forwards_to_the_first_static_address() {
+        let (lv, specs) = provider_and_specs(
+            "{eth0: {network: lan, ip: 10.0.2.33}, eth1: {network: dyn, ip: dhcp}}",
+        );
+        let nics = lv.nics(&specs[0]).unwrap();
+        assert_eq!(nics.len(), 2);
+        match &nics[0] {
+            Nic::User {
+                net,
+                gateway,
+                host,
+                guest,
+                ..
+            } => {
+                assert_eq!(net, "10.0.2.0/24");
+                assert_eq!(gateway.map(|g| g.to_string()).as_deref(), Some("10.0.2.2"));
+                assert_eq!(host.to_string(), "127.0.80.9:2222");
+                assert_eq!(guest.to_string(), "10.0.2.33");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&nics[1], Nic::Network { network, .. } if network == "dyn"));
+        assert_eq!(
+            lv.fixed_ssh(&specs[0]),
+            Some(SshEndpoint {
+                address: "127.0.80.9".into(),
+                port: 2222
+            })
+        );
+        assert!(
+            lv.check_node(&specs[0]).is_empty(),
+            "{:?}",
+            lv.check_node(&specs[0])
+        );
+        // A DHCP node is reached where libvirt's DHCP server leased it: nothing fixed.
+        assert_eq!(lv.fixed_ssh(&specs[1]), None);
+        assert!(lv.check_node(&specs[1]).is_empty());
+        let mut no_image = specs[1].clone();
+        no_image.node.image = None;
+        let problems = lv.check_node(&no_image);
+        assert!(
+            problems.iter().any(|p| p.contains("needs an image")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_test_attachment_needs_a_static_first_address() {
+        let (lv, specs) = provider_and_specs("{eth0: {network: dyn, ip: dhcp}}");
+        let problems = lv.check_node(&specs[0]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("forwards to the first interface's static address")),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn disk_targets_and_ids() {
         assert_eq!(target_name(0), "vda");

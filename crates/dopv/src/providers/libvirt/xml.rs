@@ -284,17 +284,19 @@ pub fn parse_domain(text: &str) -> Result<DomainView, String> {
     let doc = roxmltree::Document::parse(text)
         .map_err(|e| format!("libvirt's description of the domain is not XML: {e}"))?;
     let root = doc.root_element();
-    let mut view = DomainView::default();
-    view.vcpus = child(root, "vcpu").and_then(|v| v.text()?.trim().parse().ok());
-    view.memory_kib = child(root, "memory").and_then(|m| {
-        let n: u64 = m.text()?.trim().parse().ok()?;
-        Some(match m.attribute("unit").unwrap_or("KiB") {
-            "b" | "bytes" => n / 1024,
-            "M" | "MiB" => n * 1024,
-            "G" | "GiB" => n << 20,
-            _ => n,
-        })
-    });
+    let mut view = DomainView {
+        vcpus: child(root, "vcpu").and_then(|v| v.text()?.trim().parse().ok()),
+        memory_kib: child(root, "memory").and_then(|m| {
+            let n: u64 = m.text()?.trim().parse().ok()?;
+            Some(match m.attribute("unit").unwrap_or("KiB") {
+                "b" | "bytes" => n / 1024,
+                "M" | "MiB" => n * 1024,
+                "G" | "GiB" => n << 20,
+                _ => n,
+            })
+        }),
+        ..DomainView::default()
+    };
     if let Some(mark) = child(root, "metadata").and_then(|m| {
         m.children().find(|c| {
             c.is_element()
