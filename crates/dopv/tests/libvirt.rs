@@ -463,6 +463,34 @@ fn a_plan_is_deployed_used_changed_and_removed_on_libvirt() {
         lab.ssh("127.0.80.22", &format!("blockdev --getsize64 {extra}")),
         (32u64 << 20).to_string()
     );
+    // Drift: the disk unplugged behind dopv's back is found and plugged in again.
+    let target = extra.trim_start_matches("/dev/");
+    virsh_ok(
+        &lab.lv,
+        &["detach-disk", "lv2", target, "--live", "--config"],
+    );
+    lab.until("the guest lets go of the disk", || {
+        lab.ssh("127.0.80.22", &FIND_DISK.replace("SERIAL", "extra"))
+            .is_empty()
+            .then_some(())
+    });
+    lab.expect(&["refresh", &lab.plan], 0);
+    let shown = lab.json("show", &[], 0);
+    let lv2 = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "lv2")
+        .unwrap()
+        .clone();
+    assert_eq!(lv2["drift"][0]["field"], "disks", "{lv2:#}");
+    lab.json("sync", &["--detailed-exitcode"], 2);
+    lab.until("the guest sees the disk again", || {
+        (!lab
+            .ssh("127.0.80.22", &FIND_DISK.replace("SERIAL", "extra"))
+            .is_empty())
+        .then_some(())
+    });
     assert!(
         virsh_ok(&lab.lv, &["dumpxml", "--inactive", "lv1"])
             .contains("<memory unit='KiB'>196608</memory>"),
