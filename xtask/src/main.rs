@@ -7,15 +7,23 @@
 //! * `cargo xtask chaos [KILLS] [SEED]` — the fault-injection tests in their full form.
 //! * `cargo xtask openstack up|down|status` — a local OpenStack (fake compute and volume
 //!   drivers, loopback only) for the OpenStack provider's tests.
+//! * `cargo xtask vm-image` — the libvirt testbed's guest disk image (Debian's kernel, a
+//!   busybox and dropbear initramfs whose init reads dopv's NoCloud seed), built from Debian
+//!   packages into `target/libvirt/image/dop-guest.raw` when its inputs changed.
+//! * `cargo xtask libvirt up|down|status` — a local libvirt (libvirtd and virtlogd by pid, QEMU
+//!   guests in software emulation, the storage pool `dop-test` holding the guest image) for the
+//!   libvirt provider's tests; `down` removes dopv's domains and volumes and stops the daemons.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
+mod libvirt;
 mod openstack;
+mod vm_image;
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status>";
 
 /// Where `testbed up` keeps its keys, configuration and pids unless told otherwise.
 const TESTBED_DIR: &str = "target/testbed";
@@ -29,6 +37,8 @@ fn main() -> ExitCode {
         Some("dist") => dist(),
         Some("chaos") => chaos(args.get(1), args.get(2)),
         Some("openstack") => openstack::run(&args[1..]),
+        Some("vm-image") => vm_image::run(&args[1..]),
+        Some("libvirt") => libvirt::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -668,7 +678,10 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
         if tool == "dopv" {
             // The `local` provider's containers; cloud providers need neither.
             b.recommends(Dependency::any("openssh-server"))
-                .recommends(Dependency::any("util-linux"));
+                .recommends(Dependency::any("util-linux"))
+                // The libvirt provider links libvirt's client library (rpmbuild would find
+                // this itself; the rpm crate does not scan binaries).
+                .requires(Dependency::any("libvirt-libs"));
         }
         let pkg = b.build().map_err(|e| err(tool, e))?;
         made.push(pkg.write_to(out).map_err(|e| err(tool, e))?);

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod libvirt;
 pub mod openstack;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

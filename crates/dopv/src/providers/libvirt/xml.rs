@@ -142,7 +142,14 @@ pub fn domain(def: &DomainDef) -> String {
     let _ = writeln!(x, "  <vcpu>{}</vcpu>", def.vcpus);
     // `pc` everywhere: PCI hotplug of disks works without extra root ports.
     x.push_str("  <os><type machine='pc'>hvm</type><boot dev='hd'/></os>\n");
-    x.push_str("  <features><acpi/><apic/></features>\n");
+    if def.domain_type == "kvm" {
+        x.push_str("  <features><acpi/><apic/></features>\n");
+    } else {
+        // A bounded translation cache: without it qemu grows by about 80 MiB per guest reboot.
+        x.push_str(
+            "  <features><acpi/><apic/><tcg><tb-cache unit='MiB'>64</tb-cache></tcg></features>\n",
+        );
+    }
     if def.domain_type == "kvm" {
         x.push_str("  <cpu mode='host-passthrough'/>\n");
     } else {
