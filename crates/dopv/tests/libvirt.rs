@@ -708,6 +708,14 @@ fn libvirtd_restarted_mid_deploy_leaves_a_node_the_next_sync_completes() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if code == Some(1) {
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let e = error_of(&report, "lr1");
+        assert!(
+            e.contains("libvirt at qemu:///system"),
+            "a per-node error naming the host: {e}"
+        );
+    }
     // Whatever the deploy saw, the next sync leaves one working node.
     lab.json("sync", &[], 0);
     assert_eq!(lab.domains(), ["lr1"]);

@@ -52,9 +52,17 @@ pub struct CallError {
 
 impl From<virt::error::Error> for CallError {
     fn from(e: virt::error::Error) -> CallError {
+        let mut message = e.message().to_string();
+        if matches!(e.domain(), virt::error::ErrorDomain::Rpc) {
+            // The connection broke in the middle of a call: say what that usually means.
+            message.push_str(
+                " (the connection to libvirtd was lost: was it restarted or did it crash? \
+                 `dopv sync` finishes the node)",
+            );
+        }
         CallError {
             code: e.code(),
-            message: e.message().to_string(),
+            message,
         }
     }
 }
