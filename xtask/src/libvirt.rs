@@ -31,8 +31,10 @@ use dop_testbed::libvirt::{
     METADATA_NAMESPACE, POOL, POOL_PATH, TESTBED_JSON, URI, VIRTLOGD,
 };
 use dop_testbed::openstack::alive;
+use dop_testbed::{signal, wait_for};
 use serde_json::json;
 
+use crate::host::{installed, mkdir, write, RemoveOnDrop};
 use crate::vm_image;
 
 /// What `up` installs when missing (`.ci/install-deps` installs libvirt-dev and pkg-config,
@@ -595,51 +597,6 @@ fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
             lines[lines.len().saturating_sub(30)..].join("\n")
         ))
     }
-}
-
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Status}", package])
-        .output()
-        .is_ok_and(|o| o.stdout == b"installed")
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
-    let start = Instant::now();
-    loop {
-        if ready() {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a pid that is gone makes it fail with ESRCH.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-}
-
-fn mkdir(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

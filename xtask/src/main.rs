@@ -19,6 +19,7 @@ use std::process::{Command, ExitCode};
 
 use dop_core::{load_file, LookupSettings, NodeFacts, Resolver};
 
+mod host;
 mod libvirt;
 mod openstack;
 mod vm_image;

@@ -23,7 +23,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dop_testbed::openstack::{alive, process_tree, SERVICES, TESTBED_JSON};
+use dop_testbed::signal;
 use serde_json::{json, Value};
+
+use crate::host::{installed, mkdir, write, RemoveOnDrop};
 
 /// What `up` installs when missing: the OpenStack libraries (not the service packages), uwsgi,
 /// RabbitMQ, MariaDB and its Python driver.
@@ -1359,29 +1362,6 @@ fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
     })
 }
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Status}", package])
-        .output()
-        .is_ok_and(|o| o.stdout == b"installed")
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-fn mkdir(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
@@ -1393,15 +1373,6 @@ fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a pid that is gone makes it fail with ESRCH.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
 }
 
 fn tcp_accepts(port: u16) -> bool {

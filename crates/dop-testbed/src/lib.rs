@@ -466,3 +466,28 @@ pub fn show_server_log_on_failure(dir: &Path) {
         );
     }
 }
+
+/// Sends `signal` to a process; a pid that is gone (or does not fit a pid) is left alone.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory effects; a pid that is gone makes it fail with ESRCH.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Polls `ready` every 100 ms until it is true (`Ok`) or `limit` has passed (`Err`).
+#[allow(clippy::result_unit_err)]
+pub fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -22,11 +22,12 @@
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::openstack::alive;
+use crate::{signal, wait_for};
 
 /// The environment variable that names the testbed's directory.
 pub const DIR_ENV: &str = "DOP_LIBVIRT_DIR";
@@ -389,28 +390,6 @@ fn stop(pid: Option<u32>, name: &str) -> Result<(), String> {
     signal(pid, libc::SIGKILL);
     wait_for(Duration::from_secs(10), || !alive(pid))
         .map_err(|()| format!("{name} (pid {pid}) is still running after SIGKILL"))
-}
-
-fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
-    let start = Instant::now();
-    loop {
-        if ready() {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a pid that is gone makes it fail with ESRCH.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
 }
 
 /// The testbed's directory: [`DIR_ENV`] when set, else [`DEFAULT_DIR`]; a relative path is

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::signal;
+
 /// The environment variable that names the stack's directory.
 pub const DIR_ENV: &str = "DOP_OPENSTACK_DIR";
 /// The stack's directory below the workspace root when [`DIR_ENV`] is not set.
@@ -261,15 +263,6 @@ impl Drop for Paused {
     fn drop(&mut self) {
         for &pid in self.pids.iter().rev() {
             signal(pid, libc::SIGCONT);
-        }
-    }
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a pid that is gone makes it fail with ESRCH.
-        unsafe {
-            libc::kill(pid, signal);
         }
     }
 }

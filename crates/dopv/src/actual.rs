@@ -1,7 +1,7 @@
 //! A node as its provider reports it, in the shape of the plan's node entry, and the fields in
 //! which it differs from what the plan wants (drift).
 
-use dop_core::plan::{DataDisk, Dns, IpSetting};
+use dop_core::plan::{DataDisk, Dns, Interface, IpSetting};
 use dop_core::DataSize;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,18 @@ impl ActualInterface {
             IpSetting::Dhcp => "dhcp".into(),
             IpSetting::None => "none".into(),
         }
+    }
+
+    /// The plan's interfaces as a provider reports them when deployed as planned.
+    pub fn planned(interfaces: &[Interface]) -> Vec<ActualInterface> {
+        interfaces
+            .iter()
+            .map(|i| ActualInterface {
+                name: i.name.clone(),
+                ip: ActualInterface::ip_word(&i.ip),
+                floating_network: i.floating_network.clone(),
+            })
+            .collect()
     }
 }
 

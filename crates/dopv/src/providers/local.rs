@@ -105,15 +105,7 @@ fn loopback_address(spec: &NodeSpec) -> Option<IpAddr> {
 }
 
 fn interfaces(spec: &NodeSpec) -> Vec<ActualInterface> {
-    spec.node
-        .interfaces
-        .iter()
-        .map(|i| ActualInterface {
-            name: i.name.clone(),
-            ip: ActualInterface::ip_word(&i.ip),
-            floating_network: None,
-        })
-        .collect()
+    ActualInterface::planned(&spec.node.interfaces)
 }
 
 /// The users a node's credentials log in as, sorted, without repeats.

@@ -227,18 +227,6 @@ impl Libvirt {
         })
     }
 
-    fn planned_interfaces(spec: &NodeSpec) -> Vec<ActualInterface> {
-        spec.node
-            .interfaces
-            .iter()
-            .map(|i| ActualInterface {
-                name: i.name.clone(),
-                ip: ActualInterface::ip_word(&i.ip),
-                floating_network: None,
-            })
-            .collect()
-    }
-
     /// The node's domain when dopv made it for this plan (`None`: there is none, or it is
     /// someone else's).
     async fn owned(&self, spec: &NodeSpec) -> Result<Option<(xml::DomainView, DomainState)>> {
@@ -332,7 +320,7 @@ impl Libvirt {
         let seeded = Seeded {
             image: image.clone(),
             pool: pool.clone(),
-            interfaces: Self::planned_interfaces(spec),
+            interfaces: ActualInterface::planned(&spec.node.interfaces),
             ssh: self.fixed_ssh(spec),
         };
         let def = DomainDef {
@@ -695,7 +683,7 @@ impl Provider for Libvirt {
             // libvirt keeps memory in KiB.
             memory: sizing.map(|s| dop_core::DataSize(s.memory.bytes().div_ceil(1024) * 1024)),
             storage: sizing.map(|s| s.storage),
-            interfaces: Some(Self::planned_interfaces(spec)),
+            interfaces: Some(ActualInterface::planned(&spec.node.interfaces)),
             disks: Some(ActualDisk::planned(&node.disks)),
             ..Actual::default()
         }

@@ -591,18 +591,6 @@ impl OpenStack {
         Ok(())
     }
 
-    fn planned_interfaces(spec: &NodeSpec) -> Vec<ActualInterface> {
-        spec.node
-            .interfaces
-            .iter()
-            .map(|i| ActualInterface {
-                name: i.name.clone(),
-                ip: ActualInterface::ip_word(&i.ip),
-                floating_network: i.floating_network.clone(),
-            })
-            .collect()
-    }
-
     async fn read_server(&self, api: &Api<'_>, spec: &NodeSpec, server: Server) -> Result<Actual> {
         let e = |e: session::ApiError| error(e.to_string());
         let node = &spec.node;
@@ -781,7 +769,7 @@ impl Provider for OpenStack {
             power: Some(Power::On),
             image: node.image.clone(),
             flavor: Some(flavor(spec).to_string()),
-            interfaces: Some(Self::planned_interfaces(spec)),
+            interfaces: Some(ActualInterface::planned(&spec.node.interfaces)),
             disks: Some(disks),
             tags: node.tags.clone().map(sorted),
             security_groups: (!groups.is_empty()).then(|| sorted(groups.clone())),
