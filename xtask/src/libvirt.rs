@@ -15,10 +15,13 @@
 //!   `target/libvirt`: pid files in `pids/`, the daemons' warnings in `log/`, the image in
 //!   `image/`.
 //! * `down` destroys and undefines every domain dopv marked (its `<metadata>` has the
-//!   namespace `https://dop.invalid/dopv/libvirt/1`), kills any QEMU process left by libvirt
-//!   (by the pids under `/run/libvirt/qemu`), deletes the pool's volumes but the image, stops
-//!   libvirtd and virtlogd by pid and checks that they are gone. The image and the pool stay,
-//!   so the next `up` takes seconds. Fine when nothing runs.
+//!   namespace `https://dop.invalid/dopv/libvirt/1`), kills the QEMU processes of those
+//!   domains libvirt lost track of (by the pids under `/run/libvirt/qemu`; other domains'
+//!   never), deletes the pool's volumes but the image, stops libvirtd and virtlogd by pid
+//!   (also ones `up` found running and reused) and checks that they are gone. The image and
+//!   the pool stay, so the next `up` takes seconds. Fine when nothing runs. This takes over
+//!   the machine's libvirt: a testbed for CI machines and sandboxes, not for a workstation
+//!   whose own virtual machines matter.
 //! * `status` prints the daemons, the pool, its volumes and the domains.
 
 use std::fs;
@@ -272,7 +275,7 @@ impl Testbed {
         // First, so that no test finds a testbed that is going away.
         let _ = fs::remove_file(self.dir.join(TESTBED_JSON));
         let daemons = self.daemons();
-        let mut domains = 0;
+        let mut marked = Vec::new();
         let mut volumes = 0;
         // libvirtd gone (killed by a test, crashed) while a testbed existed: started again for
         // the clean-up, else dopv's domains would stay defined for the next `up`.
@@ -291,10 +294,14 @@ impl Testbed {
             }
         }
         if daemons.libvirtd_pid().is_some() && libvirtd_answers() {
-            domains = self.remove_marked_domains();
+            marked = self.remove_marked_domains();
             volumes = self.remove_volumes();
+        } else {
+            eprintln!("libvirt: libvirtd cannot be asked which domains are dopv's: none removed");
         }
-        let killed = kill_qemu_processes();
+        let domains = marked.len();
+        // QEMU processes of dopv's domains that libvirt lost track of; never anyone else's.
+        let killed = kill_qemu_processes(&marked);
         // Volumes libvirt did not get to (it was not running): the files themselves.
         for entry in fs::read_dir(POOL_PATH).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -323,7 +330,12 @@ impl Testbed {
         let still: Vec<u32> = [LIBVIRTD, VIRTLOGD]
             .iter()
             .flat_map(|b| pids_of(b))
-            .chain(qemu_pids().into_iter().map(|(pid, _)| pid))
+            .chain(
+                qemu_pids()
+                    .into_iter()
+                    .filter(|(_, domain)| marked.contains(domain))
+                    .map(|(pid, _)| pid),
+            )
             .collect();
         if !still.is_empty() {
             return Err(format!("libvirt processes still run: {still:?}"));
@@ -339,9 +351,9 @@ impl Testbed {
         Ok(())
     }
 
-    /// Destroys and undefines every domain dopv marked; returns how many.
-    fn remove_marked_domains(&self) -> usize {
-        let mut removed = 0;
+    /// Destroys and undefines every domain dopv marked; returns their names.
+    fn remove_marked_domains(&self) -> Vec<String> {
+        let mut removed = Vec::new();
         for name in domain_names() {
             let Ok(xml) = virsh(&["dumpxml", &name]) else {
                 continue;
@@ -352,14 +364,14 @@ impl Testbed {
             }
             let _ = virsh(&["destroy", &name]);
             // A transient domain is gone once destroyed; a defined one is undefined.
-            if virsh(&["dominfo", &name]).is_err() {
-                removed += 1;
-                continue;
+            if virsh(&["dominfo", &name]).is_ok() {
+                if let Err(e) =
+                    virsh(&["undefine", &name, "--managed-save", "--snapshots-metadata"])
+                {
+                    eprintln!("libvirt: {e}");
+                }
             }
-            match virsh(&["undefine", &name, "--managed-save", "--snapshots-metadata"]) {
-                Ok(_) => removed += 1,
-                Err(e) => eprintln!("libvirt: {e}"),
-            }
+            removed.push(name);
         }
         removed
     }
@@ -525,9 +537,13 @@ fn qemu_pids() -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Kills the QEMU processes libvirt left (SIGTERM, SIGKILL after 5 s); returns how many.
-fn kill_qemu_processes() -> usize {
-    let left = qemu_pids();
+/// Kills the QEMU processes of `domains` that still run (SIGTERM, SIGKILL after 5 s);
+/// returns how many.
+fn kill_qemu_processes(domains: &[String]) -> usize {
+    let left: Vec<(u32, String)> = qemu_pids()
+        .into_iter()
+        .filter(|(_, domain)| domains.contains(domain))
+        .collect();
     for (pid, domain) in &left {
         eprintln!("libvirt: killing QEMU of domain {domain} (pid {pid})");
         signal(*pid, libc::SIGTERM);
