@@ -185,7 +185,7 @@ impl Lab {
         let key = self.dir.path().join("key");
         let key = key.to_str().unwrap();
         let text = format!(
-            "name: {plan}\ninfrastructures:\n  kvm:\n    type: libvirt\n    endpoint: '{endpoint}'\n    \
+            "name: {plan}\ninfrastructures:\n  kvm:\n    type: libvirt\n    endpoint: '{endpoint}'\n    max_in_flight: 10\n    \
              networks:\n      lan: {{ip_pool: {{from: 10.0.2.10, to: 10.0.2.99}}, ip_netmask: 255.255.255.0, ip_defgw: 10.0.2.2}}\n\
              credentials:\n  root_key: {{type: ssh_key, username: root, private_key: {{file: {key}}}, public_key: {{file: {key}.pub}}}}\n\
              nodes:\n{nodes}{steps}",
@@ -608,6 +608,7 @@ fn bad_input_and_a_silent_guest_fail_their_nodes_and_leak_nothing() {
         guest(&clash, "10.0.2.34", "127.0.80.34", "192M", ""),
         guest("lf5", "10.0.2.35", "127.0.80.35", "192M", "")
             .replace("image: dop-guest.raw", &format!("image: {blank}")),
+        guest("lf6", "10.0.2.36", "127.0.80.36", "192M", "").replace("storage: 1G", "storage: 16M"),
     ]
     .concat();
     lab.plan(&uri, &nodes, "");
@@ -619,6 +620,7 @@ fn bad_input_and_a_silent_guest_fail_their_nodes_and_leak_nothing() {
             ("lf2", "failed"),
             ("lf3", "failed"),
             ("lf5", "failed"),
+            ("lf6", "failed"),
             (&clash, "failed")
         ]),
         "{report:#}"
@@ -641,6 +643,12 @@ fn bad_input_and_a_silent_guest_fail_their_nodes_and_leak_nothing() {
     let e = error_of(&report, "lf5");
     assert!(
         e.contains("did not answer SSH within 20 s") && e.contains("console"),
+        "{e}"
+    );
+    let e = error_of(&report, "lf6");
+    assert!(
+        e.contains("the image 'dop-guest.raw' is")
+            && e.contains("larger than the node's storage (16777216 bytes)"),
         "{e}"
     );
     // Only the good node is left; the other domain is untouched.
