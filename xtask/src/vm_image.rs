@@ -633,20 +633,7 @@ fn describe(cmd: &Command) -> String {
 }
 
 fn exec(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", describe(cmd)))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} failed ({}): {}",
-            describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    output(cmd).map(drop)
 }
 
 fn output(cmd: &mut Command) -> Result<String, String> {

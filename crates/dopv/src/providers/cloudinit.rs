@@ -199,6 +199,19 @@ mod tests {
     use super::*;
     use dop_core::plan::{ContentSource, Credential};
 
+    /// The plan `text`'s first node, with `credentials`, and the plan.
+    fn first_node(text: &str, credentials: Vec<Credential>) -> (dop_core::Plan, NodeSpec) {
+        let loaded = dop_core::load_str(text, None, &dop_core::LookupSettings::default());
+        let plan = loaded.plan.expect("a valid plan");
+        let spec = NodeSpec {
+            plan: "p".into(),
+            node: plan.nodes[0].clone(),
+            ssh_port: 22,
+            credentials,
+        };
+        (plan, spec)
+    }
+
     #[test]
     fn root_password_keys_and_dns_reach_the_cloud_config() {
         let text = "name: p\ninfrastructures: {os: {type: openstack, endpoint: 'http://k:5000', credentials: api, networks: {sub: {ip_pool: {from: 10.0.0.2, to: 10.0.0.250}, ip_netmask: 255.255.255.0, ip_defgw: 10.0.0.1}}}}\n\
@@ -207,13 +220,9 @@ mod tests {
             \x20   infrastructure_properties: {tenant: demo}\n\
             \x20   interfaces: {eth0: {network: sub, ip: dhcp}}\n\
             \x20   dns: {name_servers: [192.0.2.53], search_domains: [example.com]}\n";
-        let loaded = dop_core::load_str(text, None, &dop_core::LookupSettings::default());
-        let plan = loaded.plan.expect("a valid plan");
-        let spec = NodeSpec {
-            plan: "p".into(),
-            node: plan.nodes[0].clone(),
-            ssh_port: 22,
-            credentials: vec![
+        let (_, spec) = first_node(
+            text,
+            vec![
                 Credential {
                     name: "rootpw".into(),
                     kind: CredentialKind::UsernamePassword {
@@ -239,7 +248,7 @@ mod tests {
                     },
                 },
             ],
-        };
+        );
         insta::assert_snapshot!(cloud_config(&spec).unwrap());
     }
 
@@ -249,14 +258,7 @@ mod tests {
             nodes:\n  web01:\n    fqdn: web01.example.com\n    infrastructure: kvm\n    image: img\n\
             \x20   interfaces: {eth0: {network: front, ip: 10.0.2.11}, eth1: {network: back, ip: dhcp}, eth2: {network: back, ip: none}}\n\
             \x20   dns: {name_servers: [10.0.2.3]}\n";
-        let loaded = dop_core::load_str(text, None, &dop_core::LookupSettings::default());
-        let plan = loaded.plan.expect("a valid plan");
-        let spec = NodeSpec {
-            plan: "p".into(),
-            node: plan.nodes[0].clone(),
-            ssh_port: 22,
-            credentials: Vec::new(),
-        };
+        let (plan, spec) = first_node(text, Vec::new());
         let config =
             network_config(&spec, &plan.infrastructures[0], |i| format!("mac-of-{i}")).unwrap();
         insta::assert_snapshot!(config);

@@ -138,47 +138,28 @@ impl Host {
         T: Send + 'static,
         F: FnOnce(&Conn) -> Result<T, CallError> + Send + 'static,
     {
-        self.run_raw(what, op)
-            .await?
-            .map_err(|e| LibvirtError::Call {
-                uri: self.uri.clone(),
-                what: what.to_string(),
-                message: e.message,
-            })
-    }
-
-    /// Like [`Host::run`], with libvirt's own error kept for the caller to inspect.
-    pub async fn run_raw<T, F>(
-        &self,
-        what: &str,
-        op: F,
-    ) -> Result<Result<T, CallError>, LibvirtError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Conn) -> Result<T, CallError> + Send + 'static,
-    {
         let uri = self.uri.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<Result<T, CallError>, String> {
             let conn = open(&uri)?;
             Ok(op(&conn))
         });
-        let timeout_error = || LibvirtError::Timeout {
+        let call_error = |message: String| LibvirtError::Call {
             uri: self.uri.clone(),
             what: what.to_string(),
-            secs: self.timeout.as_secs(),
+            message,
         };
         match tokio::time::timeout(self.timeout, task).await {
-            Err(_) => Err(timeout_error()),
-            Ok(Err(join)) => Err(LibvirtError::Call {
+            Err(_) => Err(LibvirtError::Timeout {
                 uri: self.uri.clone(),
                 what: what.to_string(),
-                message: format!("the libvirt call failed: {join}"),
+                secs: self.timeout.as_secs(),
             }),
+            Ok(Err(join)) => Err(call_error(format!("the libvirt call failed: {join}"))),
             Ok(Ok(Err(message))) => Err(LibvirtError::Connect {
                 uri: self.uri.clone(),
                 message,
             }),
-            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Ok(result))) => result.map_err(|e| call_error(e.message)),
         }
     }
 }

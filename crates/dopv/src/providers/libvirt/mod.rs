@@ -335,7 +335,7 @@ impl Libvirt {
                 node: node.name.clone(),
                 seeded: Some(seeded),
             },
-            memory_kib: sizing.memory.bytes().div_ceil(1024),
+            memory_kib: memory_kib(&sizing),
             vcpus: sizing.cores,
             disks: vec![
                 Disk {
@@ -471,6 +471,28 @@ impl Libvirt {
         format!("; its serial console is logged in {path} on the libvirt host{tail}")
     }
 
+    /// Changes the domain's persistent definition (what it gets from its next start); `change`
+    /// gets the domain and its inactive description.
+    async fn change_definition(
+        &self,
+        name: &str,
+        what: &str,
+        change: impl FnOnce(&Domain, &xml::DomainView) -> std::result::Result<(), CallError>
+            + Send
+            + 'static,
+    ) -> Result<()> {
+        let n = name.to_string();
+        self.host
+            .run(&format!("setting {what} of '{name}'"), move |c| {
+                let dom = Domain::lookup_by_name(c, &n)?;
+                let view = xml::parse_domain(&dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)
+                    .map_err(CallError::other)?;
+                change(&dom, &view)
+            })
+            .await
+            .map_err(lv)
+    }
+
     async fn wait_state(
         &self,
         spec: &NodeSpec,
@@ -490,6 +512,30 @@ impl Libvirt {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// The node's memory in KiB, the unit libvirt keeps it in (rounded up).
+fn memory_kib(sizing: &dop_core::plan::Sizing) -> u64 {
+    sizing.memory.bytes().div_ceil(1024)
+}
+
+/// Sets a persistent count bounded by its maximum (vCPUs, memory) to `wanted`, the count and
+/// the maximum alike: the maximum is raised first and lowered last. `set(true)` sets the
+/// maximum, `set(false)` the count.
+fn set_with_maximum<T: PartialOrd>(
+    current: T,
+    wanted: T,
+    set: impl Fn(bool) -> std::result::Result<(), virt::error::Error>,
+) -> std::result::Result<(), CallError> {
+    let order = if wanted > current {
+        [true, false]
+    } else {
+        [false, true]
+    };
+    for maximum in order {
+        set(maximum)?;
+    }
+    Ok(())
 }
 
 /// A domain's run state, as dopv tells them apart.
@@ -681,7 +727,7 @@ impl Provider for Libvirt {
             image: node.image.clone(),
             cores: sizing.map(|s| s.cores),
             // libvirt keeps memory in KiB.
-            memory: sizing.map(|s| dop_core::DataSize(s.memory.bytes().div_ceil(1024) * 1024)),
+            memory: sizing.map(|s| dop_core::DataSize(memory_kib(&s) * 1024)),
             storage: sizing.map(|s| s.storage),
             interfaces: Some(ActualInterface::planned(&spec.node.interfaces)),
             disks: Some(ActualDisk::planned(&node.disks)),
@@ -900,57 +946,36 @@ impl Provider for Libvirt {
         match field {
             "cores" => {
                 let cores = sizing.cores;
-                let n = name.clone();
-                self.host
-                    .run(&format!("setting the vCPUs of '{name}'"), move |c| {
-                        let dom = Domain::lookup_by_name(c, &n)?;
-                        let current =
-                            xml::parse_domain(&dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)
-                                .map_err(CallError::other)?
-                                .vcpus
-                                .unwrap_or(1);
-                        let config = sys::VIR_DOMAIN_VCPU_CONFIG;
-                        let maximum = config | sys::VIR_DOMAIN_VCPU_MAXIMUM;
-                        // The maximum bounds the count: raise it first, lower it last.
-                        if cores > current {
-                            dom.set_vcpus_flags(cores, maximum)?;
-                            dom.set_vcpus_flags(cores, config)?;
-                        } else {
-                            dom.set_vcpus_flags(cores, config)?;
-                            dom.set_vcpus_flags(cores, maximum)?;
-                        }
-                        Ok(())
+                self.change_definition(&name, "the vCPUs", move |dom, view| {
+                    set_with_maximum(view.vcpus.unwrap_or(1), cores, |maximum| {
+                        let flags = sys::VIR_DOMAIN_VCPU_CONFIG
+                            | if maximum {
+                                sys::VIR_DOMAIN_VCPU_MAXIMUM
+                            } else {
+                                0
+                            };
+                        dom.set_vcpus_flags(cores, flags).map(drop)
                     })
-                    .await
-                    .map_err(lv)?;
+                })
+                .await?;
                 log.line(&format!(
                     "libvirt: {name} gets {cores} vCPUs from its next start"
                 ));
             }
             "memory" => {
-                let kib = sizing.memory.bytes().div_ceil(1024);
-                let n = name.clone();
-                self.host
-                    .run(&format!("setting the memory of '{name}'"), move |c| {
-                        let dom = Domain::lookup_by_name(c, &n)?;
-                        let current =
-                            xml::parse_domain(&dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)
-                                .map_err(CallError::other)?
-                                .memory_kib
-                                .unwrap_or(0);
-                        let config = sys::VIR_DOMAIN_MEM_CONFIG;
-                        let maximum = config | sys::VIR_DOMAIN_MEM_MAXIMUM;
-                        if kib > current {
-                            dom.set_memory_flags(kib, maximum)?;
-                            dom.set_memory_flags(kib, config)?;
-                        } else {
-                            dom.set_memory_flags(kib, config)?;
-                            dom.set_memory_flags(kib, maximum)?;
-                        }
-                        Ok(())
+                let kib = memory_kib(&sizing);
+                self.change_definition(&name, "the memory", move |dom, view| {
+                    set_with_maximum(view.memory_kib.unwrap_or(0), kib, |maximum| {
+                        let flags = sys::VIR_DOMAIN_MEM_CONFIG
+                            | if maximum {
+                                sys::VIR_DOMAIN_MEM_MAXIMUM
+                            } else {
+                                0
+                            };
+                        dom.set_memory_flags(kib, flags).map(drop)
                     })
-                    .await
-                    .map_err(lv)?;
+                })
+                .await?;
                 log.line(&format!(
                     "libvirt: {name} gets {} MiB from its next start",
                     kib / 1024
