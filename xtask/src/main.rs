@@ -14,6 +14,7 @@
 //!   guests in software emulation, the storage pool `dop-test` holding the guest image) for the
 //!   libvirt provider's tests; `down` removes dopv's domains and volumes and stops the daemons.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -166,7 +167,27 @@ fn puppet_step(hiera_dir: &Path) -> String {
 const DEMO_KEY_LINE: &str =
     "public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForTheDemoPlanOnly demo'";
 
-/// Makes sure the local nodes can run: root, and OpenSSH's server (installed when missing).
+/// What the demo's local nodes run, by the command that must be there and the Debian package
+/// that brings it.
+const DEMO_TOOLS: [(&str, &str); 4] = [
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+];
+
+/// True when `command` (a path, or a name looked up on `PATH`) is an existing file.
+fn installed(command: &str) -> bool {
+    if command.contains('/') {
+        return Path::new(command).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+}
+
+/// Makes sure the local nodes can run: root, and the tools of [`DEMO_TOOLS`], installed with
+/// `.ci/install-deps demo` when missing (the demo must work before the test suite's own
+/// installation ever ran).
 fn demo_prerequisites() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -176,19 +197,38 @@ fn demo_prerequisites() -> Result<(), String> {
                 .into(),
         );
     }
-    if !Path::new("/usr/sbin/sshd").exists() {
-        println!("== installing what the local nodes need (.ci/install-deps: openssh-server, …)");
-        let status = Command::new("bash")
-            .arg(root().join(".ci/install-deps"))
-            .status()
-            .map_err(|e| format!("cannot run .ci/install-deps: {e}"))?;
-        if !status.success() {
-            return Err(
-                "could not install openssh-server: install it (apt-get install \
-                        openssh-server) and run the demo again"
-                    .into(),
-            );
-        }
+    let missing: Vec<&str> = DEMO_TOOLS
+        .iter()
+        .filter(|(command, _)| !installed(command))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "== installing what the local nodes need: {} (.ci/install-deps demo)",
+        missing.join(", ")
+    );
+    // Whether it worked is judged by what is there afterwards, not by its exit status.
+    if let Err(e) = Command::new("bash")
+        .arg(root().join(".ci/install-deps"))
+        .arg("demo")
+        .status()
+    {
+        println!("cannot run .ci/install-deps: {e}");
+    }
+    let still: Vec<&str> = DEMO_TOOLS
+        .iter()
+        .filter(|(command, _)| !installed(command))
+        .map(|&(_, package)| package)
+        .collect();
+    if !still.is_empty() {
+        return Err(format!(
+            "could not install what the demo's nodes need ({}): install it with `apt-get install \
+             {}` and run the demo again",
+            still.join(", "),
+            still.join(" ")
+        ));
     }
     Ok(())
 }
@@ -202,7 +242,11 @@ fn demo_prerequisites() -> Result<(), String> {
 fn store_demo(plan_file: &Path) -> Result<(), String> {
     demo_prerequisites()?;
     let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Not `create_dir_all`: a directory someone else made under this name is not ours to use.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot make the demo's directory {}: {e}", dir.display()))?;
     // The nodes see the host's /srv (not its /tmp): the Hiera data goes there.
     let hiera_dir = Path::new("/srv").join(format!("dop-demo-{}-hiera", std::process::id()));
     let puppet = puppet_installed();

@@ -151,6 +151,10 @@ impl ProviderOptions {
 /// The provider of an infrastructure (named for messages), or why there is none. `plan` is
 /// the newest plan; an infrastructure no longer in it can only be reached by the providers
 /// that need no settings from it.
+#[cfg_attr(
+    not(any(feature = "openstack", feature = "libvirt")),
+    allow(unused_variables)
+)]
 pub fn for_infrastructure(
     kind: Kind,
     infrastructure: &str,
@@ -164,6 +168,7 @@ pub fn for_infrastructure(
             &options.local_dir,
             plan_name,
         ))),
+        #[cfg(feature = "openstack")]
         Kind::Openstack => {
             let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
                 ProviderError::new(format!(
@@ -175,6 +180,7 @@ pub fn for_infrastructure(
                 infra, plan, plan_name, options,
             )?))
         }
+        #[cfg(feature = "libvirt")]
         Kind::Libvirt => {
             let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
                 ProviderError::new(format!(
@@ -186,9 +192,113 @@ pub fn for_infrastructure(
                 infra, plan_name, options,
             )?))
         }
-        other => Err(ProviderError::new(format!(
-            "infrastructure '{infrastructure}': the {other} provider is not available in this version of dopv \
-             (available: baremetal, local, openstack, libvirt)"
-        ))),
+        other => Err(ProviderError::new(unavailable(infrastructure, other))),
+    }
+}
+
+/// The providers this build of dopv has, by their plan `type`.
+pub fn available() -> Vec<Kind> {
+    let mut kinds = vec![Kind::Baremetal, Kind::Local];
+    if cfg!(feature = "openstack") {
+        kinds.push(Kind::Openstack);
+    }
+    if cfg!(feature = "libvirt") {
+        kinds.push(Kind::Libvirt);
+    }
+    kinds
+}
+
+/// The cargo feature that builds a provider into dopv, for providers that are one.
+pub fn feature_of(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Openstack => Some("openstack"),
+        Kind::Libvirt => Some("libvirt"),
+        _ => None,
+    }
+}
+
+/// Why a plan's infrastructure cannot be used by this build: the provider was left out of the
+/// build (its feature is named), or dopv has no such provider (yet).
+pub fn unavailable(infrastructure: &str, kind: Kind) -> String {
+    let available = available()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match feature_of(kind) {
+        Some(feature) => format!(
+            "infrastructure '{infrastructure}': the {kind} provider is not in this build of dopv \
+             (built without the cargo feature `{feature}`; available: {available}); use a dopv \
+             built with it, e.g. the distribution's package, or `cargo build --features {feature}`"
+        ),
+        None => format!(
+            "infrastructure '{infrastructure}': the {kind} provider is not available in this \
+             version of dopv (available: {available})"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provider_left_out_of_the_build_names_its_feature() {
+        let message = unavailable("cloud", Kind::Libvirt);
+        assert!(
+            message.contains("built without the cargo feature `libvirt`"),
+            "{message}"
+        );
+        assert!(message.starts_with("infrastructure 'cloud': the libvirt provider"));
+        let message = unavailable("cloud", Kind::Openstack);
+        assert!(message.contains("--features openstack"), "{message}");
+    }
+
+    /// A plan with one infrastructure of the given type and no nodes.
+    fn plan_with(kind: &str) -> Plan {
+        let text = format!(
+            "name: p\ninfrastructures:\n  x:\n    type: {kind}\n    endpoint: 'https://127.0.0.1:1/'\n    \
+             credentials: c\n    networks:\n      n: {{ip_pool: {{from: 10.9.0.10, to: 10.9.0.20}}, \
+             ip_netmask: 255.255.255.0, ip_defgw: 10.9.0.1}}\n\
+             credentials:\n  c: {{type: username_password, username: u, password: pw}}\n\
+             nodes:\n  n1: {{infrastructure: x, image: img, interfaces: {{eth0: {{network: n, ip: 10.9.0.11}}}}}}\n"
+        );
+        let loaded = dop_core::load_str(&text, None, &dop_core::LookupSettings::default());
+        let diagnostics = format!("{:?}", loaded.diagnostics);
+        loaded.plan.expect(&diagnostics)
+    }
+
+    fn refusal(kind: Kind, plan: &Plan) -> String {
+        let options = ProviderOptions::new(std::env::temp_dir());
+        match for_infrastructure(kind, "x", "p", plan, &options) {
+            Ok(_) => panic!("{kind} should be refused"),
+            Err(refused) => refused.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_provider_dopv_does_not_have_is_refused_without_naming_a_feature() {
+        let refused = refusal(Kind::Ovirt, &plan_with("ovirt"));
+        assert!(
+            refused.contains("the ovirt provider is not available in this version of dopv"),
+            "{refused}"
+        );
+        assert!(!refused.contains("cargo feature"), "{refused}");
+    }
+
+    #[test]
+    fn the_build_lists_exactly_the_providers_it_has() {
+        let kinds = available();
+        assert_eq!(kinds.contains(&Kind::Libvirt), cfg!(feature = "libvirt"));
+        assert_eq!(
+            kinds.contains(&Kind::Openstack),
+            cfg!(feature = "openstack")
+        );
+        for (kind, name) in [(Kind::Libvirt, "libvirt"), (Kind::Openstack, "openstack")] {
+            if !kinds.contains(&kind) {
+                let refused = refusal(kind, &plan_with(name));
+                assert!(refused.contains("cargo feature"), "{refused}");
+            }
+        }
     }
 }

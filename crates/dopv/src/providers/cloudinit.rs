@@ -156,10 +156,12 @@ pub fn prefix_len(mask: IpAddr) -> Option<u32> {
     (ones == bits).then_some(ones)
 }
 
+#[cfg(feature = "libvirt")]
 /// The size of a seed image: room for the three small files, and the smallest FAT12 volume
 /// the formatter makes.
 const SEED_BYTES: usize = 1 << 20;
 
+#[cfg(feature = "libvirt")]
 /// A NoCloud seed: a FAT file system labelled CIDATA holding `meta-data`, `user-data` and
 /// `network-config`, as the raw bytes of a disk image.
 pub fn seed_image(

@@ -1,9 +1,14 @@
-//! The providers dopv has.
+//! The providers dopv has. `libvirt` and `openstack` are cargo features (on by default); a
+//! build without one refuses its plans with the feature's name (see
+//! [`crate::provider::for_infrastructure`]).
 
 pub mod baremetal;
+#[cfg(any(feature = "openstack", feature = "libvirt"))]
 pub mod cloudinit;
+#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod local;
+#[cfg(feature = "openstack")]
 pub mod openstack;
 
 use std::io::Read as _;
