@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Environment};
+use crate::config::{Config, ConfigError, Environment, Level};
 use crate::configuration::{LookupSettings, Resolver};
 use crate::filter::{FilterError, FilterFlags, NodeFacts, NodeFilter};
 use crate::load::{load_file, Loaded};
@@ -16,8 +16,9 @@ use crate::load::{load_file, Loaded};
 pub const EXIT_OK: u8 = 0;
 /// Exit status: the plan is invalid or the command failed.
 pub const EXIT_FAILURE: u8 = 1;
-/// Exit status: the command line is wrong (clap's own status for usage errors).
-pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the command line is wrong (sysexits' `EX_USAGE`). Not clap's default 2, which
+/// `--detailed-exitcode` uses for "changes pending": a mistyped flag must not read as that.
+pub const EXIT_USAGE: u8 = 64;
 /// What `--version` prints after the tool's name: the version, the git commit and the build
 /// profile it was built from (`0.1.0 (commit 1a2b3c4d5e6f, release build)`).
 pub const VERSION: &str = concat!(
@@ -103,6 +104,17 @@ pub struct GlobalArgs {
         alias = "log_dir"
     )]
     pub log_dir: Option<PathBuf>,
+    /// Diagnostics on standard error from this level up: error, warn, info, debug (connection
+    /// attempts, retries, provider API calls) or trace [default: `verbosity` in dop.conf, else
+    /// info]. Never written into the run logs.
+    #[arg(
+        long,
+        global = true,
+        value_name = "LEVEL",
+        env = "DOP_LOG",
+        hide_env_values = true
+    )]
+    pub verbosity: Option<Level>,
 }
 
 impl GlobalArgs {
@@ -114,6 +126,9 @@ impl GlobalArgs {
         }
         if let Some(dir) = &self.log_dir {
             config.log_dir.clone_from(dir);
+        }
+        if let Some(level) = self.verbosity {
+            config.verbosity = level;
         }
         Ok(config)
     }
@@ -314,6 +329,80 @@ pub fn plan_nodes(
     EXIT_OK
 }
 
+/// `completion SHELL`: the shell completion script of a tool, for installs from source (the
+/// packages install it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompletionArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell. Example: `dopi completion bash >
+    /// /etc/bash_completion.d/dopi`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Prints the completion script of the tool whose command line is `C`.
+pub fn completion<C: clap::CommandFactory>(args: &CompletionArgs, out: &mut dyn Write) -> u8 {
+    let mut command = C::command();
+    let name = command.get_name().to_string();
+    // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, name, &mut script);
+    match out.write_all(&script) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(_) => EXIT_FAILURE,
+    }
+}
+
+/// Parses the command line of a tool. `--help` and `--version` print and exit 0; a wrong
+/// command line prints clap's message and exits [`EXIT_USAGE`].
+pub fn parse<C: clap::Parser>() -> C {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] from given arguments (the first is the program's name).
+pub fn parse_from<C, I, T>(args: I) -> C
+where
+    C: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match C::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to standard output and are not errors.
+            let status = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            std::process::exit(i32::from(status))
+        }
+    }
+}
+
+/// Sends the tools' `tracing` diagnostics to standard error from `level` up, in colour only
+/// on a terminal without `NO_COLOR` or `TERM=dumb`. The first call wins (a library may call
+/// it again).
+pub fn init_diagnostics(level: Level) {
+    let max = match level {
+        Level::Error => tracing::Level::ERROR,
+        Level::Warn => tracing::Level::WARN,
+        Level::Info => tracing::Level::INFO,
+        Level::Debug => tracing::Level::DEBUG,
+        Level::Trace => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(&std::io::stderr()))
+        .with_max_level(max)
+        .try_init();
+}
+
+/// Whether to colour what goes to `stream`: a terminal, and neither `NO_COLOR` nor
+/// `TERM=dumb` set.
+pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
 /// Prints a value as pretty JSON and a newline: the `--json` output of every command.
 pub fn print_json(out: &mut dyn Write, value: &impl Serialize) {
     let _ = serde_json::to_writer_pretty(&mut *out, value);
@@ -329,7 +418,10 @@ pub fn main_with(
     // Not locked for the whole run: other threads (progress lines) write to stderr too.
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let status = match global.load() {
-        Ok(config) => command(&config, &mut out, &mut err),
+        Ok(config) => {
+            init_diagnostics(config.verbosity);
+            command(&config, &mut out, &mut err)
+        }
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
             EXIT_FAILURE

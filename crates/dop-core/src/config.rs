@@ -68,9 +68,9 @@ pub struct Config {
     pub store_dir: PathBuf,
     /// The log directory (`--log-dir`, `DOP_LOG_DIR`).
     pub log_dir: PathBuf,
-    /// The level of the log files.
-    pub log_level: Level,
-    /// The level of console output.
+    /// The level of the diagnostics on standard error (connections, retries, provider API
+    /// calls): `verbosity` in dop.conf, `--verbosity` or `DOP_LOG` (see `GlobalArgs`). The
+    /// run logs are not filtered by it: they keep every event, in their stable format.
     pub verbosity: Level,
     /// The configuration variable holding a node's role, and the default role.
     pub lookup: LookupSettings,
@@ -183,7 +183,6 @@ impl Config {
         Config {
             store_dir,
             log_dir,
-            log_level: Level::Debug,
             verbosity: Level::Info,
             lookup: LookupSettings::default(),
             connection_check_timeout: 5,
@@ -250,7 +249,18 @@ impl Config {
                 "store_dir" | "plan_store_dir" => self.store_dir = PathBuf::from(text(value)?),
                 "log_dir" => self.log_dir = PathBuf::from(text(value)?),
                 "hiera_dir" => self.hiera_dir = Some(PathBuf::from(text(value)?)),
-                "log_level" => self.log_level = level(value)?,
+                // The original's level of its log files. dop's run logs keep every event (the
+                // resume and the server's live stream depend on it), so a level there would
+                // either lie or lose events: refused, with the way to the diagnostics.
+                "log_level" => {
+                    return Err(invalid(
+                        line,
+                        "'log_level' is not used by dop: the run logs keep every event; for \
+                         diagnostics on standard error set 'verbosity' (or DOP_LOG, or \
+                         --verbosity); remove this line"
+                            .into(),
+                    ))
+                }
                 "verbosity" => self.verbosity = level(value)?,
                 "role_variable" => self.lookup.role_variable = text(value)?,
                 "role_default" => self.lookup.role_default = Some(text(value)?),
@@ -316,11 +326,11 @@ mod tests {
     fn file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dop.conf");
-        std::fs::write(&file, ":plan_store_dir: /srv/store\nlog-dir: /srv/log\n:log_level: WARN\nrole_default: base\n").unwrap();
+        std::fs::write(&file, ":plan_store_dir: /srv/store\nlog-dir: /srv/log\n:verbosity: WARN\nrole_default: base\n").unwrap();
         let config = Config::load(&user(), Some(&file)).unwrap();
         assert_eq!(config.store_dir, Path::new("/srv/store"));
         assert_eq!(config.log_dir, Path::new("/srv/log"));
-        assert_eq!(config.log_level, Level::Warn);
+        assert_eq!(config.verbosity, Level::Warn);
         assert_eq!(config.lookup.role_default.as_deref(), Some("base"));
         let env = Environment {
             store_dir: Some(PathBuf::from("/env/store")),
@@ -374,6 +384,11 @@ mod tests {
             err.to_string().contains("unknown log level 'loud'"),
             "{err}"
         );
+        // The original's log_level would filter nothing here: refused, with where to go.
+        std::fs::write(&file, "log_dir: /x\n:log_level: WARN\n").unwrap();
+        let err = Config::load(&user(), Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("dop.conf:2: 'log_level' is not used by dop"), "{err}");
+        assert!(err.contains("set 'verbosity'"), "{err}");
         let missing = Config::load(&user(), Some(&dir.path().join("nope"))).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
     }

@@ -32,4 +32,4 @@ pub struct Cli {
 
 pub const AFTER_HELP: &str = "It signs only a well-formed request whose subject CN is the \
 certname, for a node of a stored plan, carrying the plan's `autosign` credential password as its \
-challengePassword when the plan has one. Exit status: 0 signed, 1 refused, 2 usage error.";
+challengePassword when the plan has one. Exit status: 0 signed, 1 refused, 64 usage error.";

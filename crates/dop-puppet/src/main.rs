@@ -4,7 +4,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use dop_core::{Config, Environment};
 use dop_puppet::app::Cli;
 use dop_puppet::{decide, Policy, Verdict};
@@ -13,7 +12,7 @@ use dop_puppet::{decide, Policy, Verdict};
 const MAX_REQUEST: u64 = 1 << 20;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = dop_core::cli::parse();
     // The Puppet server's user is not root, but the settings are the system's.
     let env = Environment {
         root: true,

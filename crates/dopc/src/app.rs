@@ -21,8 +21,9 @@ pub struct Cli {
 }
 
 pub const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan, failed command or failed \
-                          execution, 2 usage error, 4 execution cancelled, 5 server unreachable \
-                          (or TLS failed, or it timed out), 6 token refused.";
+                          execution, 2 not in sync (only `plan drift --detailed-exitcode`), 4 \
+                          execution cancelled, 5 server unreachable (or TLS failed, or it timed \
+                          out), 6 token refused, 64 usage error.";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -46,6 +47,8 @@ pub enum Command {
     /// Executions on the server: start tasks, follow logs, cancel, clean up.
     #[command(subcommand)]
     Execution(crate::cli::ExecutionCommand),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(dop_core::cli::CompletionArgs),
 }
 
 #[derive(Args)]

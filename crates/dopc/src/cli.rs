@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use dop_core::cli::print_json;
+use dop_core::cli::{print_json, EXIT_USAGE};
 use serde_json::{json, Value};
 
 use crate::client::{Client, ClientConfig, ClientError};
@@ -416,7 +416,7 @@ pub fn failed(err: &mut dyn Write, e: &ClientError) -> u8 {
             EXIT_UNREACHABLE
         }
         ClientError::Unauthorized(_) => EXIT_UNAUTHORIZED,
-        ClientError::Config(_) => 2,
+        ClientError::Config(_) => EXIT_USAGE,
         _ => 1,
     }
 }
@@ -888,7 +888,7 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                 Ok(st) => st,
                 Err(_) => {
                     let _ = writeln!(s.err, "error: unknown status; use new, queued, running, done, failed or cancelled");
-                    return 2;
+                    return EXIT_USAGE;
                 }
             };
             s.client
@@ -936,7 +936,7 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                     s.err,
                     "error: unknown status; use done, failed or cancelled"
                 );
-                return 2;
+                return EXIT_USAGE;
             };
             s.client
                 .clear(&statuses, plan.as_deref(), *age)

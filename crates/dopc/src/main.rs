@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use dop_core::cli::{self, EXIT_FAILURE, EXIT_OK};
 use dop_core::Config;
 use dopc::server::ServeConfig;
@@ -13,7 +12,7 @@ use dopc::server::ServeConfig;
 use dopc::app::*;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = dop_core::cli::parse();
     cli::main_with(&cli.global, |config, out, err| match &cli.command {
         Command::Validate(args) => cli::validate(args, config, out, err),
         Command::Serve(args) => serve(args, config, out, err),
@@ -25,6 +24,7 @@ fn main() -> ExitCode {
         Command::Ping | Command::Metrics | Command::Plan(_) | Command::Execution(_) => {
             client(&cli, out, err)
         }
+        Command::Completion(args) => cli::completion::<Cli>(args, out),
     })
 }
 
@@ -53,14 +53,8 @@ fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut dyn W
     if let Some(dir) = args.local_dir.clone().filter(|d| !d.as_os_str().is_empty()) {
         settings.local_dir = Some(dir);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    // The request log and the server's own messages: `cli::main_with` set up the diagnostics
+    // at dop.conf's `verbosity` (info by default), `--verbosity` or `DOP_LOG`.
     let store = match dop_store::Store::open(&config.store_dir) {
         Ok(s) => Arc::new(s),
         Err(e) => {

@@ -392,7 +392,7 @@ fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
         .cmd(&["ping", "--ca", not_ca.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stderr).lines().count(),
         1,
@@ -403,7 +403,7 @@ fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
         .cmd(&["ping", "--url", "127.0.0.1:8780"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
 }
 
 #[test]

@@ -18,9 +18,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-pub const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command or run, 2 \
-                          usage error, 3 plan locked by another process, 4 run stopped by a \
-                          signal (run again to continue).";
+pub const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command or run, 3 \
+                          plan locked by another process, 4 run stopped by a signal (run again \
+                          to continue), 64 usage error.";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -45,4 +45,6 @@ pub enum Command {
     /// hiera.yaml that reads it.
     #[command(subcommand)]
     Hiera(dop_store::cli::HieraCommand),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(dop_core::cli::CompletionArgs),
 }

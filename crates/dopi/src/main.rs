@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use dop_core::cli;
 use dop_store::cli::{self as plans, Io};
 use dopi::cli::{self as runs, plugin_check};
@@ -10,7 +9,7 @@ use dopi::cli::{self as runs, plugin_check};
 use dopi::app::*;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = dop_core::cli::parse();
     cli::main_with(&cli.global, |config, out, err| {
         let mut io = Io { out, err };
         match &cli.command {
@@ -25,6 +24,7 @@ fn main() -> ExitCode {
             Command::ImportStore(args) => plans::import(args, config, &mut io),
             Command::ForgetHostKey(args) => runs::forget_host_key(args, config, &mut io),
             Command::Hiera(command) => dop_store::cli::hiera(command, config, &mut io),
+            Command::Completion(args) => cli::completion::<Cli>(args, io.out),
         }
     })
 }

@@ -378,18 +378,30 @@ impl SshPool {
         let mut last = String::new();
         for attempt in 0..CONNECT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(jitter(attempt)).await;
+                let wait = jitter(attempt);
+                tracing::debug!(node = endpoint.name, attempt, ?wait, %last, "ssh: connecting again after a pause");
+                tokio::time::sleep(wait).await;
             }
             for address in addresses {
+                tracing::debug!(node = endpoint.name, address, port, attempt, via = via.is_some(), "ssh: connecting");
                 match self.connect(endpoint, address, port, via).await {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        tracing::debug!(node = endpoint.name, address, port, "ssh: connected");
+                        return Ok(c);
+                    }
                     // These do not get better by trying again.
                     Err(
                         e @ (SshError::HostKeyChanged { .. }
                         | SshError::Auth { .. }
                         | SshError::Key { .. }),
-                    ) => return Err(e),
-                    Err(e) => last = format!("{address}: {e}"),
+                    ) => {
+                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: refused, not retried");
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: connection failed");
+                        last = format!("{address}: {e}");
+                    }
                 }
             }
         }
@@ -531,7 +543,8 @@ impl SshPool {
                     channel = Some(c);
                     break;
                 }
-                Err(russh::Error::ChannelOpenFailure(_)) => {
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    tracing::debug!(node = %target.node, attempt, ?reason, "ssh: session refused by sshd (MaxSessions), waiting");
                     tokio::time::sleep(Duration::from_millis((2 * (attempt + 1)).min(50))).await;
                 }
                 Err(e) => {

@@ -168,17 +168,21 @@ fn bad_filter_flags_are_usage_errors() {
         &root(),
         &["plan-nodes", plan, "--nodes-by-config", "{role: web}"],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(
         text(&out.stderr).contains("--nodes-by-config: not valid JSON"),
         "{}",
         text(&out.stderr)
     );
     let out = dopi(&root(), &["plan-nodes", plan, "--roles", "/(a/"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("is not a valid regular expression"));
     let out = dopi(&root(), &["validate"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64), "a missing argument is a usage error, not 2");
+    let out = dopi(&root(), &["run", "shop", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(64), "a mistyped flag is a usage error, not 2");
+    let out = dopi(&root(), &["--help"]);
+    assert_eq!(out.status.code(), Some(0), "help is not an error");
 }
 
 #[test]

@@ -47,7 +47,12 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
 "
     );
     w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-    let out = w.dopi(&["run", "ssh", "--json"]);
+    // With DOP_LOG=debug the connection attempts are diagnosed on standard error.
+    let out = w
+        .command(&["run", "ssh", "--json"])
+        .env("DOP_LOG", "debug")
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -55,8 +60,18 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ssh: connecting") && stderr.contains("n01"),
+        "{stderr}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let logs = PathBuf::from(report["log_dir"].as_str().unwrap());
+    // ... and never mixed into the run log.
+    for file in std::fs::read_dir(&logs).unwrap().flatten() {
+        let content = std::fs::read_to_string(file.path()).unwrap_or_default();
+        assert!(!content.contains("ssh: connecting"), "{}", file.path().display());
+    }
     for (i, a) in testbed.addresses.iter().enumerate() {
         let node = format!("n{:02}", i + 1);
         let log = std::fs::read_to_string(logs.join(format!("{node}.log"))).unwrap();
@@ -81,6 +96,10 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
     let rebuilt = Testbed::start(&w.path().join("testbed-rebuilt"), &options).expect("testbed");
     let out = w.dopi(&["run", "ssh", "-s", "again"]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !text(&out.stderr).contains("ssh: connecting"),
+        "no diagnostics at the default level"
+    );
     let message = node_message(&w.show_json("ssh"), 1, "n01");
     assert!(
         message.contains("the host key of the node changed: recorded SHA256:"),

@@ -21,9 +21,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-pub const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 usage \
-                          error (or, with --detailed-exitcode, changes pending), 3 plan locked \
-                          by another process, 4 stopped by a signal (run `sync` to finish).";
+pub const EXIT_CODES: &str = "Exit status: 0 success, 1 invalid plan or failed command, 2 changes \
+                          pending (only with --detailed-exitcode), 3 plan locked by another \
+                          process, 4 stopped by a signal (run `sync` to finish), 64 usage error.";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -42,4 +42,6 @@ pub enum Command {
     Sync(SyncArgs),
     /// Show, per node, what was deployed, how it is, drift and pending plan changes.
     Show(ShowArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(dop_core::cli::CompletionArgs),
 }

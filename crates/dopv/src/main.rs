@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use dop_core::cli;
 use dop_store::cli::{self as plans, Io};
 use dopv::cli as runs;
@@ -11,7 +10,7 @@ use dopv::Operation;
 use dopv::app::*;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = dop_core::cli::parse();
     cli::main_with(&cli.global, |config, out, err| {
         let mut io = Io { out, err };
         match &cli.command {
@@ -22,6 +21,7 @@ fn main() -> ExitCode {
             Command::Refresh(args) => runs::run(Operation::Refresh, args, config, &mut io),
             Command::Sync(args) => runs::sync(args, config, &mut io),
             Command::Show(args) => runs::show(args, config, &mut io),
+            Command::Completion(args) => cli::completion::<Cli>(args, io.out),
         }
     })
 }

@@ -139,6 +139,7 @@ impl Host {
         F: FnOnce(&Conn) -> Result<T, CallError> + Send + 'static,
     {
         let uri = self.uri.clone();
+        tracing::debug!(uri = %self.uri, what, "libvirt: call");
         let task = tokio::task::spawn_blocking(move || -> Result<Result<T, CallError>, String> {
             let conn = open(&uri)?;
             Ok(op(&conn))

@@ -419,10 +419,12 @@ impl Session {
             if let Some(b) = body {
                 request = request.json(b);
             }
+            tracing::debug!(%service, %method, %url, attempt, "openstack: request");
             let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     let error = self.transport(&service.to_string(), &method, &url, &e);
+                    tracing::debug!(%service, %method, %url, attempt, %error, "openstack: no answer");
                     if attempt < attempts {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
@@ -431,6 +433,7 @@ impl Session {
                 }
             };
             let status = response.status();
+            tracing::debug!(%service, %method, %url, %status, "openstack: answer");
             let text = match response.text().await {
                 Ok(t) => t,
                 Err(e) => return Err(self.transport(&service.to_string(), &method, &url, &e)),
