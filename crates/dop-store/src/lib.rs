@@ -44,6 +44,7 @@ mod import;
 mod layout;
 mod lock;
 pub mod logs;
+mod progress;
 pub mod server;
 mod session;
 mod store;

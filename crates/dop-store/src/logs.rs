@@ -40,10 +40,8 @@ struct Files {
     all: File,
     events: File,
     seq: u64,
-    /// Commands running and finished in the current step, for the progress line.
-    running: usize,
-    finished: usize,
-    failed: usize,
+    /// The current step's progress, for the status line on a terminal.
+    progress: crate::progress::StepProgress,
 }
 
 /// Replaces secrets in log text with `****`: the plan's passwords (literal or from a file;
@@ -249,9 +247,7 @@ impl ExecutionLog {
             all: open_append(&dir.join("all.log"))?,
             events: open_append(&dir.join("events.jsonl"))?,
             seq: 0,
-            running: 0,
-            finished: 0,
-            failed: 0,
+            progress: crate::progress::StepProgress::default(),
         };
         Ok(Arc::new(ExecutionLog {
             id: id.to_string(),
@@ -349,21 +345,11 @@ impl ExecutionLog {
             Echo::Quiet => {}
             Echo::Lines | Echo::Verbose => eprint!("{shown}"),
             Echo::Progress => {
-                match kind {
-                    "step_started" => (files.running, files.finished, files.failed) = (0, 0, 0),
-                    "command_started" => files.running += 1,
-                    "command_finished" => {
-                        files.running = files.running.saturating_sub(1);
-                        files.finished += 1;
-                        files.failed += usize::from(level == "error");
-                    }
-                    _ => {}
-                }
-                if kind.starts_with("command_") && level != "error" {
-                    eprint!(
-                        "\r\x1b[2K  {} command(s) finished, {} running, {} failed",
-                        files.finished, files.running, files.failed
-                    );
+                let update = files
+                    .progress
+                    .on_event(kind, level, node, step, &event.fields);
+                if update && level != "error" {
+                    eprint!("\r\x1b[2K  {}", files.progress.line());
                 } else {
                     eprint!("\r\x1b[2K{shown}");
                 }

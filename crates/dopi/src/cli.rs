@@ -206,7 +206,12 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
             (true, _) => Echo::Quiet,
             (_, true) => Echo::Verbose,
             // A status line updated in place on a terminal, plain lines otherwise.
-            _ if std::io::stderr().is_terminal() => Echo::Progress,
+            // (Not on a terminal that cannot redraw a line.)
+            _ if std::io::stderr().is_terminal()
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb") =>
+            {
+                Echo::Progress
+            }
             _ => Echo::Lines,
         },
         handle_signals: true,

@@ -943,7 +943,7 @@ async fn run_step(
         None,
         Some(key),
         format!("step '{key}' on {} node(s), {max_in_flight} at a time{}", pending.len(), if canary { ", canary first" } else { "" }),
-        json!({"nodes": pending.len(), "max_in_flight": max_in_flight, "max_per_role": max_per_role, "canary": canary}),
+        json!({"nodes": pending.len(), "commands": step.commands.len(), "max_in_flight": max_in_flight, "max_per_role": max_per_role, "canary": canary}),
     );
     let mut queue: std::collections::VecDeque<(usize, NodeStepState)> = pending.into();
     let mut failures = Vec::new();
