@@ -327,7 +327,6 @@ fn man_pages(command: &clap::Command, name: &str, dir: &Path) -> Result<usize, S
     Ok(n)
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]

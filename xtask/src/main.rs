@@ -38,7 +38,8 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.get(1).map_or("all", String::as_str)),
         Some("testbed") => testbed(&args[1..]),
         Some("dist") => dist::dist(),
-        Some("docs") => dist::docs().map(|files| println!("{files} completion and man page files in target/dist")),
+        Some("docs") => dist::docs()
+            .map(|files| println!("{files} completion and man page files in target/dist")),
         Some("chaos") => chaos(args.get(1), args.get(2)),
         Some("openstack") => openstack::run(&args[1..]),
         Some("vm-image") => vm_image::run(&args[1..]),

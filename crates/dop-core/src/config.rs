@@ -387,7 +387,10 @@ mod tests {
         // The original's log_level would filter nothing here: refused, with where to go.
         std::fs::write(&file, "log_dir: /x\n:log_level: WARN\n").unwrap();
         let err = Config::load(&user(), Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("dop.conf:2: 'log_level' is not used by dop"), "{err}");
+        assert!(
+            err.contains("dop.conf:2: 'log_level' is not used by dop"),
+            "{err}"
+        );
         assert!(err.contains("set 'verbosity'"), "{err}");
         let missing = Config::load(&user(), Some(&dir.path().join("nope"))).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));

@@ -155,10 +155,22 @@ mod tests {
     fn a_new_step_starts_from_zero() {
         let mut p = StepProgress::default();
         let none = fields(json!({}));
-        p.on_event("step_started", "info", None, Some("one"), &fields(json!({"nodes": 1})));
+        p.on_event(
+            "step_started",
+            "info",
+            None,
+            Some("one"),
+            &fields(json!({"nodes": 1})),
+        );
         p.on_event("command_started", "info", Some("a"), None, &none);
         p.on_event("command_finished", "info", Some("a"), None, &none);
-        p.on_event("step_started", "info", None, Some("two"), &fields(json!({"nodes": 4})));
+        p.on_event(
+            "step_started",
+            "info",
+            None,
+            Some("two"),
+            &fields(json!({"nodes": 4})),
+        );
         assert_eq!(
             p.line_at(Duration::ZERO),
             "step 'two': 0/4 nodes done, 0 running, 00:00"

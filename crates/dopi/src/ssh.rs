@@ -383,7 +383,14 @@ impl SshPool {
                 tokio::time::sleep(wait).await;
             }
             for address in addresses {
-                tracing::debug!(node = endpoint.name, address, port, attempt, via = via.is_some(), "ssh: connecting");
+                tracing::debug!(
+                    node = endpoint.name,
+                    address,
+                    port,
+                    attempt,
+                    via = via.is_some(),
+                    "ssh: connecting"
+                );
                 match self.connect(endpoint, address, port, via).await {
                     Ok(c) => {
                         tracing::debug!(node = endpoint.name, address, port, "ssh: connected");

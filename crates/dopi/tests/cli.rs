@@ -178,9 +178,17 @@ fn bad_filter_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("is not a valid regular expression"));
     let out = dopi(&root(), &["validate"]);
-    assert_eq!(out.status.code(), Some(64), "a missing argument is a usage error, not 2");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a missing argument is a usage error, not 2"
+    );
     let out = dopi(&root(), &["run", "shop", "--no-such-flag"]);
-    assert_eq!(out.status.code(), Some(64), "a mistyped flag is a usage error, not 2");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a mistyped flag is a usage error, not 2"
+    );
     let out = dopi(&root(), &["--help"]);
     assert_eq!(out.status.code(), Some(0), "help is not an error");
 }

@@ -70,7 +70,11 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
     // ... and never mixed into the run log.
     for file in std::fs::read_dir(&logs).unwrap().flatten() {
         let content = std::fs::read_to_string(file.path()).unwrap_or_default();
-        assert!(!content.contains("ssh: connecting"), "{}", file.path().display());
+        assert!(
+            !content.contains("ssh: connecting"),
+            "{}",
+            file.path().display()
+        );
     }
     for (i, a) in testbed.addresses.iter().enumerate() {
         let node = format!("n{:02}", i + 1);

@@ -335,7 +335,10 @@ impl Local {
             )));
         }
         let started = Instant::now();
+        let mut heartbeat =
+            super::Heartbeat::new(format!("the node to answer SSH on {addr}"), POWER_TIMEOUT);
         loop {
+            heartbeat.tick("no SSH banner yet");
             if super::ssh_answers(addr) {
                 log.line(&format!("local: the node answers on {addr}"));
                 return Ok(());

@@ -411,6 +411,10 @@ impl Libvirt {
         let deadline = started + self.wait_timeout;
         let name = spec.node.name.clone();
         let mut last_error: Option<String>;
+        let mut heartbeat = crate::providers::Heartbeat::new(
+            format!("domain '{name}' to answer SSH"),
+            self.wait_timeout,
+        );
         loop {
             // A libvirtd restarting in between is no reason to give up: ask again.
             match self.owned(spec).await {
@@ -444,6 +448,7 @@ impl Libvirt {
                 },
                 Err(e) => last_error = Some(e.to_string()),
             }
+            heartbeat.tick(last_error.as_deref().unwrap_or("running"));
             if Instant::now() >= deadline {
                 return Err(error(format!(
                     "domain '{name}' runs but did not answer SSH within {} s ({}){}",

@@ -666,11 +666,16 @@ impl Api<'_> {
     {
         let start = Instant::now();
         let mut pause = Duration::from_millis(250);
+        let mut heartbeat = crate::providers::Heartbeat::new(
+            format!("{what} to become {wanted}"),
+            self.wait_timeout,
+        );
         loop {
             let last = match look().await? {
                 Poll::Done(t) => return Ok(t),
                 Poll::Status(s) => s,
             };
+            heartbeat.tick(&last);
             if start.elapsed() >= self.wait_timeout {
                 return Err(format!(
                     "{what} did not become {wanted} within {} s; its last status: {last}",
