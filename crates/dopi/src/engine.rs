@@ -68,6 +68,18 @@ pub enum RunError {
     /// The store refused (no such plan, locked, …).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A state transition could not be saved (the store's disk is full or failing): the run
+    /// stops rather than run commands it cannot record.
+    #[error(
+        "the run stopped: the state of '{key}' could not be saved: {source}. Make the store \
+         writable again (free space), then run again: commands whose end was not saved run again"
+    )]
+    StateWrite {
+        /// The record (`set/step/node`).
+        key: String,
+        /// Why the store refused.
+        source: StoreError,
+    },
     /// Nodes were redeployed by dopv since their state was written.
     #[error(
         "dopv redeployed {} since dopi last ran on them, so their step state describes machines \
@@ -201,19 +213,17 @@ impl Ctx {
             .map(|_| ())
     }
 
-    /// Persists a node's record; returns when it is durable.
-    async fn save(&self, key: String, record: &NodeStepState) -> Result<(), StoreError> {
+    /// Persists a node's record; returns when it is durable. A write that fails is reported
+    /// as what it is (a full disk is `No space left on device`), not as a damaged store.
+    async fn save(&self, key: String, record: &NodeStepState) -> Result<(), RunError> {
         let mut value = serde_json::to_value(record).unwrap_or_default();
         if let Some(d) = self.reach.deployed.get(node_of(&key)) {
             value["generation"] = json!(d.generation);
         }
-        write_state(&self.state, App::Dopi, vec![(key, Some(value))])
+        write_state(&self.state, App::Dopi, vec![(key.clone(), Some(value))])
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::Corrupt {
-                path: PathBuf::from("state"),
-                reason: format!("a state transition could not be written: {e}"),
-            })
+            .map_err(|source| RunError::StateWrite { key, source })
     }
 
     fn stopping(&self) -> bool {

@@ -871,3 +871,113 @@ steps:
     let show = w.show_json("full");
     assert_eq!(show["step_sets"][0]["state"], "done", "{show}");
 }
+
+/// A store that takes `allowed` commits to a plan's state database, then answers every
+/// further one as a full disk does.
+struct FillingDisk {
+    inner: dop_store::SledBackend,
+    allowed: std::sync::atomic::AtomicUsize,
+}
+
+struct FillingDatabase<'a> {
+    db: Box<dyn dop_store::Database + 'a>,
+    path: PathBuf,
+    allowed: Option<&'a std::sync::atomic::AtomicUsize>,
+}
+
+impl dop_store::Backend for FillingDisk {
+    fn open(&self, path: &std::path::Path) -> dop_store::Result<Box<dyn dop_store::Database + '_>> {
+        Ok(Box::new(FillingDatabase {
+            db: self.inner.open(path)?,
+            path: path.to_path_buf(),
+            allowed: path.ends_with("state").then_some(&self.allowed),
+        }))
+    }
+}
+
+impl dop_store::Database for FillingDatabase<'_> {
+    fn get(&self, key: &[u8]) -> dop_store::Result<Option<Vec<u8>>> {
+        self.db.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> dop_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db.scan_prefix(prefix)
+    }
+    fn last_with_prefix(&self, prefix: &[u8]) -> dop_store::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.db.last_with_prefix(prefix)
+    }
+    fn commit(&self, batch: dop_store::Batch) -> dop_store::Result<()> {
+        use std::sync::atomic::Ordering;
+        if let Some(allowed) = self.allowed {
+            if allowed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(dop_store::StoreError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::from_raw_os_error(28),
+                });
+            }
+        }
+        self.db.commit(batch)
+    }
+}
+
+/// A state transition that cannot be saved (the store's disk is full) stops the run with
+/// what happened and where, never "the store is damaged".
+#[test]
+fn a_state_write_that_fails_is_reported_as_what_it_is() {
+    let w = World::new();
+    w.add(
+        "fills",
+        "name: fills
+infrastructures: {lab: {type: local}}
+nodes:
+  n1.lab: {infrastructure: lab}
+steps:
+  - name: work
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/ran'}
+",
+    );
+    let store = dop_store::Store::with_backend(
+        &w.path().join("store"),
+        Box::new(FillingDisk {
+            inner: dop_store::SledBackend::default(),
+            allowed: std::sync::atomic::AtomicUsize::new(0),
+        }),
+    )
+    .unwrap();
+    let opts = dopi::RunOptions {
+        step_set: "default".into(),
+        filter: dop_core::NodeFilter::all(),
+        noop: false,
+        settings: dop_core::LookupSettings::default(),
+        log_dir: w.path().join("logs"),
+        echo: dopi::Echo::Quiet,
+        handle_signals: false,
+        connect_timeout: 10,
+        redeployed: dopi::Redeployed::Refuse,
+        stop: None,
+        log: None,
+    };
+    let err = dopi::run(
+        std::sync::Arc::new(store),
+        "fills",
+        &opts,
+        &dopi::Registry::local(),
+    )
+    .expect_err("the run cannot record its state");
+    let message = err.to_string();
+    assert!(
+        matches!(err, dopi::RunError::StateWrite { .. }),
+        "{message}"
+    );
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        message.contains("default/work/n1.lab") || message.contains("n1.lab"),
+        "{message}"
+    );
+    assert!(!message.contains("damaged"), "{message}");
+    // Nothing ran that could not be recorded as started.
+    assert!(w.lines("ran").is_empty());
+}

@@ -231,7 +231,11 @@ pub fn run(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, Dop
             path: opts.log_dir.clone(),
             source,
         })?;
-    runtime.block_on(run_async(store, plan_name, opts))
+    let result = runtime.block_on(run_async(store, plan_name, opts));
+    // After a hard stop, blocking provider calls may still be under way: they are not waited
+    // for (a libvirtd that hangs must not hold the operator's terminal).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, DopvError> {
@@ -559,6 +563,11 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let mut limits: HashMap<String, (Arc<tokio::sync::Semaphore>, Arc<AtomicBool>)> =
         HashMap::new();
     let stop = Arc::new(AtomicBool::new(false));
+    // Set by a second signal (or a forceful cancel): the node actions under way are dropped
+    // where they are, as a killed process would leave them (`sync` finishes them later), and
+    // the run returns a stopped report. The library never exits the process.
+    let (hard_stop, mut hard_stopped) = tokio::sync::watch::channel(false);
+    let hard_stop = Arc::new(hard_stop);
     if opts.handle_signals {
         use tokio::signal::unix::{signal, SignalKind};
         // Registered before any node starts, so that no signal finds the default action.
@@ -566,15 +575,26 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) {
-            tokio::spawn(stop_on_signals(int, term, stop.clone(), log.clone()));
+            tokio::spawn(stop_on_signals(
+                int,
+                term,
+                stop.clone(),
+                hard_stop.clone(),
+                log.clone(),
+            ));
         }
     }
     if let Some(mut external) = opts.stop.clone() {
         let stop = stop.clone();
+        let hard_stop = hard_stop.clone();
         tokio::spawn(async move {
             loop {
-                if *external.borrow_and_update() != dop_store::control::Stop::No {
+                let asked = *external.borrow_and_update();
+                if asked != dop_store::control::Stop::No {
                     stop.store(true, Ordering::SeqCst);
+                }
+                if asked >= dop_store::control::Stop::Terminate {
+                    let _ = hard_stop.send(true);
                     break;
                 }
                 if external.changed().await.is_err() {
@@ -694,9 +714,35 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
         });
     }
     let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(o) = joined {
-            outcomes.push(o);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(o)) => outcomes.push(o),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            true = hard_stop_asked(&mut hard_stopped) => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    // Actions a hard stop dropped mid-way: said as such, for `sync` to finish.
+    for (index, action) in report.actions.iter().enumerate() {
+        if action.runs() && !outcomes.iter().any(|(i, _)| *i == index) {
+            outcomes.push((
+                index,
+                Outcome {
+                    node: action.node.clone(),
+                    action: action.action,
+                    result: "stopped",
+                    error: Some(
+                        "stopped at once by a second signal, mid-way; `dopv sync` finishes it"
+                            .into(),
+                    ),
+                },
+            ));
         }
     }
     outcomes.sort_by_key(|(i, _)| *i);
@@ -715,11 +761,18 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     Ok(report)
 }
 
-/// The first SIGINT or SIGTERM stops new nodes from starting; the second ends the process.
+/// Resolves to true once a hard stop is asked for (false if it never can be).
+async fn hard_stop_asked(asked: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    asked.wait_for(|hard| *hard).await.is_ok()
+}
+
+/// The first SIGINT or SIGTERM stops new nodes from starting; the second stops the node
+/// actions under way at once (the run then returns, stopped).
 async fn stop_on_signals(
     mut int: tokio::signal::unix::Signal,
     mut term: tokio::signal::unix::Signal,
     stop: Arc<AtomicBool>,
+    hard_stop: Arc<tokio::sync::watch::Sender<bool>>,
     log: Arc<ExecutionLog>,
 ) {
     tokio::select! {
@@ -749,7 +802,7 @@ async fn stop_on_signals(
         "second signal: stopping now".into(),
         json!({}),
     );
-    std::process::exit(i32::from(EXIT_STOPPED));
+    let _ = hard_stop.send(true);
 }
 
 /// Exit status of a run stopped by a signal.

@@ -75,14 +75,21 @@ pub async fn run(
             .env("DOP_NODE_FQDN", &node.fqdn)
             .env("DOP_HOOK", hook.key())
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a run stopped at once takes the hook's children along.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(home) = std::env::var_os("HOME") {
             command.env("HOME", home);
         }
-        let output = command
-            .output()
-            .await
-            .map_err(|e| format!("the {} hook {program} cannot run: {e}", hook.key()))?;
+        let cannot_run =
+            |e: std::io::Error| format!("the {} hook {program} cannot run: {e}", hook.key());
+        let child = command.spawn().map_err(cannot_run)?;
+        let mut group = GroupKiller(child.id());
+        let output = child.wait_with_output().await.map_err(cannot_run)?;
+        // It ended: what it left running on purpose (`nohup … &`) is its business.
+        group.0 = None;
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             log.line(&format!("{} {program}: {line}", hook.key()));
         }
@@ -98,4 +105,19 @@ pub async fn run(
         }
     }
     Ok(warnings)
+}
+
+/// Kills a hook's process group when dropped before the hook ended (a run stopped at once):
+/// the hook's children go too, not only the shell that `kill_on_drop` would kill.
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: killpg only sends a signal; the group is the hook's own (process_group(0)).
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
 }

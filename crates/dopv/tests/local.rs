@@ -863,6 +863,83 @@ fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
     lab.expect(&["undeploy", "sig"], 0);
 }
 
+/// A second signal stops the node actions under way at once: the library does not exit the
+/// process, so the run still reports (the node under way is `stopped`), releases the plan's
+/// lock, and `sync` finishes the work.
+#[test]
+fn a_second_signal_stops_at_once_and_still_reports() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.69", 2339);
+    let marker = lab.path().join("started");
+    let hook = lab.path().join("slow.sh");
+    // The first node's hook hangs: only a hard stop ends the run before it does.
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {}\nsleep 600\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nodes: Vec<String> = (1..=2)
+        .map(|i| node(&format!("h{i}"), &format!("{p}.{i}"), ""))
+        .collect();
+    let mut plan = plan_text("hard", p, port, &nodes)
+        .replace("name: hard\n", "name: hard\nmax_in_flight: 1\n");
+    plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
+    lab.plan(&plan);
+    let child = Command::new(env!("CARGO_BIN_EXE_dopv"))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", lab.path().join("store"))
+        .env("DOP_LOG_DIR", lab.path().join("logs"))
+        .env("DOP_LOCAL_DIR", lab.local_dir())
+        .args(["deploy", "hard", "--json", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !marker.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the first node's hook started");
+    for _ in 0..2 {
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a report, not an exit");
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{report:#}");
+    assert!(
+        outcomes.iter().all(|o| o["result"] == "stopped"),
+        "{report:#}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("second signal"))),
+        "{report:#}"
+    );
+    // The lock went with the run: sync finishes the work (the hook now returns at once).
+    std::fs::write(&hook, "#!/bin/sh\ntrue\n").unwrap();
+    let finished = lab.json(&["sync", "hard"], 0);
+    assert_eq!(
+        finished["outcomes"].as_array().unwrap().len(),
+        2,
+        "{finished:#}"
+    );
+    lab.expect(&["undeploy", "hard"], 0);
+}
+
 /// Fault injection (`cargo xtask chaos` runs it with more kill points): dopv killed with
 /// SIGKILL at many moments of syncs that create, and (as the plan alternates between two
 /// versions) destroy nodes. After every kill the store opens and a node recorded deployed was
