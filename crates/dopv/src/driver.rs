@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dop_core::plan::{Node, Provider as Kind};
+use dop_core::plan::{Node, ProviderKind};
 use dop_core::{LookupSettings, NodeFacts, NodeFilter, Plan, Resolver};
 use dop_store::logs::{Echo, ExecutionLog, Masker, NodeLog};
 use dop_store::{now_ms, App, StateSession, Store, StoreError};
@@ -276,7 +276,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let selection = opts.filter.select(&resolver);
 
     let mut problems = Vec::new();
-    let mut providers: HashMap<(String, Kind), Arc<dyn Provider>> = HashMap::new();
+    let mut providers: HashMap<(String, ProviderKind), Arc<dyn Provider>> = HashMap::new();
     // `refresh` only looks: a provider that cannot be reached makes its nodes' standing
     // unknown (recorded), where the other commands refuse to start.
     let mut unavailable: HashMap<String, String> = HashMap::new();
@@ -888,7 +888,7 @@ fn fresh_record(
         provider: ctx
             .plan
             .infrastructure(&spec.node.infrastructure)
-            .map_or(Kind::Baremetal, |i| i.provider),
+            .map_or(ProviderKind::Baremetal, |i| i.provider),
         iteration: ctx.iteration,
         generation: new_generation(old),
         actual: None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dop_core::plan::{Credential, DataDisk, Node, Plan, Provider as Kind};
+use dop_core::plan::{Credential, DataDisk, Node, Plan, ProviderKind};
 use dop_store::logs::NodeLog;
 use serde::{Deserialize, Serialize};
 
@@ -156,20 +156,20 @@ impl ProviderOptions {
     allow(unused_variables)
 )]
 pub fn for_infrastructure(
-    kind: Kind,
+    kind: ProviderKind,
     infrastructure: &str,
     plan_name: &str,
     plan: &Plan,
     options: &ProviderOptions,
 ) -> Result<Arc<dyn Provider>> {
     match kind {
-        Kind::Baremetal => Ok(Arc::new(crate::providers::baremetal::Baremetal)),
-        Kind::Local => Ok(Arc::new(crate::providers::local::Local::new(
+        ProviderKind::Baremetal => Ok(Arc::new(crate::providers::baremetal::Baremetal)),
+        ProviderKind::Local => Ok(Arc::new(crate::providers::local::Local::new(
             &options.local_dir,
             plan_name,
         ))),
         #[cfg(feature = "openstack")]
-        Kind::Openstack => {
+        ProviderKind::Openstack => {
             let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
                 ProviderError::new(format!(
                     "infrastructure '{infrastructure}' is no longer in the plan: dopv needs its \
@@ -181,7 +181,7 @@ pub fn for_infrastructure(
             )?))
         }
         #[cfg(feature = "libvirt")]
-        Kind::Libvirt => {
+        ProviderKind::Libvirt => {
             let infra = plan.infrastructure(infrastructure).ok_or_else(|| {
                 ProviderError::new(format!(
                     "infrastructure '{infrastructure}' is no longer in the plan: dopv needs its \
@@ -197,29 +197,29 @@ pub fn for_infrastructure(
 }
 
 /// The providers this build of dopv has, by their plan `type`.
-pub fn available() -> Vec<Kind> {
-    let mut kinds = vec![Kind::Baremetal, Kind::Local];
+pub fn available() -> Vec<ProviderKind> {
+    let mut kinds = vec![ProviderKind::Baremetal, ProviderKind::Local];
     if cfg!(feature = "openstack") {
-        kinds.push(Kind::Openstack);
+        kinds.push(ProviderKind::Openstack);
     }
     if cfg!(feature = "libvirt") {
-        kinds.push(Kind::Libvirt);
+        kinds.push(ProviderKind::Libvirt);
     }
     kinds
 }
 
 /// The cargo feature that builds a provider into dopv, for providers that are one.
-pub fn feature_of(kind: Kind) -> Option<&'static str> {
+pub fn feature_of(kind: ProviderKind) -> Option<&'static str> {
     match kind {
-        Kind::Openstack => Some("openstack"),
-        Kind::Libvirt => Some("libvirt"),
+        ProviderKind::Openstack => Some("openstack"),
+        ProviderKind::Libvirt => Some("libvirt"),
         _ => None,
     }
 }
 
 /// Why a plan's infrastructure cannot be used by this build: the provider was left out of the
 /// build (its feature is named), or dopv has no such provider (yet).
-pub fn unavailable(infrastructure: &str, kind: Kind) -> String {
+pub fn unavailable(infrastructure: &str, kind: ProviderKind) -> String {
     let available = available()
         .iter()
         .map(ToString::to_string)
@@ -244,13 +244,13 @@ mod tests {
 
     #[test]
     fn a_provider_left_out_of_the_build_names_its_feature() {
-        let message = unavailable("cloud", Kind::Libvirt);
+        let message = unavailable("cloud", ProviderKind::Libvirt);
         assert!(
             message.contains("built without the cargo feature `libvirt`"),
             "{message}"
         );
         assert!(message.starts_with("infrastructure 'cloud': the libvirt provider"));
-        let message = unavailable("cloud", Kind::Openstack);
+        let message = unavailable("cloud", ProviderKind::Openstack);
         assert!(message.contains("--features openstack"), "{message}");
     }
 
@@ -268,7 +268,7 @@ mod tests {
         loaded.plan.expect(&diagnostics)
     }
 
-    fn refusal(kind: Kind, plan: &Plan) -> String {
+    fn refusal(kind: ProviderKind, plan: &Plan) -> String {
         let options = ProviderOptions::new(std::env::temp_dir());
         match for_infrastructure(kind, "x", "p", plan, &options) {
             Ok(_) => panic!("{kind} should be refused"),
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_provider_dopv_does_not_have_is_refused_without_naming_a_feature() {
-        let refused = refusal(Kind::Ovirt, &plan_with("ovirt"));
+        let refused = refusal(ProviderKind::Ovirt, &plan_with("ovirt"));
         assert!(
             refused.contains("the ovirt provider is not available in this version of dopv"),
             "{refused}"
@@ -289,12 +289,18 @@ mod tests {
     #[test]
     fn the_build_lists_exactly_the_providers_it_has() {
         let kinds = available();
-        assert_eq!(kinds.contains(&Kind::Libvirt), cfg!(feature = "libvirt"));
         assert_eq!(
-            kinds.contains(&Kind::Openstack),
+            kinds.contains(&ProviderKind::Libvirt),
+            cfg!(feature = "libvirt")
+        );
+        assert_eq!(
+            kinds.contains(&ProviderKind::Openstack),
             cfg!(feature = "openstack")
         );
-        for (kind, name) in [(Kind::Libvirt, "libvirt"), (Kind::Openstack, "openstack")] {
+        for (kind, name) in [
+            (ProviderKind::Libvirt, "libvirt"),
+            (ProviderKind::Openstack, "openstack"),
+        ] {
             if !kinds.contains(&kind) {
                 let refused = refusal(kind, &plan_with(name));
                 assert!(refused.contains("cargo feature"), "{refused}");

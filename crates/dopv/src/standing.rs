@@ -3,7 +3,7 @@
 //! at it (`refresh`, `sync`, `deploy`). `dopv show`, dopc's state document and dopc's monitor
 //! all read it from here, so they never disagree.
 
-use dop_core::plan::Provider as Kind;
+use dop_core::plan::ProviderKind;
 use dop_core::Plan;
 use serde::Serialize;
 
@@ -174,7 +174,7 @@ fn standing(
         refreshed_ms: record.and_then(|r| r.refreshed_ms),
         read_error: record.and_then(|r| r.read_error.clone()),
     };
-    let (kind, infrastructure, port): (Kind, &str, u16) = match (planned, record) {
+    let (kind, infrastructure, port): (ProviderKind, &str, u16) = match (planned, record) {
         (Some(node), _) => match plan.infrastructure(&node.infrastructure) {
             Some(infra) => (
                 infra.provider,
@@ -270,7 +270,7 @@ mod tests {
             actual: Some(crate::providers::baremetal::Baremetal.expected(&spec)),
             desired,
             ssh_port: 22,
-            provider: Kind::Baremetal,
+            provider: ProviderKind::Baremetal,
             iteration: 1,
             generation: 1,
             refreshed_ms: Some(5),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use dop_core::plan::{Node, Provider};
+use dop_core::plan::{Node, ProviderKind};
 use dop_store::StateRecords;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,7 @@ pub struct NodeRecord {
     /// The SSH port its infrastructure gave it.
     pub ssh_port: u16,
     /// The provider of its infrastructure.
-    pub provider: Provider,
+    pub provider: ProviderKind,
     /// The plan iteration `desired` comes from.
     pub iteration: u64,
     /// Changes on every (re)deploy; dopi compares it with the one its state was made on.
@@ -149,7 +149,7 @@ mod tests {
             status: Status::Deployed,
             desired: plan.nodes[0].clone(),
             ssh_port: 2200,
-            provider: Provider::Local,
+            provider: ProviderKind::Local,
             iteration: 3,
             generation: 42,
             actual: Some(Actual {

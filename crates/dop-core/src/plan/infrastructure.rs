@@ -17,7 +17,7 @@ use crate::yaml::Yaml;
 /// The kind of provider an infrastructure is, aliases resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Provider {
+pub enum ProviderKind {
     /// Machines that exist already; dopv leaves them alone.
     Baremetal,
     /// OpenStack (`rhos` is an alias).
@@ -32,41 +32,41 @@ pub enum Provider {
     Libvirt,
 }
 
-impl Provider {
+impl ProviderKind {
     /// Reads a type name, case-insensitively, with the original aliases.
-    pub fn from_type(name: &str) -> Option<Provider> {
+    pub fn from_type(name: &str) -> Option<ProviderKind> {
         Some(match name.to_ascii_lowercase().as_str() {
-            "baremetal" => Provider::Baremetal,
-            "openstack" | "rhos" => Provider::Openstack,
-            "ovirt" | "rhev" | "rhevm" => Provider::Ovirt,
-            "vsphere" | "vmware" => Provider::Vsphere,
-            "local" => Provider::Local,
-            "libvirt" => Provider::Libvirt,
+            "baremetal" => ProviderKind::Baremetal,
+            "openstack" | "rhos" => ProviderKind::Openstack,
+            "ovirt" | "rhev" | "rhevm" => ProviderKind::Ovirt,
+            "vsphere" | "vmware" => ProviderKind::Vsphere,
+            "local" => ProviderKind::Local,
+            "libvirt" => ProviderKind::Libvirt,
             _ => return None,
         })
     }
 
     /// True for providers that need no endpoint, API credentials or networks.
     pub fn is_unmanaged(self) -> bool {
-        matches!(self, Provider::Baremetal | Provider::Local)
+        matches!(self, ProviderKind::Baremetal | ProviderKind::Local)
     }
 
     /// True for providers whose API needs a plan credential. libvirt authenticates through
     /// its connection (the local socket, or SSH keys for `qemu+ssh://`).
     pub fn needs_api_credentials(self) -> bool {
-        !self.is_unmanaged() && self != Provider::Libvirt
+        !self.is_unmanaged() && self != ProviderKind::Libvirt
     }
 }
 
-impl fmt::Display for Provider {
+impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Provider::Baremetal => "baremetal",
-            Provider::Openstack => "openstack",
-            Provider::Ovirt => "ovirt",
-            Provider::Vsphere => "vsphere",
-            Provider::Local => "local",
-            Provider::Libvirt => "libvirt",
+            ProviderKind::Baremetal => "baremetal",
+            ProviderKind::Openstack => "openstack",
+            ProviderKind::Ovirt => "ovirt",
+            ProviderKind::Vsphere => "vsphere",
+            ProviderKind::Local => "local",
+            ProviderKind::Libvirt => "libvirt",
         })
     }
 }
@@ -77,7 +77,7 @@ pub struct Infrastructure {
     /// The key it is defined under.
     pub name: String,
     /// The provider, aliases resolved.
-    pub provider: Provider,
+    pub provider: ProviderKind,
     /// The `type` as written (`rhev`), for display.
     pub type_name: String,
     /// The provider API URL.
@@ -193,7 +193,7 @@ pub(crate) fn parse(
         }
         Some(t) => match string(c, t, &type_path, "the provider type") {
             None => (None, String::new()),
-            Some(s) => match Provider::from_type(&s) {
+            Some(s) => match ProviderKind::from_type(&s) {
                 Some(p) => (Some(p), s),
                 None => {
                     c.error(
@@ -209,7 +209,7 @@ pub(crate) fn parse(
             },
         },
     };
-    let unmanaged = provider.is_none_or(Provider::is_unmanaged);
+    let unmanaged = provider.is_none_or(ProviderKind::is_unmanaged);
 
     let endpoint = match field(v, "endpoint") {
         Some(e) => {
@@ -264,7 +264,7 @@ pub(crate) fn parse(
                 }
             })
         }
-        None if provider.is_some_and(Provider::needs_api_credentials) => {
+        None if provider.is_some_and(ProviderKind::needs_api_credentials) => {
             c.error(
                 v,
                 &join(path, "credentials"),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use credential::{ContentError, ContentSource, Credential, CredentialKind};
 pub use hooks::Hooks;
-pub use infrastructure::{AffinityGroup, Gateway, Infrastructure, Network, Provider};
+pub use infrastructure::{AffinityGroup, Gateway, Infrastructure, Network, ProviderKind};
 pub use jump::{host_port, JumpHost};
 pub use node::{
     check_fqdn, DataDisk, Dns, InfrastructureProperties, Interface, IpSetting, Node, Sizing,

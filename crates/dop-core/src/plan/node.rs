@@ -9,7 +9,7 @@ use super::check::{
     warn_unknown_keys,
 };
 use super::credential::{Credential, CredentialKind};
-use super::infrastructure::{Gateway, Infrastructure, Provider};
+use super::infrastructure::{Gateway, Infrastructure, ProviderKind};
 use super::jump::{self, JumpHost};
 use crate::datasize::DataSize;
 use crate::diagnostic::{index, join, Collector};
@@ -72,7 +72,7 @@ pub struct Node {
     /// Power the node off hard when it must be stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_stop: bool,
-    /// Provider-specific settings.
+    /// ProviderKind-specific settings.
     #[serde(default, skip_serializing_if = "InfrastructureProperties::is_empty")]
     pub infrastructure_properties: InfrastructureProperties,
     /// The SSH jump host chain to the node: its own `jump_hosts`, else its infrastructure's.
@@ -151,8 +151,8 @@ impl Node {
 
     /// Cores, memory and storage for providers that size nodes themselves: explicit values,
     /// else the flavor's, else `medium`. `None` on OpenStack, where the flavor decides.
-    pub fn sizing(&self, provider: Provider) -> Option<Sizing> {
-        if provider == Provider::Openstack {
+    pub fn sizing(&self, provider: ProviderKind) -> Option<Sizing> {
+        if provider == ProviderKind::Openstack {
             return None;
         }
         let flavor = self.flavor.as_deref().unwrap_or("medium");
@@ -230,7 +230,7 @@ impl Dns {
     }
 }
 
-/// Provider-specific node settings. Values that do not apply to the node's provider are
+/// ProviderKind-specific node settings. Values that do not apply to the node's provider are
 /// dropped, as in the original.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
@@ -357,7 +357,7 @@ pub(crate) fn parse(
         .as_deref()
         .and_then(|n| ctx.infrastructures.iter().find(|i| i.name == n));
     let provider = infra.map(|i| i.provider);
-    let is = |p: Provider| provider == Some(p);
+    let is = |p: ProviderKind| provider == Some(p);
 
     let fqdn = field(v, "fqdn").and_then(|f| string(c, f, &join(path, "fqdn"), "the fqdn"));
     if let Some(f) = &fqdn {
@@ -374,7 +374,7 @@ pub(crate) fn parse(
                 &join(path, "image"),
                 format!(
                     "an 'image' is required on {}",
-                    provider.unwrap_or(Provider::Baremetal)
+                    provider.unwrap_or(ProviderKind::Baremetal)
                 ),
             );
             None
@@ -382,7 +382,7 @@ pub(crate) fn parse(
         None => None,
     };
 
-    let provider_only = |c: &mut Collector<'_>, key: &str, allowed: Provider| {
+    let provider_only = |c: &mut Collector<'_>, key: &str, allowed: ProviderKind| {
         let x = field(v, key)?;
         let p = join(path, key);
         let b = boolean(c, x, &p, &format!("'{key}'"))?;
@@ -396,8 +396,8 @@ pub(crate) fn parse(
         }
         Some(b)
     };
-    let full_clone = provider_only(c, "full_clone", Provider::Ovirt);
-    let thin_clone = provider_only(c, "thin_clone", Provider::Vsphere);
+    let full_clone = provider_only(c, "full_clone", ProviderKind::Ovirt);
+    let thin_clone = provider_only(c, "thin_clone", ProviderKind::Vsphere);
 
     let interfaces = field(v, "interfaces")
         .map(|i| parse_interfaces(c, i, &join(path, "interfaces"), infra))
@@ -407,7 +407,7 @@ pub(crate) fn parse(
 
     let timezone = match field(v, "timezone") {
         Some(t) => non_empty_string(c, t, &join(path, "timezone"), "'timezone'"),
-        None if is(Provider::Vsphere) => {
+        None if is(ProviderKind::Vsphere) => {
             c.error(
                 v,
                 &join(path, "timezone"),
@@ -452,7 +452,7 @@ pub(crate) fn parse(
         };
         if list.is_none() {
             c.error(t, &p, "'tags' must be a string or a list of strings");
-        } else if provider.is_some() && !is(Provider::Vsphere) {
+        } else if provider.is_some() && !is(ProviderKind::Vsphere) {
             c.error(t, &p, "'tags' can only be used on vsphere infrastructures");
             return None;
         }
@@ -526,7 +526,7 @@ fn parse_sizing(
     c: &mut Collector<'_>,
     v: &Yaml,
     path: &str,
-    provider: Option<Provider>,
+    provider: Option<ProviderKind>,
 ) -> (
     Option<String>,
     Option<u32>,
@@ -545,7 +545,7 @@ fn parse_sizing(
         );
         return (None, None, None, None);
     }
-    let openstack = provider == Some(Provider::Openstack);
+    let openstack = provider == Some(ProviderKind::Openstack);
     let flavor = field(v, "flavor").and_then(|f| {
         let p = join(path, "flavor");
         let name = string(c, f, &p, "the flavor")?;
@@ -877,7 +877,7 @@ fn parse_disks(
     c: &mut Collector<'_>,
     v: &Yaml,
     path: &str,
-    provider: Option<Provider>,
+    provider: Option<ProviderKind>,
     node: &Yaml,
 ) -> Vec<DataDisk> {
     let Some(entries) = mapping(c, v, path, "'disks'") else {
@@ -901,9 +901,9 @@ fn parse_disks(
         let pool = match field(def, "pool") {
             Some(pl) => non_empty_string(c, pl, &join(&p, "pool"), "'pool'"),
             None if default_pool.is_none()
-                && matches!(provider, Some(Provider::Ovirt | Provider::Vsphere)) =>
+                && matches!(provider, Some(ProviderKind::Ovirt | ProviderKind::Vsphere)) =>
             {
-                c.error(def, &join(&p, "pool"), format!("a 'pool' is required on {} (or set infrastructure_properties.default_pool)", provider.unwrap_or(Provider::Ovirt)));
+                c.error(def, &join(&p, "pool"), format!("a 'pool' is required on {} (or set infrastructure_properties.default_pool)", provider.unwrap_or(ProviderKind::Ovirt)));
                 None
             }
             None => default_pool.clone(),
@@ -976,8 +976,8 @@ fn parse_properties(
         // The original skipped every check when the block is missing; the provider needs
         // these, so say so without refusing plans that only dopi uses.
         let needed: &[&str] = match provider {
-            Some(Provider::Ovirt | Provider::Vsphere) => &["datacenter", "cluster"],
-            Some(Provider::Openstack) => &["tenant"],
+            Some(ProviderKind::Ovirt | ProviderKind::Vsphere) => &["datacenter", "cluster"],
+            Some(ProviderKind::Openstack) => &["tenant"],
             _ => &[],
         };
         if !needed.is_empty() {
@@ -986,7 +986,7 @@ fn parse_properties(
                 &path,
                 format!(
                     "no infrastructure_properties: {} needs {} to deploy this node",
-                    provider.unwrap_or(Provider::Ovirt),
+                    provider.unwrap_or(ProviderKind::Ovirt),
                     needed.join(" and ")
                 ),
             );
@@ -1003,7 +1003,7 @@ fn parse_properties(
     let text = |c: &mut Collector<'_>, key: &str| {
         field(v, key).and_then(|x| non_empty_string(c, x, &join(&path, key), &format!("'{key}'")))
     };
-    let is = |p: Provider| provider == Some(p);
+    let is = |p: ProviderKind| provider == Some(p);
     let required = |c: &mut Collector<'_>, key: &str, applies: bool| {
         if !applies {
             return None;
@@ -1015,17 +1015,17 @@ fn parse_properties(
                 &join(&path, key),
                 format!(
                     "'{key}' is required on {}",
-                    provider.unwrap_or(Provider::Ovirt)
+                    provider.unwrap_or(ProviderKind::Ovirt)
                 ),
             );
         }
         found
     };
-    let vm = is(Provider::Ovirt) || is(Provider::Vsphere);
+    let vm = is(ProviderKind::Ovirt) || is(ProviderKind::Vsphere);
     props.datacenter = required(c, "datacenter", vm);
     props.cluster = required(c, "cluster", vm);
-    props.tenant = required(c, "tenant", is(Provider::Openstack));
-    if is(Provider::Openstack) {
+    props.tenant = required(c, "tenant", is(ProviderKind::Openstack));
+    if is(ProviderKind::Openstack) {
         props.domain_id = Some(text(c, "domain_id").unwrap_or_else(|| "default".to_string()));
         props.endpoint_type = Some(match field(v, "endpoint_type") {
             Some(e) => match e.as_str() {
@@ -1042,7 +1042,7 @@ fn parse_properties(
             None => "publicURL".to_string(),
         });
     }
-    let flag = |c: &mut Collector<'_>, key: &str, allowed: Provider, default: bool| {
+    let flag = |c: &mut Collector<'_>, key: &str, allowed: ProviderKind, default: bool| {
         let value = match field(v, key) {
             Some(x) => {
                 let b = boolean(c, x, &join(&path, key), &format!("'{key}'"));
@@ -1059,8 +1059,8 @@ fn parse_properties(
         };
         is(allowed).then(|| value.unwrap_or(default))
     };
-    props.use_config_drive = flag(c, "use_config_drive", Provider::Openstack, false);
-    props.keep_ha = flag(c, "keep_ha", Provider::Ovirt, true);
+    props.use_config_drive = flag(c, "use_config_drive", ProviderKind::Openstack, false);
+    props.keep_ha = flag(c, "keep_ha", ProviderKind::Ovirt, true);
     if let Some(a) = field(v, "affinity_groups") {
         let p = join(&path, "affinity_groups");
         if let Some(groups) = string_list(c, a, &p, "affinity_groups", true) {
@@ -1130,10 +1130,10 @@ fn parse_libvirt_properties(
     c: &mut Collector<'_>,
     v: &Yaml,
     path: &str,
-    provider: Option<Provider>,
+    provider: Option<ProviderKind>,
     props: &mut InfrastructureProperties,
 ) {
-    let libvirt = provider == Some(Provider::Libvirt);
+    let libvirt = provider == Some(ProviderKind::Libvirt);
     for key in ["domain_type", "user_network_ssh"] {
         if let (Some(x), Some(p)) = (field(v, key), provider) {
             if !libvirt {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dop_core::plan::{CredentialKind, DataDisk, Dns, IpSetting, Provider as Kind};
+use dop_core::plan::{CredentialKind, DataDisk, Dns, IpSetting, ProviderKind};
 use dop_core::DataSize;
 use dop_store::logs::NodeLog;
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ impl Local {
             .ok_or_else(|| ProviderError::new("the node has no static address in 127.0.0.0/8"))?;
         let sizing = spec
             .node
-            .sizing(Kind::Local)
+            .sizing(ProviderKind::Local)
             .expect("local nodes are sized by flavors");
         Ok(NodeConfig {
             fqdn: spec.node.fqdn.trim_end_matches('.').to_string(),
@@ -496,7 +496,7 @@ impl Provider for Local {
     }
 
     fn expected(&self, spec: &NodeSpec) -> Actual {
-        let sizing = spec.node.sizing(Kind::Local);
+        let sizing = spec.node.sizing(ProviderKind::Local);
         let disks = ActualDisk::planned(&spec.node.disks);
         Actual {
             exists: true,

@@ -276,7 +276,7 @@ impl Libvirt {
             .clone()
             .ok_or_else(|| error("a libvirt node needs an image (a volume in its storage pool)"))?;
         let sizing = node
-            .sizing(dop_core::plan::Provider::Libvirt)
+            .sizing(dop_core::plan::ProviderKind::Libvirt)
             .ok_or_else(|| error("no sizing for a libvirt node"))?;
         // The root disk: an overlay of the base volume.
         let (p, img, root) = (pool.clone(), image.clone(), root_volume(spec));
@@ -725,7 +725,7 @@ impl Provider for Libvirt {
 
     fn expected(&self, spec: &NodeSpec) -> Actual {
         let node = &spec.node;
-        let sizing = node.sizing(dop_core::plan::Provider::Libvirt);
+        let sizing = node.sizing(dop_core::plan::ProviderKind::Libvirt);
         Actual {
             exists: true,
             power: Some(Power::On),
@@ -946,7 +946,7 @@ impl Provider for Libvirt {
         let name = spec.node.name.clone();
         let sizing = spec
             .node
-            .sizing(dop_core::plan::Provider::Libvirt)
+            .sizing(dop_core::plan::ProviderKind::Libvirt)
             .ok_or_else(|| error("no sizing for a libvirt node"))?;
         match field {
             "cores" => {
