@@ -277,7 +277,7 @@ fn every_command_with_text_and_json() {
     let out = server.run(&["plan", "monitor", "cli", "--destructive"]);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(64),
         "--destructive needs --auto-sync"
     );
     assert_eq!(
