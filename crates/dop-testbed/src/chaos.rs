@@ -115,11 +115,15 @@ mod tests {
     fn leftovers_are_found_by_their_command_line() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("marker");
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &format!("sleep 30 # {}", marker.display())])
+        std::fs::write(&marker, "").unwrap();
+        // A process that names the marker and never forks (a shell running `sleep` would fork,
+        // and for a moment that fork is a second process mentioning the marker).
+        let mut child = std::process::Command::new("tail")
+            .args(["-f", "-s", "30"])
+            .arg(&marker)
             .spawn()
             .unwrap();
-        // Until the child has exec'd sh, its command line is still this test's.
+        // Until the child has exec'd tail, its command line is still this test's.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut found = processes_mentioning(&marker);
         while found.is_empty() && Instant::now() < deadline {
