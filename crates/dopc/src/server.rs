@@ -311,7 +311,7 @@ pub async fn serve(
                 shutdown.await;
                 stopper.graceful_shutdown(None);
             });
-            axum_server::from_tcp_rustls(listener.into_std()?, rustls)
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await?;
