@@ -26,6 +26,8 @@ pub fn dist() -> Result<(), String> {
             "-p",
             "dopc",
             "-p",
+            "dopc-client",
+            "-p",
             "dop-puppet",
         ])
         // Packages ship binaries without debug information (a quarter of the size).
@@ -53,6 +55,7 @@ pub fn docs() -> Result<usize, String> {
         ("dopi", dopi::app::Cli::command()),
         ("dopv", dopv::app::Cli::command()),
         ("dopc", dopc::app::Cli::command()),
+        ("dopc-client", dopc_client::app::Cli::command()),
         ("dop-puppet-autosign", dop_puppet::app::Cli::command()),
     ];
     let mut files = 0;
@@ -162,6 +165,10 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
             "dop: the server (queued executions, logs, state) and its client",
         ),
         (
+            "dopc-client",
+            "dop: the client of a dopc server (no server, no libvirt, no store)",
+        ),
+        (
             "dop-puppet-autosign",
             "dop: Puppet's policy-based autosign for the nodes of stored plans",
         ),
@@ -170,9 +177,13 @@ fn rpms(bin_dir: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
         let mut b = new_builder(tool, summary, arch);
         b.description(format!(
             "{summary}. Part of dop, the Deployment Orchestrator for Puppet."
-        ))
-        .requires(Dependency::eq("dop-common", format!("{version}-1")))
-        .with_file(
+        ));
+        // The client reads no dop.conf and needs no service user: an operator's laptop
+        // installs it alone.
+        if tool != "dopc-client" {
+            b.requires(Dependency::eq("dop-common", format!("{version}-1")));
+        }
+        b.with_file(
             bin_dir.join(tool),
             FileOptions::new(format!("/usr/bin/{tool}")).mode(0o100755),
         )
@@ -333,7 +344,7 @@ mod tests {
     fn dist_makes_completions_and_man_pages_for_every_tool() {
         super::docs().expect("docs");
         let out = crate::root().join("target/dist");
-        for tool in ["dopi", "dopv", "dopc", "dop-puppet-autosign"] {
+        for tool in ["dopi", "dopv", "dopc", "dopc-client", "dop-puppet-autosign"] {
             let bash =
                 std::fs::read_to_string(out.join(format!("completions/bash/{tool}.bash"))).unwrap();
             // clap names the function after the tool, dashes doubled into underscores.

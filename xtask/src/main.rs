@@ -345,7 +345,7 @@ async fn follow_task(
     task: dopc::execution::Task,
     options: dopc::execution::ExecOptions,
     flags: &str,
-) -> Result<(u64, Vec<serde_json::Value>), String> {
+) -> Result<(u64, Vec<dopc_client::api::LogEvent>), String> {
     println!("\n$ dopc execution {} demo{flags} --follow", task.name());
     let e = client
         .execute("demo", task, &options)
@@ -362,7 +362,7 @@ async fn follow_task(
     if status != dopc::execution::Status::Done {
         // What the nodes said, to see why (the demo's directory is removed at its end).
         if let Ok(log) = client.log(e.id, None, None).await {
-            let text = log["log"].as_str().unwrap_or_default();
+            let text = log.log.as_str();
             let lines: Vec<&str> = text.lines().collect();
             println!("\n== the end of execution {}'s log", e.id);
             for line in &lines[lines.len().saturating_sub(60)..] {
@@ -391,11 +391,7 @@ async fn demo_story(
         .add_plan(text, false)
         .await
         .map_err(|e| e.to_string())?;
-    println!(
-        "{} plan '{}'",
-        added["status"].as_str().unwrap_or(""),
-        added["name"].as_str().unwrap_or("")
-    );
+    println!("{} plan '{}'", added.status.name(), added.name);
     follow_task(client, Task::Setup, ExecOptions::default(), "").await?;
     if let Some(nodes_dir) = nodes_dir {
         println!("\n== Puppet wrote each node's role, looked up in the Hiera data dop wrote from the plan");
@@ -433,8 +429,8 @@ async fn demo_story(
         .map_err(|e| e.to_string())?;
     println!(
         "{} to iteration {}",
-        updated["status"].as_str().unwrap_or(""),
-        updated["iteration"]["number"]
+        updated.status.name(),
+        updated.iteration.number
     );
     let noop = ExecOptions {
         noop: true,
@@ -448,8 +444,8 @@ async fn demo_story(
     let (_, events) = follow_task(client, Task::Sync, destructive, " --destructive").await?;
     let ran: std::collections::BTreeSet<String> = events
         .iter()
-        .filter(|e| e["kind"] == "command_finished")
-        .filter_map(|e| e["node"].as_str().map(str::to_string))
+        .filter(|e| e.kind == "command_finished")
+        .filter_map(|e| e.node.clone())
         .collect();
     println!(
         "\n== the steps ran again on: {}",

@@ -41,6 +41,7 @@ mod include;
 mod load;
 mod pattern;
 pub mod plan;
+pub mod time;
 pub mod yaml;
 
 pub use config::{Config, ConfigError, Environment, Level};

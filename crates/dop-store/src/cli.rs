@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::error::StoreError;
 use crate::store::{Store, Stored};
-use crate::time::rfc3339;
+use dop_core::time::rfc3339;
 
 /// The commands that manage stored plans.
 #[derive(Subcommand, Clone, Debug)]

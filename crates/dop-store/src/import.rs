@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Result, StoreError};
 use crate::store::{App, Store, Stored};
-use crate::time::from_compact_utc;
+use dop_core::time::from_compact_utc;
 
 /// What an import did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -48,7 +48,6 @@ mod progress;
 pub mod server;
 mod session;
 mod store;
-mod time;
 
 pub use backend::{Backend, Batch, Database, SledBackend};
 pub use error::{Result, StoreError};
@@ -59,4 +58,5 @@ pub use session::StateSession;
 pub use store::{
     content_hash, App, Iteration, IterationInfo, PlanEntry, PlanLock, StateRecords, Store, Stored,
 };
-pub use time::{now_ms, parse_rfc3339, rfc3339};
+// Timestamps live in dop-core (the client crates need them without the store).
+pub use dop_core::time::{now_ms, parse_rfc3339, rfc3339};

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::time::{now_ms, rfc3339};
+use dop_core::time::{now_ms, rfc3339};
 
 /// Who holds (or held) a run lock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::time::{now_ms, rfc3339};
+use dop_core::time::{now_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// One event of an execution.

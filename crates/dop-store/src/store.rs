@@ -14,7 +14,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::{check_name, Layout};
 use crate::lock::{Holder, RunLock};
 use crate::session::StateSession;
-use crate::time::now_ms;
+use dop_core::time::now_ms;
 
 /// The tools that keep state in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

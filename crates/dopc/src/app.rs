@@ -15,7 +15,7 @@ pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,
     #[command(flatten)]
-    pub client: crate::cli::ClientArgs,
+    pub client: dopc_client::cli::ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,16 +37,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the API's OpenAPI description (JSON).
     Openapi,
-    /// Ask the server whether it answers.
-    Ping,
-    /// The server's metrics (Prometheus text, as `/api/v1/metrics` serves them).
-    Metrics,
-    /// Plans on the server.
-    #[command(subcommand)]
-    Plan(crate::cli::PlanCommand),
-    /// Executions on the server: start tasks, follow logs, cancel, clean up.
-    #[command(subcommand)]
-    Execution(crate::cli::ExecutionCommand),
+    /// The client commands, as `dopc-client` has them.
+    #[command(flatten)]
+    Client(dopc_client::cli::ClientCommand),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(dop_core::cli::CompletionArgs),
 }

@@ -9,12 +9,18 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod book;
-pub mod cli;
-pub mod client;
 pub mod error;
-pub mod execution;
 pub mod metrics;
 pub mod monitor;
 pub mod openapi;
 pub mod runner;
 pub mod server;
+
+/// The client and its commands live in `dopc-client` (an operator's machine installs it without
+/// the server); these paths keep working.
+pub use dopc_client::{cli, client};
+
+/// The executions' wire types, from `dopc-client`.
+pub mod execution {
+    pub use dopc_client::api::{ExecOptions, Execution, Status, Task};
+}

@@ -21,9 +21,7 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "{}", dopc::openapi::document());
             EXIT_OK
         }
-        Command::Ping | Command::Metrics | Command::Plan(_) | Command::Execution(_) => {
-            client(&cli, out, err)
-        }
+        Command::Client(command) => dopc_client::cli::run(&cli.client, command, out, err),
         Command::Completion(args) => cli::completion::<Cli>(args, out),
     })
 }
@@ -117,39 +115,6 @@ async fn stop_signal() {
         }
         _ => std::future::pending().await,
     }
-}
-
-fn client(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let client = match dopc::cli::client(&cli.client) {
-        Ok(c) => c,
-        Err(e) => return dopc::cli::failed(err, &e),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let mut session = dopc::cli::Session {
-        client,
-        json: cli.client.json,
-        out,
-        err,
-    };
-    runtime.block_on(async {
-        match &cli.command {
-            Command::Ping => dopc::cli::ping(&mut session).await,
-            Command::Metrics => dopc::cli::metrics(&mut session).await,
-            Command::Plan(c) => dopc::cli::plan(&mut session, c).await,
-            Command::Execution(c) => dopc::cli::execution(&mut session, c).await,
-            _ => EXIT_FAILURE,
-        }
-    })
 }
 
 fn token(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dop_store::server::Kind;
 use dop_store::{now_ms, rfc3339, Store};
 use dopv::standing::{Standing, SyncState};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::execution::{ExecOptions, Execution, Status, Task};
@@ -25,63 +25,13 @@ pub const MONITOR: &str = "monitor";
 /// How often the schedule is looked at.
 const TICK: Duration = Duration::from_millis(500);
 
-/// A plan's monitor: `[monitor.<plan>]` in `dopc.toml`, or set through the API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MonitorSettings {
-    /// False: not monitored (an API setting can switch a configured monitor off).
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Seconds between the starts of two refreshes (at least 1).
-    pub interval_secs: u64,
-    /// What to do about drift and pending changes; off unless enabled.
-    #[serde(default)]
-    pub auto_sync: AutoSync,
-}
+pub use dopc_client::api::{AutoSync, MonitorSettings};
 
-/// The auto-sync policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct AutoSync {
-    /// Queue a sync when a refresh finds something to do (default false: report only).
-    pub enabled: bool,
-    /// The sync may destroy and redeploy (nodes removed from the plan, redeploy changes).
-    pub destructive: bool,
-    /// The sync may reboot nodes.
-    pub interruptive: bool,
-    /// Run the plan's `default` step set on the synced nodes afterwards (default true).
-    pub run: bool,
-}
-
-impl Default for AutoSync {
-    fn default() -> AutoSync {
-        AutoSync {
-            enabled: false,
-            destructive: false,
-            interruptive: false,
-            run: true,
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl MonitorSettings {
-    /// Refuses settings that cannot work.
-    pub fn check(&self) -> Result<(), String> {
-        if self.interval_secs == 0 {
-            return Err("interval_secs must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    fn permissions(&self) -> dopv::Permissions {
-        dopv::Permissions {
-            destructive: self.auto_sync.destructive,
-            interruptive: self.auto_sync.interruptive,
-        }
+/// What a sync queued by the monitor may do: what the plan's policy allows.
+fn permissions(settings: &MonitorSettings) -> dopv::Permissions {
+    dopv::Permissions {
+        destructive: settings.auto_sync.destructive,
+        interruptive: settings.auto_sync.interruptive,
     }
 }
 
@@ -321,7 +271,7 @@ impl Monitor {
             self.store(),
             &e.plan,
             &self.providers,
-            settings.permissions(),
+            permissions(&settings),
         )?;
         let off: Vec<&Standing> = standings
             .iter()

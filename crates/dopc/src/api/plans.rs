@@ -7,8 +7,12 @@ use base64::Engine;
 use dop_core::{LookupSettings, Severity};
 use dop_store::logs::Masker;
 use dop_store::Stored;
+use dopc_client::api::{
+    IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored, PlanSummary,
+    PlanText, StoredStatus, Versions,
+};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::blocking;
 use crate::error::{ApiError, Body, OptionalBody};
@@ -82,39 +86,65 @@ fn load(text: &str) -> Result<dop_core::Plan, ApiError> {
     }
 }
 
-fn stored_json(stored: &Stored, name: &str) -> Value {
-    match stored {
-        Stored::New(info) => {
-            json!({"name": name, "status": if info.number == 1 { "added" } else { "updated" }, "iteration": info})
-        }
-        Stored::Unchanged(info) => json!({"name": name, "status": "unchanged", "iteration": info}),
+/// An iteration as the API shows it (the client's type, so that the two cannot drift).
+fn iteration(info: &dop_store::IterationInfo) -> IterationInfo {
+    IterationInfo {
+        number: info.number,
+        time_ms: info.time_ms,
+        hash: info.hash.clone(),
+        nodes: info.nodes,
+        step_sets: info.step_sets,
+        steps: info.steps,
+        source: info.source.clone(),
+    }
+}
+
+fn stored_answer(stored: &Stored, name: &str) -> PlanStored {
+    let (status, info) = match stored {
+        Stored::New(info) if info.number == 1 => (StoredStatus::Added, info),
+        Stored::New(info) => (StoredStatus::Updated, info),
+        Stored::Unchanged(info) => (StoredStatus::Unchanged, info),
+    };
+    PlanStored {
+        name: name.to_string(),
+        status,
+        iteration: iteration(info),
+        diff: None,
     }
 }
 
 /// `GET /plans`.
-#[utoipa::path(get, path = "/api/v1/plans", tag = "plans", responses((status = 200, description = "The stored plans: `{plans: [{name, latest, nodes, created_at, updated_at}]}`", body = serde_json::Value), (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/plans", tag = "plans", responses((status = 200, description = "The stored plans: `{plans: [{name, latest, nodes, created_at, updated_at}]}`", body = PlanList), (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<PlanList>, ApiError> {
     let store = s.store.clone();
     let plans = blocking(move || Ok(store.list()?)).await?;
-    Ok(Json(json!({"plans": plans.iter().map(|p| json!({
-        "name": p.name, "latest": p.latest, "nodes": p.nodes.len(),
-        "created_at": dop_store::rfc3339(p.created_ms), "updated_at": dop_store::rfc3339(p.updated_ms),
-    })).collect::<Vec<_>>()})))
+    Ok(Json(PlanList {
+        plans: plans
+            .iter()
+            .map(|p| PlanSummary {
+                name: p.name.clone(),
+                latest: p.latest,
+                nodes: p.nodes.len(),
+                created_at: dop_store::rfc3339(p.created_ms),
+                updated_at: dop_store::rfc3339(p.updated_ms),
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /plans`.
-#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = serde_json::Value), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
 pub async fn add(
     State(s): State<AppState>,
     Body(body): Body<PlanBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PlanStored>), ApiError> {
     let text = plan_text(&body)?;
     let store = s.store.clone();
     let force = body.force;
     let value = blocking(move || {
         let plan = load(&text)?;
         let stored = store.add(&text, &plan, None, force)?;
-        Ok(stored_json(&stored, &plan.name))
+        Ok(stored_answer(&stored, &plan.name))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(value)))
@@ -124,7 +154,7 @@ fn update_with(
     s: &AppState,
     name: Option<String>,
     body: PlanBody,
-) -> impl std::future::Future<Output = Result<Json<Value>, ApiError>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<Json<PlanStored>, ApiError>> + Send + 'static {
     let store = s.store.clone();
     let runner = s.runner.clone();
     async move {
@@ -144,12 +174,17 @@ fn update_with(
                 )));
             }
             let stored = store.update(&text, &plan, None)?;
-            let mut v = stored_json(&stored, &plan.name);
+            let mut answer = stored_answer(&stored, &plan.name);
             if matches!(stored, Stored::New(_)) {
-                let (from, to, diff) = store.diff(&plan.name, None, None)?;
-                v["diff"] = json!({"from": from, "to": to, "changes": diff});
+                let (from, to, changes) = store.diff(&plan.name, None, None)?;
+                answer.diff = Some(PlanDiffAnswer {
+                    from,
+                    to,
+                    changes,
+                    text: None,
+                });
             }
-            Ok(v)
+            Ok(answer)
         })
         .await?;
         Ok(Json(value))
@@ -157,21 +192,21 @@ fn update_with(
 }
 
 /// `PUT /plans/{name}`.
-#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanBody, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = serde_json::Value), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanBody, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = PlanStored), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Body(body): Body<PlanBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanStored>, ApiError> {
     update_with(&s, Some(name), body).await
 }
 
 /// `PUT /plans` (the original's form: the name comes from the plan).
-#[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = serde_json::Value)))]
+#[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = PlanStored)))]
 pub async fn update_original(
     State(s): State<AppState>,
     Body(body): Body<PlanBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanStored>, ApiError> {
     update_with(&s, None, body).await
 }
 
@@ -183,31 +218,34 @@ pub struct VersionQuery {
 }
 
 /// `GET /plans/{name}`: the stored text (secrets masked), base64 as the original, and plain.
-#[utoipa::path(get, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan"), ("version" = Option<u64>, Query, description = "An iteration (default: the latest)")), responses((status = 200, description = "`{name, iteration, content (base64), text}`; passwords and private keys masked", body = serde_json::Value), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan"), ("version" = Option<u64>, Query, description = "An iteration (default: the latest)")), responses((status = 200, description = "`{name, iteration, content (base64), text}`; passwords and private keys masked", body = PlanText), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<VersionQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanText>, ApiError> {
     let store = s.store.clone();
     let it = blocking(move || Ok(store.iteration(&name, q.version)?)).await?;
     let text = Masker::for_plan(&it.plan).mask(&it.text).into_owned();
-    Ok(Json(json!({
-        "name": it.plan.name, "iteration": it.info,
-        "content": base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
-        "text": text,
-    })))
+    Ok(Json(PlanText {
+        name: it.plan.name.clone(),
+        iteration: iteration(&it.info),
+        content: base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+        text,
+    }))
 }
 
 /// `GET /plans/{name}/versions`.
-#[utoipa::path(get, path = "/api/v1/plans/{name}/versions", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{versions: [{number, time_ms, hash, nodes, step_sets, steps}]}`, oldest first", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/versions", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{versions: [{number, time_ms, hash, nodes, step_sets, steps}]}`, oldest first", body = Versions), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn versions(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Versions>, ApiError> {
     let store = s.store.clone();
     let versions = blocking(move || Ok(store.versions(&name)?)).await?;
-    Ok(Json(json!({"versions": versions})))
+    Ok(Json(Versions {
+        versions: versions.iter().map(iteration).collect(),
+    }))
 }
 
 /// `?from=N&to=M`.
@@ -219,25 +257,29 @@ pub struct DiffQuery {
 }
 
 /// `GET /plans/{name}/diff`.
-#[utoipa::path(get, path = "/api/v1/plans/{name}/diff", tag = "plans", params(("name" = String, Path, description = "The plan"), ("from" = Option<u64>, Query, description = "Iteration (default: the one before `to`)"), ("to" = Option<u64>, Query, description = "Iteration (default: the latest)")), responses((status = 200, description = "`{from, to, changes, text}`: what changed, by name", body = serde_json::Value), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/diff", tag = "plans", params(("name" = String, Path, description = "The plan"), ("from" = Option<u64>, Query, description = "Iteration (default: the one before `to`)"), ("to" = Option<u64>, Query, description = "Iteration (default: the latest)")), responses((status = 200, description = "`{from, to, changes, text}`: what changed, by name", body = PlanDiffAnswer), (status = 404, description = "No such plan or iteration", body = crate::openapi::ErrorBody)))]
 pub async fn diff(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<DiffQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanDiffAnswer>, ApiError> {
     let store = s.store.clone();
     let (from, to, changes) = blocking(move || Ok(store.diff(&name, q.from, q.to)?)).await?;
-    Ok(Json(
-        json!({"from": from, "to": to, "changes": changes, "text": changes.to_string()}),
-    ))
+    let text = Some(changes.to_string());
+    Ok(Json(PlanDiffAnswer {
+        from,
+        to,
+        changes,
+        text,
+    }))
 }
 
 /// `DELETE /plans/{name}`: refused while it has waiting or running executions or deployed nodes.
-#[utoipa::path(delete, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Removed with its iterations and state", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody), (status = 409, description = "It has waiting or running executions, or deployed nodes", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/plans/{name}", tag = "plans", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Removed with its iterations and state", body = PlanRemoved), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody), (status = 409, description = "It has waiting or running executions, or deployed nodes", body = crate::openapi::ErrorBody)))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanRemoved>, ApiError> {
     let (store, monitor, runner) = (s.store.clone(), s.monitor.clone(), s.runner.clone());
     blocking(move || {
         let pending = runner
@@ -251,7 +293,10 @@ pub async fn remove(
         store.remove(&name, false, false)?;
         // A plan added again later under this name starts unmonitored (dopc.toml aside).
         monitor.set(&name, None)?;
-        Ok(Json(json!({"name": name, "status": "removed"})))
+        Ok(Json(PlanRemoved {
+            name,
+            status: "removed".into(),
+        }))
     })
     .await
 }
@@ -265,12 +310,12 @@ pub struct ResetBody {
 
 /// `PUT /plans/{name}/reset`: dopi's step state back to ready (failed and interrupted work;
 /// with `force` all).
-#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetBody, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = serde_json::Value), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetBody, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = PlanReset), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
 pub async fn reset(
     State(s): State<AppState>,
     Path(name): Path<String>,
     OptionalBody(body): OptionalBody<ResetBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanReset>, ApiError> {
     let force = body.force;
     let store = s.store.clone();
     let runner = s.runner.clone();
@@ -291,7 +336,10 @@ pub async fn reset(
                 dopi::ResetError::Store(e) => ApiError::from(e),
                 other => ApiError::invalid("invalid_reset", other.to_string()),
             })?;
-        Ok(Json(json!({"name": name, "reset": n})))
+        Ok(Json(PlanReset {
+            name,
+            reset: u64::try_from(n).unwrap_or(u64::MAX),
+        }))
     })
     .await
 }

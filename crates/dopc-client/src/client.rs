@@ -10,7 +10,10 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::execution::{ExecOptions, Execution, Status, Task};
+use crate::api::{
+    ExecOptions, Execution, Finding, LogEvent, LogText, MonitorSettings, PlanDiffAnswer, PlanList,
+    PlanRemoved, PlanReset, PlanStored, PlanText, Pong, Status, StreamEnd, Task, Versions,
+};
 
 /// Where the server is and how to talk to it.
 #[derive(Clone)]
@@ -82,8 +85,8 @@ pub enum ClientError {
         code: String,
         /// The message.
         message: String,
-        /// Structured details (an invalid plan's findings).
-        details: Option<Value>,
+        /// An invalid plan's findings (empty for other errors).
+        findings: Vec<Finding>,
     },
     /// The call took longer than the timeout.
     #[error("dopc at {url} did not answer within {seconds} s")]
@@ -284,24 +287,28 @@ impl Client {
                 status,
                 code: error["code"].as_str().unwrap_or("unknown").to_string(),
                 message,
-                details: error.get("details").cloned(),
+                findings: error
+                    .get("details")
+                    .cloned()
+                    .and_then(|d| serde_json::from_value(d).ok())
+                    .unwrap_or_default(),
             });
         }
         serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `GET /ping`.
-    pub async fn ping(&self) -> Result<Value, ClientError> {
+    pub async fn ping(&self) -> Result<Pong, ClientError> {
         self.call(reqwest::Method::GET, "/ping", None).await
     }
 
     /// `GET /plans`.
-    pub async fn plans(&self) -> Result<Value, ClientError> {
+    pub async fn plans(&self) -> Result<PlanList, ClientError> {
         self.call(reqwest::Method::GET, "/plans", None).await
     }
 
     /// `POST /plans` with the plan's text (includes already expanded).
-    pub async fn add_plan(&self, text: &str, force: bool) -> Result<Value, ClientError> {
+    pub async fn add_plan(&self, text: &str, force: bool) -> Result<PlanStored, ClientError> {
         self.call(
             reqwest::Method::POST,
             "/plans",
@@ -311,7 +318,7 @@ impl Client {
     }
 
     /// `PUT /plans/{name}`.
-    pub async fn update_plan(&self, name: &str, text: &str) -> Result<Value, ClientError> {
+    pub async fn update_plan(&self, name: &str, text: &str) -> Result<PlanStored, ClientError> {
         self.call(
             reqwest::Method::PUT,
             &format!("/plans/{name}"),
@@ -321,14 +328,14 @@ impl Client {
     }
 
     /// `GET /plans/{name}`.
-    pub async fn plan(&self, name: &str, version: Option<u64>) -> Result<Value, ClientError> {
+    pub async fn plan(&self, name: &str, version: Option<u64>) -> Result<PlanText, ClientError> {
         let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
         self.call(reqwest::Method::GET, &format!("/plans/{name}{query}"), None)
             .await
     }
 
     /// `GET /plans/{name}/versions`.
-    pub async fn versions(&self, name: &str) -> Result<Value, ClientError> {
+    pub async fn versions(&self, name: &str) -> Result<Versions, ClientError> {
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}/versions"),
@@ -343,7 +350,7 @@ impl Client {
         name: &str,
         from: Option<u64>,
         to: Option<u64>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<PlanDiffAnswer, ClientError> {
         let from = from.map(|v| v.to_string());
         let to = to.map(|v| v.to_string());
         let query = query(&[("from", from.as_deref()), ("to", to.as_deref())]);
@@ -356,13 +363,13 @@ impl Client {
     }
 
     /// `DELETE /plans/{name}`.
-    pub async fn delete_plan(&self, name: &str) -> Result<Value, ClientError> {
+    pub async fn delete_plan(&self, name: &str) -> Result<PlanRemoved, ClientError> {
         self.call(reqwest::Method::DELETE, &format!("/plans/{name}"), None)
             .await
     }
 
     /// `PUT /plans/{name}/reset`.
-    pub async fn reset(&self, name: &str, force: bool) -> Result<Value, ClientError> {
+    pub async fn reset(&self, name: &str, force: bool) -> Result<PlanReset, ClientError> {
         self.call(
             reqwest::Method::PUT,
             &format!("/plans/{name}/reset"),
@@ -391,7 +398,7 @@ impl Client {
     pub async fn set_monitor(
         &self,
         name: &str,
-        settings: Option<&crate::monitor::MonitorSettings>,
+        settings: Option<&MonitorSettings>,
     ) -> Result<Value, ClientError> {
         let path = format!("/plans/{name}/monitor");
         match settings {
@@ -486,7 +493,7 @@ impl Client {
         id: u64,
         node: Option<&str>,
         level: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<LogText, ClientError> {
         let query = query(&[("node", node), ("level", level)]);
         self.call(
             reqwest::Method::GET,
@@ -528,7 +535,7 @@ impl Client {
                 code: "websocket".into(),
                 message: String::from_utf8_lossy(res.body().as_deref().unwrap_or_default())
                     .into_owned(),
-                details: None,
+                findings: Vec::new(),
             }),
             Err(e) => {
                 let reason = causes(&e);
@@ -556,7 +563,7 @@ impl Client {
         id: u64,
         since: u64,
         patience: Duration,
-        mut on_event: impl FnMut(&Value),
+        mut on_event: impl FnMut(&LogEvent),
     ) -> Result<Status, ClientError> {
         let mut last = since;
         let mut failing_since: Option<std::time::Instant> = None;
@@ -585,16 +592,16 @@ impl Client {
                     break;
                 }
                 let Ok(text) = msg.to_text() else { continue };
-                let Ok(event) = serde_json::from_str::<Value>(text) else {
-                    continue;
-                };
-                if event["kind"] == "end" {
-                    return serde_json::from_value(event["status"].clone())
-                        .map_err(|e| ClientError::Protocol(format!("end without a status: {e}")));
+                if let Ok(end) = serde_json::from_str::<StreamEnd>(text) {
+                    if end.kind == "end" {
+                        return Ok(end.status);
+                    }
                 }
-                let seq = event["seq"].as_u64().unwrap_or(0);
-                if seq > last {
-                    last = seq;
+                let event = serde_json::from_str::<LogEvent>(text).map_err(|e| {
+                    ClientError::Protocol(format!("a log event that is not one ({e}): {text}"))
+                })?;
+                if event.seq > last {
+                    last = event.seq;
                     on_event(&event);
                 }
             }

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use dop_core::cli::{print_json, EXIT_USAGE};
 use serde_json::{json, Value};
 
+use crate::api::{ExecOptions, LogEvent, Status, Task};
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::execution::{ExecOptions, Status, Task};
 
 /// Exit status: the execution was cancelled.
 pub const EXIT_CANCELLED: u8 = 4;
@@ -217,11 +217,11 @@ pub struct MonitorArgs {
 
 impl MonitorArgs {
     /// The setting the flags ask for, if they ask for one.
-    fn settings(&self) -> Option<crate::monitor::MonitorSettings> {
-        Some(crate::monitor::MonitorSettings {
+    fn settings(&self) -> Option<crate::api::MonitorSettings> {
+        Some(crate::api::MonitorSettings {
             enabled: !self.off,
             interval_secs: self.interval?,
-            auto_sync: crate::monitor::AutoSync {
+            auto_sync: crate::api::AutoSync {
                 enabled: self.auto_sync,
                 destructive: self.destructive,
                 interruptive: self.interruptive,
@@ -377,6 +377,59 @@ pub struct Session<'a> {
     pub err: &'a mut dyn Write,
 }
 
+/// The client commands (of `dopc-client`, and the same under `dopc`).
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Ask the server whether it answers.
+    Ping,
+    /// The server's metrics (Prometheus text, as `/api/v1/metrics` serves them).
+    Metrics,
+    /// Plans on the server.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Executions on the server: start tasks, follow logs, cancel, clean up.
+    #[command(subcommand)]
+    Execution(ExecutionCommand),
+}
+
+/// Runs a client command to its end on a runtime of its own; returns the exit status.
+pub fn run(
+    args: &ClientArgs,
+    command: &ClientCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let client = match client(args) {
+        Ok(c) => c,
+        Err(e) => return failed(err, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let mut session = Session {
+        client,
+        json: args.json,
+        out,
+        err,
+    };
+    runtime.block_on(async {
+        match command {
+            ClientCommand::Ping => ping(&mut session).await,
+            ClientCommand::Metrics => metrics(&mut session).await,
+            ClientCommand::Plan(c) => plan(&mut session, c).await,
+            ClientCommand::Execution(c) => execution(&mut session, c).await,
+        }
+    })
+}
+
 /// The client for the arguments: flags, then environment, then the client file, then the
 /// defaults.
 pub fn client(args: &ClientArgs) -> Result<Client, ClientError> {
@@ -397,18 +450,10 @@ pub fn client(args: &ClientArgs) -> Result<Client, ClientError> {
 /// The exit status for a client error, after saying it in one line.
 pub fn failed(err: &mut dyn Write, e: &ClientError) -> u8 {
     let _ = writeln!(err, "error: {e}");
-    if let ClientError::Api {
-        details: Some(d), ..
-    } = e
-    {
-        for finding in d.as_array().into_iter().flatten() {
-            let _ = writeln!(
-                err,
-                "  {}: {} (line {})",
-                finding["path"].as_str().unwrap_or(""),
-                finding["message"].as_str().unwrap_or(""),
-                finding["line"]
-            );
+    if let ClientError::Api { findings, .. } = e {
+        for finding in findings {
+            let line = finding.line.map_or_else(|| "?".into(), |l| l.to_string());
+            let _ = writeln!(err, "  {}: {} (line {line})", finding.path, finding.message);
         }
     }
     match e {
@@ -421,7 +466,8 @@ pub fn failed(err: &mut dyn Write, e: &ClientError) -> u8 {
     }
 }
 
-fn show(s: &mut Session<'_>, value: &Value, text: impl FnOnce(&Value) -> String) {
+/// The answer as JSON with `--json`, else as `text` makes it for people.
+fn show<T: serde::Serialize>(s: &mut Session<'_>, value: &T, text: impl FnOnce(&T) -> String) {
     if s.json {
         print_json(s.out, value);
     } else {
@@ -430,21 +476,12 @@ fn show(s: &mut Session<'_>, value: &Value, text: impl FnOnce(&Value) -> String)
 }
 
 /// An event for people, as the log files show it.
-pub fn event_line(e: &Value) -> String {
-    let time = e["time_ms"]
-        .as_u64()
-        .map(dop_store::rfc3339)
-        .unwrap_or_default();
-    let level = e["level"].as_str().unwrap_or("").to_uppercase();
-    match e["node"].as_str() {
-        Some(n) => format!(
-            "{time} {level:<5} [{n}] {}\n",
-            e["message"].as_str().unwrap_or("")
-        ),
-        None => format!(
-            "{time} {level:<5} {}\n",
-            e["message"].as_str().unwrap_or("")
-        ),
+pub fn event_line(e: &LogEvent) -> String {
+    let time = dop_core::time::rfc3339(e.time_ms);
+    let level = e.level.to_uppercase();
+    match &e.node {
+        Some(n) => format!("{time} {level:<5} [{n}] {}\n", e.message),
+        None => format!("{time} {level:<5} {}\n", e.message),
     }
 }
 
@@ -464,7 +501,7 @@ async fn follow(s: &mut Session<'_>, id: u64) -> u8 {
         .client
         .follow(id, 0, Duration::from_secs(120), |event| {
             if json {
-                let _ = writeln!(out, "{event}");
+                let _ = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default());
             } else {
                 let _ = write!(out, "{}", event_line(event));
             }
@@ -480,7 +517,7 @@ async fn follow(s: &mut Session<'_>, id: u64) -> u8 {
     }
 }
 
-fn execution_line(e: &crate::execution::Execution) -> String {
+fn execution_line(e: &crate::api::Execution) -> String {
     format!(
         "{:>5}  {:<10} {:<9} {:<20} {}{}\n",
         e.id,
@@ -557,9 +594,9 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                     show(s, &v, |v| {
                         format!(
                             "{} plan '{}' as iteration {}\n",
-                            v["status"].as_str().unwrap_or(""),
-                            v["name"].as_str().unwrap_or(""),
-                            v["iteration"]["number"]
+                            v.status.name(),
+                            v.name,
+                            v.iteration.number
                         )
                     });
                 }),
@@ -567,12 +604,15 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                     show(s, &v, |v| {
                         let mut t = format!(
                             "{} plan '{}' (iteration {})\n",
-                            v["status"].as_str().unwrap_or(""),
-                            v["name"].as_str().unwrap_or(""),
-                            v["iteration"]["number"]
+                            v.status.name(),
+                            v.name,
+                            v.iteration.number
                         );
-                        if let Some(changes) = v["diff"]["changes"].as_object() {
-                            t.push_str(&format!("{}\n", Value::Object(changes.clone())));
+                        if let Some(diff) = &v.diff {
+                            t.push_str(&format!(
+                                "{}\n",
+                                serde_json::to_string(&diff.changes).unwrap_or_default()
+                            ));
                         }
                         t
                     });
@@ -581,42 +621,31 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         }
         PlanCommand::List => s.client.plans().await.map(|v| {
             show(s, &v, |v| {
-                v["plans"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                v.plans
+                    .iter()
                     .map(|p| {
                         format!(
                             "{:<24} iteration {:<4} {:>5} nodes  updated {}\n",
-                            p["name"].as_str().unwrap_or(""),
-                            p["latest"],
-                            p["nodes"],
-                            p["updated_at"].as_str().unwrap_or("")
+                            p.name, p.latest, p.nodes, p.updated_at
                         )
                     })
                     .collect()
             });
         }),
         PlanCommand::Get { name, version } => s.client.plan(name, *version).await.map(|v| {
-            show(s, &v, |v| v["text"].as_str().unwrap_or("").to_string());
+            show(s, &v, |v| v.text.clone());
         }),
         PlanCommand::Versions { name } => s.client.versions(name).await.map(|v| {
             show(s, &v, |v| {
-                v["versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                v.versions
+                    .iter()
                     .map(|i| {
                         format!(
                             "{:>4}  {}  {}  {} nodes\n",
-                            i["number"],
-                            i["time_ms"]
-                                .as_u64()
-                                .map(dop_store::rfc3339)
-                                .unwrap_or_default(),
-                            &i["hash"].as_str().unwrap_or("")
-                                [..12.min(i["hash"].as_str().unwrap_or("").len())],
-                            i["nodes"]
+                            i.number,
+                            dop_core::time::rfc3339(i.time_ms),
+                            i.hash.get(..12).unwrap_or(&i.hash),
+                            i.nodes
                         )
                     })
                     .collect()
@@ -626,9 +655,9 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
             show(s, &v, |v| {
                 format!(
                     "iteration {} -> {}\n{}",
-                    v["from"],
-                    v["to"],
-                    v["text"].as_str().unwrap_or("")
+                    v.from,
+                    v.to,
+                    v.text.as_deref().unwrap_or("")
                 )
             });
         }),
@@ -637,7 +666,7 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         }),
         PlanCommand::Reset { name, force } => s.client.reset(name, *force).await.map(|v| {
             show(s, &v, |v| {
-                format!("{} node record(s) put back to ready\n", v["reset"])
+                format!("{} node record(s) put back to ready\n", v.reset)
             });
         }),
         PlanCommand::Drift {
@@ -859,7 +888,7 @@ pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
         Err(e) => return failed(s.err, &e),
     };
     if !args.follow {
-        show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+        show(s, &e, |_| {
             format!(
                 "execution {} ({} of '{}') is {}\n",
                 e.id,
@@ -895,15 +924,11 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                 .executions(plan.as_deref(), status)
                 .await
                 .map(|list| {
-                    show(s, &serde_json::to_value(&list).unwrap_or_default(), |_| {
-                        list.iter().map(execution_line).collect()
-                    });
+                    show(s, &list, |_| list.iter().map(execution_line).collect());
                 })
         }
         ExecutionCommand::Get { id } => s.client.execution(*id).await.map(|e| {
-            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
-                execution_line(&e)
-            });
+            show(s, &e, |_| execution_line(&e));
         }),
         ExecutionCommand::Log {
             id, follow: true, ..
@@ -918,12 +943,10 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
             .log(*id, node.as_deref(), level.as_deref())
             .await
             .map(|v| {
-                show(s, &v, |v| v["log"].as_str().unwrap_or("").to_string());
+                show(s, &v, |v| v.log.clone());
             }),
         ExecutionCommand::Remove { id } => s.client.remove_execution(*id).await.map(|e| {
-            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
-                format!("removed execution {}\n", e.id)
-            });
+            show(s, &e, |_| format!("removed execution {}\n", e.id));
         }),
         ExecutionCommand::Clear {
             statuses,
@@ -942,13 +965,13 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                 .clear(&statuses, plan.as_deref(), *age)
                 .await
                 .map(|list| {
-                    show(s, &serde_json::to_value(&list).unwrap_or_default(), |_| {
+                    show(s, &list, |_| {
                         format!("removed {} execution(s)\n", list.len())
                     });
                 })
         }
         ExecutionCommand::Cancel { id, force } => s.client.cancel(*id, *force).await.map(|e| {
-            show(s, &serde_json::to_value(&e).unwrap_or_default(), |_| {
+            show(s, &e, |_| {
                 format!(
                     "execution {}: {} (cancel requests: {})\n",
                     e.id,

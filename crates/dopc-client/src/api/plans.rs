@@ -1,0 +1,172 @@
+//! `/ping` and `/plans…`: the answers about stored plans.
+
+use dop_core::PlanDiff;
+use serde::{Deserialize, Serialize};
+
+/// `GET /ping`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Pong {
+    /// Always `"pong"`.
+    pub pong: String,
+}
+
+/// One stored iteration of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IterationInfo {
+    /// 1 for the first iteration, then counting up.
+    pub number: u64,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// SHA-256 of the stored text, hex.
+    pub hash: String,
+    /// Nodes of this iteration.
+    pub nodes: usize,
+    /// Step sets.
+    pub step_sets: usize,
+    /// Steps.
+    pub steps: usize,
+    /// The file it was read from, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A plan in `GET /plans`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanSummary {
+    /// The plan's name.
+    pub name: String,
+    /// Its latest iteration.
+    pub latest: u64,
+    /// Its nodes (latest iteration).
+    pub nodes: usize,
+    /// When it was added (RFC 3339).
+    pub created_at: String,
+    /// When its latest iteration was stored (RFC 3339).
+    pub updated_at: String,
+}
+
+/// `GET /plans`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanList {
+    /// The stored plans, by name.
+    pub plans: Vec<PlanSummary>,
+}
+
+/// What storing a plan did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum StoredStatus {
+    /// Its first iteration.
+    Added,
+    /// A new iteration.
+    Updated,
+    /// The same text as the latest iteration: nothing was stored.
+    Unchanged,
+}
+
+impl StoredStatus {
+    /// The word, as serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredStatus::Added => "added",
+            StoredStatus::Updated => "updated",
+            StoredStatus::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// `POST /plans` and `PUT /plans/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanStored {
+    /// The plan.
+    pub name: String,
+    /// What was done.
+    pub status: StoredStatus,
+    /// The iteration now latest.
+    pub iteration: IterationInfo,
+    /// For an update that stored a new iteration: what changed since the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<PlanDiffAnswer>,
+}
+
+/// `GET /plans/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanText {
+    /// The plan.
+    pub name: String,
+    /// The iteration shown.
+    pub iteration: IterationInfo,
+    /// The text, base64 (byte for byte as stored).
+    pub content: String,
+    /// The text, secrets masked.
+    pub text: String,
+}
+
+/// `GET /plans/{name}/versions`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Versions {
+    /// Oldest first.
+    pub versions: Vec<IterationInfo>,
+}
+
+/// `GET /plans/{name}/diff`, and the `diff` of an update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanDiffAnswer {
+    /// The older iteration.
+    pub from: u64,
+    /// The newer iteration.
+    pub to: u64,
+    /// What changed, by name.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub changes: PlanDiff,
+    /// The same, for people (`dopc plan diff`); absent in an update's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `DELETE /plans/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanRemoved {
+    /// The plan.
+    pub name: String,
+    /// Always `"removed"`.
+    pub status: String,
+}
+
+/// `PUT /plans/{name}/reset`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanReset {
+    /// The plan.
+    pub name: String,
+    /// Node records put back to ready.
+    pub reset: u64,
+}
+
+/// One problem in a plan the server refused (`error.details` of a 422).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Finding {
+    /// Where in the plan (`nodes.web01.interfaces`).
+    pub path: String,
+    /// The line, when known.
+    #[serde(default)]
+    pub line: Option<usize>,
+    /// The column, when known.
+    #[serde(default)]
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// `error` or `warning`.
+    pub severity: String,
+}
