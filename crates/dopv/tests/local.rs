@@ -789,38 +789,29 @@ fn a_node_that_fails_is_rolled_back_and_the_next_sync_repairs_it() {
     lab.expect(&["undeploy", "fail", "--rmdisk"], 0);
 }
 
-#[test]
-fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
-    if !root() {
-        return;
-    }
-    let lab = Lab::new();
-    let (p, port) = ("127.0.67", 2337);
+/// A slow `pre_create_vm` hook (its body after the line that records which node it runs for)
+/// and the file it writes to, for the signal tests.
+fn slow_hook(lab: &Lab, body: &str) -> (PathBuf, PathBuf) {
     let marker = lab.path().join("started");
     let hook = lab.path().join("slow.sh");
     std::fs::write(
         &hook,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> {}\nsleep 0.3\n",
-            marker.display()
-        ),
+        format!("#!/bin/sh\necho \"$1\" >> {}\n{body}\n", marker.display()),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let nodes: Vec<String> = (1..=5)
-        .map(|i| node(&format!("s{i}"), &format!("{p}.{i}"), ""))
-        .collect();
-    let mut plan =
-        plan_text("sig", p, port, &nodes).replace("name: sig\n", "name: sig\nmax_in_flight: 1\n");
-    plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
-    lab.plan(&plan);
+    (hook, marker)
+}
+
+/// `dopv deploy PLAN --json -q` in the background, once its first hook has started.
+fn deploy_until_a_hook_runs(lab: &Lab, plan: &str, marker: &Path) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_dopv"))
         .env("DOP_CONFIG", "/dev/null")
         .env("DOP_STORE_DIR", lab.path().join("store"))
         .env("DOP_LOG_DIR", lab.path().join("logs"))
         .env("DOP_LOCAL_DIR", lab.local_dir())
-        .args(["deploy", "sig", "--json", "-q"])
+        .args(["deploy", plan, "--json", "-q"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -828,6 +819,26 @@ fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
     while !marker.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    assert!(marker.exists(), "the first node's hook started");
+    child
+}
+
+#[test]
+fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.67", 2337);
+    let (hook, marker) = slow_hook(&lab, "sleep 0.3");
+    let nodes: Vec<String> = (1..=5)
+        .map(|i| node(&format!("s{i}"), &format!("{p}.{i}"), ""))
+        .collect();
+    let mut plan =
+        plan_text("sig", p, port, &nodes).replace("name: sig\n", "name: sig\nmax_in_flight: 1\n");
+    plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
+    lab.plan(&plan);
+    let child = deploy_until_a_hook_runs(&lab, "sig", &marker);
     // SAFETY: kill has no memory preconditions.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
@@ -873,19 +884,8 @@ fn a_second_signal_stops_at_once_and_still_reports() {
     }
     let lab = Lab::new();
     let (p, port) = ("127.0.69", 2339);
-    let marker = lab.path().join("started");
-    let hook = lab.path().join("slow.sh");
     // The first node's hook hangs: only a hard stop ends the run before it does.
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> {}\nsleep 600\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (hook, marker) = slow_hook(&lab, "sleep 600");
     let nodes: Vec<String> = (1..=2)
         .map(|i| node(&format!("h{i}"), &format!("{p}.{i}"), ""))
         .collect();
@@ -893,20 +893,7 @@ fn a_second_signal_stops_at_once_and_still_reports() {
         .replace("name: hard\n", "name: hard\nmax_in_flight: 1\n");
     plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
     lab.plan(&plan);
-    let child = Command::new(env!("CARGO_BIN_EXE_dopv"))
-        .env("DOP_CONFIG", "/dev/null")
-        .env("DOP_STORE_DIR", lab.path().join("store"))
-        .env("DOP_LOG_DIR", lab.path().join("logs"))
-        .env("DOP_LOCAL_DIR", lab.local_dir())
-        .args(["deploy", "hard", "--json", "-q"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while !marker.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(marker.exists(), "the first node's hook started");
+    let child = deploy_until_a_hook_runs(&lab, "hard", &marker);
     for _ in 0..2 {
         // SAFETY: kill has no memory preconditions.
         unsafe {
