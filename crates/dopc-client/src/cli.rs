@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use dop_core::cli::{print_json, EXIT_USAGE};
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use crate::api::{ExecOptions, LogEvent, Status, Task};
+use crate::api::{
+    ExecOptions, LogEvent, MonitorDocument, NodeSync, PlanState, Status, SyncCounts, Task,
+};
 use crate::client::{Client, ClientConfig, ClientError};
 
 /// Exit status: the execution was cancelled.
@@ -672,21 +674,11 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         PlanCommand::Drift {
             name,
             detailed_exitcode,
-        } => s.client.state(name).await.map(|v| {
-            let in_sync = v["sync"]["in_sync"] == v["nodes"].as_array().map_or(0, Vec::len);
-            if *detailed_exitcode && !in_sync {
+        } => s.client.state(name).await.map(|state| {
+            if *detailed_exitcode && !state.all_in_sync() {
                 status = 2;
             }
-            let drift = json!({
-                "plan": v["plan"], "iteration": v["iteration"], "sync": v["sync"],
-                "nodes": v["nodes"].as_array().into_iter().flatten().map(|n| {
-                    let mut d = n["sync"].clone();
-                    d["name"] = n["name"].clone();
-                    d["in_plan"] = n["in_plan"].clone();
-                    d
-                }).collect::<Vec<_>>(),
-            });
-            show(s, &drift, drift_text);
+            show(s, &DriftReport::of(&state), drift_text);
         }),
         PlanCommand::Monitor(args) => {
             let answer = if args.clear {
@@ -707,7 +699,7 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
             s.client
                 .watch_state(name, |v| {
                     if json {
-                        let _ = writeln!(out, "{v}");
+                        let _ = writeln!(out, "{}", serde_json::to_string(v).unwrap_or_default());
                     } else {
                         let _ = writeln!(out, "{}", state_text(v));
                     }
@@ -722,148 +714,173 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     }
 }
 
-/// The strings of a JSON array (none when it is not one).
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
+/// `dopc plan drift`: each node's standing, without the rest of the plan's state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DriftReport {
+    /// The plan.
+    pub plan: String,
+    /// Its latest iteration.
+    pub iteration: u64,
+    /// How many nodes stand where.
+    pub sync: SyncCounts,
+    /// Per node.
+    pub nodes: Vec<NodeDrift>,
+}
+
+/// One node of a [`DriftReport`]: its name next to its standing's fields.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeDrift {
+    /// The node.
+    pub name: String,
+    /// In the newest plan iteration.
+    pub in_plan: bool,
+    /// Its standing.
+    #[serde(flatten)]
+    pub sync: NodeSync,
+}
+
+impl DriftReport {
+    /// The drift part of a plan's state.
+    pub fn of(state: &PlanState) -> DriftReport {
+        DriftReport {
+            plan: state.plan.clone(),
+            iteration: state.iteration,
+            sync: state.sync,
+            nodes: state
+                .nodes
+                .iter()
+                .map(|n| NodeDrift {
+                    name: n.name.clone(),
+                    in_plan: n.in_plan,
+                    sync: n.sync.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `dopc plan drift` for people: one line per node, then its differing fields.
-pub fn drift_text(v: &Value) -> String {
+pub fn drift_text(report: &DriftReport) -> String {
+    let c = report.sync;
     let mut t = format!(
         "plan '{}': iteration {}; {} in sync, {} pending, {} drifted, {} unknown\n",
-        v["plan"].as_str().unwrap_or(""),
-        v["iteration"],
-        v["sync"]["in_sync"],
-        v["sync"]["pending"],
-        v["sync"]["drifted"],
-        v["sync"]["unknown"],
+        report.plan, report.iteration, c.in_sync, c.pending, c.drifted, c.unknown,
     );
-    for n in v["nodes"].as_array().into_iter().flatten() {
+    for n in &report.nodes {
         let mut notes = Vec::new();
-        if let Some(reason) = n["reason"].as_str() {
-            notes.push(reason.to_string());
+        if let Some(reason) = n.sync.reason {
+            notes.push(reason.name().to_string());
         }
-        let held = strings(&n["held_back"]);
-        if !held.is_empty() {
+        if !n.sync.held_back.is_empty() {
+            let held: Vec<String> = n.sync.held_back.iter().map(ToString::to_string).collect();
             notes.push(format!("needs {}", held.join(" and ")));
         }
-        if let Some(e) = n["read_error"].as_str() {
-            notes.push(e.to_string());
+        if let Some(e) = &n.sync.read_error {
+            notes.push(e.clone());
         }
         t.push_str(&format!(
             "  {:<28} {:<8} refreshed {:<20} {}\n",
-            n["name"].as_str().unwrap_or(""),
-            n["state"].as_str().unwrap_or(""),
-            n["refreshed_at"].as_str().unwrap_or("never"),
+            n.name,
+            n.sync.state.name(),
+            n.sync.refreshed_at.as_deref().unwrap_or("never"),
             notes.join("; ")
         ));
-        for d in n["drift"].as_array().into_iter().flatten() {
+        for d in &n.sync.drift {
             t.push_str(&format!(
                 "      drift {}: {} (deployed: {})\n",
-                d["field"].as_str().unwrap_or(""),
-                d["actual"],
-                d["expected"]
+                d.field, d.actual, d.expected
             ));
         }
-        let pending = strings(&n["pending"]);
-        if !pending.is_empty() {
-            t.push_str(&format!("      pending: {}\n", pending.join(", ")));
+        if !n.sync.pending.is_empty() {
+            t.push_str(&format!("      pending: {}\n", n.sync.pending.join(", ")));
         }
     }
     t
 }
 
 /// `dopc plan monitor` for people.
-pub fn monitor_text(v: &Value) -> String {
-    let plan = v["plan"].as_str().unwrap_or("");
-    let mut t = match v["settings"].as_object() {
+pub fn monitor_text(doc: &MonitorDocument) -> String {
+    let plan = &doc.plan;
+    let mut t = match &doc.settings {
         None => format!("plan '{plan}' is not monitored\n"),
         Some(set) => {
-            let sync = &set["auto_sync"];
-            let policy = if sync["enabled"] == true {
+            let sync = &set.auto_sync;
+            let policy = if sync.enabled {
                 let mut allowed = vec!["in place"];
-                if sync["interruptive"] == true {
+                if sync.interruptive {
                     allowed.push("reboot");
                 }
-                if sync["destructive"] == true {
+                if sync.destructive {
                     allowed.push("destroy and redeploy");
                 }
                 format!(
                     "auto-sync on ({}){}",
                     allowed.join(", "),
-                    if sync["run"] == true {
-                        ", then run"
-                    } else {
-                        ""
-                    }
+                    if sync.run { ", then run" } else { "" }
                 )
             } else {
                 "auto-sync off: report only".to_string()
             };
             format!(
                 "plan '{plan}': {} every {} s, {policy} (set in {})\n",
-                if set["enabled"] == true {
+                if set.enabled {
                     "refresh"
                 } else {
                     "off; would refresh"
                 },
-                set["interval_secs"],
-                v["source"].as_str().unwrap_or("")
+                set.interval_secs,
+                doc.source.name()
             )
         }
     };
-    let st = &v["status"];
-    if let Some(verdict) = st["verdict"].as_str() {
+    let st = &doc.status;
+    if let Some(verdict) = &st.verdict {
         t.push_str(&format!(
             "  last check {}: {verdict}\n",
-            st["last_checked_at"].as_str().unwrap_or("")
+            st.last_checked_at.as_deref().unwrap_or("")
         ));
     }
-    if let Some(next) = st["next_due_at"].as_str() {
+    if let Some(next) = &st.next_due_at {
         t.push_str(&format!("  next refresh due {next}\n"));
     }
-    if st["skipped"].as_u64().unwrap_or(0) > 0 {
+    if st.skipped > 0 {
         t.push_str(&format!(
             "  {} refresh(es) skipped: one was still waiting or running\n",
-            st["skipped"]
+            st.skipped
         ));
     }
     t
 }
 
+/// `null` where a value is unknown, as JSON shows it (the text output always did).
+fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
 /// A plan state document for people.
-pub fn state_text(v: &Value) -> String {
+pub fn state_text(state: &PlanState) -> String {
     let mut t = format!(
         "plan '{}': iteration {}, state serial {}\n",
-        v["plan"].as_str().unwrap_or(""),
-        v["iteration"],
-        v["serial"]
+        state.plan, state.iteration, state.serial
     );
-    for n in v["nodes"].as_array().into_iter().flatten() {
+    for n in &state.nodes {
+        let power = n.actual.as_ref().and_then(|a| a.power);
         t.push_str(&format!(
             "  {:<28} {:<12} {:<4} generation {}\n",
-            n["name"].as_str().unwrap_or(""),
-            n["status"].as_str().unwrap_or("not deployed"),
-            n["actual"]["power"].as_str().unwrap_or("-"),
-            n["generation"]
+            n.name,
+            n.status.map_or("not deployed", |s| s.name()),
+            power.map_or("-", |p| p.name()),
+            or_null(n.generation)
         ));
     }
-    for set in v["step_sets"].as_array().into_iter().flatten() {
+    for set in &state.step_sets {
         t.push_str(&format!(
             "  [{}] step set '{}'\n",
-            set["state"].as_str().unwrap_or(""),
-            set["name"].as_str().unwrap_or("")
+            set.state.name(),
+            set.name
         ));
-        for step in set["steps"].as_array().into_iter().flatten() {
-            t.push_str(&format!(
-                "    [{}] {}\n",
-                step["state"].as_str().unwrap_or(""),
-                step["name"].as_str().unwrap_or("")
-            ));
+        for step in &set.steps {
+            t.push_str(&format!("    [{}] {}\n", step.state.name(), step.name));
         }
     }
     t
@@ -910,7 +927,7 @@ pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
 }
 
 async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
-    let parse_status = |t: &str| serde_json::from_value::<Status>(Value::String(t.to_string()));
+    let parse_status = |t: &str| serde_json::from_value::<Status>(serde_json::Value::from(t));
     let result = match command {
         ExecutionCommand::List { plan, status } => {
             let status = match status.as_deref().map(parse_status).transpose() {

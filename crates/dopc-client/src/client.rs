@@ -8,12 +8,19 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::{
-    ExecOptions, Execution, Finding, LogEvent, LogText, MonitorSettings, PlanDiffAnswer, PlanList,
-    PlanRemoved, PlanReset, PlanStored, PlanText, Pong, Status, StreamEnd, Task, Versions,
+    CancelRequest, ClearRequest, ErrorBody, ErrorDetail, ExecOptions, Execution, ExecutionRequest,
+    Finding, LogEvent, LogText, MonitorDocument, MonitorSettings, PlanDiffAnswer, PlanList,
+    PlanRemoved, PlanReset, PlanState, PlanStored, PlanText, PlanUpload, Pong, ResetRequest,
+    StateStreamEnd, Status, StreamEnd, Task, Versions,
 };
+
+/// A call without a body.
+const NO_BODY: Option<&()> = None;
 
 /// Where the server is and how to talk to it.
 #[derive(Clone)]
@@ -233,11 +240,11 @@ impl Client {
     }
 
     /// One call; idempotent ones are tried again after connection failures.
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&B>,
     ) -> Result<T, ClientError> {
         let idempotent = method != reqwest::Method::POST;
         let mut attempt = 0;
@@ -246,7 +253,7 @@ impl Client {
             if let Some(t) = &self.config.token {
                 req = req.bearer_auth(t);
             }
-            if let Some(b) = &body {
+            if let Some(b) = body {
                 req = req.json(b);
             }
             match req.send().await {
@@ -268,43 +275,51 @@ impl Client {
     async fn answer<T: DeserializeOwned>(&self, res: reqwest::Response) -> Result<T, ClientError> {
         let status = res.status().as_u16();
         let text = res.text().await.map_err(|e| self.transport_error(&e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|_| {
+        let not_json = || {
             ClientError::Protocol(format!(
                 "status {status}, not JSON: {}",
                 text.chars().take(200).collect::<String>()
             ))
-        })?;
+        };
         if status >= 400 {
-            let error = &value["error"];
-            let message = error["message"]
-                .as_str()
-                .unwrap_or("the server gave no reason")
-                .to_string();
+            // A proxy in between may answer errors with a body of its own: the status still
+            // says what happened.
+            let error = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(body) => body.error,
+                Err(_) if serde_json::from_str::<Value>(&text).is_ok() => ErrorDetail {
+                    code: "unknown".into(),
+                    message: "the server gave no reason".into(),
+                    details: Vec::new(),
+                },
+                Err(_) => return Err(not_json()),
+            };
             if status == 401 {
-                return Err(ClientError::Unauthorized(message));
+                return Err(ClientError::Unauthorized(error.message));
             }
             return Err(ClientError::Api {
                 status,
-                code: error["code"].as_str().unwrap_or("unknown").to_string(),
-                message,
-                findings: error
-                    .get("details")
-                    .cloned()
-                    .and_then(|d| serde_json::from_value(d).ok())
-                    .unwrap_or_default(),
+                code: error.code,
+                message: error.message,
+                findings: error.details,
             });
         }
-        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+        serde_json::from_str(&text).map_err(|e| {
+            if serde_json::from_str::<Value>(&text).is_err() {
+                not_json()
+            } else {
+                ClientError::Protocol(e.to_string())
+            }
+        })
     }
 
     /// `GET /ping`.
     pub async fn ping(&self) -> Result<Pong, ClientError> {
-        self.call(reqwest::Method::GET, "/ping", None).await
+        self.call(reqwest::Method::GET, "/ping", NO_BODY).await
     }
 
     /// `GET /plans`.
     pub async fn plans(&self) -> Result<PlanList, ClientError> {
-        self.call(reqwest::Method::GET, "/plans", None).await
+        self.call(reqwest::Method::GET, "/plans", NO_BODY).await
     }
 
     /// `POST /plans` with the plan's text (includes already expanded).
@@ -312,7 +327,7 @@ impl Client {
         self.call(
             reqwest::Method::POST,
             "/plans",
-            Some(json!({"text": text, "force": force})),
+            Some(&PlanUpload::text(text, force)),
         )
         .await
     }
@@ -322,7 +337,7 @@ impl Client {
         self.call(
             reqwest::Method::PUT,
             &format!("/plans/{name}"),
-            Some(json!({"text": text})),
+            Some(&PlanUpload::text(text, false)),
         )
         .await
     }
@@ -330,8 +345,12 @@ impl Client {
     /// `GET /plans/{name}`.
     pub async fn plan(&self, name: &str, version: Option<u64>) -> Result<PlanText, ClientError> {
         let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
-        self.call(reqwest::Method::GET, &format!("/plans/{name}{query}"), None)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            &format!("/plans/{name}{query}"),
+            NO_BODY,
+        )
+        .await
     }
 
     /// `GET /plans/{name}/versions`.
@@ -339,7 +358,7 @@ impl Client {
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}/versions"),
-            None,
+            NO_BODY,
         )
         .await
     }
@@ -357,14 +376,14 @@ impl Client {
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}/diff{query}"),
-            None,
+            NO_BODY,
         )
         .await
     }
 
     /// `DELETE /plans/{name}`.
     pub async fn delete_plan(&self, name: &str) -> Result<PlanRemoved, ClientError> {
-        self.call(reqwest::Method::DELETE, &format!("/plans/{name}"), None)
+        self.call(reqwest::Method::DELETE, &format!("/plans/{name}"), NO_BODY)
             .await
     }
 
@@ -373,23 +392,27 @@ impl Client {
         self.call(
             reqwest::Method::PUT,
             &format!("/plans/{name}/reset"),
-            Some(json!({"force": force})),
+            Some(&ResetRequest { force }),
         )
         .await
     }
 
     /// `GET /plans/{name}/state`.
-    pub async fn state(&self, name: &str) -> Result<Value, ClientError> {
-        self.call(reqwest::Method::GET, &format!("/plans/{name}/state"), None)
-            .await
+    pub async fn state(&self, name: &str) -> Result<PlanState, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/plans/{name}/state"),
+            NO_BODY,
+        )
+        .await
     }
 
     /// `GET /plans/{name}/monitor`.
-    pub async fn monitor(&self, name: &str) -> Result<Value, ClientError> {
+    pub async fn monitor(&self, name: &str) -> Result<MonitorDocument, ClientError> {
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}/monitor"),
-            None,
+            NO_BODY,
         )
         .await
     }
@@ -399,14 +422,11 @@ impl Client {
         &self,
         name: &str,
         settings: Option<&MonitorSettings>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<MonitorDocument, ClientError> {
         let path = format!("/plans/{name}/monitor");
         match settings {
-            Some(s) => {
-                let body = serde_json::to_value(s).unwrap_or_default();
-                self.call(reqwest::Method::PUT, &path, Some(body)).await
-            }
-            None => self.call(reqwest::Method::DELETE, &path, None).await,
+            Some(s) => self.call(reqwest::Method::PUT, &path, Some(s)).await,
+            None => self.call(reqwest::Method::DELETE, &path, NO_BODY).await,
         }
     }
 
@@ -431,13 +451,17 @@ impl Client {
     ) -> Result<Vec<Execution>, ClientError> {
         let status = status.map(Status::name);
         let query = query(&[("plan", plan), ("status", status)]);
-        self.call(reqwest::Method::GET, &format!("/executions{query}"), None)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            &format!("/executions{query}"),
+            NO_BODY,
+        )
+        .await
     }
 
     /// `GET /executions/{id}`.
     pub async fn execution(&self, id: u64) -> Result<Execution, ClientError> {
-        self.call(reqwest::Method::GET, &format!("/executions/{id}"), None)
+        self.call(reqwest::Method::GET, &format!("/executions/{id}"), NO_BODY)
             .await
     }
 
@@ -451,7 +475,11 @@ impl Client {
         self.call(
             reqwest::Method::POST,
             "/executions",
-            Some(json!({"plan": plan, "task": task, "options": options})),
+            Some(&ExecutionRequest {
+                plan: plan.to_string(),
+                task,
+                options: options.clone(),
+            }),
         )
         .await
     }
@@ -461,15 +489,19 @@ impl Client {
         self.call(
             reqwest::Method::POST,
             &format!("/executions/{id}/cancel"),
-            Some(json!({"force": force})),
+            Some(&CancelRequest { force }),
         )
         .await
     }
 
     /// `DELETE /executions/{id}`.
     pub async fn remove_execution(&self, id: u64) -> Result<Execution, ClientError> {
-        self.call(reqwest::Method::DELETE, &format!("/executions/{id}"), None)
-            .await
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/executions/{id}"),
+            NO_BODY,
+        )
+        .await
     }
 
     /// `DELETE /executions`.
@@ -482,7 +514,11 @@ impl Client {
         self.call(
             reqwest::Method::DELETE,
             "/executions",
-            Some(json!({"statuses": statuses, "plan": plan, "age": age})),
+            Some(&ClearRequest {
+                statuses: statuses.to_vec(),
+                plan: plan.map(str::to_string),
+                age,
+            }),
         )
         .await
     }
@@ -498,7 +534,7 @@ impl Client {
         self.call(
             reqwest::Method::GET,
             &format!("/executions/{id}/log{query}"),
-            None,
+            NO_BODY,
         )
         .await
     }
@@ -591,10 +627,17 @@ impl Client {
                 if msg.is_close() {
                     break;
                 }
-                let Ok(text) = msg.to_text() else { continue };
+                // Only text frames carry documents; pings and pongs are the transport's.
+                let Message::Text(text) = msg else { continue };
+                let text = text.as_str();
                 if let Ok(end) = serde_json::from_str::<StreamEnd>(text) {
                     if end.kind == "end" {
-                        return Ok(end.status);
+                        return end.status.ok_or_else(|| ClientError::Api {
+                            status: 404,
+                            code: "not_found".into(),
+                            message: format!("execution {id} was removed while it was followed"),
+                            findings: Vec::new(),
+                        });
                     }
                 }
                 let event = serde_json::from_str::<LogEvent>(text).map_err(|e| {
@@ -611,21 +654,30 @@ impl Client {
     }
 
     /// Calls `on_state` with the plan's state now and after every change, until it returns
-    /// false or the stream ends.
+    /// false or the stream ends (the plan was removed, or the server stops).
     pub async fn watch_state(
         &self,
         name: &str,
-        mut on_state: impl FnMut(&Value) -> bool,
+        mut on_state: impl FnMut(&PlanState) -> bool,
     ) -> Result<(), ClientError> {
         let mut ws = self
             .websocket(&format!("/plans/{name}/state/stream"))
             .await?;
         while let Some(Ok(msg)) = ws.next().await {
-            let Ok(text) = msg.to_text() else { continue };
-            let Ok(state) = serde_json::from_str::<Value>(text) else {
-                continue;
-            };
-            if state["kind"] == "end" || !on_state(&state) {
+            if msg.is_close() {
+                break;
+            }
+            let Message::Text(text) = msg else { continue };
+            let text = text.as_str();
+            if let Ok(end) = serde_json::from_str::<StateStreamEnd>(text) {
+                if end.kind == "end" {
+                    break;
+                }
+            }
+            let state = serde_json::from_str::<PlanState>(text).map_err(|e| {
+                ClientError::Protocol(format!("a state document that is not one ({e}): {text}"))
+            })?;
+            if !on_state(&state) {
                 break;
             }
         }

@@ -168,3 +168,112 @@ fn usage_errors_and_an_unreachable_server_have_their_own_statuses() {
         text(&out.stdout)
     );
 }
+
+/// The answers that were untyped JSON before (state, drift, monitor, a refused plan's
+/// findings) arrive as the API's types, and their text forms read as they did.
+#[test]
+fn state_drift_monitor_and_refusals_arrive_typed() {
+    use dopc_client::api::{MonitorDocument, MonitorSource, PlanState, RunState, SyncReason};
+    use dopc_client::api::{NeededFlag, SyncState};
+
+    let server = Server::start();
+    let file = server.dir.path().join("laptop.yaml");
+    std::fs::write(&file, PLAN).unwrap();
+    let out = server.client(&["plan", "add", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = server.client(&["plan", "state", "laptop", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let state: PlanState = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((state.plan.as_str(), state.iteration), ("laptop", 1));
+    let node = &state.nodes[0];
+    assert_eq!(node.name, "n1.example.com");
+    assert_eq!(node.sync.state, SyncState::Pending);
+    assert_eq!(node.sync.reason, Some(SyncReason::NewInPlan));
+    assert_eq!((node.status, node.generation), (None, None));
+    assert_eq!(state.step_sets[0].steps[0].state, RunState::Ready);
+    let out = server.client(&["plan", "state", "laptop"]);
+    assert!(
+        text(&out.stdout).starts_with("plan 'laptop': iteration 1, state serial ")
+            && text(&out.stdout).contains("not deployed - ")
+            && text(&out.stdout).contains("  [ready] step set 'default'\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = server.client(&["plan", "drift", "laptop", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("0 in sync, 1 pending, 0 drifted, 0 unknown")
+            && text(&out.stdout).contains("refreshed never"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = server.client(&["plan", "drift", "laptop", "--json"]);
+    let drift: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(drift["nodes"][0]["reason"], "new_in_plan", "{drift}");
+    assert_eq!(drift["nodes"][0]["name"], "n1.example.com", "{drift}");
+
+    let out = server.client(&[
+        "plan",
+        "monitor",
+        "laptop",
+        "--interval",
+        "3600",
+        "--auto-sync",
+        "--interruptive",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let monitor: MonitorDocument = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(monitor.source, MonitorSource::Api);
+    let settings = monitor.settings.unwrap();
+    assert!(settings.auto_sync.interruptive && !settings.auto_sync.destructive);
+    let out = server.client(&["plan", "monitor", "laptop"]);
+    assert!(
+        text(&out.stdout).starts_with(
+            "plan 'laptop': refresh every 3600 s, auto-sync on (in place, reboot), then run \
+             (set in api)\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = server.client(&["plan", "monitor", "laptop", "--clear"]);
+    assert_eq!(text(&out.stdout), "plan 'laptop' is not monitored\n");
+
+    // The library: a refused plan's findings, and the state stream's first document.
+    let client = dopc_client::client::Client::new(dopc_client::client::ClientConfig {
+        url: server.url.clone(),
+        token: Some(server.token.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let refused = server
+        .runtime
+        .block_on(client.add_plan("name: broken\nnodes: 3\n", false))
+        .unwrap_err();
+    match refused {
+        dopc_client::client::ClientError::Api {
+            status, findings, ..
+        } => {
+            assert_eq!(status, 422);
+            assert!(
+                findings
+                    .iter()
+                    .any(|f| f.severity == dop_core::Severity::Error),
+                "{findings:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut seen = Vec::new();
+    server
+        .runtime
+        .block_on(client.watch_state("laptop", |s| {
+            seen.push(s.clone());
+            false
+        }))
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].nodes[0].sync.held_back, Vec::<NeededFlag>::new());
+}

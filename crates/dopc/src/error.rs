@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use dopc_client::api::{ErrorBody, ErrorDetail, Finding};
 
 /// A failed request.
 #[derive(Debug)]
@@ -14,8 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, and where useful what to do.
     pub message: String,
-    /// Structured details (the findings of an invalid plan, …).
-    pub details: Option<serde_json::Value>,
+    /// An invalid plan's findings.
+    pub details: Vec<Finding>,
 }
 
 impl ApiError {
@@ -25,7 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            details: None,
+            details: Vec::new(),
         }
     }
 
@@ -54,9 +54,9 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    /// The same with details.
-    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
-        self.details = Some(details);
+    /// The same with an invalid plan's findings.
+    pub fn with_findings(mut self, findings: Vec<Finding>) -> ApiError {
+        self.details = findings;
         self
     }
 }
@@ -85,11 +85,14 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(d) = self.details {
-            error["details"] = d;
-        }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 

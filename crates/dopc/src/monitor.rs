@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use dop_store::server::Kind;
 use dop_store::{now_ms, rfc3339, Store};
+use dopc_client::api::{MonitorDocument, MonitorFinding, MonitorSource, MonitorStatus};
 use dopv::standing::{Standing, SyncState};
-use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::execution::{ExecOptions, Execution, Status, Task};
@@ -35,38 +35,6 @@ fn permissions(settings: &MonitorSettings) -> dopv::Permissions {
     }
 }
 
-/// Where a plan's effective settings come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// Set through the API (stored; it wins over the file).
-    Api,
-    /// `dopc.toml`.
-    Config,
-    /// Not monitored.
-    None,
-}
-
-/// What the monitor last did and found for a plan (since the server started).
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct PlanStatus {
-    /// The last refresh it queued.
-    pub last_refresh: Option<u64>,
-    /// When the next refresh is due (RFC 3339).
-    pub next_due_at: Option<String>,
-    /// Refreshes skipped because one was still queued or running.
-    pub skipped: u64,
-    /// When a refresh it queued last finished (RFC 3339).
-    pub last_checked_at: Option<String>,
-    /// What that refresh came to, in a sentence.
-    pub verdict: Option<String>,
-    /// Nodes not in sync after that refresh: `{node, state, reason, held_back}`.
-    #[schema(value_type = Vec<Object>)]
-    pub findings: Vec<serde_json::Value>,
-    /// The last sync it queued.
-    pub last_auto_sync: Option<u64>,
-}
-
 /// The monitor of every plan.
 pub struct Monitor {
     runner: Arc<Runner>,
@@ -74,7 +42,7 @@ pub struct Monitor {
     providers: dopv::provider::ProviderOptions,
     configured: BTreeMap<String, MonitorSettings>,
     /// Per plan: when the next refresh is due (ms since the epoch), and the status.
-    status: Mutex<HashMap<String, (u64, PlanStatus)>>,
+    status: Mutex<HashMap<String, (u64, MonitorStatus)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,13 +71,16 @@ impl Monitor {
     }
 
     /// The settings in force for `plan`, and where they come from.
-    pub fn settings(&self, plan: &str) -> Result<(Option<MonitorSettings>, Source), ApiError> {
+    pub fn settings(
+        &self,
+        plan: &str,
+    ) -> Result<(Option<MonitorSettings>, MonitorSource), ApiError> {
         if let Some(set) = self.store().server_get(Kind::Monitor, plan)? {
-            return Ok((Some(set), Source::Api));
+            return Ok((Some(set), MonitorSource::Api));
         }
         Ok(match self.configured.get(plan) {
-            Some(set) => (Some(set.clone()), Source::Config),
-            None => (None, Source::None),
+            Some(set) => (Some(set.clone()), MonitorSource::Config),
+            None => (None, MonitorSource::None),
         })
     }
 
@@ -126,16 +97,19 @@ impl Monitor {
     }
 
     /// The monitor document of a plan: settings, their source, the file's, and the status.
-    pub fn document(&self, plan: &str) -> Result<serde_json::Value, ApiError> {
+    pub fn document(&self, plan: &str) -> Result<MonitorDocument, ApiError> {
         let (settings, source) = self.settings(plan)?;
         let status = lock(&self.status)
             .get(plan)
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
-        Ok(serde_json::json!({
-            "plan": plan, "settings": settings, "source": source,
-            "configured": self.configured.get(plan), "status": status,
-        }))
+        Ok(MonitorDocument {
+            plan: plan.to_string(),
+            settings,
+            source,
+            configured: self.configured.get(plan).cloned(),
+            status,
+        })
     }
 
     /// Runs the schedule until `closing` turns true.
@@ -259,10 +233,7 @@ impl Monitor {
 
     /// The verdict, the findings and the sync queued (if any).
     #[allow(clippy::type_complexity)]
-    fn judge(
-        &self,
-        e: &Execution,
-    ) -> Result<(String, Vec<serde_json::Value>, Option<u64>), String> {
+    fn judge(&self, e: &Execution) -> Result<(String, Vec<MonitorFinding>, Option<u64>), String> {
         let (settings, _) = self.settings(&e.plan).map_err(|e| e.message)?;
         let Some(settings) = settings else {
             return Err("the plan is no longer monitored".into());
@@ -397,14 +368,15 @@ impl Monitor {
     }
 }
 
-fn finding(s: &Standing) -> serde_json::Value {
-    serde_json::json!({
-        "node": s.node,
-        "state": s.state,
-        "reason": s.action.as_ref().map(|a| a.reason),
-        "held_back": s.action.as_ref().map(|a| a.held_back.clone()).unwrap_or_default(),
-        "read_error": s.read_error,
-    })
+fn finding(s: &Standing) -> MonitorFinding {
+    let (reason, held_back) = crate::api::mirror::action(s);
+    MonitorFinding {
+        node: s.node.clone(),
+        state: crate::api::mirror::sync_state(s.state),
+        reason,
+        held_back,
+        read_error: s.read_error.clone(),
+    }
 }
 
 fn held_back(s: &Standing) -> String {

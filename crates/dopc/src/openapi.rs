@@ -4,28 +4,11 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// The body of every error response.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-/// What went wrong.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable: `not_found`, `unauthorized`, `invalid_plan`, `invalid_body`,
-    /// `conflict`, `locked`, …
-    code: String,
-    /// What was wrong, and what to do.
-    message: String,
-    /// Structured details (an invalid plan's findings).
-    details: Option<serde_json::Value>,
-}
+/// The body of every error response (the client's type).
+pub use dopc_client::api::{ErrorBody, ErrorDetail};
 
 /// `GET /api/v1/ping`: no token needed.
-#[utoipa::path(get, path = "/api/v1/ping", tag = "server", security(()), responses((status = 200, description = "`{pong: pong}`", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/api/v1/ping", tag = "server", security(()), responses((status = 200, description = "`{pong: pong}`", body = dopc_client::api::Pong)))]
 #[allow(dead_code)]
 fn ping() {}
 

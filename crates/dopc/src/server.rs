@@ -158,7 +158,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     let api = Router::new()
         .route(
             "/ping",
-            get(|| async { axum::Json(serde_json::json!({"pong": "pong"})) }),
+            get(|| async {
+                axum::Json(dopc_client::api::Pong {
+                    pong: "pong".into(),
+                })
+            }),
         )
         .merge(authenticated)
         .fallback(|| async { crate::error::ApiError::not_found("no such endpoint") });

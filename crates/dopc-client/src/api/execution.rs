@@ -187,3 +187,41 @@ pub struct Execution {
     /// Why it failed or was cancelled.
     pub error: Option<String>,
 }
+
+/// `POST /executions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRequest {
+    /// The plan.
+    pub plan: String,
+    /// What to do.
+    pub task: Task,
+    /// How (`run_options` is the original's name).
+    #[serde(default, alias = "run_options")]
+    pub options: ExecOptions,
+}
+
+/// `POST /executions/{id}/cancel` (the body is optional).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct CancelRequest {
+    /// Terminate running commands now instead of asking gracefully first.
+    pub force: bool,
+}
+
+/// `DELETE /executions`: which finished executions to remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClearRequest {
+    /// Final statuses (done, failed, cancelled); at least one.
+    pub statuses: Vec<Status>,
+    /// Only this plan's.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Only those finished at least this many seconds ago.
+    #[serde(default)]
+    pub age: Option<u64>,
+}

@@ -37,8 +37,8 @@ pub struct LogEvent {
 pub struct StreamEnd {
     /// Always `"end"`.
     pub kind: String,
-    /// How the execution ended.
-    pub status: Status,
+    /// How the execution ended; none when it was removed meanwhile.
+    pub status: Option<Status>,
     /// The number of its last event.
     #[serde(default)]
     pub last_seq: u64,
@@ -54,4 +54,18 @@ pub struct LogText {
     pub status: Status,
     /// The log's text (the whole run, a node's, or from a level up).
     pub log: String,
+}
+
+/// `GET /executions/{id}/log?since=SEQ`: the events after a sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogEvents {
+    /// The execution.
+    pub execution: u64,
+    /// Where it stands.
+    pub status: Status,
+    /// The events after `since` (of the node, from the level, when asked), in order.
+    pub events: Vec<LogEvent>,
+    /// The number of the last event returned (`since` when none): ask again from it.
+    pub last_seq: u64,
 }

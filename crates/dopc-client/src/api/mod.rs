@@ -1,17 +1,28 @@
 //! The wire types of dopc's REST API (`/api/v1`): what the client sends and what the server
-//! answers. The server builds its answers from the same types where it can, so that the two
-//! cannot drift apart; the `openapi` feature derives their schemas for the server's OpenAPI
-//! document.
+//! answers. The server builds its answers from the same types, so that the two cannot drift
+//! apart; the `openapi` feature derives their schemas for the server's OpenAPI document.
 
+mod error;
 mod execution;
 mod logs;
 mod monitor;
 mod plans;
+mod state;
 
-pub use execution::{ExecOptions, Execution, Status, Task};
-pub use logs::{LogEvent, LogText, StreamEnd};
-pub use monitor::{AutoSync, MonitorSettings};
+pub use error::{ErrorBody, ErrorDetail};
+pub use execution::{
+    CancelRequest, ClearRequest, ExecOptions, Execution, ExecutionRequest, Status, Task,
+};
+pub use logs::{LogEvent, LogEvents, LogText, StreamEnd};
+pub use monitor::{
+    AutoSync, MonitorDocument, MonitorFinding, MonitorSettings, MonitorSource, MonitorStatus,
+};
 pub use plans::{
     Finding, IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored,
-    PlanSummary, PlanText, Pong, StoredStatus, Versions,
+    PlanSummary, PlanText, PlanUpload, Pong, ResetRequest, StoredStatus, Versions,
+};
+pub use state::{
+    ActualDisk, ActualInterface, ActualNode, DeployStatus, Drift, NeededFlag, NodeDisk, NodeState,
+    NodeStepState, NodeSync, PlanState, Power, RunState, SshEndpoint, StateStreamEnd, StepSetState,
+    StepState, SyncCounts, SyncReason, SyncState,
 };

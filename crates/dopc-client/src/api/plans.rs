@@ -1,6 +1,6 @@
 //! `/ping` and `/plans…`: the answers about stored plans.
 
-use dop_core::PlanDiff;
+use dop_core::{PlanDiff, Severity};
 use serde::{Deserialize, Serialize};
 
 /// `GET /ping`.
@@ -161,12 +161,54 @@ pub struct Finding {
     pub path: String,
     /// The line, when known.
     #[serde(default)]
-    pub line: Option<usize>,
+    pub line: Option<u32>,
     /// The column, when known.
     #[serde(default)]
-    pub column: Option<usize>,
+    pub column: Option<u32>,
     /// What is wrong.
     pub message: String,
     /// `error` or `warning`.
-    pub severity: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub severity: Severity,
+}
+
+/// `POST /plans` and `PUT /plans[/{name}]`: a plan's text, includes already expanded. Exactly
+/// one of `content` and `text`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PlanUpload {
+    /// The text, base64 (the original's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `POST`: store as the next iteration when the plan exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// The original's `PUT /plans` named the plan by `plan` alone, to update its state only:
+    /// the server refuses that, since dop keeps state across iterations by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+impl PlanUpload {
+    /// An upload of `text`.
+    pub fn text(text: &str, force: bool) -> PlanUpload {
+        PlanUpload {
+            text: Some(text.to_string()),
+            force,
+            ..PlanUpload::default()
+        }
+    }
+}
+
+/// `PUT /plans/{name}/reset` (the body is optional).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct ResetRequest {
+    /// Done work too, not only failed and interrupted work.
+    pub force: bool,
 }

@@ -10,18 +10,9 @@ use serde_json::json;
 use super::blocking;
 use crate::auth::Caller;
 use crate::error::{ApiError, Body, OptionalBody};
-use crate::execution::{ExecOptions, Execution, Status, Task};
+use crate::execution::{Execution, Status};
 use crate::server::AppState;
-
-/// `POST /executions`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    plan: String,
-    task: Task,
-    #[serde(default, alias = "run_options")]
-    options: ExecOptions,
-}
+use dopc_client::api::{CancelRequest, ClearRequest, ExecutionRequest};
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
     id.parse()
@@ -34,11 +25,11 @@ fn load(book: &crate::book::ExecutionBook, id: u64) -> Result<Execution, ApiErro
 }
 
 /// `POST /executions`: checks the plan, the step set and the options before anything is queued.
-#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = CreateBody, responses((status = 201, description = "Queued (status `new`); it runs when its plan has no running execution", body = Execution), (status = 422, description = "No such plan, no such step set, bad node filter, unknown option", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = ExecutionRequest, responses((status = 201, description = "Queued (status `new`); it runs when its plan has no running execution", body = Execution), (status = 422, description = "No such plan, no such step set, bad node filter, unknown option", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Body(body): Body<CreateBody>,
+    Body(body): Body<ExecutionRequest>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let runner = s.runner.clone();
     let execution = blocking(move || {
@@ -83,19 +74,12 @@ pub async fn get(
     Ok(Json(load(s.runner.book(), id)?))
 }
 
-/// `POST /executions/{id}/cancel` body.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct CancelBody {
-    force: bool,
-}
-
 /// `POST /executions/{id}/cancel`.
-#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", request_body(content = CancelBody, description = "Optional"), params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "A waiting one is cancelled; a running one is asked to stop: 1st request graceful, 2nd (or `force`) terminates its commands, 3rd kills them", body = Execution), (status = 409, description = "It has finished", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", request_body(content = CancelRequest, description = "Optional"), params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "A waiting one is cancelled; a running one is asked to stop: 1st request graceful, 2nd (or `force`) terminates its commands, 3rd kills them", body = Execution), (status = 409, description = "It has finished", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    OptionalBody(body): OptionalBody<CancelBody>,
+    OptionalBody(body): OptionalBody<CancelRequest>,
 ) -> Result<Json<Execution>, ApiError> {
     let id = parse_id(&id)?;
     let force = body.force;
@@ -137,21 +121,11 @@ pub async fn remove(
     .await
 }
 
-/// `DELETE /executions` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClearBody {
-    statuses: Vec<Status>,
-    plan: Option<String>,
-    /// Only those older than this many seconds.
-    age: Option<u64>,
-}
-
 /// `DELETE /executions`: removes finished executions by status (and plan, age), with logs.
-#[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearBody, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, or a status that is not final", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearRequest, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, or a status that is not final", body = crate::openapi::ErrorBody)))]
 pub async fn clear(
     State(s): State<AppState>,
-    Body(body): Body<ClearBody>,
+    Body(body): Body<ClearRequest>,
 ) -> Result<Json<Vec<Execution>>, ApiError> {
     if body.statuses.is_empty() {
         return Err(ApiError::invalid(

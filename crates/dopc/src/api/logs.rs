@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Json;
 use dop_store::logs::Event;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use dopc_client::api::{LogEvent, LogEvents, LogText, StreamEnd};
+use serde::{Deserialize, Serialize};
 
 use super::blocking;
 use crate::error::ApiError;
@@ -56,6 +56,30 @@ fn dir(state: &AppState, e: &Execution) -> PathBuf {
     state.log_dir.join(&e.plan).join(&e.log_id)
 }
 
+/// An event as the API shows it (the store's event, field for field).
+fn log_event(event: Event) -> LogEvent {
+    let Event {
+        seq,
+        time_ms,
+        level,
+        kind,
+        node,
+        step,
+        message,
+        fields,
+    } = event;
+    LogEvent {
+        seq,
+        time_ms,
+        level,
+        kind,
+        node,
+        step,
+        message,
+        fields,
+    }
+}
+
 /// Reads the events with a sequence number above `since`.
 fn events_after(path: &std::path::Path, since: u64) -> Vec<Event> {
     let Ok(file) = std::fs::File::open(path) else {
@@ -69,13 +93,23 @@ fn events_after(path: &std::path::Path, since: u64) -> Vec<Event> {
         .collect()
 }
 
+/// `GET /executions/{id}/log`: the text, or with `since` the events.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum LogAnswer {
+    /// The log as text.
+    Text(LogText),
+    /// The events after `since`.
+    Events(LogEvents),
+}
+
 /// `GET /executions/{id}/log`.
-#[utoipa::path(get, path = "/api/v1/executions/{id}/log", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("node" = Option<String>, Query, description = "One node's log"), ("level" = Option<String>, Query, description = "debug, info, warn or error: that level and above"), ("since" = Option<u64>, Query, description = "Events after this sequence number, as JSON")), responses((status = 200, description = "`{execution, status, log}`, or with `since` `{execution, status, events, last_seq}`", body = serde_json::Value), (status = 404, description = "No such execution or node log", body = crate::openapi::ErrorBody), (status = 422, description = "Unknown level", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}/log", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("node" = Option<String>, Query, description = "One node's log"), ("level" = Option<String>, Query, description = "debug, info, warn or error: that level and above"), ("since" = Option<u64>, Query, description = "Events after this sequence number, as JSON")), responses((status = 200, description = "`{execution, status, log}`, or with `since` `{execution, status, events, last_seq}`", body = LogAnswer), (status = 404, description = "No such execution or node log", body = crate::openapi::ErrorBody), (status = 422, description = "Unknown level", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogAnswer>, ApiError> {
     let min = match &q.level {
         Some(l) => Some(rank(l).ok_or_else(|| {
             ApiError::invalid(
@@ -98,9 +132,13 @@ pub async fn get(
                 events.retain(|ev| rank(&ev.level).is_some_and(|r| r >= min));
             }
             let last = events.last().map_or(since, |ev| ev.seq);
-            return Ok(Json(
-                json!({"execution": e.id, "status": e.status, "events": events, "last_seq": last}),
-            ));
+            let answer = LogEvents {
+                execution: e.id,
+                status: e.status,
+                events: events.into_iter().map(log_event).collect(),
+                last_seq: last,
+            };
+            return Ok(Json(LogAnswer::Events(answer)));
         }
         let file = match &q.node {
             Some(node) => {
@@ -146,9 +184,12 @@ pub async fn get(
                 .map(|l| format!("{l}\n"))
                 .collect(),
         };
-        Ok(Json(
-            json!({"execution": e.id, "status": e.status, "log": text}),
-        ))
+        let answer = LogText {
+            execution: e.id,
+            status: e.status,
+            log: text,
+        };
+        Ok(Json(LogAnswer::Text(answer)))
     })
     .await
 }
@@ -341,12 +382,12 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
             }
             other => {
                 deliver!(tail.read().await);
-                let status = other.map(|c| c.status);
-                let _ = send(
-                    &mut socket,
-                    json!({"kind": "end", "status": status, "last_seq": tail.last}).to_string(),
-                )
-                .await;
+                let end = StreamEnd {
+                    kind: "end".into(),
+                    status: other.map(|c| c.status),
+                    last_seq: tail.last,
+                };
+                let _ = send(&mut socket, serde_json::to_string(&end).unwrap_or_default()).await;
                 close(&mut socket, 1000, "the execution has ended".into()).await;
                 return;
             }

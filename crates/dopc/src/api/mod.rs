@@ -2,6 +2,7 @@
 
 pub mod executions;
 pub mod logs;
+pub mod mirror;
 pub mod monitor;
 pub mod plans;
 pub mod state;

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
+use dopc_client::api::MonitorDocument;
 
 use super::blocking;
 use crate::error::{ApiError, Body};
@@ -19,11 +19,11 @@ fn known(s: &AppState, name: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /plans/{name}/monitor`.
-#[utoipa::path(get, path = "/api/v1/plans/{name}/monitor", tag = "monitor", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, settings, source: api|config|none, configured, status: {last_refresh, next_due_at, skipped, last_checked_at, verdict, findings, last_auto_sync}}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/monitor", tag = "monitor", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, settings, source: api|config|none, configured, status: {last_refresh, next_due_at, skipped, last_checked_at, verdict, findings, last_auto_sync}}`", body = MonitorDocument), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MonitorDocument>, ApiError> {
     blocking(move || {
         known(&s, &name)?;
         s.monitor.document(&name).map(Json)
@@ -33,12 +33,12 @@ pub async fn get(
 
 /// `PUT /plans/{name}/monitor`: sets the plan's monitor through the API (it wins over
 /// `dopc.toml` until removed); the schedule starts over with a refresh now.
-#[utoipa::path(put, path = "/api/v1/plans/{name}/monitor", tag = "monitor", request_body = MonitorSettings, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "The monitor document, as GET", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody), (status = 422, description = "Bad settings (unknown key, interval 0)", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/plans/{name}/monitor", tag = "monitor", request_body = MonitorSettings, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "The monitor document, as GET", body = MonitorDocument), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody), (status = 422, description = "Bad settings (unknown key, interval 0)", body = crate::openapi::ErrorBody)))]
 pub async fn put(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Body(settings): Body<MonitorSettings>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MonitorDocument>, ApiError> {
     blocking(move || {
         known(&s, &name)?;
         s.monitor.set(&name, Some(settings))?;
@@ -48,11 +48,11 @@ pub async fn put(
 }
 
 /// `DELETE /plans/{name}/monitor`: removes the API setting; `dopc.toml`'s applies again.
-#[utoipa::path(delete, path = "/api/v1/plans/{name}/monitor", tag = "monitor", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "The monitor document, as GET", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/plans/{name}/monitor", tag = "monitor", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "The monitor document, as GET", body = MonitorDocument), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MonitorDocument>, ApiError> {
     blocking(move || {
         known(&s, &name)?;
         s.monitor.set(&name, None)?;

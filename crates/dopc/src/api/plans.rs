@@ -8,31 +8,16 @@ use dop_core::{LookupSettings, Severity};
 use dop_store::logs::Masker;
 use dop_store::Stored;
 use dopc_client::api::{
-    IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored, PlanSummary,
-    PlanText, StoredStatus, Versions,
+    Finding, IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored,
+    PlanSummary, PlanText, PlanUpload, ResetRequest, StoredStatus, Versions,
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use super::blocking;
 use crate::error::{ApiError, Body, OptionalBody};
 use crate::server::AppState;
 
-/// A plan sent to the server: its text (includes expanded by the client), as the original's
-/// base64 `content` or as plain `text`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanBody {
-    content: Option<String>,
-    text: Option<String>,
-    /// `POST`: store as the next iteration when the plan exists.
-    #[serde(default)]
-    force: bool,
-    /// The original's `PUT /plans` named the plan to update by `plan` (state only): refused.
-    plan: Option<String>,
-}
-
-fn plan_text(body: &PlanBody) -> Result<String, ApiError> {
+fn plan_text(body: &PlanUpload) -> Result<String, ApiError> {
     if body.plan.is_some() && body.content.is_none() && body.text.is_none() {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -79,11 +64,22 @@ fn load(text: &str) -> Result<dop_core::Plan, ApiError> {
             "invalid_plan",
             format!("the plan is not valid ({} error(s))", errors.len().max(1)),
         )
-        .with_details(json!(diagnostics
-            .iter()
-            .map(|d| json!({"path": d.path, "line": d.line, "column": d.column, "message": d.message, "severity": d.severity}))
-            .collect::<Vec<_>>()))),
+        .with_findings(findings(&diagnostics))),
     }
+}
+
+/// A refused plan's findings, as `error.details`.
+fn findings(diagnostics: &[dop_core::Diagnostic]) -> Vec<Finding> {
+    diagnostics
+        .iter()
+        .map(|d| Finding {
+            path: d.path.clone(),
+            line: d.line,
+            column: d.column,
+            message: d.message.clone(),
+            severity: d.severity,
+        })
+        .collect()
 }
 
 /// An iteration as the API shows it (the client's type, so that the two cannot drift).
@@ -133,10 +129,10 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<PlanList>, ApiError>
 }
 
 /// `POST /plans`.
-#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
 pub async fn add(
     State(s): State<AppState>,
-    Body(body): Body<PlanBody>,
+    Body(body): Body<PlanUpload>,
 ) -> Result<(StatusCode, Json<PlanStored>), ApiError> {
     let text = plan_text(&body)?;
     let store = s.store.clone();
@@ -153,7 +149,7 @@ pub async fn add(
 fn update_with(
     s: &AppState,
     name: Option<String>,
-    body: PlanBody,
+    body: PlanUpload,
 ) -> impl std::future::Future<Output = Result<Json<PlanStored>, ApiError>> + Send + 'static {
     let store = s.store.clone();
     let runner = s.runner.clone();
@@ -192,20 +188,20 @@ fn update_with(
 }
 
 /// `PUT /plans/{name}`.
-#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanBody, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = PlanStored), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanUpload, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = PlanStored), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    Body(body): Body<PlanBody>,
+    Body(body): Body<PlanUpload>,
 ) -> Result<Json<PlanStored>, ApiError> {
     update_with(&s, Some(name), body).await
 }
 
 /// `PUT /plans` (the original's form: the name comes from the plan).
-#[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanBody, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = PlanStored)))]
+#[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = PlanStored)))]
 pub async fn update_original(
     State(s): State<AppState>,
-    Body(body): Body<PlanBody>,
+    Body(body): Body<PlanUpload>,
 ) -> Result<Json<PlanStored>, ApiError> {
     update_with(&s, None, body).await
 }
@@ -301,20 +297,13 @@ pub async fn remove(
     .await
 }
 
-/// `PUT /plans/{name}/reset` body.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResetBody {
-    force: bool,
-}
-
 /// `PUT /plans/{name}/reset`: dopi's step state back to ready (failed and interrupted work;
 /// with `force` all).
-#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetBody, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = PlanReset), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetRequest, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = PlanReset), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
 pub async fn reset(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    OptionalBody(body): OptionalBody<ResetBody>,
+    OptionalBody(body): OptionalBody<ResetRequest>,
 ) -> Result<Json<PlanReset>, ApiError> {
     let force = body.force;
     let store = s.store.clone();

@@ -10,9 +10,12 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use dop_core::{LookupSettings, NodeFacts, Resolver};
 use dop_store::{App, Store};
-use serde_json::{json, Value};
+use dopc_client::api::{
+    NodeDisk, NodeState, NodeStepState, PlanState, StateStreamEnd, StepSetState, StepState,
+    SyncCounts, SyncState,
+};
 
-use super::blocking;
+use super::{blocking, mirror};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -24,7 +27,7 @@ pub fn combined(
     store: &Store,
     name: &str,
     providers: &dopv::provider::ProviderOptions,
-) -> Result<Value, ApiError> {
+) -> Result<PlanState, ApiError> {
     let iteration = store.iteration(name, None)?;
     let plan = &iteration.plan;
     let dopv_records = store.state(name, App::Dopv)?;
@@ -35,7 +38,7 @@ pub fn combined(
     let dopi = dopi::PlanState::from_records(&dopi_records);
     let settings = LookupSettings::default();
     let resolver = Resolver::new(plan, &settings);
-    let step_sets: Vec<Value> = plan
+    let step_sets = plan
         .step_sets
         .iter()
         .map(|set| {
@@ -47,64 +50,88 @@ pub fn combined(
                     .map(|&i| resolver.name(i).to_string())
                     .collect()
             });
-            let steps: Vec<Value> = view
+            let steps = view
                 .iter()
-                .map(|(key, nodes)| {
-                    let state = dopi::RunState::aggregate(nodes.iter().map(|(_, r)| r.state));
-                    json!({
-                        "name": key, "state": state.as_str(),
-                        "nodes": nodes.iter().map(|(n, r)| (n.clone(), json!({
-                            "state": r.state.as_str(),
-                            "attempts": r.commands.iter().map(|c| c.attempts).max().unwrap_or(0),
-                        }))).collect::<serde_json::Map<_, _>>(),
-                    })
+                .map(|(key, nodes)| StepState {
+                    name: key.clone(),
+                    state: mirror::run_state(dopi::RunState::aggregate(
+                        nodes.iter().map(|(_, r)| r.state),
+                    )),
+                    nodes: nodes
+                        .iter()
+                        .map(|(n, r)| {
+                            let node = NodeStepState {
+                                state: mirror::run_state(r.state),
+                                attempts: r.commands.iter().map(|c| c.attempts).max().unwrap_or(0),
+                            };
+                            (n.clone(), node)
+                        })
+                        .collect(),
                 })
                 .collect();
             let state = dopi::RunState::aggregate(
                 view.iter()
                     .flat_map(|(_, n)| n.iter().map(|(_, r)| r.state)),
             );
-            json!({"name": set.name, "state": state.as_str(), "steps": steps})
+            StepSetState {
+                name: set.name.clone(),
+                state: mirror::run_state(state),
+                steps,
+            }
         })
         .collect();
     let standings =
         dopv::standing::standings(name, plan, &dopv, providers, dopv::Permissions::default());
-    let mut counts = serde_json::Map::new();
-    for word in dopv::standing::SyncState::ALL {
-        let n = standings.iter().filter(|s| s.state == word).count();
-        counts.insert(word.name().to_string(), n.into());
+    let mut sync = SyncCounts::default();
+    for standing in &standings {
+        let count = match mirror::sync_state(standing.state) {
+            SyncState::InSync => &mut sync.in_sync,
+            SyncState::Pending => &mut sync.pending,
+            SyncState::Drifted => &mut sync.drifted,
+            SyncState::Unknown => &mut sync.unknown,
+        };
+        *count += 1;
     }
-    let nodes: Vec<Value> = standings
+    let nodes = standings
         .iter()
         .map(|standing| {
             let n = &standing.node;
             let record = dopv.nodes.get(n);
-            json!({
-                "name": n,
-                "in_plan": standing.in_plan,
-                "sync": {
-                    "state": standing.state,
-                    "reason": standing.action.as_ref().map(|a| a.reason),
-                    "held_back": standing.action.as_ref().map(|a| a.held_back.clone()).unwrap_or_default(),
-                    "drift": standing.drift,
-                    "pending": standing.pending,
-                    "refreshed_at": standing.refreshed_ms.map(dop_store::rfc3339),
-                    "read_error": standing.read_error,
-                },
-                "status": record.map(|r| r.status),
-                "generation": record.map(|r| r.generation),
-                "iteration": record.map(|r| r.iteration),
-                "actual": record.and_then(|r| r.actual.clone()),
-                "refreshed_ms": record.and_then(|r| r.refreshed_ms),
-                "error": record.and_then(|r| r.error.clone()),
-                "disks": dopv.disks.get(n).map(|d| d.iter().map(|x| json!({"name": x.name, "size": x.size})).collect::<Vec<_>>()),
-            })
+            NodeState {
+                name: n.clone(),
+                in_plan: standing.in_plan,
+                sync: mirror::node_sync(standing),
+                status: record.map(|r| mirror::deploy_status(r.status)),
+                generation: record.map(|r| r.generation),
+                iteration: record.map(|r| r.iteration),
+                actual: record.and_then(|r| r.actual.as_ref()).map(mirror::actual),
+                refreshed_ms: record.and_then(|r| r.refreshed_ms),
+                error: record.and_then(|r| r.error.clone()),
+                disks: dopv.disks.get(n).map(|d| {
+                    d.iter()
+                        .map(|x| NodeDisk {
+                            name: x.name.clone(),
+                            size: x.size,
+                        })
+                        .collect()
+                }),
+            }
         })
         .collect();
-    Ok(json!({
-        "plan": name, "iteration": iteration.info.number, "serial": dopi_records.serial.max(dopv_records.serial),
-        "sync": counts, "nodes": nodes, "step_sets": step_sets,
-    }))
+    Ok(PlanState {
+        plan: name.to_string(),
+        iteration: iteration.info.number,
+        serial: dopi_records.serial.max(dopv_records.serial),
+        sync,
+        nodes,
+        step_sets,
+    })
+}
+
+/// The document as JSON text. Serializing it cannot fail (plain structs, maps keyed by
+/// strings); an empty text would be refused by every client rather than misread.
+fn json_text(state: &PlanState) -> String {
+    serde_json::to_string(state).unwrap_or_default()
 }
 
 /// How long a computed state document is served before it is computed again. Reading a
@@ -138,11 +165,9 @@ impl StateCache {
             }
         }
         let (store, n, p) = (store.clone(), name.to_string(), providers.clone());
-        let value = axum::body::Bytes::from(
-            blocking(move || combined(&store, &n, &p))
-                .await?
-                .to_string(),
-        );
+        let value = axum::body::Bytes::from(json_text(
+            &blocking(move || combined(&store, &n, &p)).await?,
+        ));
         entries.retain(|_, (at, _, _)| at.elapsed() < FRESH);
         entries.insert(
             name.to_string(),
@@ -153,7 +178,7 @@ impl StateCache {
 }
 
 /// `GET /plans/{name}/state` (at most 200 ms old).
-#[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, sync: {in_sync, pending, drifted, unknown}, nodes: [{name, in_plan, sync: {state, reason, held_back, drift, pending, refreshed_at, read_error}, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = serde_json::Value), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/state", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{plan, iteration, serial, sync: {in_sync, pending, drifted, unknown}, nodes: [{name, in_plan, sync: {state, reason, held_back, drift, pending, refreshed_at, read_error}, status, generation, iteration, actual, error, disks}], step_sets: [{name, state, steps: [{name, state, nodes: {node: {state, attempts}}}]}]}`", body = PlanState), (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -181,14 +206,13 @@ pub async fn stream(
     Ok(ws.on_upgrade(move |socket| push(s, name, first, socket)))
 }
 
-async fn push(s: AppState, name: String, first: Value, mut socket: WebSocket) {
+async fn push(s: AppState, name: String, first: PlanState, mut socket: WebSocket) {
     let _counted = s.metrics.subscriber(crate::metrics::Stream::State);
     let mut closing = s.closing.clone();
-    let mut serial = first["serial"].as_u64().unwrap_or(0);
-    let mut iteration = first["iteration"].as_u64().unwrap_or(0);
+    let (mut serial, mut iteration) = (first.serial, first.iteration);
     if tokio::time::timeout(
         Duration::from_secs(10),
-        socket.send(Message::Text(first.to_string().into())),
+        socket.send(Message::Text(json_text(&first).into())),
     )
     .await
     .is_err()
@@ -210,26 +234,25 @@ async fn push(s: AppState, name: String, first: Value, mut socket: WebSocket) {
         let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n, &p)).await
         else {
             // The plan is gone (removed): say so and end.
+            let end = StateStreamEnd {
+                kind: "end".into(),
+                reason: "the plan is no longer in the store".into(),
+            };
             let _ = socket
                 .send(Message::Text(
-                    json!({"kind": "end", "reason": "the plan is no longer in the store"})
-                        .to_string()
-                        .into(),
+                    serde_json::to_string(&end).unwrap_or_default().into(),
                 ))
                 .await;
             return;
         };
-        let (new_serial, new_iteration) = (
-            now["serial"].as_u64().unwrap_or(0),
-            now["iteration"].as_u64().unwrap_or(0),
-        );
+        let (new_serial, new_iteration) = (now.serial, now.iteration);
         if (new_serial, new_iteration) == (serial, iteration) {
             continue;
         }
         (serial, iteration) = (new_serial, new_iteration);
         let sent = tokio::time::timeout(
             Duration::from_secs(10),
-            socket.send(Message::Text(now.to_string().into())),
+            socket.send(Message::Text(json_text(&now).into())),
         )
         .await;
         if !matches!(sent, Ok(Ok(()))) {
