@@ -395,12 +395,15 @@ pub fn init_diagnostics(level: Level) {
         .try_init();
 }
 
-/// Whether to colour what goes to `stream`: a terminal, and neither `NO_COLOR` nor
-/// `TERM=dumb` set.
+/// Whether `stream` is a terminal that can redraw a line in place (not `TERM=dumb`).
+pub fn redraws(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// Whether to colour what goes to `stream`: a terminal that [`redraws`], and `NO_COLOR`
+/// unset (or empty).
 pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
-    stream.is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+    redraws(stream) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Prints a value as pretty JSON and a newline: the `--json` output of every command.

@@ -2,7 +2,6 @@
 //! and `update` apply.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,13 +204,9 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         echo: match (args.quiet, args.verbose) {
             (true, _) => Echo::Quiet,
             (_, true) => Echo::Verbose,
-            // A status line updated in place on a terminal, plain lines otherwise.
-            // (Not on a terminal that cannot redraw a line.)
-            _ if std::io::stderr().is_terminal()
-                && std::env::var_os("TERM").is_none_or(|t| t != "dumb") =>
-            {
-                Echo::Progress
-            }
+            // A status line updated in place on a terminal that can redraw, plain lines
+            // otherwise.
+            _ if dop_core::cli::redraws(&std::io::stderr()) => Echo::Progress,
             _ => Echo::Lines,
         },
         handle_signals: true,

@@ -1,6 +1,6 @@
 //! dopv's own commands: `deploy`, `undeploy`, `refresh`, `sync` and `show`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -388,7 +388,7 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                 "{:<28} {:<11} {:<5} {:<10} {:<15} {:<8} DRIFT / PENDING",
                 "NODE", "STATUS", "POWER", "ITERATION", "GENERATION", "STATE"
             );
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let color = dop_core::cli::colour(&std::io::stdout());
             for n in &nodes {
                 let status = n
                     .status
