@@ -79,7 +79,7 @@ pub fn docs() -> Result<usize, String> {
     let sample = out.join("hiera.yaml");
     std::fs::write(
         &sample,
-        dop_store::cli::hiera_yaml(Path::new("/var/lib/dop/hiera")),
+        dop_puppet::hiera::hiera_yaml(Path::new("/var/lib/dop/hiera")),
     )
     .map_err(|e| format!("{}: {e}", sample.display()))?;
     Ok(files + 1)

@@ -162,7 +162,7 @@ fn puppet_step(hiera_dir: &Path) -> String {
           arguments: '--hiera_config /root/dop-demo-hiera.yaml'
 ",
         manifest = indent("file { '/var/www/role': content => \"${lookup('role')}, from the plan's Hiera data\\n\" }"),
-        hiera = indent(&dop_store::cli::hiera_yaml(hiera_dir)),
+        hiera = indent(&dop_puppet::hiera::hiera_yaml(hiera_dir)),
     )
 }
 

@@ -29,9 +29,6 @@
 //! ```
 #![deny(missing_docs)]
 
-#[cfg(feature = "cli")]
-pub mod cli;
-mod config;
 mod configuration;
 mod datasize;
 mod diagnostic;
@@ -41,10 +38,10 @@ mod include;
 mod load;
 mod pattern;
 pub mod plan;
+mod settings;
 pub mod time;
 pub mod yaml;
 
-pub use config::{Config, ConfigError, Environment, Level};
 pub use configuration::{HieraLevel, LookupSettings, Resolver, NO_ROLE};
 pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};
@@ -54,3 +51,4 @@ pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};
 pub use plan::{check_plan_name, Plan, PlanSummary};
+pub use settings::{Config, ConfigError, Environment, Level};

@@ -11,7 +11,7 @@ use clap::Parser;
 /// sign and 1 to refuse, and logs every decision with its reason. Set it in puppet.conf:
 /// `autosign = /usr/bin/dop-puppet-autosign`.
 #[derive(Parser)]
-#[command(name = "dop-puppet-autosign", version = dop_core::cli::VERSION, after_help = AFTER_HELP)]
+#[command(name = "dop-puppet-autosign", version = dop_cli::VERSION, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The certname Puppet asks about.
     pub certname: String,

@@ -12,7 +12,7 @@ use dop_puppet::{decide, Policy, Verdict};
 const MAX_REQUEST: u64 = 1 << 20;
 
 fn main() -> ExitCode {
-    let cli: Cli = dop_core::cli::parse();
+    let cli: Cli = dop_cli::parse();
     // The Puppet server's user is not root, but the settings are the system's.
     let env = Environment {
         root: true,

@@ -38,7 +38,7 @@ impl World {
                 .unwrap();
             store.add(text, &plan, None, false).unwrap();
         }
-        dop_store::hiera::sync(&store, &world.data(), &LookupSettings::default()).unwrap();
+        dop_puppet::hiera::sync(&store, &world.data(), &LookupSettings::default()).unwrap();
         world
     }
     fn data(&self) -> PathBuf {

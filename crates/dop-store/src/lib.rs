@@ -34,12 +34,9 @@
 #![deny(missing_docs)]
 
 mod backend;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod control;
 pub mod deployment;
 mod error;
-pub mod hiera;
 mod import;
 mod layout;
 mod lock;

@@ -3,14 +3,14 @@
 #![allow(missing_docs)]
 
 use clap::{Parser, Subcommand};
-use dop_core::cli::CompletionArgs;
+use dop_cli::CompletionArgs;
 
 use crate::cli::{ClientArgs, ClientCommand};
 
 /// The client of a dop server: plans, executions, their logs and state. The same commands as
 /// `dopc` offers next to `serve` and `token`, without the server.
 #[derive(Parser)]
-#[command(name = "dopc-client", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
+#[command(name = "dopc-client", version = dop_cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub client: ClientArgs,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use dop_core::cli::{print_json, EXIT_USAGE};
+use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
 use crate::api::{

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use dop_core::cli;
+use dop_cli as cli;
 use dopc_client::app::{Cli, Command};
 
 fn main() -> ExitCode {

@@ -3,14 +3,14 @@
 #![allow(missing_docs)]
 
 use clap::{Args, Parser, Subcommand};
-use dop_core::cli::{self, ValidateArgs};
+use dop_cli::{self as cli, ValidateArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The dop server: queues executions of dopv and dopi, streams their logs and serves the
 /// combined state of each plan.
 #[derive(Parser)]
-#[command(name = "dopc", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
+#[command(name = "dopc", version = dop_cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,
@@ -41,7 +41,7 @@ pub enum Command {
     #[command(flatten)]
     Client(dopc_client::cli::ClientCommand),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
-    Completion(dop_core::cli::CompletionArgs),
+    Completion(dop_cli::CompletionArgs),
 }
 
 #[derive(Args)]

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dop_core::cli::{self, EXIT_FAILURE, EXIT_OK};
+use dop_cli::{self as cli, EXIT_FAILURE, EXIT_OK};
 use dop_core::Config;
 use dopc::server::ServeConfig;
 
 use dopc::app::*;
 
 fn main() -> ExitCode {
-    let cli: Cli = dop_core::cli::parse();
+    let cli: Cli = dop_cli::parse();
     cli::main_with(&cli.global, |config, out, err| match &cli.command {
         Command::Validate(args) => cli::validate(args, config, out, err),
         Command::Serve(args) => serve(args, config, out, err),

@@ -194,7 +194,7 @@ async fn note_plan_writes(
         if let (true, Some((dir, lookup))) = (plan_text, s.hiera.clone()) {
             let store = s.store.clone();
             let written =
-                tokio::task::spawn_blocking(move || dop_store::hiera::sync(&store, &dir, &lookup))
+                tokio::task::spawn_blocking(move || dop_puppet::hiera::sync(&store, &dir, &lookup))
                     .await;
             match written {
                 Ok(Ok(index)) => {

@@ -4,13 +4,13 @@
 
 use crate::cli::{ForgetHostKeyArgs, ResetArgs, RunArgs, ShowArgs};
 use clap::{Parser, Subcommand};
-use dop_core::cli::{self, PlanNodesArgs, ValidateArgs};
-use dop_store::cli::{ImportArgs, PlanCommand};
+use dop_cli::store::{ImportArgs, PlanCommand};
+use dop_cli::{self as cli, PlanNodesArgs, ValidateArgs};
 
 /// Run a plan's steps on its nodes: commands, files, reboots and Puppet runs over SSH, with
 /// canaries, concurrency limits and resumable state.
 #[derive(Parser)]
-#[command(name = "dopi", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
+#[command(name = "dopi", version = dop_cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,
@@ -44,7 +44,7 @@ pub enum Command {
     /// The Hiera data Puppet reads from the stored plans: write it, show a node's, print the
     /// hiera.yaml that reads it.
     #[command(subcommand)]
-    Hiera(dop_store::cli::HieraCommand),
+    Hiera(dop_puppet::commands::HieraCommand),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
-    Completion(dop_core::cli::CompletionArgs),
+    Completion(dop_cli::CompletionArgs),
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use dop_core::cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use dop_cli::store::{fail, open, Io};
+use dop_cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use dop_core::{Config, Diagnostic, NodeFacts, Plan, Resolver, Severity};
-use dop_store::cli::{fail, open, Io};
 use dop_store::{rfc3339, App};
 use serde_json::json;
 
@@ -206,7 +206,7 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
             (_, true) => Echo::Verbose,
             // A status line updated in place on a terminal that can redraw, plain lines
             // otherwise.
-            _ if dop_core::cli::redraws(&std::io::stderr()) => Echo::Progress,
+            _ if dop_cli::redraws(&std::io::stderr()) => Echo::Progress,
             _ => Echo::Lines,
         },
         handle_signals: true,

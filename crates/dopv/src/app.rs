@@ -4,8 +4,8 @@
 
 use crate::cli::{RunArgs, ShowArgs, SyncArgs, UndeployArgs};
 use clap::{Parser, Subcommand};
-use dop_core::cli::{self, ValidateArgs};
-use dop_store::cli::PlanCommand;
+use dop_cli::store::PlanCommand;
+use dop_cli::{self as cli, ValidateArgs};
 
 /// Make the infrastructure match the plan: create, change and remove nodes on providers.
 ///
@@ -13,7 +13,7 @@ use dop_store::cli::PlanCommand;
 /// --json, and the node-selection flags. Only `sync --destructive` removes nodes that left
 /// the plan or redeploys changed ones; only `sync --interruptive` reboots.
 #[derive(Parser)]
-#[command(name = "dopv", version = dop_core::cli::VERSION, after_help = EXIT_CODES)]
+#[command(name = "dopv", version = dop_cli::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: cli::GlobalArgs,
@@ -43,5 +43,5 @@ pub enum Command {
     /// Show, per node, what was deployed, how it is, drift and pending plan changes.
     Show(ShowArgs),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
-    Completion(dop_core::cli::CompletionArgs),
+    Completion(dop_cli::CompletionArgs),
 }

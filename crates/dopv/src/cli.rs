@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use dop_core::cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use dop_cli::store::{fail, open, Io};
+use dop_cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use dop_core::Config;
-use dop_store::cli::{fail, open, Io};
 use dop_store::logs::Echo;
 use dop_store::{rfc3339, App, Store};
 use serde_json::json;
@@ -388,7 +388,7 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                 "{:<28} {:<11} {:<5} {:<10} {:<15} {:<8} DRIFT / PENDING",
                 "NODE", "STATUS", "POWER", "ITERATION", "GENERATION", "STATE"
             );
-            let color = dop_core::cli::colour(&std::io::stdout());
+            let color = dop_cli::colour(&std::io::stdout());
             for n in &nodes {
                 let status = n
                     .status

@@ -2,20 +2,26 @@
 
 use std::process::ExitCode;
 
-use dop_core::cli;
-use dop_store::cli::{self as plans, Io};
+use dop_cli as cli;
+use dop_cli::store::{self as plans, Io};
 use dopv::cli as runs;
 use dopv::Operation;
 
 use dopv::app::*;
 
 fn main() -> ExitCode {
-    let cli: Cli = dop_core::cli::parse();
+    let cli: Cli = dop_cli::parse();
     cli::main_with(&cli.global, |config, out, err| {
         let mut io = Io { out, err };
         match &cli.command {
             Command::Validate(args) => cli::validate(args, config, io.out, io.err),
-            Command::Plan(command) => plans::run(command, config, &|_| Vec::new(), &mut io),
+            Command::Plan(command) => plans::run(
+                command,
+                config,
+                &|_| Vec::new(),
+                &dop_puppet::commands::after_plans_changed,
+                &mut io,
+            ),
             Command::Deploy(args) => runs::run(Operation::Deploy, args, config, &mut io),
             Command::Undeploy(args) => runs::undeploy(args, config, &mut io),
             Command::Refresh(args) => runs::run(Operation::Refresh, args, config, &mut io),

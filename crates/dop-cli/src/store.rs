@@ -4,16 +4,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::{add_checks, print_json, LookupArgs, PlanCheck, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK};
 use clap::{Args, Subcommand};
-use dop_core::cli::{
-    add_checks, print_json, LookupArgs, PlanCheck, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK,
-};
 use dop_core::{load_file, Config};
 use serde_json::json;
 
-use crate::error::StoreError;
-use crate::store::{Store, Stored};
 use dop_core::time::rfc3339;
+use dop_store::StoreError;
+use dop_store::{Store, Stored};
 
 /// The commands that manage stored plans.
 #[derive(Subcommand, Clone, Debug)]
@@ -167,9 +165,19 @@ pub fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {
     Store::open(&config.store_dir).map_err(|e| fail(io, &e))
 }
 
+/// What a tool does after a plan command changed the stored plans (the tools write Puppet's
+/// Hiera data: `dop_puppet::commands::after_plans_changed`).
+pub type AfterChange<'a> = &'a dyn Fn(&Store, &Config, &mut Io<'_>);
+
 /// Runs a plan command; returns the exit status. `check` adds the tool's own checks of a plan
-/// before it is stored (dopi: its plugins).
-pub fn run(command: &PlanCommand, config: &Config, check: PlanCheck<'_>, io: &mut Io<'_>) -> u8 {
+/// before it is stored (dopi: its plugins); `changed` runs after a command that wrote.
+pub fn run(
+    command: &PlanCommand,
+    config: &Config,
+    check: PlanCheck<'_>,
+    changed: AfterChange<'_>,
+    io: &mut Io<'_>,
+) -> u8 {
     let store = match open(config, io) {
         Ok(s) => s,
         Err(status) => return status,
@@ -219,45 +227,11 @@ pub fn run(command: &PlanCommand, config: &Config, check: PlanCheck<'_>, io: &mu
     match result {
         Ok(status) => {
             if writes {
-                warn_on_hiera(&sync_hiera(&store, config), &config.hiera_dir(), io);
+                changed(&store, config, io);
             }
             status
         }
         Err(e) => fail(io, &e),
-    }
-}
-
-/// Writes the Hiera data for Puppet after the plans changed (see [`crate::hiera`]).
-pub fn sync_hiera(
-    store: &Store,
-    config: &Config,
-) -> Result<crate::hiera::Index, crate::hiera::HieraError> {
-    crate::hiera::sync(store, &config.hiera_dir(), &config.lookup)
-}
-
-/// Says on standard error what kept the Hiera data from being written, if anything: the plans
-/// are stored either way.
-pub fn warn_on_hiera(
-    result: &Result<crate::hiera::Index, crate::hiera::HieraError>,
-    dir: &std::path::Path,
-    io: &mut Io<'_>,
-) {
-    match result {
-        Ok(index) => {
-            for (plan, problem) in index.problems() {
-                let _ = writeln!(
-                    io.err,
-                    "warning: Puppet keeps the previous Hiera data of plan '{plan}': {problem}"
-                );
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(
-                io.err,
-                "warning: the Hiera data for Puppet under {} was not updated: {e}; run `dopi hiera sync` once it is fixed",
-                dir.display()
-            );
-        }
     }
 }
 
@@ -329,7 +303,7 @@ fn store_plan(
 
 fn list(store: &Store, io: &mut Io<'_>, json: bool) -> Result<u8, StoreError> {
     let plans = store.list()?;
-    let locks: Vec<Option<crate::lock::Holder>> =
+    let locks: Vec<Option<dop_store::Holder>> =
         plans.iter().map(|p| store.lock_holder(&p.name)).collect();
     if json {
         let rows: Vec<_> = plans
@@ -414,8 +388,7 @@ pub fn import(args: &ImportArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         Ok(s) => s,
         Err(status) => return status,
     };
-    let report = match crate::import::import_store(&store, &args.dir, &args.lookup.settings(config))
-    {
+    let report = match dop_store::import_store(&store, &args.dir, &args.lookup.settings(config)) {
         Ok(r) => r,
         Err(e) => return fail(io, &e),
     };
@@ -440,112 +413,5 @@ pub fn import(args: &ImportArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         EXIT_FAILURE
     } else {
         EXIT_OK
-    }
-}
-
-/// `hiera`: the data Puppet reads from the store (see [`crate::hiera`]).
-#[derive(Subcommand, Clone, Debug)]
-pub enum HieraCommand {
-    /// Write the Hiera data of every stored plan now (plan add, update and remove do it too);
-    /// exit 1 when a plan's newest iteration could not be written (it keeps its old data).
-    Sync(JsonArg),
-    /// The data Puppet reads for a node now, level by level, most specific first.
-    Show {
-        /// The node (its name, Puppet's certname).
-        node: String,
-        /// Print JSON for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a Hiera 5 `hiera.yaml` that reads the data (for Puppet's environment or global
-    /// hierarchy).
-    Config,
-}
-
-/// The `hiera.yaml` (Hiera 5) that reads the data under `dir`.
-pub fn hiera_yaml(dir: &std::path::Path) -> String {
-    format!(
-        "# Hiera 5: the configuration of nodes in stored dop plans (`dopi hiera config`).\n\
-         # Nodes in no plan have no data here: their lookups go on to the next level.\n\
-         ---\n\
-         version: 5\n\
-         hierarchy:\n  \
-           - name: \"dop plans: the node's plan configuration (nodes, roles, defaults)\"\n    \
-             data_hash: json_data\n    \
-             datadir: \"{}\"\n    \
-             glob: \"%{{trusted.certname}}/*.json\"\n",
-        dir.join("current/nodes").display()
-    )
-}
-
-/// Runs a `hiera` command; returns the exit status.
-pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
-    let dir = config.hiera_dir();
-    match command {
-        HieraCommand::Config => {
-            let _ = write!(io.out, "{}", hiera_yaml(&dir));
-            EXIT_OK
-        }
-        HieraCommand::Sync(JsonArg { json }) => {
-            let store = match open(config, io) {
-                Ok(s) => s,
-                Err(status) => return status,
-            };
-            let result = sync_hiera(&store, config);
-            let Ok(index) = &result else {
-                warn_on_hiera(&result, &dir, io);
-                return EXIT_FAILURE;
-            };
-            if *json {
-                print_json(io.out, &json!({"dir": dir, "index": index}));
-            } else {
-                let nodes: usize = index.plans.values().map(|p| p.nodes.len()).sum();
-                let _ = writeln!(
-                    io.out,
-                    "wrote generation {} of the Hiera data under {}: {} plan(s), {nodes} node(s)",
-                    index.generation,
-                    dir.display(),
-                    index.plans.len()
-                );
-                warn_on_hiera(&result, &dir, io);
-            }
-            if index.problems().is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_FAILURE
-            }
-        }
-        HieraCommand::Show { node, json } => match crate::hiera::node_data(&dir, node) {
-            Err(e) => {
-                let _ = writeln!(io.err, "error: {e}");
-                EXIT_FAILURE
-            }
-            Ok(levels) if *json => {
-                let levels: Vec<_> = levels
-                    .into_iter()
-                    .map(|(file, data)| json!({"file": file, "data": data}))
-                    .collect();
-                print_json(io.out, &json!({"node": node, "levels": levels}));
-                EXIT_OK
-            }
-            Ok(levels) if levels.is_empty() => {
-                let _ = writeln!(
-                    io.out,
-                    "node '{node}' is in no stored plan (or `dopi hiera sync` has not run): Puppet finds no dop data for it"
-                );
-                EXIT_OK
-            }
-            Ok(levels) => {
-                for (file, data) in levels {
-                    let _ = writeln!(io.out, "# {file}");
-                    let _ = writeln!(
-                        io.out,
-                        "{}",
-                        serde_json::to_string_pretty(&data).unwrap_or_default()
-                    );
-                }
-                EXIT_OK
-            }
-        },
     }
 }

@@ -33,7 +33,8 @@ use dop_core::{LookupSettings, Resolver};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{now_ms, rfc3339, Store, StoreError};
+use dop_core::time::{now_ms, rfc3339};
+use dop_store::{Store, StoreError};
 
 /// The generations kept besides `current` (a Puppet run may still read the one before).
 const KEEP: usize = 1;
@@ -354,6 +355,22 @@ pub fn node_data(dir: &Path, node: &str) -> Result<Vec<(String, Value)>, HieraEr
             Ok((name, value))
         })
         .collect()
+}
+
+/// The `hiera.yaml` (Hiera 5) that reads the data under `dir`.
+pub fn hiera_yaml(dir: &std::path::Path) -> String {
+    format!(
+        "# Hiera 5: the configuration of nodes in stored dop plans (`dopi hiera config`).\n\
+         # Nodes in no plan have no data here: their lookups go on to the next level.\n\
+         ---\n\
+         version: 5\n\
+         hierarchy:\n  \
+           - name: \"dop plans: the node's plan configuration (nodes, roles, defaults)\"\n    \
+             data_hash: json_data\n    \
+             datadir: \"{}\"\n    \
+             glob: \"%{{trusted.certname}}/*.json\"\n",
+        dir.join("current/nodes").display()
+    )
 }
 
 #[cfg(test)]

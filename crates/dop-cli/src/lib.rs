@@ -1,5 +1,14 @@
-//! Command-line pieces shared by `dopi`, `dopv` and `dopc`: the node-selection flags and the
-//! `validate` and `plan-nodes` commands, so every tool reads plans and filters the same way.
+//! Command-line pieces shared by the dop binaries (`dopi`, `dopv`, `dopc`, `dopc-client`,
+//! `dop-puppet-autosign`): exit codes, the global flags and logging set-up, the node-selection
+//! flags, the `validate`, `plan-nodes` and `completion` commands, so every tool reads plans,
+//! filters nodes and fails the same way. With the feature `store`, the commands on the plan
+//! store ([`store`]: `plan add|update|…`, `import-store`, `hiera`).
+//!
+//! The libraries below (dop-core, dop-store, dop-run) know nothing of clap; this crate is the
+//! one place the binaries' shared flags are spelled.
+
+#[cfg(feature = "store")]
+pub mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,10 +16,10 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Environment, Level};
-use crate::configuration::{LookupSettings, Resolver};
-use crate::filter::{FilterError, FilterFlags, NodeFacts, NodeFilter};
-use crate::load::{load_file, Loaded};
+use dop_core::{load_file, Loaded};
+use dop_core::{Config, ConfigError, Environment, Level};
+use dop_core::{FilterError, FilterFlags, NodeFacts, NodeFilter};
+use dop_core::{LookupSettings, Resolver};
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -204,7 +213,7 @@ pub fn validate(
 }
 
 /// A tool's own checks of a valid plan (dopi: plugins and their parameters), as findings.
-pub type PlanCheck<'a> = &'a dyn Fn(&crate::Plan) -> Vec<crate::Diagnostic>;
+pub type PlanCheck<'a> = &'a dyn Fn(&dop_core::Plan) -> Vec<dop_core::Diagnostic>;
 
 /// Runs `validate` with a tool's own checks added to the plan's.
 pub fn validate_with(
@@ -249,7 +258,7 @@ pub fn add_checks(loaded: &mut Loaded, file: &std::path::Path, check: PlanCheck<
     for d in &mut found {
         d.file.get_or_insert_with(|| file.to_path_buf());
     }
-    if found.iter().any(crate::Diagnostic::is_error) {
+    if found.iter().any(dop_core::Diagnostic::is_error) {
         loaded.plan = None;
     }
     loaded.diagnostics.extend(found);
