@@ -59,8 +59,8 @@ impl Layout {
         self.plan_dir(plan).join("state")
     }
 
-    /// dopc's database: executions and API tokens.
-    pub fn server(&self) -> PathBuf {
+    /// The database of application records (dopc's executions and monitor settings).
+    pub fn records(&self) -> PathBuf {
         self.root.join("dopc")
     }
 
@@ -121,7 +121,7 @@ impl Layout {
     /// Hiera data kept in it by default. Directories that exist are left as they are.
     fn make_private_dirs(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        for dir in [self.catalog(), self.root.join("plans"), self.server()] {
+        for dir in [self.catalog(), self.root.join("plans"), self.records()] {
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -13,7 +13,8 @@
 //! * [`Store::write_state`] writes dopi or dopv state records durably, with a serial that moves
 //!   on with every write.
 //!
-//! [`logs`] writes the execution logs of dopi and dopv runs (`<log_dir>/<plan>/<id>/`).
+//! [`Store::records`] and the documents hold what applications keep besides (dopc: executions,
+//! monitor settings, tokens) without the store knowing what it is.
 //!
 //! No database stays open between operations (sled allows one process per database), so
 //! reading commands work while a run holds the plan. The one exception, a run's
@@ -42,7 +43,7 @@ mod layout;
 mod lock;
 pub mod logs;
 mod progress;
-pub mod server;
+mod records;
 mod session;
 mod store;
 
@@ -51,6 +52,7 @@ pub use error::{Result, StoreError};
 pub use import::{import_store, ImportReport};
 pub use layout::{check_name, Layout, MARKER};
 pub use lock::{Holder, RunLock};
+pub use records::Records;
 pub use session::StateSession;
 pub use store::{
     content_hash, App, Iteration, IterationInfo, PlanEntry, PlanLock, StateRecords, Store, Stored,

@@ -9,6 +9,8 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dop_store::{now_ms, Store};
+
+use crate::records::{Tokens, TOKENS};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -48,7 +50,7 @@ pub enum TokenError {
     Name(String),
 }
 
-fn records(tokens: &dop_store::server::Tokens) -> Vec<(String, TokenRecord)> {
+fn records(tokens: &Tokens) -> Vec<(String, TokenRecord)> {
     tokens
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), serde_json::from_value(v.clone()).ok()?)))
@@ -80,7 +82,7 @@ pub fn create(store: &Store, name: &str) -> Result<String, TokenError> {
         revoked_ms: None,
     };
     let hashed = hash(&token);
-    store.update_tokens(|tokens| {
+    store.update_document(TOKENS, |tokens: &mut Tokens| {
         if records(tokens)
             .iter()
             .any(|(_, t)| t.name == name && t.revoked_ms.is_none())
@@ -97,7 +99,7 @@ pub fn create(store: &Store, name: &str) -> Result<String, TokenError> {
 
 /// Every token record.
 pub fn list(store: &Store) -> Result<Vec<TokenRecord>, TokenError> {
-    Ok(records(&store.read_tokens()?)
+    Ok(records(&store.read_document::<Tokens>(TOKENS)?)
         .into_iter()
         .map(|(_, t)| t)
         .collect())
@@ -105,7 +107,7 @@ pub fn list(store: &Store) -> Result<Vec<TokenRecord>, TokenError> {
 
 /// Revokes the tokens named `name`; returns how many.
 pub fn revoke(store: &Store, name: &str) -> Result<usize, TokenError> {
-    let n = store.update_tokens(|tokens| {
+    let n = store.update_document(TOKENS, |tokens: &mut Tokens| {
         let mut n = 0;
         for (k, mut t) in records(tokens) {
             if t.name == name && t.revoked_ms.is_none() {
@@ -141,11 +143,11 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 impl TokenCache {
     /// The name of the active token presented, if any (one `stat` when nothing changed).
     pub fn check(&self, store: &Store, token: &str) -> Option<String> {
-        let meta = std::fs::metadata(store.tokens_path()).ok()?;
+        let meta = std::fs::metadata(store.document_path(TOKENS).ok()?).ok()?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = seen.as_ref().is_some_and(|(m, _)| same_file(m, &meta));
         if !fresh {
-            let tokens = store.read_tokens().ok()?;
+            let tokens = store.read_document::<Tokens>(TOKENS).ok()?;
             *seen = Some((meta, records(&tokens).into_iter().collect()));
         }
         let (_, map) = seen.as_ref()?;

@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dop_store::server::Kind;
 use dop_store::{Store, StoreError};
 
 use crate::execution::Execution;
+use crate::records::{self, Kind};
 
 /// The executions of a server's store.
 pub struct ExecutionBook {
@@ -24,8 +24,7 @@ pub struct ExecutionBook {
 impl ExecutionBook {
     /// Reads every execution of the store once.
     pub fn load(store: Arc<Store>) -> Result<ExecutionBook, StoreError> {
-        let all = store
-            .server_list::<Execution>(Kind::Execution)?
+        let all = records::list::<Execution>(&store, Kind::Execution)?
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
@@ -57,7 +56,7 @@ impl ExecutionBook {
     /// Stores a new execution under the next number and returns it.
     pub fn add(&self, make: impl FnOnce(u64) -> Execution) -> Result<Execution, StoreError> {
         let mut all = self.lock();
-        let (_, e) = self.store.server_add_execution(make)?;
+        let (_, e) = records::add_execution(&self.store, make)?;
         all.insert(e.id, e.clone());
         Ok(e)
     }
@@ -69,7 +68,7 @@ impl ExecutionBook {
             .iter()
             .map(|(id, e)| (id.to_string(), e.as_ref()))
             .collect();
-        self.store.server_write(Kind::Execution, &records)?;
+        records::write(&self.store, Kind::Execution, &records)?;
         for (id, e) in changes {
             match e {
                 Some(e) => all.insert(*id, e.clone()),
@@ -123,7 +122,7 @@ mod tests {
         book.write(&[(b.id, None)]).unwrap();
         let c = book.add(|id| make(id, "a")).unwrap();
         assert_eq!(c.id, 3, "numbers are never reused");
-        let stored: Vec<Execution> = store.server_list(Kind::Execution).unwrap();
+        let stored: Vec<Execution> = records::list(&store, Kind::Execution).unwrap();
         assert_eq!(stored, book.list(|_| true));
         assert_eq!(book.get(1).unwrap().status, Status::Done);
         assert!(book.get(2).is_none());

@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod monitor;
 pub mod openapi;
+pub mod records;
 pub mod runner;
 pub mod server;
 

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dop_store::server::Kind;
 use dop_store::{now_ms, rfc3339, Store};
 use dopc_client::api::{MonitorDocument, MonitorFinding, MonitorSource, MonitorStatus};
 use dopv::standing::{Standing, SyncState};
@@ -17,6 +16,7 @@ use dopv::standing::{Standing, SyncState};
 use crate::error::ApiError;
 use crate::execution::{ExecOptions, Execution, Status, Task};
 use crate::metrics::Metrics;
+use crate::records::{self, Kind};
 use crate::runner::{Request, Runner};
 
 /// `created_by` of the monitor's executions.
@@ -75,7 +75,7 @@ impl Monitor {
         &self,
         plan: &str,
     ) -> Result<(Option<MonitorSettings>, MonitorSource), ApiError> {
-        if let Some(set) = self.store().server_get(Kind::Monitor, plan)? {
+        if let Some(set) = records::get(self.store(), Kind::Monitor, plan)? {
             return Ok((Some(set), MonitorSource::Api));
         }
         Ok(match self.configured.get(plan) {
@@ -90,8 +90,7 @@ impl Monitor {
             s.check()
                 .map_err(|e| ApiError::invalid("invalid_monitor", e))?;
         }
-        self.store()
-            .server_write(Kind::Monitor, &[(plan.to_string(), settings)])?;
+        records::write(self.store(), Kind::Monitor, &[(plan.to_string(), settings)])?;
         lock(&self.status).remove(plan);
         Ok(())
     }

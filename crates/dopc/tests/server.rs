@@ -860,8 +860,7 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     assert!(code.success(), "{code:?}");
     let stored: Value = {
         let store = dop_store::Store::open(&server.path().join("store")).unwrap();
-        store
-            .server_get(dop_store::server::Kind::Execution, &handed.to_string())
+        dopc::records::get(&store, dopc::records::Kind::Execution, &handed.to_string())
             .unwrap()
             .unwrap()
     };
