@@ -1,14 +1,24 @@
-//! The `hiera` command of the tools (dopi's `hiera sync|show|config`) and the Hiera write
-//! after every plan change ([`after_plans_changed`], handed to dop-cli's plan commands).
+//! The commands: `dop-puppet-autosign` ([`autosign`]), the `hiera` command of the tools
+//! (dopi's `hiera sync|show|config`) and the Hiera write after every plan change
+//! ([`after_plans_changed`], handed to dop-cli's plan commands).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
 
 use clap::Subcommand;
 use dop_cli::store::{open, Io, JsonArg};
 use dop_cli::{print_json, EXIT_FAILURE, EXIT_OK};
-use dop_core::Config;
+use dop_core::time::{now_ms, rfc3339};
+use dop_core::{Config, Environment};
 use dop_store::Store;
 use serde_json::json;
 
+use crate::app::Cli;
+use crate::autosign::{decide, Policy, Verdict};
 use crate::hiera::{self, hiera_yaml};
+
+/// Puppet sends a request of a few kilobytes; more is not one.
+const MAX_REQUEST: u64 = 1 << 20;
 
 /// Writes the Hiera data for Puppet after the plans changed (see [`crate::hiera`]).
 pub fn sync_hiera(store: &Store, config: &Config) -> Result<hiera::Index, hiera::HieraError> {
@@ -136,4 +146,76 @@ pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
             }
         },
     }
+}
+
+/// `dop-puppet-autosign`: decides on the request in `input`, says why on `err` and in the
+/// decision log; returns the exit status Puppet reads (0 sign, 1 refuse).
+pub fn autosign(cli: &Cli, input: &mut dyn Read, err: &mut dyn Write) -> u8 {
+    // The Puppet server's user is not root, but the settings are the system's.
+    let env = Environment {
+        root: true,
+        ..Environment::of_process()
+    };
+    let file = cli.config.clone().or_else(|| {
+        let system = PathBuf::from("/etc/dop/dop.conf");
+        system.exists().then_some(system)
+    });
+    let config = match Config::load(&env, file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "dop-puppet-autosign: refused {}: {e}", cli.certname);
+            return 1;
+        }
+    };
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| config.hiera_dir());
+    let mut csr = Vec::new();
+    let verdict = match input.take(MAX_REQUEST).read_to_end(&mut csr) {
+        Ok(_) => decide(
+            &Policy {
+                data_dir: &data_dir,
+                require_challenge: cli.require_challenge,
+            },
+            &cli.certname,
+            &csr,
+        ),
+        Err(e) => Verdict::Refuse(format!("cannot read the request on standard input: {e}")),
+    };
+    let line = match &verdict {
+        Verdict::Sign { plan, challenged } => format!(
+            "signed {} (node of plan '{plan}'{})",
+            cli.certname,
+            if *challenged {
+                ", challenge password checked"
+            } else {
+                ""
+            }
+        ),
+        Verdict::Refuse(reason) => format!("refused {}: {reason}", cli.certname),
+    };
+    let _ = writeln!(err, "dop-puppet-autosign: {line}");
+    let log_file = cli
+        .log_file
+        .clone()
+        .unwrap_or_else(|| config.log_dir.join("autosign.log"));
+    if log_file.as_os_str() != "-" {
+        let record = serde_json::json!({
+            "time": rfc3339(now_ms()),
+            "certname": cli.certname,
+            "signed": verdict.exit_status() == 0,
+            "decision": line,
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .and_then(|mut f| writeln!(f, "{record}"));
+        if let Err(e) = written {
+            let _ = writeln!(
+                err,
+                "dop-puppet-autosign: cannot log to {}: {e}",
+                log_file.display()
+            );
+        }
+    }
+    verdict.exit_status()
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod book;
+pub mod commands;
 pub mod error;
 pub mod metrics;
 pub mod monitor;

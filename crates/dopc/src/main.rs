@@ -1,186 +1,19 @@
 //! `dopc`: the server that queues dopv and dopi executions and serves their logs and state.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use dop_cli::{self as cli, EXIT_FAILURE, EXIT_OK};
-use dop_core::Config;
-use dopc::server::ServeConfig;
-
+use dop_cli as cli;
 use dopc::app::*;
+use dopc::commands;
 
 fn main() -> ExitCode {
     let cli: Cli = dop_cli::parse();
     cli::main_with(&cli.global, |config, out, err| match &cli.command {
         Command::Validate(args) => cli::validate(args, config, out, err),
-        Command::Serve(args) => serve(args, config, out, err),
-        Command::Token(command) => token(command, cli.client.json, config, out, err),
-        Command::Openapi => {
-            let _ = writeln!(out, "{}", dopc::openapi::document());
-            EXIT_OK
-        }
+        Command::Serve(args) => commands::serve(args, config, out, err),
+        Command::Token(command) => commands::token(command, cli.client.json, config, out, err),
+        Command::Openapi => commands::openapi(out),
         Command::Client(command) => dopc_client::cli::run(&cli.client, command, out, err),
         Command::Completion(args) => cli::completion::<Cli>(args, out),
     })
-}
-
-fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    limit_malloc_arenas();
-    let file = args.server_config.clone().or_else(|| {
-        let default = PathBuf::from("/etc/dop/dopc.toml");
-        default.exists().then_some(default)
-    });
-    let mut settings = match &file {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| ServeConfig::from_toml(&t))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = writeln!(err, "error: {}: {e}", f.display());
-                return EXIT_FAILURE;
-            }
-        },
-        None => ServeConfig::default(),
-    };
-    if let Some(bind) = args.bind {
-        settings.bind = bind;
-    }
-    if let Some(dir) = args.local_dir.clone().filter(|d| !d.as_os_str().is_empty()) {
-        settings.local_dir = Some(dir);
-    }
-    // The request log and the server's own messages: `cli::main_with` set up the diagnostics
-    // at dop.conf's `verbosity` (info by default), `--verbosity` or `DOP_LOG`.
-    let store = match dop_store::Store::open(&config.store_dir) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let log_dir = config.log_dir.clone();
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(settings.bind)
-            .await
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.bind))
-            })?;
-        // The address, for people and for scripts that asked for port 0.
-        let scheme = if settings.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let _ = writeln!(
-            out,
-            "dopc listening on {scheme}://{}",
-            listener.local_addr()?
-        );
-        let _ = out.flush();
-        settings.hiera = Some((config.hiera_dir(), config.lookup.clone()));
-        dopc::server::serve(listener, store, log_dir, &settings, stop_signal()).await
-    });
-    match result {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            EXIT_FAILURE
-        }
-    }
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-fn token(
-    command: &TokenCommand,
-    json: bool,
-    config: &Config,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let store = match dop_store::Store::open(&config.store_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let result = match command {
-        TokenCommand::Create { name } => dopc::auth::create(&store, name).map(|t| {
-            let _ = writeln!(out, "{t}");
-            let _ = writeln!(
-                err,
-                "token '{name}' created; it is shown only now: keep it safe"
-            );
-        }),
-        TokenCommand::List => dopc::auth::list(&store).map(|tokens| {
-            if json {
-                cli::print_json(out, &tokens);
-            } else {
-                for t in tokens {
-                    let _ = writeln!(
-                        out,
-                        "{:<24} created {}{}",
-                        t.name,
-                        dop_store::rfc3339(t.created_ms),
-                        t.revoked_ms
-                            .map(|r| format!(", revoked {}", dop_store::rfc3339(r)))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-        }),
-        TokenCommand::Revoke { name } => dopc::auth::revoke(&store, name).map(|n| {
-            let _ = writeln!(out, "revoked {n} token(s) named '{name}'");
-        }),
-    };
-    match result {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            EXIT_FAILURE
-        }
-    }
-}
-
-/// Every running execution has its own thread (and dopi its own runtime), and glibc gives
-/// threads their own malloc arenas, which keep memory they no longer use: in the soak benchmark
-/// (`cargo xtask bench soak`, 2 minutes) the server's memory ended at 557 MiB with glibc's
-/// default arenas and at 321 to 366 MiB with two, at the same pace. `MALLOC_ARENA_MAX` in the
-/// environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator tunable; it is called before any thread of
-        // the server starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
