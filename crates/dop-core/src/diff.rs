@@ -11,6 +11,7 @@ use crate::plan::Plan;
 
 /// What happened to a named part of a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PlanChangeKind))]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     /// Only in the new plan.
@@ -23,19 +24,23 @@ pub enum ChangeKind {
 
 /// One field that differs, as a JSON pointer into the part (`/interfaces/0/ip`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PlanFieldChange))]
 pub struct FieldChange {
     /// JSON pointer of the field inside the part; empty for the whole part.
     pub path: String,
     /// The old value (absent when the field was added).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub old: Option<Json>,
     /// The new value (absent when the field was removed).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub new: Option<Json>,
 }
 
 /// A named part that was added, removed or changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PlanChange))]
 pub struct Change {
     /// Added, removed or changed.
     pub kind: ChangeKind,
@@ -48,6 +53,7 @@ pub struct Change {
 
 /// Everything that differs between two plans.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanDiff {
     /// Plan-level settings: name, run options, hooks.
     pub plan: Vec<FieldChange>,

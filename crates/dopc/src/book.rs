@@ -103,7 +103,7 @@ mod tests {
             finished_at: None,
             log_id: format!("dopc-{id}"),
             cancel_requests: 0,
-            result: serde_json::Value::Null,
+            result: Default::default(),
             error: None,
         }
     }

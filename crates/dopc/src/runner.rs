@@ -10,6 +10,7 @@ use dop_core::LookupSettings;
 use dop_store::control::Stop;
 use dop_store::logs::{Echo, ExecutionLog, Masker};
 use dop_store::{now_ms, rfc3339, Store};
+use dopc_client::api::{DopiOutcome, DopiSummary, DopvSummary, ExecutionResult};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -226,7 +227,7 @@ impl Runner {
             finished_at: None,
             log_id: format!("dopc-{id}"),
             cancel_requests: 0,
-            result: serde_json::Value::Null,
+            result: ExecutionResult::default(),
             error: None,
         })?;
         self.kick();
@@ -288,7 +289,7 @@ impl Runner {
                 self.finish(
                     e,
                     Status::Failed,
-                    json!({}),
+                    ExecutionResult::default(),
                     Some(format!(
                         "cannot write the logs under {}: {err}",
                         self.config.log_dir.display()
@@ -358,7 +359,7 @@ impl Runner {
         self: &Arc<Self>,
         mut e: Execution,
         status: Status,
-        result: serde_json::Value,
+        result: ExecutionResult,
         error: Option<String>,
     ) {
         let handed_back = {
@@ -486,14 +487,20 @@ fn run_task(
     e: &Execution,
     log: &Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
-) -> (Status, serde_json::Value, Option<String>) {
+) -> (Status, ExecutionResult, Option<String>) {
     let filter = match e.options.filter() {
         Ok(f) => f,
-        Err(err) => return (Status::Failed, json!({}), Some(err.to_string())),
+        Err(err) => {
+            return (
+                Status::Failed,
+                ExecutionResult::default(),
+                Some(err.to_string()),
+            )
+        }
     };
     let settings = LookupSettings::default();
     let o = &e.options;
-    let dopv = |operation: dopv::Operation| -> Result<serde_json::Value, (Status, String)> {
+    let dopv = |operation: dopv::Operation| -> Result<DopvSummary, (Status, String)> {
         let opts = dopv::Options {
             operation,
             filter: filter.clone(),
@@ -509,11 +516,7 @@ fn run_task(
         };
         let report =
             dopv::run(store, &e.plan, &opts).map_err(|err| (Status::Failed, err.to_string()))?;
-        let summary = json!({
-            "operation": report.operation, "iteration": report.iteration, "serial": report.serial,
-            "noop": report.noop, "actions": report.actions, "in_sync": report.in_sync,
-            "outcomes": report.outcomes, "unreadable": report.unreadable,
-        });
+        let summary = crate::api::mirror::dopv_summary(&report);
         if report.failed() {
             let failures: Vec<String> = report
                 .unreadable
@@ -538,7 +541,7 @@ fn run_task(
             Ok(summary)
         }
     };
-    let dopi_run = || -> Result<serde_json::Value, (Status, String)> {
+    let dopi_run = || -> Result<DopiSummary, (Status, String)> {
         let opts = dopi::RunOptions {
             step_set: o.step_set().to_string(),
             filter: filter.clone(),
@@ -556,8 +559,16 @@ fn run_task(
         let report = dopi::run(store.clone(), &e.plan, &opts, &dopi::Registry::local())
             .map_err(|err| (Status::Failed, err.to_string()))?;
         match report.result {
-            dopi::RunResult::Done => Ok(json!({"result": "done", "recovered": report.recovered})),
-            dopi::RunResult::Noop { lines } => Ok(json!({"result": "noop", "would_run": lines})),
+            dopi::RunResult::Done => Ok(DopiSummary {
+                result: Some(DopiOutcome::Done),
+                recovered: Some(report.recovered),
+                ..DopiSummary::default()
+            }),
+            dopi::RunResult::Noop { lines } => Ok(DopiSummary {
+                result: Some(DopiOutcome::Noop),
+                would_run: Some(lines),
+                ..DopiSummary::default()
+            }),
             dopi::RunResult::Failed { failures } => Err((
                 Status::Failed,
                 format!("dopi run failed: {}", failures.join("; ")),
@@ -565,7 +576,7 @@ fn run_task(
             dopi::RunResult::Stopped => Err((Status::Cancelled, "dopi run was stopped".into())),
         }
     };
-    let dopi_reset = |force: bool| -> Result<serde_json::Value, (Status, String)> {
+    let dopi_reset = |force: bool| -> Result<DopiSummary, (Status, String)> {
         let opts = dopi::ResetOptions {
             step_set: None,
             step: None,
@@ -582,52 +593,43 @@ fn run_task(
             format!("dopi reset: {n} node record(s) put back to ready"),
             json!({"reset": n}),
         );
-        Ok(json!({"reset": n}))
+        Ok(DopiSummary {
+            reset: Some(n),
+            ..DopiSummary::default()
+        })
     };
-    let mut parts = serde_json::Map::new();
-    let mut step = |name: &str,
-                    r: Result<serde_json::Value, (Status, String)>|
-     -> Result<(), (Status, String)> {
-        match r {
-            Ok(v) => {
-                parts.insert(name.to_string(), v);
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
-    };
+    let mut result = ExecutionResult::default();
     let outcome = (|| -> Result<(), (Status, String)> {
+        let r = &mut result;
         match e.task {
-            Task::Deploy => step("dopv", dopv(dopv::Operation::Deploy)),
-            Task::Undeploy => step("dopv", dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })),
-            Task::Run => step("dopi", dopi_run()),
+            Task::Deploy => r.dopv = Some(dopv(dopv::Operation::Deploy)?),
+            Task::Undeploy => r.dopv = Some(dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })?),
+            Task::Run => r.dopi = Some(dopi_run()?),
             Task::Setup => {
-                step("dopv", dopv(dopv::Operation::Deploy))?;
-                step("dopi", dopi_run())
+                r.dopv = Some(dopv(dopv::Operation::Deploy)?);
+                r.dopi = Some(dopi_run()?);
             }
             Task::Teardown => {
-                step("dopv", dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk }))?;
-                if o.noop {
-                    return Ok(());
+                r.dopv = Some(dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })?);
+                if !o.noop {
+                    r.dopi = Some(dopi_reset(true)?);
                 }
-                step("dopi", dopi_reset(true))
             }
             Task::Sync => {
                 let permissions = dopv::Permissions {
                     destructive: o.destructive,
                     interruptive: o.interruptive,
                 };
-                step("dopv", dopv(dopv::Operation::Sync(permissions)))?;
-                if o.run == Some(false) {
-                    return Ok(());
+                r.dopv = Some(dopv(dopv::Operation::Sync(permissions))?);
+                if o.run != Some(false) {
+                    r.dopi = Some(dopi_run()?);
                 }
-                step("dopi", dopi_run())
             }
-            Task::Reset => step("dopi", dopi_reset(o.force)),
-            Task::Refresh => step("dopv", dopv(dopv::Operation::Refresh)),
+            Task::Reset => r.dopi = Some(dopi_reset(o.force)?),
+            Task::Refresh => r.dopv = Some(dopv(dopv::Operation::Refresh)?),
         }
+        Ok(())
     })();
-    let result = serde_json::Value::Object(parts);
     match outcome {
         Ok(()) => (Status::Done, result, None),
         Err((status, message)) => {

@@ -181,9 +181,9 @@ pub struct Execution {
     /// Stop requests so far (1: graceful, 2: terminate, 3: kill).
     #[serde(default)]
     pub cancel_requests: u8,
-    /// What came of it: per part (dopv, dopi) a summary.
-    #[serde(default)]
-    pub result: serde_json::Value,
+    /// What came of it: per tool that ran, its summary.
+    #[serde(default, deserialize_with = "crate::api::result::result_or_empty")]
+    pub result: crate::api::ExecutionResult,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
 }

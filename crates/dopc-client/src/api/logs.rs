@@ -27,7 +27,7 @@ pub struct LogEvent {
     pub message: String,
     /// Details of the kind (counts, states, durations), as the run wrote them.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, Value>))]
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 

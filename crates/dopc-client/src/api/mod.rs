@@ -7,6 +7,7 @@ mod execution;
 mod logs;
 mod monitor;
 mod plans;
+mod result;
 mod state;
 
 pub use error::{ErrorBody, ErrorDetail};
@@ -20,6 +21,10 @@ pub use monitor::{
 pub use plans::{
     Finding, IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored,
     PlanSummary, PlanText, PlanUpload, Pong, ResetRequest, StoredStatus, Versions,
+};
+pub use result::{
+    ActionKind, ActionOutcome, ChangeCost, ChangeSource, DopiOutcome, DopiSummary, DopvSummary,
+    ExecutionResult, NodeAction, NodeFieldChange, OutcomeResult,
 };
 pub use state::{
     ActualDisk, ActualInterface, ActualNode, DeployStatus, Drift, NeededFlag, NodeDisk, NodeState,

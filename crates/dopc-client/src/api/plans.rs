@@ -126,7 +126,6 @@ pub struct PlanDiffAnswer {
     /// The newer iteration.
     pub to: u64,
     /// What changed, by name.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub changes: PlanDiff,
     /// The same, for people (`dopc plan diff`); absent in an update's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -153,10 +153,10 @@ pub struct Drift {
     pub field: String,
     /// What it is. Any JSON value: its shape is the field's (a number of cores, a list of
     /// interfaces, …).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub actual: serde_json::Value,
     /// What it should be, shaped as `actual`.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub expected: serde_json::Value,
 }
 

@@ -4,8 +4,9 @@
 //! there breaks this build instead of silently changing (or missing from) the wire format.
 
 use dopc_client::api::{
-    ActualDisk, ActualInterface, ActualNode, DeployStatus, Drift, NeededFlag, NodeSync, Power,
-    RunState, SshEndpoint, SyncReason, SyncState,
+    ActionKind, ActionOutcome, ActualDisk, ActualInterface, ActualNode, ChangeCost, ChangeSource,
+    DeployStatus, DopvSummary, Drift, NeededFlag, NodeAction, NodeFieldChange, NodeSync,
+    OutcomeResult, Power, RunState, SshEndpoint, SyncReason, SyncState,
 };
 
 /// A node's standing, in one word.
@@ -254,5 +255,106 @@ mod tests {
         ] {
             assert_eq!(run_state(s).name(), s.as_str());
         }
+    }
+}
+
+/// dopv's report as an execution's result.
+pub fn dopv_summary(report: &dopv::Report) -> DopvSummary {
+    let dopv::Report {
+        plan: _,
+        operation,
+        iteration,
+        serial,
+        noop,
+        actions,
+        in_sync,
+        outcomes,
+        unreadable,
+        stopped: _,
+        execution_id: _,
+        log_dir: _,
+    } = report;
+    DopvSummary {
+        operation: operation.to_string(),
+        iteration: *iteration,
+        serial: *serial,
+        noop: *noop,
+        actions: actions.iter().map(node_action).collect(),
+        in_sync: in_sync.clone(),
+        outcomes: outcomes.iter().map(outcome).collect(),
+        unreadable: unreadable.iter().map(outcome).collect(),
+    }
+}
+
+fn action_kind(kind: dopv::planner::ActionKind) -> ActionKind {
+    use dopv::planner::ActionKind as K;
+    match kind {
+        K::Create => ActionKind::Create,
+        K::Adopt => ActionKind::Adopt,
+        K::Update => ActionKind::Update,
+        K::Redeploy => ActionKind::Redeploy,
+        K::Destroy => ActionKind::Destroy,
+    }
+}
+
+fn node_action(a: &dopv::planner::Action) -> NodeAction {
+    let dopv::planner::Action {
+        node,
+        action,
+        reason: why,
+        changes,
+        held_back,
+        out_of_scope,
+    } = a;
+    NodeAction {
+        node: node.clone(),
+        action: action_kind(*action),
+        reason: reason(*why),
+        changes: changes.iter().map(field_change).collect(),
+        held_back: held_back.iter().copied().map(flag).collect(),
+        out_of_scope: *out_of_scope,
+    }
+}
+
+fn field_change(c: &dopv::planner::Change) -> NodeFieldChange {
+    use dopv::planner::Source;
+    use dopv::provider::ChangeKind;
+    let dopv::planner::Change {
+        field,
+        from,
+        to,
+        kind,
+        source,
+        destructive,
+    } = c;
+    NodeFieldChange {
+        field: field.clone(),
+        from: from.clone(),
+        to: to.clone(),
+        kind: match kind {
+            ChangeKind::InPlace => ChangeCost::InPlace,
+            ChangeKind::Reboot => ChangeCost::Reboot,
+            ChangeKind::Redeploy => ChangeCost::Redeploy,
+        },
+        source: match source {
+            Source::Plan => ChangeSource::Plan,
+            Source::Drift => ChangeSource::Drift,
+        },
+        destructive: *destructive,
+    }
+}
+
+fn outcome(o: &dopv::Outcome) -> ActionOutcome {
+    ActionOutcome {
+        node: o.node.clone(),
+        action: action_kind(o.action),
+        // dopv spells its results as words (see `dopv::Outcome::result`).
+        result: match o.result {
+            "done" => OutcomeResult::Done,
+            "skipped" => OutcomeResult::Skipped,
+            "stopped" => OutcomeResult::Stopped,
+            _ => OutcomeResult::Failed,
+        },
+        error: o.error.clone(),
     }
 }
