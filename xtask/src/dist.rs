@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::root;
+use crate::host::root;
 
 /// `dist`: release builds of the three tools, their shell completions (bash, zsh, fish) and
 /// man pages (one per command and subcommand), and one RPM per tool plus `dop-common`, all in
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn dist_makes_completions_and_man_pages_for_every_tool() {
         super::docs().expect("docs");
-        let out = crate::root().join("target/dist");
+        let out = crate::host::root().join("target/dist");
         for tool in ["dopi", "dopv", "dopc", "dopc-client", "dop-puppet-autosign"] {
             let bash =
                 std::fs::read_to_string(out.join(format!("completions/bash/{tool}.bash"))).unwrap();

@@ -1,9 +1,16 @@
-//! What xtask's testbeds share about this machine: Debian packages, files written with the
-//! path in their errors.
+//! What xtask's tasks share about this machine: the workspace root, Debian packages, files
+//! written with the path in their errors.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
 
 /// Whether a Debian package is installed.
 pub fn installed(package: &str) -> bool {
