@@ -288,7 +288,7 @@ async fn follow_task(
     task: dopc::execution::Task,
     options: dopc::execution::ExecOptions,
     flags: &str,
-) -> Result<(u64, Vec<dopc_client::api::LogEvent>), String> {
+) -> Result<(u64, Vec<dopc_client::api::Event>), String> {
     println!("\n$ dopc execution {} demo{flags} --follow", task.name());
     let e = client
         .execute("demo", task, &options)
@@ -387,7 +387,7 @@ async fn demo_story(
     let (_, events) = follow_task(client, Task::Sync, destructive, " --destructive").await?;
     let ran: std::collections::BTreeSet<String> = events
         .iter()
-        .filter(|e| e.kind == "command_finished")
+        .filter(|e| e.kind == dopc_client::api::EventKind::CommandFinished)
         .filter_map(|e| e.node.clone())
         .collect();
     println!(

@@ -16,6 +16,7 @@ use crate::yaml::{self, Value, Yaml};
 
 /// A log level, with the original's names accepted (`FATAL`, `UNKNOWN` mean error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Failures.

@@ -35,14 +35,10 @@
 #![deny(missing_docs)]
 
 mod backend;
-pub mod control;
-pub mod deployment;
 mod error;
 mod import;
 mod layout;
 mod lock;
-pub mod logs;
-mod progress;
 mod records;
 mod session;
 mod store;

@@ -10,7 +10,7 @@ use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
 use crate::api::{
-    ExecOptions, LogEvent, MonitorDocument, NodeSync, PlanState, Status, SyncCounts, Task,
+    Event, ExecOptions, MonitorDocument, NodeSync, PlanState, Status, SyncCounts, Task,
 };
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -478,9 +478,9 @@ fn show<T: serde::Serialize>(s: &mut Session<'_>, value: &T, text: impl FnOnce(&
 }
 
 /// An event for people, as the log files show it.
-pub fn event_line(e: &LogEvent) -> String {
+pub fn event_line(e: &Event) -> String {
     let time = dop_core::time::rfc3339(e.time_ms);
-    let level = e.level.to_uppercase();
+    let level = e.level.to_string().to_uppercase();
     match &e.node {
         Some(n) => format!("{time} {level:<5} [{n}] {}\n", e.message),
         None => format!("{time} {level:<5} {}\n", e.message),

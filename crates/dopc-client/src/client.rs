@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::{
-    CancelRequest, ClearRequest, ErrorBody, ErrorDetail, ExecOptions, Execution, ExecutionRequest,
-    Finding, LogEvent, LogText, MonitorDocument, MonitorSettings, PlanDiffAnswer, PlanList,
+    CancelRequest, ClearRequest, ErrorBody, ErrorDetail, Event, ExecOptions, Execution,
+    ExecutionRequest, Finding, LogText, MonitorDocument, MonitorSettings, PlanDiffAnswer, PlanList,
     PlanRemoved, PlanReset, PlanState, PlanStored, PlanText, PlanUpload, Pong, ResetRequest,
     StateStreamEnd, Status, StreamEnd, Task, Versions,
 };
@@ -599,7 +599,7 @@ impl Client {
         id: u64,
         since: u64,
         patience: Duration,
-        mut on_event: impl FnMut(&LogEvent),
+        mut on_event: impl FnMut(&Event),
     ) -> Result<Status, ClientError> {
         let mut last = since;
         let mut failing_since: Option<std::time::Instant> = None;
@@ -640,7 +640,7 @@ impl Client {
                         });
                     }
                 }
-                let event = serde_json::from_str::<LogEvent>(text).map_err(|e| {
+                let event = serde_json::from_str::<Event>(text).map_err(|e| {
                     ClientError::Protocol(format!("a log event that is not one ({e}): {text}"))
                 })?;
                 if event.seq > last {

@@ -251,7 +251,7 @@ mod tests {
             ("put", "/plans"),
             // Prometheus text: `Client::metrics` returns it as a string.
             ("get", "/metrics"),
-            // Websockets: `Client::follow` and `Client::watch_state` read `LogEvent`s and
+            // Websockets: `Client::follow` and `Client::watch_state` read `Event`s and
             // `PlanState`s, checked by the stream tests.
             ("get", "/executions/{id}/log/stream"),
             ("get", "/plans/{name}/state/stream"),

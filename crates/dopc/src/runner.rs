@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dop_core::LookupSettings;
-use dop_store::control::Stop;
-use dop_store::logs::{Echo, ExecutionLog, Masker};
+use dop_core::{EventKind, Level};
+use dop_run::{Echo, ExecutionLog, Masker, Stop};
 use dop_store::{now_ms, rfc3339, Store};
 use dopc_client::api::{DopiOutcome, DopiSummary, DopvSummary, ExecutionResult};
 use serde_json::json;
@@ -300,7 +300,7 @@ impl Runner {
         };
         let metrics = self.metrics.clone();
         log.observe(Box::new(move |event| {
-            if event.kind == "command_finished" {
+            if event.kind == EventKind::CommandFinished {
                 let state = event.fields.get("state").and_then(|v| v.as_str());
                 let skipped = event.fields.get("skipped") == Some(&json!(true));
                 metrics.command_finished(match state {
@@ -316,8 +316,8 @@ impl Runner {
         e.started_at = Some(rfc3339(now_ms()));
         self.save(&e);
         log.event_with(
-            "info",
-            "execution_started",
+            Level::Info,
+            EventKind::ExecutionStarted,
             None,
             None,
             format!(
@@ -338,11 +338,11 @@ impl Runner {
                     run_task(&runner.store, &runner.config, &e, &log, stop);
                 log.event_with(
                     if status == Status::Done {
-                        "info"
+                        Level::Info
                     } else {
-                        "error"
+                        Level::Error
                     },
-                    "execution_finished",
+                    EventKind::ExecutionFinished,
                     None,
                     None,
                     format!("execution {} {}", e.id, status.name()),
@@ -586,8 +586,8 @@ fn run_task(
         let n = dopi::reset(store, &e.plan, &opts, &settings)
             .map_err(|err| (Status::Failed, err.to_string()))?;
         log.event_with(
-            "info",
-            "message",
+            Level::Info,
+            EventKind::Message,
             None,
             None,
             format!("dopi reset: {n} node record(s) put back to ready"),
@@ -633,7 +633,14 @@ fn run_task(
     match outcome {
         Ok(()) => (Status::Done, result, None),
         Err((status, message)) => {
-            log.event_with("error", "message", None, None, message.clone(), json!({}));
+            log.event_with(
+                Level::Error,
+                EventKind::Message,
+                None,
+                None,
+                message.clone(),
+                json!({}),
+            );
             (status, result, Some(message))
         }
     }

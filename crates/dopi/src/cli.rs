@@ -13,10 +13,10 @@ use dop_store::{rfc3339, App};
 use serde_json::json;
 
 use crate::engine::{self, Redeployed, RunError, RunOptions, RunResult};
-use crate::logs::Echo;
 use crate::plugin::Registry;
 use crate::reset::{self, ResetError, ResetOptions};
 use crate::state::{PlanState, RunState};
+use dop_run::logs::Echo;
 
 /// Exit status of a run stopped by a signal before it finished.
 pub const EXIT_STOPPED: u8 = 4;

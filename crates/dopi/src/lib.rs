@@ -22,7 +22,8 @@ mod reset;
 pub mod ssh;
 mod state;
 
-pub use dop_store::logs::{self, Echo, Event, ExecutionLog, Masker, NodeLog};
+// How a run shows itself on standard error is part of `RunOptions`.
+pub use dop_run::Echo;
 pub use engine::{
     check_commands, run, Redeployed, RunError, RunOptions, RunReport, RunResult,
     DEFAULT_MAX_IN_FLIGHT,

@@ -11,8 +11,8 @@ use dop_core::plan::Node;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::exec::Stop;
-use crate::logs::NodeLog;
+use dop_run::logs::NodeLog;
+use dop_run::Stop;
 
 /// Options of a command: its own keys over the plugin defaults in force.
 pub type Options = Map<String, Value>;
@@ -70,7 +70,7 @@ pub struct CommandContext<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Reach {
     /// dopv's deployed nodes.
-    pub deployed: std::collections::BTreeMap<String, dop_store::deployment::Deployed>,
+    pub deployed: std::collections::BTreeMap<String, dop_run::deployment::Deployed>,
     /// `ssh_port` by infrastructure.
     pub ports: std::collections::HashMap<String, u16>,
 }
@@ -79,7 +79,7 @@ impl Reach {
     /// The view for a plan and dopv's nodes.
     pub fn new(
         plan: &dop_core::Plan,
-        deployed: std::collections::BTreeMap<String, dop_store::deployment::Deployed>,
+        deployed: std::collections::BTreeMap<String, dop_run::deployment::Deployed>,
     ) -> Reach {
         Reach {
             deployed,

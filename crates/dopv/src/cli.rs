@@ -7,7 +7,7 @@ use clap::Args;
 use dop_cli::store::{fail, open, Io};
 use dop_cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use dop_core::Config;
-use dop_store::logs::Echo;
+use dop_run::logs::Echo;
 use dop_store::{rfc3339, App, Store};
 use serde_json::json;
 

@@ -10,7 +10,7 @@
 use std::process::Stdio;
 
 use dop_core::plan::{Hooks, Node};
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 
 /// The six hook points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

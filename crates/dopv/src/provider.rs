@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dop_core::plan::{Credential, DataDisk, Node, Plan, ProviderKind};
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use serde::{Deserialize, Serialize};
 
 use crate::actual::Actual;

@@ -170,7 +170,7 @@ mod tests {
             serial: 1,
             records: [(key, value.unwrap())].into_iter().collect(),
         };
-        let deployed = dop_store::deployment::deployed(&records);
+        let deployed = dop_run::deployment::deployed(&records);
         let n = &deployed["n"];
         assert_eq!(n.generation, 42);
         let ssh = n.ssh.as_ref().unwrap();

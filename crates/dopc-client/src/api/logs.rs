@@ -2,34 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Status;
+use dop_core::Event;
 
-/// One event of an execution's log (a line of `events.jsonl`, and a message of the live
-/// stream).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct LogEvent {
-    /// Its number in the execution, from 1; a stream resumes after the last one seen.
-    pub seq: u64,
-    /// When, in milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// `error`, `warn`, `info` or `debug`.
-    pub level: String,
-    /// What happened (`run_started`, `command_finished`, `node_action_finished`, `message`, …).
-    pub kind: String,
-    /// The node it is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// The step it is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    /// The text, secrets masked.
-    pub message: String,
-    /// Details of the kind (counts, states, durations), as the run wrote them.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = HashMap<String, Value>))]
-    pub fields: serde_json::Map<String, serde_json::Value>,
-}
+use super::Status;
 
 /// The last message of a live stream: the execution ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +40,7 @@ pub struct LogEvents {
     /// Where it stands.
     pub status: Status,
     /// The events after `since` (of the node, from the level, when asked), in order.
-    pub events: Vec<LogEvent>,
+    pub events: Vec<Event>,
     /// The number of the last event returned (`since` when none): ask again from it.
     pub last_seq: u64,
 }

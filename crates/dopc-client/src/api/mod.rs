@@ -10,11 +10,12 @@ mod plans;
 mod result;
 mod state;
 
+pub use dop_core::{Event, EventKind, Level};
 pub use error::{ErrorBody, ErrorDetail};
 pub use execution::{
     CancelRequest, ClearRequest, ExecOptions, Execution, ExecutionRequest, Status, Task,
 };
-pub use logs::{LogEvent, LogEvents, LogText, StreamEnd};
+pub use logs::{LogEvents, LogText, StreamEnd};
 pub use monitor::{
     AutoSync, MonitorDocument, MonitorFinding, MonitorSettings, MonitorSource, MonitorStatus,
 };

@@ -9,8 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Json;
-use dop_store::logs::Event;
-use dopc_client::api::{LogEvent, LogEvents, LogText, StreamEnd};
+use dopc_client::api::{Event, LogEvents, LogText, StreamEnd};
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
@@ -54,30 +53,6 @@ fn execution(state: &AppState, id: &str) -> Result<Execution, ApiError> {
 
 fn dir(state: &AppState, e: &Execution) -> PathBuf {
     state.log_dir.join(&e.plan).join(&e.log_id)
-}
-
-/// An event as the API shows it (the store's event, field for field).
-fn log_event(event: Event) -> LogEvent {
-    let Event {
-        seq,
-        time_ms,
-        level,
-        kind,
-        node,
-        step,
-        message,
-        fields,
-    } = event;
-    LogEvent {
-        seq,
-        time_ms,
-        level,
-        kind,
-        node,
-        step,
-        message,
-        fields,
-    }
 }
 
 /// Reads the events with a sequence number above `since`.
@@ -129,13 +104,13 @@ pub async fn get(
                 events.retain(|ev| ev.node.as_deref() == Some(node.as_str()));
             }
             if let Some(min) = min {
-                events.retain(|ev| rank(&ev.level).is_some_and(|r| r >= min));
+                events.retain(|ev| rank(ev.level.to_string().as_str()).is_some_and(|r| r >= min));
             }
             let last = events.last().map_or(since, |ev| ev.seq);
             let answer = LogEvents {
                 execution: e.id,
                 status: e.status,
-                events: events.into_iter().map(log_event).collect(),
+                events,
                 last_seq: last,
             };
             return Ok(Json(LogAnswer::Events(answer)));

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use dop_core::{LookupSettings, Severity};
-use dop_store::logs::Masker;
+use dop_run::Masker;
 use dop_store::Stored;
 use dopc_client::api::{
     Finding, IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored,

@@ -7,6 +7,7 @@
 //! `redeploy`), then the steps (`schedule`, one node's commands in `node`) under the
 //! stop requests of `stop`.
 
+use dop_core::{EventKind, Level};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,10 @@ use dop_store::{now_ms, App, Iteration, PlanLock, StateSession, Store, StoreErro
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::exec::Stop;
-use crate::logs::ExecutionLog;
 use crate::plugin::Registry;
 use crate::state::{NodeStepState, PlanState};
+use dop_run::logs::ExecutionLog;
+use dop_run::Stop;
 
 mod checks;
 mod defaults;
@@ -48,7 +49,7 @@ pub struct RunOptions {
     /// Where execution logs go.
     pub log_dir: PathBuf,
     /// What to show on standard error while running.
-    pub echo: crate::logs::Echo,
+    pub echo: dop_run::logs::Echo,
     /// Handle SIGINT and SIGTERM: the 1st stops starting work, the 2nd terminates running
     /// commands, the 3rd kills them.
     pub handle_signals: bool,
@@ -267,7 +268,7 @@ fn open_log(
         &opts.log_dir,
         plan_name,
         opts.echo,
-        || crate::logs::Masker::for_plan(plan),
+        || dop_run::Masker::for_plan(plan),
     )
     .map_err(|source| RunError::Logs {
         path: opts.log_dir.clone(),
@@ -275,8 +276,8 @@ fn open_log(
     })?;
     if let Some(h) = lock.took_over_from() {
         log.event(
-            "warn",
-            "message",
+            Level::Warn,
+            EventKind::Message,
             None,
             None,
             format!("took over the plan from {h}, which ended without releasing it"),
@@ -365,8 +366,8 @@ impl Ctx {
 
     fn event(
         &self,
-        level: &str,
-        kind: &str,
+        level: Level,
+        kind: EventKind,
         node: Option<&str>,
         step: Option<&str>,
         message: String,

@@ -1,11 +1,12 @@
 //! One node's commands of one step, in order, each transition saved before the next: verify
 //! commands that make a command unnecessary, the command, and what came of it.
 
+use dop_core::{EventKind, Level};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dop_core::plan::{Command, Node, Step};
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use dop_store::now_ms;
 use serde_json::json;
 
@@ -153,8 +154,8 @@ impl NodeRun<'_> {
         self.record.refresh();
         self.ctx.save(self.record_key.clone(), &self.record).await?;
         self.ctx.event(
-            "info",
-            "command_finished",
+            Level::Info,
+            EventKind::CommandFinished,
             Some(&self.node.name),
             Some(self.key),
             format!("{}: verify commands passed, skipped", cmd.title),
@@ -176,8 +177,8 @@ impl NodeRun<'_> {
         self.record.refresh();
         self.ctx.save(self.record_key.clone(), &self.record).await?;
         self.ctx.event(
-            "info",
-            "command_started",
+            Level::Info,
+            EventKind::CommandStarted,
             Some(&self.node.name),
             Some(self.key),
             format!("starting {}", cmd.title),
@@ -223,9 +224,9 @@ impl NodeRun<'_> {
         self.ctx.save(self.record_key.clone(), &self.record).await?;
         let secs = started.elapsed().as_secs_f64();
         let (level, word) = match state {
-            RunState::Done => ("info", "OK"),
-            RunState::Ready => ("warn", "STOPPED"),
-            _ => ("error", "FAILED"),
+            RunState::Done => (Level::Info, "OK"),
+            RunState::Ready => (Level::Warn, "STOPPED"),
+            _ => (Level::Error, "FAILED"),
         };
         let why = outcome
             .message
@@ -234,7 +235,7 @@ impl NodeRun<'_> {
             .unwrap_or_default();
         self.ctx.event(
             level,
-            "command_finished",
+            EventKind::CommandFinished,
             Some(&self.node.name),
             Some(self.key),
             format!("{} [{word}] in {secs:.1}s{why}", cmd.title),

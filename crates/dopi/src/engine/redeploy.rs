@@ -1,15 +1,16 @@
 //! Nodes dopv redeployed since dopi last ran on them: their recorded host keys are
 //! forgotten (a new machine has a new key) and their step state is refused, reset or kept.
 
+use dop_core::{EventKind, Level};
 use std::collections::{BTreeMap, HashMap};
 
 use dop_core::{NodeFacts, Plan, Resolver};
-use dop_store::deployment::Deployed;
+use dop_run::deployment::Deployed;
 use dop_store::{App, StateSession, StoreError};
 
 use super::{node_of, Redeployed, RunError, RunOptions};
-use crate::logs::ExecutionLog;
 use crate::plugin::Reach;
+use dop_run::logs::ExecutionLog;
 
 /// Brings the records in line with dopv's deployments; returns where the nodes are reached
 /// and the host keys still trusted.
@@ -19,7 +20,7 @@ pub(super) fn reconcile(
     opts: &RunOptions,
     log: &ExecutionLog,
 ) -> Result<(Reach, HashMap<String, String>), RunError> {
-    let deployed = dop_store::deployment::deployed(&state.read(App::Dopv)?);
+    let deployed = dop_run::deployment::deployed(&state.read(App::Dopv)?);
     redeployments(state, plan, opts, &deployed, log)?;
     let known = recorded_host_keys(state)?;
     Ok((Reach::new(plan, deployed), known))
@@ -83,8 +84,8 @@ fn redeployments(
             state.write(App::Dopi, changes)?;
             for line in &listed {
                 log.event(
-                    "warn",
-                    "message",
+                    Level::Warn,
+                    EventKind::Message,
                     None,
                     None,
                     format!(
@@ -119,8 +120,8 @@ fn forget_redeployed_host_keys(
         if old != d.generation {
             forget.push((node.clone(), None));
             log.event(
-                "info",
-                "message",
+                Level::Info,
+                EventKind::Message,
                 Some(node),
                 None,
                 format!(

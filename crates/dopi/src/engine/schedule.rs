@@ -1,6 +1,7 @@
 //! Scheduling a step set: the steps in order; within a step its pending nodes under
 //! `max_in_flight` and `max_per_role`, after a canary when asked; then the run's result.
 
+use dop_core::{EventKind, Level};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -64,8 +65,8 @@ impl<'a> SetRun<'a> {
         let selection = opts.filter.select(&resolver);
         for pattern in &selection.unmatched {
             ctx.event(
-                "warn",
-                "message",
+                Level::Warn,
+                EventKind::Message,
                 None,
                 None,
                 format!("{pattern} does not match any node"),
@@ -81,8 +82,8 @@ impl<'a> SetRun<'a> {
             .collect();
         let state = read_state(&ctx.state, App::Dopi).await?;
         ctx.event(
-            "info",
-            "run_started",
+            Level::Info,
+            EventKind::RunStarted,
             None,
             None,
             format!("run of plan '{}' (iteration {}), step set '{}'{}", ctx.plan_name, ctx.iteration, set.name, if opts.noop { ", noop" } else { "" }),
@@ -122,8 +123,8 @@ impl<'a> SetRun<'a> {
         let pending = self.pending(step, key, &nodes);
         if nodes.is_empty() {
             ctx.event(
-                "info",
-                "step_finished",
+                Level::Info,
+                EventKind::StepFinished,
                 None,
                 Some(key),
                 format!("step '{key}': no selected node"),
@@ -133,8 +134,8 @@ impl<'a> SetRun<'a> {
         }
         if pending.is_empty() {
             ctx.event(
-                "info",
-                "step_finished",
+                Level::Info,
+                EventKind::StepFinished,
                 None,
                 Some(key),
                 format!("step '{key}': already done on its {} node(s)", nodes.len()),
@@ -150,8 +151,8 @@ impl<'a> SetRun<'a> {
         if !failed.is_empty() {
             self.failures.extend(failed);
             ctx.event(
-                "error",
-                "step_finished",
+                Level::Error,
+                EventKind::StepFinished,
                 None,
                 Some(key),
                 format!("step '{key}' failed; the step set stops here"),
@@ -163,8 +164,8 @@ impl<'a> SetRun<'a> {
             return Ok(ControlFlow::Break(()));
         }
         ctx.event(
-            "info",
-            "step_finished",
+            Level::Info,
+            EventKind::StepFinished,
             None,
             Some(key),
             format!("step '{key}' done"),
@@ -234,13 +235,13 @@ impl<'a> SetRun<'a> {
             RunResult::Done
         };
         let (level, word) = match &result {
-            RunResult::Done | RunResult::Noop { .. } => ("info", "done"),
-            RunResult::Failed { .. } => ("error", "failed"),
-            RunResult::Stopped => ("warn", "stopped"),
+            RunResult::Done | RunResult::Noop { .. } => (Level::Info, "done"),
+            RunResult::Failed { .. } => (Level::Error, "failed"),
+            RunResult::Stopped => (Level::Warn, "stopped"),
         };
         self.ctx.event(
             level,
-            "run_finished",
+            EventKind::RunFinished,
             None,
             None,
             format!("run {word}"),
@@ -258,8 +259,8 @@ impl<'a> SetRun<'a> {
     ) -> Result<Vec<String>, RunError> {
         let limits = Limits::of(self.ctx, step, pending.len());
         self.ctx.event(
-            "info",
-            "step_started",
+            Level::Info,
+            EventKind::StepStarted,
             None,
             Some(key),
             format!("step '{key}' on {} node(s), {} at a time{}", pending.len(), limits.max_in_flight, if limits.canary { ", canary first" } else { "" }),
@@ -269,8 +270,8 @@ impl<'a> SetRun<'a> {
         if limits.canary && queue.len() > 1 {
             let (i, record) = queue.pop_front().expect("non-empty");
             self.ctx.event(
-                "info",
-                "message",
+                Level::Info,
+                EventKind::Message,
                 Some(self.resolver.name(i)),
                 Some(key),
                 format!("canary for step '{key}'"),
@@ -419,8 +420,8 @@ async fn auto_reset(
     }
     write_state(&ctx.state, App::Dopi, fresh).await?;
     ctx.event(
-        "info",
-        "message",
+        Level::Info,
+        EventKind::Message,
         None,
         None,
         format!(

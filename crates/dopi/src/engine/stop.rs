@@ -1,12 +1,13 @@
 //! Stop requests as one level that only rises: SIGINT and SIGTERM escalate it (stop starting
 //! work, terminate, kill), and so do the caller's requests (dopc's cancel).
 
+use dop_core::{EventKind, Level};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::exec::Stop;
-use crate::logs::ExecutionLog;
+use dop_run::logs::ExecutionLog;
+use dop_run::Stop;
 
 /// Raises the run's stop level to the caller's, while the caller can still ask; the caller's
 /// requests only ever raise the level.
@@ -49,8 +50,8 @@ pub(super) async fn escalate_on_signals(stop: Arc<watch::Sender<Stop>>, log: Arc
             _ => "third signal: killing the running commands",
         };
         log.event(
-            "warn",
-            "message",
+            Level::Warn,
+            EventKind::Message,
             None,
             None,
             message.to_string(),

@@ -1,12 +1,13 @@
 //! Acting: the runnable actions, at most `max_in_flight` nodes at a time per infrastructure,
 //! under the stop requests (signals, the caller's cancel) that may end the run early.
 
+use dop_core::{EventKind, Level};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dop_core::Plan;
-use dop_store::logs::ExecutionLog;
+use dop_run::logs::ExecutionLog;
 use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -134,10 +135,10 @@ impl Stops {
             tokio::spawn(async move {
                 loop {
                     let asked = *external.borrow_and_update();
-                    if asked != dop_store::control::Stop::No {
+                    if asked != dop_run::Stop::No {
                         soft.store(true, Ordering::SeqCst);
                     }
-                    if asked >= dop_store::control::Stop::Terminate {
+                    if asked >= dop_run::Stop::Terminate {
                         let _ = hard.send(true);
                         break;
                     }
@@ -191,8 +192,8 @@ impl Job {
         }
         let node_log = ctx.log.node(&action.node);
         ctx.event(
-            "info",
-            "node_action_started",
+            Level::Info,
+            EventKind::NodeActionStarted,
             Some(&action.node),
             format!("{} started", word(&action.action)),
             json!({"action": action.action, "reason": action.reason}),
@@ -211,8 +212,8 @@ impl Job {
         let outcome = match result {
             Ok(()) => {
                 ctx.event(
-                    "info",
-                    "node_action_finished",
+                    Level::Info,
+                    EventKind::NodeActionFinished,
                     Some(&action.node),
                     format!("{} done", word(&action.action)),
                     json!({"action": action.action, "result": "done"}),
@@ -222,8 +223,8 @@ impl Job {
             Err(e) => {
                 failed.store(true, Ordering::SeqCst);
                 ctx.event(
-                    "error",
-                    "node_action_finished",
+                    Level::Error,
+                    EventKind::NodeActionFinished,
                     Some(&action.node),
                     format!("{} failed: {e}", word(&action.action)),
                     json!({"action": action.action, "result": "failed", "error": e}),
@@ -264,8 +265,8 @@ async fn stop_on_signals(
     }
     stop.store(true, Ordering::SeqCst);
     log.event_with(
-        "warn",
-        "message",
+        Level::Warn,
+        EventKind::Message,
         None,
         None,
         "signal received: no new node starts; running ones finish (again to stop at once; the \
@@ -278,8 +279,8 @@ async fn stop_on_signals(
         _ = term.recv() => {}
     }
     log.event_with(
-        "error",
-        "message",
+        Level::Error,
+        EventKind::Message,
         None,
         None,
         "second signal: stopping now".into(),

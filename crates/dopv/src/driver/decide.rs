@@ -2,6 +2,7 @@
 //! by node (a `--noop` stops there); then the providers' word is recorded, the run's first
 //! write.
 
+use dop_core::{EventKind, Level};
 use dop_store::now_ms;
 use serde_json::json;
 
@@ -35,8 +36,8 @@ impl Run<'_> {
             };
             if let Err(e) = &read {
                 self.ctx.event(
-                    "error",
-                    "message",
+                    Level::Error,
+                    EventKind::Message,
                     Some(&s.spec.node.name),
                     format!("cannot read the node from its provider: {e}"),
                     json!({}),
@@ -124,7 +125,7 @@ impl Run<'_> {
     /// One `node_planned` event per action: what will (or would) be done, or why not.
     fn announce(&self, actions: &[Action]) {
         for a in actions {
-            let level = if a.runs() { "info" } else { "warn" };
+            let level = if a.runs() { Level::Info } else { Level::Warn };
             let what = if self.opts.noop {
                 "would"
             } else if a.runs() {
@@ -149,7 +150,7 @@ impl Run<'_> {
                     self.ctx.plan_name
                 ));
             }
-            self.ctx.event(level, "node_planned", Some(&a.node), message, json!({"action": a.action, "reason": a.reason, "changes": a.changes, "held_back": a.held_back}));
+            self.ctx.event(level, EventKind::NodePlanned, Some(&a.node), message, json!({"action": a.action, "reason": a.reason, "changes": a.changes, "held_back": a.held_back}));
         }
     }
 

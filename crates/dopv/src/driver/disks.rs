@@ -1,7 +1,7 @@
 //! Data disks: the plan's disks made, attached and recorded; disks the plan dropped detached,
 //! and deleted only when asked.
 
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use dop_store::App;
 
 use super::Ctx;

@@ -8,12 +8,13 @@
 //! makes of it), `act` (the actions, concurrently, under stop requests) and the record of what
 //! came of them (`Run::finish`). One node's lifecycle is in `nodes`, its data disks in `disks`.
 
+use dop_core::{EventKind, Level};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dop_core::{LookupSettings, NodeFilter, Plan};
-use dop_store::logs::{Echo, ExecutionLog, Masker};
+use dop_run::{Echo, ExecutionLog, Masker};
 use dop_store::{App, PlanLock, StateSession, Store, StoreError};
 use serde::Serialize;
 use serde_json::json;
@@ -79,7 +80,7 @@ pub struct Options {
     /// process at once (every node's record still says what was under way).
     pub handle_signals: bool,
     /// Stop requests from the caller (dopc's cancel): any level starts no new node.
-    pub stop: Option<tokio::sync::watch::Receiver<dop_store::control::Stop>>,
+    pub stop: Option<tokio::sync::watch::Receiver<dop_run::Stop>>,
     /// Write into this execution log instead of a new one (dopc: one log per execution).
     pub log: Option<Arc<ExecutionLog>>,
 }
@@ -206,8 +207,8 @@ struct Ctx {
 impl Ctx {
     fn event(
         &self,
-        level: &str,
-        kind: &str,
+        level: Level,
+        kind: EventKind,
         node: Option<&str>,
         message: String,
         fields: serde_json::Value,
@@ -254,8 +255,8 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
     let report = run.report(actions, in_sync, unreadable);
     if opts.noop {
         run.ctx.event(
-            "info",
-            "run_finished",
+            Level::Info,
+            EventKind::RunFinished,
             None,
             "noop: nothing was changed".into(),
             json!({"result": "noop"}),
@@ -322,8 +323,8 @@ impl<'a> Run<'a> {
         });
         if let Some(h) = lock.as_ref().and_then(|l| l.took_over_from()) {
             ctx.event(
-                "warn",
-                "message",
+                Level::Warn,
+                EventKind::Message,
                 None,
                 format!("took over the plan from {h}, which ended without releasing it"),
                 json!({}),
@@ -331,16 +332,16 @@ impl<'a> Run<'a> {
         }
         for pattern in &unmatched {
             ctx.event(
-                "warn",
-                "message",
+                Level::Warn,
+                EventKind::Message,
                 None,
                 format!("{pattern} does not match any node"),
                 json!({}),
             );
         }
         ctx.event(
-            "info",
-            "run_started",
+            Level::Info,
+            EventKind::RunStarted,
             None,
             format!("{command}: plan '{plan_name}' iteration {iteration}, {} node(s) selected", subjects.len()),
             json!({"operation": opts.operation.name(), "iteration": iteration, "serial": state.serial, "noop": opts.noop}),
@@ -386,8 +387,8 @@ impl<'a> Run<'a> {
         report.stopped = stopped;
         let failed = report.failed();
         self.ctx.event(
-            if failed { "error" } else { "info" },
-            "run_finished",
+            if failed { Level::Error } else { Level::Info },
+            EventKind::RunFinished,
             None,
             format!(
                 "{} {}",

@@ -3,7 +3,8 @@
 //! record before and after every step.
 
 use dop_core::plan::{Node, ProviderKind};
-use dop_store::logs::NodeLog;
+use dop_core::{EventKind, Level};
+use dop_run::logs::NodeLog;
 use dop_store::now_ms;
 use serde_json::json;
 
@@ -106,8 +107,8 @@ async fn run_hook(
     .await?;
     for w in warnings {
         ctx.event(
-            "warn",
-            "message",
+            Level::Warn,
+            EventKind::Message,
             Some(&spec.node.name),
             w,
             json!({"hook": hook.key()}),

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use dop_core::plan::{DataDisk, IpSetting};
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 
 use crate::actual::{Actual, SshEndpoint};
 use crate::provider::{ChangeKind, NodeSpec, Provider, ProviderError, Result};

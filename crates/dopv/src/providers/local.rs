@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dop_core::plan::{CredentialKind, DataDisk, Dns, IpSetting, ProviderKind};
 use dop_core::DataSize;
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use serde::{Deserialize, Serialize};
 
 use crate::actual::{Actual, ActualDisk, ActualInterface, Power, SshEndpoint};

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dop_core::plan::{DataDisk, Gateway, Infrastructure, IpSetting};
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use dop_core::plan::{
     AffinityGroup, CredentialKind, DataDisk, Infrastructure, Interface, IpSetting, Plan,
 };
-use dop_store::logs::NodeLog;
+use dop_run::logs::NodeLog;
 use serde_json::{json, Value};
 
 use self::api::{Api, Poll, Port, Server};

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use dop_core::{EventKind, Level};
+
 /// When this many nodes or fewer are still running, the line names them.
 const NAME_RUNNING_AT_MOST: usize = 3;
 
@@ -42,8 +44,8 @@ impl StepProgress {
     /// Takes one event of the run into account; true when the status line should be redrawn.
     pub fn on_event(
         &mut self,
-        kind: &str,
-        level: &str,
+        kind: EventKind,
+        level: Level,
         node: Option<&str>,
         step: Option<&str>,
         fields: &serde_json::Map<String, serde_json::Value>,
@@ -55,7 +57,7 @@ impl StepProgress {
                 .and_then(|n| usize::try_from(n).ok())
         };
         match (kind, node) {
-            ("step_started", _) => {
+            (EventKind::StepStarted, _) => {
                 *self = StepProgress {
                     step: step.unwrap_or_default().to_string(),
                     total: count("nodes").unwrap_or(0),
@@ -64,14 +66,14 @@ impl StepProgress {
                 };
                 false
             }
-            ("command_started", Some(node)) => {
+            (EventKind::CommandStarted, Some(node)) => {
                 self.nodes.entry(node.to_string()).or_default().started += 1;
                 true
             }
-            ("command_finished", Some(node)) => {
+            (EventKind::CommandFinished, Some(node)) => {
                 let progress = self.nodes.entry(node.to_string()).or_default();
                 progress.finished += 1;
-                progress.failed |= level == "error";
+                progress.failed |= level == Level::Error;
                 true
             }
             _ => false,
@@ -126,25 +128,55 @@ mod tests {
         let mut p = StepProgress::default();
         let none = fields(json!({}));
         p.on_event(
-            "step_started",
-            "info",
+            EventKind::StepStarted,
+            Level::Info,
             None,
             Some("deploy"),
             &fields(json!({"nodes": 5, "commands": 2})),
         );
         for node in ["a", "b", "c", "d", "e"] {
-            p.on_event("command_started", "info", Some(node), Some("deploy"), &none);
+            p.on_event(
+                EventKind::CommandStarted,
+                Level::Info,
+                Some(node),
+                Some("deploy"),
+                &none,
+            );
         }
         // a's first command is done, its second not yet: a is not done.
-        p.on_event("command_finished", "info", Some("a"), None, &none);
-        p.on_event("command_started", "info", Some("a"), None, &none);
+        p.on_event(
+            EventKind::CommandFinished,
+            Level::Info,
+            Some("a"),
+            None,
+            &none,
+        );
+        p.on_event(
+            EventKind::CommandStarted,
+            Level::Info,
+            Some("a"),
+            None,
+            &none,
+        );
         assert_eq!(
             p.line_at(Duration::from_secs(5)),
             "step 'deploy': 0/5 nodes done, 5 running, 00:05"
         );
         // b fails on its first command: done (failed), its second never runs.
-        p.on_event("command_finished", "error", Some("b"), None, &none);
-        p.on_event("command_finished", "info", Some("a"), None, &none);
+        p.on_event(
+            EventKind::CommandFinished,
+            Level::Error,
+            Some("b"),
+            None,
+            &none,
+        );
+        p.on_event(
+            EventKind::CommandFinished,
+            Level::Info,
+            Some("a"),
+            None,
+            &none,
+        );
         assert_eq!(
             p.line_at(Duration::from_secs(75)),
             "step 'deploy': 2/5 nodes done, 1 failed, 3 running (c, d, e), 01:15"
@@ -156,17 +188,29 @@ mod tests {
         let mut p = StepProgress::default();
         let none = fields(json!({}));
         p.on_event(
-            "step_started",
-            "info",
+            EventKind::StepStarted,
+            Level::Info,
             None,
             Some("one"),
             &fields(json!({"nodes": 1})),
         );
-        p.on_event("command_started", "info", Some("a"), None, &none);
-        p.on_event("command_finished", "info", Some("a"), None, &none);
         p.on_event(
-            "step_started",
-            "info",
+            EventKind::CommandStarted,
+            Level::Info,
+            Some("a"),
+            None,
+            &none,
+        );
+        p.on_event(
+            EventKind::CommandFinished,
+            Level::Info,
+            Some("a"),
+            None,
+            &none,
+        );
+        p.on_event(
+            EventKind::StepStarted,
+            Level::Info,
             None,
             Some("two"),
             &fields(json!({"nodes": 4})),

@@ -1,13 +1,13 @@
 //! What dopi needs from dopv's state, read without depending on dopv: per deployed node, the
 //! generation (it changes on every (re)deploy) and where its sshd listens. dopv's node records
-//! (`node/<name>` under [`App::Dopv`](crate::App::Dopv)) carry these fields among others; a
+//! (`node/<name>` under [`App::Dopv`](dop_store::App::Dopv)) carry these fields among others; a
 //! test in dopv holds the two in step.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::StateRecords;
+use dop_store::StateRecords;
 
 /// Where a node's sshd listens, as dopv last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -9,32 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dop_core::time::{now_ms, rfc3339};
-use serde::{Deserialize, Serialize};
+use dop_core::{Event, EventKind, Level};
 
-/// One event of an execution.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Position in the execution, from 1, without gaps.
-    pub seq: u64,
-    /// When, in milliseconds since the epoch.
-    pub time_ms: u64,
-    /// `info`, `warn` or `error`.
-    pub level: String,
-    /// What happened: `run_started`, `step_started`, `command_started`, `command_finished`,
-    /// `step_finished`, `run_finished`, `message`.
-    pub kind: String,
-    /// The node, for node events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// The step, for step and command events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    /// A human-readable line.
-    pub message: String,
-    /// Details (state, exit status, duration …).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub fields: serde_json::Map<String, serde_json::Value>,
-}
+use crate::mask::Masker;
 
 struct Files {
     all: File,
@@ -42,88 +19,6 @@ struct Files {
     seq: u64,
     /// The current step's progress, for the status line on a terminal.
     progress: crate::progress::StepProgress,
-}
-
-/// Replaces secrets in log text with `****`: the plan's passwords (literal or from a file;
-/// programs are not run just for this). Secrets shorter than 4 characters are not masked: the
-/// original masked them and garbled every log line that contained their letters.
-#[derive(Clone, Debug, Default)]
-pub struct Masker {
-    secrets: Vec<String>,
-}
-
-/// Shortest secret that is masked.
-pub const MIN_MASKED: usize = 4;
-
-impl Masker {
-    /// The masker for a plan's credentials.
-    pub fn for_plan(plan: &dop_core::Plan) -> Masker {
-        use dop_core::plan::{ContentSource, CredentialKind};
-        let mut secrets: Vec<String> = plan
-            .credentials
-            .iter()
-            .filter_map(|c| match &c.kind {
-                CredentialKind::UsernamePassword { password, .. } => match password {
-                    ContentSource::Literal(_) | ContentSource::File(_) => password.load().ok(),
-                    ContentSource::Exec(_) => None,
-                },
-                _ => None,
-            })
-            .filter(|s| s.chars().count() >= MIN_MASKED)
-            .collect();
-        // Longer secrets first, so one that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Masker { secrets }
-    }
-
-    /// The text with every secret replaced: the plan's passwords, and any private key block
-    /// (`-----BEGIN … PRIVATE KEY-----` to its `-----END … PRIVATE KEY-----`, however it is
-    /// indented or quoted).
-    pub fn mask<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "****"));
-            }
-        }
-        if out.contains("PRIVATE KEY-----") {
-            out = std::borrow::Cow::Owned(mask_private_keys(&out));
-        }
-        out
-    }
-}
-
-/// Replaces the body of every private key block with `****`, keeping its markers.
-fn mask_private_keys(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(begin) = rest.find("-----BEGIN ") {
-        let Some(header_end) = rest[begin..]
-            .find("PRIVATE KEY-----")
-            .map(|i| begin + i + 16)
-        else {
-            break;
-        };
-        out.push_str(&rest[..header_end]);
-        match rest[header_end..].find("-----END ") {
-            Some(end) => {
-                out.push_str("****");
-                rest = &rest[header_end + end..];
-                // Past the END marker, so the loop does not find it again.
-                let marker_end = rest.find("KEY-----").map_or(rest.len(), |i| i + 8);
-                out.push_str(&rest[..marker_end]);
-                rest = &rest[marker_end..];
-            }
-            None => {
-                // A key without its end: mask everything after the header.
-                out.push_str("****");
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// What a run shows on standard error.
@@ -141,7 +36,6 @@ pub enum Echo {
 }
 
 /// Event lines a live reader may fall behind before it must re-read the file.
-#[cfg(feature = "async")]
 pub const LIVE_BACKLOG: usize = 1024;
 
 /// The logs of one execution.
@@ -156,7 +50,6 @@ pub struct ExecutionLog {
     masker: Arc<Masker>,
     /// Every event line as it is written, for live readers (a reader that lags re-reads
     /// `events.jsonl`).
-    #[cfg(feature = "async")]
     lines: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Sees every event as it is written (dopc's metrics): never lags, never drops one.
     observer: std::sync::OnceLock<Observer>,
@@ -255,7 +148,6 @@ impl ExecutionLog {
             nodes: Mutex::new(HashMap::new()),
             echo,
             masker: Arc::new(masker),
-            #[cfg(feature = "async")]
             lines: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
             observer: std::sync::OnceLock::new(),
             lost: Arc::new(Lost {
@@ -268,7 +160,6 @@ impl ExecutionLog {
 
     /// Every event line (JSON, as in `events.jsonl`) written from now on. A receiver more than
     /// [`LIVE_BACKLOG`] lines behind is told it lagged; it catches up from the file.
-    #[cfg(feature = "async")]
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
         self.lines.subscribe()
     }
@@ -311,8 +202,8 @@ impl ExecutionLog {
     /// Records an event (numbered) in `events.jsonl` and `all.log`, and echoes it.
     pub fn event(
         &self,
-        level: &str,
-        kind: &str,
+        level: Level,
+        kind: EventKind,
         node: Option<&str>,
         step: Option<&str>,
         message: String,
@@ -323,8 +214,8 @@ impl ExecutionLog {
         let event = Event {
             seq: files.seq,
             time_ms: now_ms(),
-            level: level.to_string(),
-            kind: kind.to_string(),
+            level,
+            kind,
             node: node.map(str::to_string),
             step: step.map(str::to_string),
             message: self.masker.mask(&message).into_owned(),
@@ -334,7 +225,6 @@ impl ExecutionLog {
         let json = serde_json::to_string(&event).unwrap_or_default();
         self.lost
             .check(files.events.write_all(format!("{json}\n").as_bytes()));
-        #[cfg(feature = "async")]
         let _ = self.lines.send(Arc::from(json));
         if let Some(observe) = self.observer.get() {
             observe(&event);
@@ -348,7 +238,7 @@ impl ExecutionLog {
                 let update = files
                     .progress
                     .on_event(kind, level, node, step, &event.fields);
-                if update && level != "error" {
+                if update && level != Level::Error {
                     eprint!("\r\x1b[2K  {}", files.progress.line());
                 } else {
                     eprint!("\r\x1b[2K{shown}");
@@ -361,8 +251,8 @@ impl ExecutionLog {
     /// no details).
     pub fn event_with(
         &self,
-        level: &str,
-        kind: &str,
+        level: Level,
+        kind: EventKind,
         node: Option<&str>,
         step: Option<&str>,
         message: String,
@@ -406,8 +296,8 @@ impl ExecutionLog {
     }
 }
 
-fn format_line(time_ms: u64, level: &str, node: Option<&str>, message: &str) -> String {
-    let level = level.to_uppercase();
+fn format_line(time_ms: u64, level: Level, node: Option<&str>, message: &str) -> String {
+    let level = level.to_string().to_uppercase();
     match node {
         Some(n) => format!("{} {level:<5} [{n}] {message}\n", rfc3339(time_ms)),
         None => format!("{} {level:<5} {message}\n", rfc3339(time_ms)),
@@ -418,7 +308,7 @@ impl NodeLog {
     /// Writes a line (command output, details) to the node's file and to `all.log`.
     pub fn line(&self, text: &str) {
         let text = self.masker.mask(text);
-        let line = format_line(now_ms(), "debug", Some(&self.node), &text);
+        let line = format_line(now_ms(), Level::Debug, Some(&self.node), &text);
         if self.verbose {
             eprint!(
                 "{}",
@@ -431,38 +321,5 @@ impl NodeLog {
         if let Some(f) = self.all.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             self.lost.check(f.write_all(line.as_bytes()));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_masked_but_short_ones_are_not() {
-        let masker = Masker {
-            secrets: vec!["hunter2secret".into(), "hunter2".into()],
-        };
-        assert_eq!(
-            masker.mask("pw=hunter2secret and hunter2"),
-            "pw=**** and ****"
-        );
-        let plan = dop_core::load_str(
-            "name: p\ninfrastructures: {l: {type: local}}\nnodes: {n: {infrastructure: l}}\n\
-             credentials:\n  a: {type: username_password, username: u, password: 'sesame-42'}\n  \
-             b: {type: username_password, username: u, password: 'p'}\n",
-            None,
-            &dop_core::LookupSettings::default(),
-        )
-        .plan
-        .unwrap();
-        let masker = Masker::for_plan(&plan);
-        assert_eq!(masker.mask("open sesame-42 please"), "open **** please");
-        assert_eq!(masker.mask("a plain p"), "a plain p");
-        let key = "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----\n  b3BlbnNzaC1rZXk\n  -----END OPENSSH PRIVATE KEY-----\nafter";
-        assert_eq!(
-            masker.mask(key),
-            "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----****-----END OPENSSH PRIVATE KEY-----\nafter"
-        );
     }
 }

@@ -1,0 +1,24 @@
+//! The frame every run of dopi and dopv works in, and that dopc hands them: what a run writes
+//! down and how it is stopped.
+//!
+//! * [`logs`]: the execution log (`<log_dir>/<plan>/<id>/all.log`, one `<node>.log` per node,
+//!   `events.jsonl` of numbered [`dop_core::Event`]s), echoed on standard error as lines or a
+//!   status line ([`progress`]), fed live to dopc's subscribers;
+//! * [`mask`]: secrets out of every line that is written;
+//! * [`stop`]: the levels a run is asked to stop with (signals, dopc's cancel);
+//! * [`deployment`]: what dopi reads of dopv's records (generation, SSH address), so that dopi
+//!   does not depend on dopv.
+//!
+//! It depends on dop-core (the plan, the event words) and dop-store (the records it reads),
+//! never on a tool.
+#![deny(missing_docs)]
+
+pub mod deployment;
+pub mod logs;
+pub mod mask;
+pub mod progress;
+pub mod stop;
+
+pub use logs::{Echo, ExecutionLog, NodeLog};
+pub use mask::Masker;
+pub use stop::Stop;
