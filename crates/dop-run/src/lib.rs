@@ -5,7 +5,9 @@
 //!   `events.jsonl` of numbered [`dop_core::Event`]s), echoed on standard error as lines or a
 //!   status line ([`progress`]), fed live to dopc's subscribers;
 //! * [`mask`]: secrets out of every line that is written;
-//! * [`stop`]: the levels a run is asked to stop with (signals, dopc's cancel);
+//! * [`stop`]: the stop level of a run ([`RunStop`]), raised by SIGINT/SIGTERM and by the
+//!   caller (dopc's cancel), never lowered; [`process`]: the process groups of what a run
+//!   starts, signalled and killed as a whole;
 //! * [`deployment`]: what dopi reads of dopv's records (generation, SSH address), so that dopi
 //!   does not depend on dopv.
 //!
@@ -16,9 +18,10 @@
 pub mod deployment;
 pub mod logs;
 pub mod mask;
+pub mod process;
 pub mod progress;
 pub mod stop;
 
 pub use logs::{Echo, ExecutionLog, NodeLog};
 pub use mask::Masker;
-pub use stop::Stop;
+pub use stop::{reached, Escalation, RunStop, Stop};

@@ -9,6 +9,7 @@ use clap::Args;
 use dop_cli::store::{fail, open, Io};
 use dop_cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use dop_core::{Config, Diagnostic, NodeFacts, Plan, Resolver, Severity};
+use dop_run::logs::Echo;
 use dop_store::{rfc3339, App};
 use serde_json::json;
 
@@ -16,7 +17,6 @@ use crate::engine::{self, Redeployed, RunError, RunOptions, RunResult};
 use crate::plugin::Registry;
 use crate::reset::{self, ResetError, ResetOptions};
 use crate::state::{PlanState, RunState};
-use dop_run::logs::Echo;
 
 /// Exit status of a run stopped by a signal before it finished.
 pub const EXIT_STOPPED: u8 = 4;

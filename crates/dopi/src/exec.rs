@@ -2,6 +2,7 @@
 //! timeout, escalation on signals, and output read in bounded pieces so that a command printing
 //! megabytes (or binary) neither blocks the run nor fills memory.
 
+use dop_run::process::signal_group;
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::Duration;
@@ -96,15 +97,6 @@ pub struct Program<'a> {
     pub env: &'a [(String, String)],
     /// Stopped (terminated, then killed) after this long.
     pub timeout: Duration,
-}
-
-fn signal_group(pid: Option<u32>, signal: i32) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        // SAFETY: killpg only sends a signal; the group is the child's own (process_group(0)).
-        unsafe {
-            libc::killpg(pid, signal);
-        }
-    }
 }
 
 /// Runs the program; every output line goes to `on_line` (for logs and patterns).

@@ -7,6 +7,7 @@
 //! not stop the run (as in the original); one that cannot be started fails the node's action
 //! before anything changes when it is a `pre_` hook.
 
+use dop_run::process::GroupGuard;
 use std::process::Stdio;
 
 use dop_core::plan::{Hooks, Node};
@@ -86,10 +87,10 @@ pub async fn run(
         let cannot_run =
             |e: std::io::Error| format!("the {} hook {program} cannot run: {e}", hook.key());
         let child = command.spawn().map_err(cannot_run)?;
-        let mut group = GroupKiller(child.id());
+        let mut group = GroupGuard::new(child.id());
         let output = child.wait_with_output().await.map_err(cannot_run)?;
         // It ended: what it left running on purpose (`nohup … &`) is its business.
-        group.0 = None;
+        group.disarm();
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             log.line(&format!("{} {program}: {line}", hook.key()));
         }
@@ -105,19 +106,4 @@ pub async fn run(
         }
     }
     Ok(warnings)
-}
-
-/// Kills a hook's process group when dropped before the hook ended (a run stopped at once):
-/// the hook's children go too, not only the shell that `kill_on_drop` would kill.
-struct GroupKiller(Option<u32>);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: killpg only sends a signal; the group is the hook's own (process_group(0)).
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        }
-    }
 }

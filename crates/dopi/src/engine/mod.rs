@@ -5,22 +5,20 @@
 //! `run` reads top to bottom as its phases: the preflight (lock, step set, `checks`), the
 //! log, the records made consistent with what happened since the last run (`recover`,
 //! `redeploy`), then the steps (`schedule`, one node's commands in `node`) under the
-//! stop requests of `stop`.
+//! run's stop level (`dop_run::RunStop`: signals and the caller's requests).
 
-use dop_core::{EventKind, Level};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dop_core::{LookupSettings, NodeFilter, Plan};
+use dop_core::{EventKind, Level, LookupSettings, NodeFilter, Plan};
+use dop_run::{Escalation, ExecutionLog, RunStop, Stop};
 use dop_store::{now_ms, App, Iteration, PlanLock, StateSession, Store, StoreError};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::plugin::Registry;
 use crate::state::{NodeStepState, PlanState};
-use dop_run::logs::ExecutionLog;
-use dop_run::Stop;
 
 mod checks;
 mod defaults;
@@ -28,7 +26,6 @@ mod node;
 mod recover;
 mod redeploy;
 mod schedule;
-mod stop;
 
 pub use checks::check_commands;
 
@@ -164,6 +161,27 @@ pub struct RunReport {
     pub log_lines_lost: bool,
 }
 
+/// What SIGINT and SIGTERM do to a run: 1st stop starting commands, 2nd terminate the running
+/// ones' process groups, 3rd kill them.
+const SIGNALS: &[Escalation] = &[
+    Escalation {
+        level: Stop::Graceful,
+        severity: Level::Warn,
+        message:
+            "signal received: no new commands start; running ones finish (again to terminate them)",
+    },
+    Escalation {
+        level: Stop::Terminate,
+        severity: Level::Warn,
+        message: "second signal: terminating the running commands (again to kill them)",
+    },
+    Escalation {
+        level: Stop::Kill,
+        severity: Level::Warn,
+        message: "third signal: killing the running commands",
+    },
+];
+
 /// Runs a step set of a stored plan.
 pub fn run(
     store: Arc<Store>,
@@ -171,7 +189,7 @@ pub fn run(
     opts: &RunOptions,
     registry: &Registry,
 ) -> Result<RunReport, RunError> {
-    let (stop_tx, stop) = watch::channel(Stop::No);
+    let run_stop = RunStop::new();
     let (lock, iteration) = preflight(&store, plan_name, opts, registry)?;
     let plan = iteration.plan;
     let log = open_log(plan_name, &plan, opts, &lock)?;
@@ -194,7 +212,8 @@ pub fn run(
         _lock: lock,
         registry: registry.clone(),
         log: log.clone(),
-        stop,
+        stop: run_stop.subscribe(),
+        _stop: run_stop.clone(),
         state,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -206,12 +225,11 @@ pub fn run(
             source,
         })?;
     let result = runtime.block_on(async {
-        let stop_tx = Arc::new(stop_tx);
         if opts.handle_signals {
-            tokio::spawn(stop::escalate_on_signals(stop_tx.clone(), log.clone()));
+            run_stop.escalate_on_signals(SIGNALS, log.clone());
         }
         if let Some(external) = opts.stop.clone() {
-            tokio::spawn(stop::raise_with(external, stop_tx));
+            run_stop.follow(external);
         }
         schedule::run_step_set(ctx, opts).await
     })?;
@@ -295,6 +313,8 @@ struct Ctx {
     registry: Registry,
     log: Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
+    /// Keeps the stop level's channel open for the whole run.
+    _stop: RunStop,
     /// The plan's state database, kept open for the run; it commits the transitions that
     /// arrive together in one write. Closed (dropped) before the run lock below.
     state: StateSession,

@@ -1,11 +1,11 @@
 //! One node's commands of one step, in order, each transition saved before the next: verify
 //! commands that make a command unnecessary, the command, and what came of it.
 
-use dop_core::{EventKind, Level};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dop_core::plan::{Command, Node, Step};
+use dop_core::{EventKind, Level};
 use dop_run::logs::NodeLog;
 use dop_store::now_ms;
 use serde_json::json;

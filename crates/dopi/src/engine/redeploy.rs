@@ -1,16 +1,15 @@
 //! Nodes dopv redeployed since dopi last ran on them: their recorded host keys are
 //! forgotten (a new machine has a new key) and their step state is refused, reset or kept.
 
-use dop_core::{EventKind, Level};
 use std::collections::{BTreeMap, HashMap};
 
-use dop_core::{NodeFacts, Plan, Resolver};
+use dop_core::{EventKind, Level, NodeFacts, Plan, Resolver};
 use dop_run::deployment::Deployed;
+use dop_run::logs::ExecutionLog;
 use dop_store::{App, StateSession, StoreError};
 
 use super::{node_of, Redeployed, RunError, RunOptions};
 use crate::plugin::Reach;
-use dop_run::logs::ExecutionLog;
 
 /// Brings the records in line with dopv's deployments; returns where the nodes are reached
 /// and the host keys still trusted.

@@ -1,14 +1,13 @@
 //! Scheduling a step set: the steps in order; within a step its pending nodes under
 //! `max_in_flight` and `max_per_role`, after a canary when asked; then the run's result.
 
-use dop_core::{EventKind, Level};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dop_core::plan::{Step, StepSet};
-use dop_core::{NodeFacts, Resolver};
+use dop_core::{EventKind, Level, NodeFacts, Resolver};
 use dop_store::App;
 use serde_json::json;
 use tokio::task::JoinSet;

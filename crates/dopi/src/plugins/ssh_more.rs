@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use dop_run::Stop;
+
 use super::checks::{self, Checks};
 use super::ssh_custom::{run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
 use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
-use dop_run::Stop;
 
 fn absolute_file(options: &Options) -> Result<&str, String> {
     match options.get("file").and_then(|f| f.as_str()) {

@@ -1,15 +1,14 @@
 //! Acting: the runnable actions, at most `max_in_flight` nodes at a time per infrastructure,
 //! under the stop requests (signals, the caller's cancel) that may end the run early.
 
-use dop_core::{EventKind, Level};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dop_core::Plan;
-use dop_run::logs::ExecutionLog;
+use dop_core::{EventKind, Level, Plan};
+use dop_run::{Escalation, ExecutionLog, RunStop, Stop};
 use serde_json::json;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::decide::Actuals;
@@ -26,7 +25,8 @@ impl Run<'_> {
     pub(super) async fn act(&self, actions: &[Action], actuals: &Actuals) -> (Vec<Outcome>, bool) {
         let rmdisk = matches!(self.opts.operation, Operation::Undeploy { rmdisk: true });
         let mut limits: HashMap<String, (Arc<Semaphore>, Arc<AtomicBool>)> = HashMap::new();
-        let mut stops = Stops::listen(self.opts, &self.ctx.log);
+        let stop = listen_for_stops(self.opts, &self.ctx.log);
+        let mut hard_stop = stop.subscribe();
         let mut tasks = JoinSet::new();
         for (index, action) in actions.iter().enumerate() {
             if !action.runs() {
@@ -57,7 +57,7 @@ impl Run<'_> {
                 actual: actuals[position.unwrap_or(0)].clone().ok(),
                 rmdisk,
             };
-            tasks.spawn(job.run(limit, failed, stops.soft.clone()));
+            tasks.spawn(job.run(limit, failed, stop.clone()));
         }
         let mut outcomes = Vec::new();
         loop {
@@ -67,7 +67,7 @@ impl Run<'_> {
                     Some(Err(_)) => {}
                     None => break,
                 },
-                true = hard_stop_asked(&mut stops.hard_asked) => {
+                true = dop_run::reached(&mut hard_stop, Stop::Terminate) => {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
                     break;
@@ -92,68 +92,40 @@ impl Run<'_> {
         }
         outcomes.sort_by_key(|(i, _)| *i);
         let outcomes = outcomes.into_iter().map(|(_, o)| o).collect();
-        (outcomes, stops.soft.load(Ordering::SeqCst))
+        (outcomes, stop.asked())
     }
 }
 
-/// The run's stop requests: `soft` starts no new node; a hard stop (a second signal, or a
-/// forceful cancel) drops the node actions under way where they are, as a killed process
-/// would leave them (`sync` finishes them later), and the run returns a stopped report. The
-/// library never exits the process.
-struct Stops {
-    soft: Arc<AtomicBool>,
-    // Kept while the run acts: a hard stop sent to a channel without a receiver is lost.
-    hard_asked: watch::Receiver<bool>,
-    _hard: Arc<watch::Sender<bool>>,
-}
+/// What SIGINT and SIGTERM do to a run: the first starts no new node; the second drops the
+/// node actions under way where they are, as a killed process would leave them (`sync`
+/// finishes them later), and the run returns a stopped report. The library never exits the
+/// process.
+const SIGNALS: &[Escalation] = &[
+    Escalation {
+        level: Stop::Graceful,
+        severity: Level::Warn,
+        message: "signal received: no new node starts; running ones finish (again to stop at \
+                  once; the next sync finishes what was under way)",
+    },
+    Escalation {
+        level: Stop::Terminate,
+        severity: Level::Error,
+        message: "second signal: stopping now",
+    },
+];
 
-impl Stops {
-    /// Listens for signals (when the run handles them) and for the caller's requests.
-    fn listen(opts: &Options, log: &Arc<ExecutionLog>) -> Self {
-        let soft = Arc::new(AtomicBool::new(false));
-        let (hard, hard_asked) = watch::channel(false);
-        let hard = Arc::new(hard);
-        if opts.handle_signals {
-            use tokio::signal::unix::{signal, SignalKind};
-            // Registered before any node starts, so that no signal finds the default action.
-            if let (Ok(int), Ok(term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                tokio::spawn(stop_on_signals(
-                    int,
-                    term,
-                    soft.clone(),
-                    hard.clone(),
-                    log.clone(),
-                ));
-            }
-        }
-        if let Some(mut external) = opts.stop.clone() {
-            let soft = soft.clone();
-            let hard = hard.clone();
-            tokio::spawn(async move {
-                loop {
-                    let asked = *external.borrow_and_update();
-                    if asked != dop_run::Stop::No {
-                        soft.store(true, Ordering::SeqCst);
-                    }
-                    if asked >= dop_run::Stop::Terminate {
-                        let _ = hard.send(true);
-                        break;
-                    }
-                    if external.changed().await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Stops {
-            soft,
-            hard_asked,
-            _hard: hard,
-        }
+/// The run's stop level, raised by signals (when the run handles them) and by the caller's
+/// requests (dopc's cancel: graceful, then terminate). Listening starts before any node
+/// starts, so that no signal finds the default action.
+fn listen_for_stops(opts: &Options, log: &Arc<ExecutionLog>) -> RunStop {
+    let stop = RunStop::new();
+    if opts.handle_signals {
+        stop.escalate_on_signals(SIGNALS, log.clone());
     }
+    if let Some(external) = opts.stop.clone() {
+        stop.follow(external);
+    }
+    stop
 }
 
 /// One node's action, with what its task owns.
@@ -176,13 +148,13 @@ impl Job {
         self,
         limit: Arc<Semaphore>,
         failed: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
+        stop: RunStop,
     ) -> (usize, Outcome) {
         let Job {
             ctx, index, action, ..
         } = &self;
         let _permit = limit.acquire_owned().await;
-        if stop.load(Ordering::SeqCst) {
+        if stop.asked() {
             let why = "a signal stopped the run before it started";
             return (*index, outcome(action, "stopped", Some(why.into())));
         }
@@ -243,50 +215,6 @@ fn outcome(action: &Action, result: &'static str, error: Option<String>) -> Outc
         result,
         error,
     }
-}
-
-/// Resolves to true once a hard stop is asked for (false if it never can be).
-async fn hard_stop_asked(asked: &mut watch::Receiver<bool>) -> bool {
-    asked.wait_for(|hard| *hard).await.is_ok()
-}
-
-/// The first SIGINT or SIGTERM stops new nodes from starting; the second stops the node
-/// actions under way at once (the run then returns, stopped).
-async fn stop_on_signals(
-    mut int: tokio::signal::unix::Signal,
-    mut term: tokio::signal::unix::Signal,
-    stop: Arc<AtomicBool>,
-    hard_stop: Arc<watch::Sender<bool>>,
-    log: Arc<ExecutionLog>,
-) {
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    stop.store(true, Ordering::SeqCst);
-    log.event_with(
-        Level::Warn,
-        EventKind::Message,
-        None,
-        None,
-        "signal received: no new node starts; running ones finish (again to stop at once; the \
-         next sync finishes what was under way)"
-            .into(),
-        json!({}),
-    );
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    log.event_with(
-        Level::Error,
-        EventKind::Message,
-        None,
-        None,
-        "second signal: stopping now".into(),
-        json!({}),
-    );
-    let _ = hard_stop.send(true);
 }
 
 fn max_in_flight(plan: &Plan, infrastructure: &str) -> usize {

@@ -8,12 +8,11 @@
 //! makes of it), `act` (the actions, concurrently, under stop requests) and the record of what
 //! came of them (`Run::finish`). One node's lifecycle is in `nodes`, its data disks in `disks`.
 
-use dop_core::{EventKind, Level};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dop_core::{LookupSettings, NodeFilter, Plan};
+use dop_core::{EventKind, Level, LookupSettings, NodeFilter, Plan};
 use dop_run::{Echo, ExecutionLog, Masker};
 use dop_store::{App, PlanLock, StateSession, Store, StoreError};
 use serde::Serialize;
