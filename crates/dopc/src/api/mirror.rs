@@ -348,12 +348,11 @@ fn outcome(o: &dopv::Outcome) -> ActionOutcome {
     ActionOutcome {
         node: o.node.clone(),
         action: action_kind(o.action),
-        // dopv spells its results as words (see `dopv::Outcome::result`).
         result: match o.result {
-            "done" => OutcomeResult::Done,
-            "skipped" => OutcomeResult::Skipped,
-            "stopped" => OutcomeResult::Stopped,
-            _ => OutcomeResult::Failed,
+            dopv::ActionResult::Done => OutcomeResult::Done,
+            dopv::ActionResult::Failed => OutcomeResult::Failed,
+            dopv::ActionResult::Skipped => OutcomeResult::Skipped,
+            dopv::ActionResult::Stopped => OutcomeResult::Stopped,
         },
         error: o.error.clone(),
     }

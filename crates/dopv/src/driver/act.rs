@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::decide::Actuals;
-use super::{nodes, word, Ctx, Operation, Options, Outcome, Run};
+use super::{nodes, word, ActionResult, Ctx, Operation, Options, Outcome, Run};
 use crate::actual::Actual;
 use crate::planner::Action;
 use crate::provider::{NodeSpec, Provider};
@@ -81,7 +81,7 @@ impl Run<'_> {
                     index,
                     outcome(
                         action,
-                        "stopped",
+                        ActionResult::Stopped,
                         Some(
                             "stopped at once by a second signal, mid-way; `dopv sync` finishes it"
                                 .into(),
@@ -156,11 +156,17 @@ impl Job {
         let _permit = limit.acquire_owned().await;
         if stop.asked() {
             let why = "a signal stopped the run before it started";
-            return (*index, outcome(action, "stopped", Some(why.into())));
+            return (
+                *index,
+                outcome(action, ActionResult::Stopped, Some(why.into())),
+            );
         }
         if failed.load(Ordering::SeqCst) {
             let why = "an earlier node of its infrastructure failed";
-            return (*index, outcome(action, "skipped", Some(why.into())));
+            return (
+                *index,
+                outcome(action, ActionResult::Skipped, Some(why.into())),
+            );
         }
         let node_log = ctx.log.node(&action.node);
         ctx.event(
@@ -190,7 +196,7 @@ impl Job {
                     format!("{} done", word(&action.action)),
                     json!({"action": action.action, "result": "done"}),
                 );
-                outcome(action, "done", None)
+                outcome(action, ActionResult::Done, None)
             }
             Err(e) => {
                 failed.store(true, Ordering::SeqCst);
@@ -201,14 +207,14 @@ impl Job {
                     format!("{} failed: {e}", word(&action.action)),
                     json!({"action": action.action, "result": "failed", "error": e}),
                 );
-                outcome(action, "failed", Some(e))
+                outcome(action, ActionResult::Failed, Some(e))
             }
         };
         (*index, outcome)
     }
 }
 
-fn outcome(action: &Action, result: &'static str, error: Option<String>) -> Outcome {
+fn outcome(action: &Action, result: ActionResult, error: Option<String>) -> Outcome {
     Outcome {
         node: action.node.clone(),
         action: action.action,

@@ -6,7 +6,7 @@ use dop_core::{EventKind, Level};
 use dop_store::now_ms;
 use serde_json::json;
 
-use super::{word, DopvError, Operation, Outcome, Run, Subject};
+use super::{word, ActionResult, DopvError, Operation, Outcome, Run, Subject};
 use crate::actual::Actual;
 use crate::planner::{self, Action, ActionKind, NodeView, Permissions, Reason};
 use crate::provider::NodeSpec;
@@ -45,7 +45,7 @@ impl Run<'_> {
                 unreadable.push(Outcome {
                     node: s.spec.node.name.clone(),
                     action: ActionKind::Update,
-                    result: "failed",
+                    result: ActionResult::Failed,
                     error: Some(format!("cannot read the node: {e}")),
                 });
             }

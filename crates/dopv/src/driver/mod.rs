@@ -84,6 +84,31 @@ pub struct Options {
     pub log: Option<Arc<ExecutionLog>>,
 }
 
+/// How one node's action came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionResult {
+    /// Done.
+    Done,
+    /// Failed (see the outcome's `error`).
+    Failed,
+    /// Not started: an earlier node of its infrastructure failed.
+    Skipped,
+    /// Not started, or dropped mid-way: the run was stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for ActionResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActionResult::Done => "done",
+            ActionResult::Failed => "failed",
+            ActionResult::Skipped => "skipped",
+            ActionResult::Stopped => "stopped",
+        })
+    }
+}
+
 /// What happened to one node's action.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outcome {
@@ -91,9 +116,8 @@ pub struct Outcome {
     pub node: String,
     /// The action.
     pub action: ActionKind,
-    /// `done`, `failed`, `skipped` (an earlier node of its infrastructure failed) or
-    /// `stopped` (a signal stopped the run first).
-    pub result: &'static str,
+    /// How it came out.
+    pub result: ActionResult,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -135,7 +159,7 @@ impl Report {
             || self
                 .outcomes
                 .iter()
-                .any(|o| matches!(o.result, "failed" | "skipped"))
+                .any(|o| matches!(o.result, ActionResult::Failed | ActionResult::Skipped))
     }
 
     /// True when actions are pending (held back, out of scope, or not done yet in a noop).
