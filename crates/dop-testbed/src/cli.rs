@@ -1,18 +1,14 @@
 //! Checks of the command-line behaviour every dop binary shares (`validate`, from dop-cli),
 //! run against the binary a test names, so that each binary's tests make the same assertions.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The workspace's root directory (where `fixtures/` is).
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::workspace_root;
 
 /// `bin validate [--json] <plan>` from the workspace root, with no configuration file.
 fn validate(bin: &str, plan: &str, json: bool) -> Output {
     let mut cmd = Command::new(bin);
-    cmd.current_dir(workspace_root())
+    cmd.current_dir(workspace_root().expect("the workspace root"))
         .env("DOP_CONFIG", "/dev/null")
         .arg("validate");
     if json {

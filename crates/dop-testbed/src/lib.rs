@@ -19,6 +19,7 @@
 //! login.
 #![deny(missing_docs)]
 
+mod bed;
 pub mod chaos;
 pub mod cli;
 pub mod dopc;
@@ -147,6 +148,23 @@ fn write(path: &Path, text: &str) -> Result<(), TestbedError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The workspace root: the nearest directory above this crate's (else above the current
+/// directory) whose `Cargo.toml` has a `[workspace]` table.
+pub fn workspace_root() -> Option<PathBuf> {
+    let from_manifest = workspace_above(Path::new(env!("CARGO_MANIFEST_DIR")));
+    from_manifest.or_else(|| workspace_above(&std::env::current_dir().ok()?))
+}
+
+fn workspace_above(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
 }
 
 /// Generates an ed25519 key pair without a passphrase: the private key at `path`, the public

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use dop_testbed::cli::workspace_root;
+use dop_testbed::workspace_root;
 
 #[test]
 fn validate_accepts_a_valid_plan_and_refuses_an_invalid_one() {
@@ -14,7 +14,7 @@ fn dopv_has_the_plan_commands_on_the_same_store() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_dopv"))
-            .current_dir(workspace_root())
+            .current_dir(workspace_root().unwrap())
             .env("DOP_CONFIG", "/dev/null")
             .env("DOP_STORE_DIR", dir.path())
             .args(args)
@@ -33,7 +33,11 @@ fn dopv_has_the_plan_commands_on_the_same_store() {
     let out = run(&["export", "minimal"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        std::fs::read_to_string(workspace_root().join("fixtures/plans/valid/minimal.yaml"))
-            .unwrap()
+        std::fs::read_to_string(
+            workspace_root()
+                .unwrap()
+                .join("fixtures/plans/valid/minimal.yaml")
+        )
+        .unwrap()
     );
 }
