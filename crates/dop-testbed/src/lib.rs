@@ -1,18 +1,32 @@
-//! Test nodes for dop's tests and `cargo xtask testbed`: real OpenSSH `sshd` processes
-//! listening on loopback addresses (`127.10.x.y`), one process per 16 addresses (sshd's limit),
-//! with generated host and client keys and a login whose shell is `/bin/sh`.
+//! The harnesses of dop's tests and benchmarks, one per concern, and the test nodes of
+//! `cargo xtask testbed`:
 //!
-//! Every sshd runs in the foreground (`-D`) as a child of the process that started it and is
-//! stopped by pid when the [`Testbed`] is dropped (or by `stop`), pass or fail. Nothing listens
+//! * [`Testbed`] (this module): real OpenSSH `sshd` processes listening on loopback addresses
+//!   (`127.10.x.y`), one process per 16 addresses (sshd's limit), with generated host and
+//!   client keys and a login whose shell is `/bin/sh`;
+//! * [`dopc::DopcServer`]: a real `dopc serve` on an ephemeral loopback port;
+//! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
+//! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
+//!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
+//!   infrastructure test beds.
+//!
+//! Every process a harness starts runs as a child of the process that started it and is
+//! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
 //! beyond loopback.
 //!
-//! As root the login is the user `doptest` (created when missing, no password, `/bin/sh`);
-//! otherwise sshd runs as the current user, who is also the login.
+//! sshd runs in the foreground (`-D`). As root the login is the user `doptest` (created when
+//! missing, no password, `/bin/sh`); otherwise sshd runs as the current user, who is also the
+//! login.
 #![deny(missing_docs)]
 
+mod bed;
 pub mod chaos;
+pub mod cli;
+pub mod dopc;
+pub mod dopv;
 pub mod libvirt;
 pub mod openstack;
+pub mod process;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -90,6 +104,19 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// `nodes` nodes on `port`, the first at `127.10.0.<first>` (see [`address`]); the rest as
+    /// by default.
+    pub fn new(nodes: usize, port: u16, first: u32) -> Options {
+        Options {
+            nodes,
+            port,
+            first,
+            ..Options::default()
+        }
+    }
+}
+
 /// Running test nodes.
 pub struct Testbed {
     dir: PathBuf,
@@ -121,6 +148,35 @@ fn write(path: &Path, text: &str) -> Result<(), TestbedError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The workspace root: the nearest directory above this crate's (else above the current
+/// directory) whose `Cargo.toml` has a `[workspace]` table.
+pub fn workspace_root() -> Option<PathBuf> {
+    let from_manifest = workspace_above(Path::new(env!("CARGO_MANIFEST_DIR")));
+    from_manifest.or_else(|| workspace_above(&std::env::current_dir().ok()?))
+}
+
+fn workspace_above(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
+}
+
+/// Generates an ed25519 key pair without a passphrase: the private key at `path`, the public
+/// key beside it (`.pub`), with the comment `comment`.
+pub fn generate_key(path: &Path, comment: &str) -> Result<(), TestbedError> {
+    run(
+        "ssh-keygen",
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path),
+    )
+    .map(drop)
 }
 
 /// The address of node `i` (from 0) for a first address `first`: `127.10.<hi>.<lo>`, skipping
@@ -158,12 +214,7 @@ impl Testbed {
         for key in ["host_ed25519", "client_ed25519"] {
             let path = dir.join(key);
             if !path.exists() {
-                run(
-                    "ssh-keygen",
-                    Command::new("ssh-keygen")
-                        .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
-                        .arg(&path),
-                )?;
+                generate_key(&path, key)?;
             }
         }
         let root = run("id -u", Command::new("id").arg("-u"))? == "0";
@@ -279,6 +330,28 @@ impl Testbed {
     /// The nodes' public host key (`ssh-ed25519 AAAA… host_ed25519`).
     pub fn host_key(&self) -> PathBuf {
         self.dir.join("host_ed25519.pub")
+    }
+
+    /// Starts nodes in `dir` that accept the client key of the testbed directory `keys` (a
+    /// testbed's [`dir`](Testbed::dir)): the key pair is copied into `dir` first; the host key
+    /// is `dir`'s own.
+    pub fn start_with_client_key_of(
+        keys: &Path,
+        dir: &Path,
+        options: &Options,
+    ) -> Result<Testbed, TestbedError> {
+        std::fs::create_dir_all(dir).map_err(|source| TestbedError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for key in ["client_ed25519", "client_ed25519.pub"] {
+            let to = dir.join(key);
+            std::fs::copy(keys.join(key), &to).map_err(|source| TestbedError::Io {
+                path: to.clone(),
+                source,
+            })?;
+        }
+        Testbed::start(dir, options)
     }
 
     /// The process ids of the sshd processes.

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::bed;
 use crate::openstack::alive;
 use crate::{signal, wait_for};
 
@@ -33,9 +34,7 @@ use crate::{signal, wait_for};
 pub const DIR_ENV: &str = "DOP_LIBVIRT_DIR";
 /// The testbed's directory below the workspace root when [`DIR_ENV`] is not set.
 pub const DEFAULT_DIR: &str = "target/libvirt";
-/// The file `cargo xtask libvirt up` writes in the directory once the testbed is ready (and
-/// `down` removes first): what the tests read.
-pub const TESTBED_JSON: &str = "testbed.json";
+pub use crate::bed::TESTBED_JSON;
 /// The connection URI of the testbed's libvirtd.
 pub const URI: &str = "qemu:///system";
 /// The storage pool of the guest image and of every volume a test makes.
@@ -91,16 +90,7 @@ impl Libvirt {
     /// missing or unreadable, libvirtd does not run or does not accept connections.
     pub fn find_in(dir: &Path) -> Result<Libvirt, String> {
         let path = dir.join(TESTBED_JSON);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "no libvirt testbed ({} missing): run `cargo xtask libvirt up`",
-                    path.display()
-                ))
-            }
-            Err(e) => return Err(format!("no libvirt testbed: {}: {e}", path.display())),
-        };
+        let text = bed::read_testbed_json(dir, "no libvirt testbed", "cargo xtask libvirt up")?;
         let lv = Libvirt::parse(&text, dir)?;
         if lv.libvirtd_pid().is_none() {
             return Err(format!(
@@ -123,12 +113,7 @@ impl Libvirt {
     /// and the log directory default to places in it when the file does not name them).
     pub fn parse(json: &str, dir: &Path) -> Result<Libvirt, String> {
         let v: Value = serde_json::from_str(json).map_err(|e| format!("testbed.json: {e}"))?;
-        let string = |key: &str| -> Result<String, String> {
-            v.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("testbed.json: no string '{key}'"))
-        };
+        let string = |key: &str| bed::string(&v, key);
         let path = |key: &str, default: PathBuf| {
             v.get(key)
                 .and_then(Value::as_str)
@@ -396,17 +381,7 @@ fn stop(pid: Option<u32>, name: &str) -> Result<(), String> {
 /// taken from the workspace root (tests run in their crate's directory, xtask wherever it was
 /// called).
 pub fn dir() -> PathBuf {
-    let dir = match std::env::var_os(DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(DEFAULT_DIR),
-    };
-    if dir.is_absolute() {
-        dir
-    } else {
-        crate::openstack::workspace_root()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(dir)
-    }
+    bed::dir(DIR_ENV, DEFAULT_DIR)
 }
 
 #[cfg(test)]

@@ -24,15 +24,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::signal;
+use crate::{bed, signal};
 
 /// The environment variable that names the stack's directory.
 pub const DIR_ENV: &str = "DOP_OPENSTACK_DIR";
 /// The stack's directory below the workspace root when [`DIR_ENV`] is not set.
 pub const DEFAULT_DIR: &str = "target/openstack";
-/// The file `cargo xtask openstack up` writes in the directory once the stack is ready (and
-/// `down` removes first): what the tests read.
-pub const TESTBED_JSON: &str = "testbed.json";
+pub use crate::bed::TESTBED_JSON;
 
 /// The stack's processes in start order, each the name of its pid file (`<pid_dir>/<name>.pid`)
 /// and of its log (`<log_dir>/<name>.log`): the names [`OpenStack::pause`] and
@@ -121,16 +119,7 @@ impl OpenStack {
     /// missing or unreadable, or one of the [`API_PORTS`] refuses connections.
     pub fn find_in(dir: &Path) -> Result<OpenStack, String> {
         let path = dir.join(TESTBED_JSON);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "no local OpenStack ({} missing): run `cargo xtask openstack up`",
-                    path.display()
-                ))
-            }
-            Err(e) => return Err(format!("no local OpenStack: {}: {e}", path.display())),
-        };
+        let text = bed::read_testbed_json(dir, "no local OpenStack", "cargo xtask openstack up")?;
         let os = OpenStack::parse(&text, dir)?;
         for (service, port) in API_PORTS {
             let address = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
@@ -149,12 +138,7 @@ impl OpenStack {
     /// directories default to `dir/pids` and `dir/log` when the file does not name them).
     pub fn parse(json: &str, dir: &Path) -> Result<OpenStack, String> {
         let v: Value = serde_json::from_str(json).map_err(|e| format!("testbed.json: {e}"))?;
-        let string = |key: &str| -> Result<String, String> {
-            v.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("testbed.json: no string '{key}'"))
-        };
+        let string = |key: &str| bed::string(&v, key);
         let strings = |key: &str| -> Result<Vec<String>, String> {
             v.get(key)
                 .and_then(Value::as_array)
@@ -270,34 +254,7 @@ impl Drop for Paused {
 /// The stack's directory: [`DIR_ENV`] when set, else [`DEFAULT_DIR`]; a relative path is taken
 /// from the workspace root (tests run in their crate's directory, xtask wherever it was called).
 pub fn dir() -> PathBuf {
-    let dir = match std::env::var_os(DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(DEFAULT_DIR),
-    };
-    if dir.is_absolute() {
-        dir
-    } else {
-        workspace_root()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(dir)
-    }
-}
-
-/// The workspace root: the nearest directory above this crate's (else above the current
-/// directory) whose `Cargo.toml` has a `[workspace]` table.
-pub fn workspace_root() -> Option<PathBuf> {
-    let from_manifest = workspace_above(Path::new(env!("CARGO_MANIFEST_DIR")));
-    from_manifest.or_else(|| workspace_above(&std::env::current_dir().ok()?))
-}
-
-fn workspace_above(start: &Path) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .find(|d| {
-            std::fs::read_to_string(d.join("Cargo.toml"))
-                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
-        })
-        .map(Path::to_path_buf)
+    bed::dir(DIR_ENV, DEFAULT_DIR)
 }
 
 /// True when `pid` is a running process (not gone, not a zombie).
@@ -397,7 +354,7 @@ mod tests {
 
     #[test]
     fn the_default_directory_is_below_the_workspace_root() {
-        let root = workspace_root().unwrap();
+        let root = crate::workspace_root().unwrap();
         assert!(root.join("Cargo.toml").exists());
         assert!(root.join("crates/dop-testbed").is_dir());
     }

@@ -10,8 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
-
+use dop_testbed::dopc::DopcServer;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -132,8 +131,8 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let server = common::BenchServer::start("bench");
-    let (base, token) = (server.base.clone(), server.token.clone());
+    let server = DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "bench");
+    let (base, token) = (server.url().to_string(), server.token().to_string());
     let http = reqwest::Client::new();
     let added = http
         .post(format!("{base}/api/v1/plans"))

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
+use dop_testbed::dopc::DopcServer;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -227,8 +226,12 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let server = common::BenchServer::start("soak");
-    let (pid, base, token) = (server.pid(), server.base.clone(), server.token.clone());
+    let server = DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "soak");
+    let (pid, base, token) = (
+        server.pid(),
+        server.url().to_string(),
+        server.token().to_string(),
+    );
     let api = Arc::new(Api {
         http: reqwest::Client::new(),
         base,

@@ -3,108 +3,38 @@
 //! by pid when a test ends.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dop_testbed::dopc::DopcServer;
+use dop_testbed::process::text;
 use serde_json::Value;
 
-struct Server {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    url: String,
-    token: String,
-}
+/// The dopc server of a test, and the client commands run against it.
+struct Server(DopcServer);
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop_hard();
-        dop_testbed::show_server_log_on_failure(self.dir.path());
+impl Deref for Server {
+    type Target = DopcServer;
+    fn deref(&self) -> &DopcServer {
+        &self.0
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut DopcServer {
+        &mut self.0
+    }
 }
 
 impl Server {
-    fn env(dir: &Path, c: &mut Command) {
-        c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", dir.join("store"))
-            .env("DOP_LOG_DIR", dir.join("logs"))
-            .env_remove("DOPC_URL")
-            .env_remove("DOPC_TOKEN")
-            .env_remove("DOPC_CA")
-            .env("HOME", dir)
-            .env_remove("DOPC_CLIENT_CONFIG")
-            .env_remove("DOPC_SERVER_CONFIG");
-    }
-
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-        Server::env(dir.path(), &mut c);
-        let out = c.args(["token", "create", "cli"]).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let mut s = Server {
-            dir,
-            child: None,
-            url: String::new(),
-            token: text(&out.stdout).trim().to_string(),
-        };
-        s.launch("127.0.0.1:0");
-        s
-    }
-
-    fn launch(&mut self, bind: &str) {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-        Server::env(self.dir.path(), &mut c);
-        let mut child = c
-            .args(["serve", "--bind", bind])
-            .stdout(Stdio::piped())
-            .stderr(dop_testbed::server_log(self.dir.path()))
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.url = line
-            .trim()
-            .strip_prefix("dopc listening on ")
-            .expect(&line)
-            .to_string();
-        self.child = Some(child);
-    }
-
-    fn stop_hard(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn terminate(&mut self) {
-        let mut c = self.child.take().unwrap();
-        // SAFETY: kill has no memory preconditions.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let _ = c.wait();
-    }
-
-    /// A client command with the server's URL and token in the environment.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-        Server::env(self.dir.path(), &mut c);
-        c.env("DOPC_URL", &self.url)
-            .env("DOPC_TOKEN", &self.token)
-            .args(args);
-        c
+        Server(DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "cli"))
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        self.client(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -126,7 +56,7 @@ impl Server {
     }
 
     fn file(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
+        let p = self.path().join(name);
         std::fs::write(&p, content).unwrap();
         p
     }
@@ -173,7 +103,7 @@ fn every_command_with_text_and_json() {
         "added plan 'cli' as iteration 1\n"
     );
     // The server wrote the plan's Hiera data for Puppet before it answered.
-    let index = std::fs::read_to_string(server.dir.path().join("store/hiera/current/index.json"))
+    let index = std::fs::read_to_string(server.path().join("store/hiera/current/index.json"))
         .expect("the Hiera data of the added plan");
     let index: Value = serde_json::from_str(&index).unwrap();
     assert_eq!(
@@ -356,7 +286,7 @@ fn every_command_with_text_and_json() {
 fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
     let server = Server::start();
     let out = server
-        .cmd(&["plan", "list"])
+        .client(&["plan", "list"])
         .env("DOPC_TOKEN", "dop_wrong")
         .output()
         .unwrap();
@@ -373,23 +303,23 @@ fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
         "the token is never printed"
     );
     let out = server
-        .cmd(&["plan", "list"])
+        .client(&["plan", "list"])
         .env("DOPC_URL", "http://127.0.0.1:1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
     assert!(text(&out.stderr).starts_with("error: cannot reach dopc at http://127.0.0.1:1"));
     // https to a plain server: TLS fails; a CA file that is not one: a usage error.
-    let https = server.url.replacen("http://", "https://", 1);
+    let https = server.url().replacen("http://", "https://", 1);
     let out = server
-        .cmd(&["ping"])
+        .client(&["ping"])
         .env("DOPC_URL", &https)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     let not_ca = server.file("not-a-ca.pem", "hello");
     let out = server
-        .cmd(&["ping", "--ca", not_ca.to_str().unwrap()])
+        .client(&["ping", "--ca", not_ca.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
@@ -400,7 +330,7 @@ fn unreachable_unauthorized_and_tls_failures_are_one_line_and_a_status() {
         text(&out.stderr)
     );
     let out = server
-        .cmd(&["ping", "--url", "127.0.0.1:8780"])
+        .client(&["ping", "--url", "127.0.0.1:8780"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
@@ -418,7 +348,7 @@ fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
     let started = server.json(&["execution", "run", "slow"]);
     let id = started["id"].as_u64().unwrap().to_string();
     let follower = server
-        .cmd(&["execution", "log", &id, "--follow", "--json"])
+        .client(&["execution", "log", &id, "--follow", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -433,7 +363,7 @@ fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
         assert!(t.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let port = server.url().rsplit(':').next().unwrap().to_string();
     server.terminate();
     std::thread::sleep(Duration::from_millis(500));
     server.launch(&format!("127.0.0.1:{port}"));
@@ -466,7 +396,7 @@ fn a_server_that_never_answers_times_out_in_one_line() {
     let url = format!("http://{}", silent.local_addr().unwrap());
     let started = Instant::now();
     let out = server
-        .cmd(&["ping", "--timeout", "1", "--url", &url])
+        .client(&["ping", "--timeout", "1", "--url", &url])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
@@ -484,7 +414,7 @@ fn plan_state_watch_prints_again_when_the_state_changes() {
     let plan = server.file("cli.yaml", PLAN);
     server.ok(&["plan", "add", plan.to_str().unwrap()]);
     let mut watcher = server
-        .cmd(&["plan", "state", "cli", "--watch", "--json"])
+        .client(&["plan", "state", "cli", "--watch", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -2,50 +2,44 @@
 //! websocket client, local-provider nodes. Every server and node a test starts is stopped by
 //! pid when the test ends, pass or fail.
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dop_testbed::dopc::DopcServer;
+use dop_testbed::dopv::local_nodes_available;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+/// The dopc server of a test, with an HTTP client; its local nodes are stopped on drop (then
+/// the server itself, by its own drop).
 struct Server {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    url: String,
-    token: String,
+    dopc: DopcServer,
     http: reqwest::Client,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill();
-        dopv::providers::local::stop_all(&self.dir.path().join("local"));
-        dop_testbed::show_server_log_on_failure(self.dir.path());
+        self.dopc.kill();
+        dopv::providers::local::stop_all(&self.dopc.path().join("local"));
     }
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the local provider's namespaces need root");
+impl Deref for Server {
+    type Target = DopcServer;
+    fn deref(&self) -> &DopcServer {
+        &self.dopc
     }
-    root
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut DopcServer {
+        &mut self.dopc
+    }
 }
 
 impl Server {
-    fn command(dir: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopc"));
-        c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", dir.join("store"))
-            .env("DOP_LOG_DIR", dir.join("logs"))
-            .env("DOP_LOCAL_DIR", dir.join("local"))
-            .env_remove("DOPC_SERVER_CONFIG")
-            .args(args);
-        c
-    }
-
     /// A server in a new directory, with a token.
     async fn start() -> Server {
         Server::start_with(None, reqwest::Client::builder()).await
@@ -53,90 +47,31 @@ impl Server {
 
     /// A server with a `dopc.toml` (`DIR` in it becomes the server's directory).
     async fn start_with(config: Option<&str>, http: reqwest::ClientBuilder) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(text) = config {
-            std::fs::write(
-                dir.path().join("dopc.toml"),
-                text.replace("DIR", dir.path().to_str().unwrap()),
-            )
-            .unwrap();
-        }
-        let out = Server::command(dir.path(), &["token", "create", "tests"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let mut server = Server {
-            dir,
-            child: None,
-            url: String::new(),
-            token,
-            http: http.timeout(Duration::from_secs(60)).build().unwrap(),
+        let bin = env!("CARGO_BIN_EXE_dopc");
+        let dopc = match config {
+            Some(text) => DopcServer::start_with_config(bin, "tests", text),
+            None => DopcServer::start(bin, "tests"),
         };
-        server.launch();
-        server
+        Server {
+            dopc,
+            http: http.timeout(Duration::from_secs(60)).build().unwrap(),
+        }
     }
 
     /// Starts (again) the server process on a free port and waits for its address.
     fn launch(&mut self) {
-        use std::io::BufRead;
-        let config = self.dir.path().join("dopc.toml");
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0"];
-        if config.exists() {
-            args.extend(["--server-config", config.to_str().unwrap()]);
-        }
-        let mut child = Server::command(self.dir.path(), &args)
-            .stdout(Stdio::piped())
-            .stderr(dop_testbed::server_log(self.dir.path()))
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.url = line
-            .trim()
-            .strip_prefix("dopc listening on ")
-            .expect(&line)
-            .to_string();
-        self.child = Some(child);
-    }
-
-    /// Stops the server process hard (SIGKILL), as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Stops the server with SIGTERM and waits for it to end.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        // SAFETY: kill has no memory preconditions.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        c.wait().unwrap()
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
+        self.dopc.launch("127.0.0.1:0");
     }
 
     fn api(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.url)
+        format!("{}/api/v1{path}", self.url())
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, self.api(path))
-            .bearer_auth(&self.token);
+            .bearer_auth(self.token());
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -222,7 +157,7 @@ impl Server {
         let mut req = url.into_client_request().unwrap();
         req.headers_mut().insert(
             "Authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
+            format!("Bearer {}", self.token()).parse().unwrap(),
         );
         tokio_tungstenite::connect_async(req).await.unwrap().0
     }
@@ -256,14 +191,10 @@ fn plan(
     text
 }
 
+/// A login key for the plan's nodes, in `dir`.
 fn key(dir: &Path) -> PathBuf {
     let key = dir.join("key");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    dop_testbed::generate_key(&key, "dopc-tests").unwrap();
     key
 }
 
@@ -299,7 +230,10 @@ async fn ping_and_authentication() {
     let res = server
         .http
         .get(server.api("/plans"))
-        .header("Authorization", format!("Token token=\"{}\"", server.token))
+        .header(
+            "Authorization",
+            format!("Token token=\"{}\"", server.token()),
+        )
         .send()
         .await
         .unwrap();
@@ -315,7 +249,7 @@ async fn ping_and_authentication() {
         .flat_map(|(path, methods)| {
             let url = format!(
                 "{}{}",
-                server.url,
+                server.url(),
                 path.replace("{name}", "plan").replace("{id}", "1")
             );
             methods
@@ -349,19 +283,21 @@ async fn ping_and_authentication() {
     refused_all(Some("dop_made_up".into()), "an unknown token").await;
 
     // A revoked token is refused from the next request on, while the server runs, everywhere.
-    let out = Server::command(server.path(), &["token", "revoke", "tests"])
+    let out = server
+        .command(&["token", "revoke", "tests"])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(server.get("/plans").await.0, 401);
-    refused_all(Some(server.token.clone()), "a revoked token").await;
-    let list = Server::command(server.path(), &["token", "list", "--json"])
+    refused_all(Some(server.token().to_string()), "a revoked token").await;
+    let list = server
+        .command(&["token", "list", "--json"])
         .output()
         .unwrap();
     let tokens: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert!(tokens[0]["revoked_ms"].is_u64());
     assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&server.token),
+        !String::from_utf8_lossy(&list.stdout).contains(server.token()),
         "the token is never shown again"
     );
 }
@@ -374,7 +310,7 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
         server
             .http
             .post(server.api("/executions"))
-            .bearer_auth(&server.token)
+            .bearer_auth(server.token())
             .header("Content-Type", content_type)
             .body(body)
     };
@@ -445,7 +381,7 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
     // request is dropped, which is allowed; an answer must be 413.
     let res = reqwest::Client::new()
         .post(server.api("/plans"))
-        .bearer_auth(&server.token)
+        .bearer_auth(server.token())
         .json(&json!({"text": huge}))
         .send()
         .await;
@@ -535,7 +471,7 @@ async fn bad_input_gets_a_precise_error_and_the_server_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_then_sync_runs_only_the_redeployed_node_again() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let server = Server::start().await;
@@ -653,7 +589,7 @@ async fn setup_then_sync_runs_only_the_redeployed_node_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_stream_follows_live_and_resumes_from_a_sequence_number() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let server = Server::start().await;
@@ -746,7 +682,7 @@ async fn log_stream_follows_live_and_resumes_from_a_sequence_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let mut server = Server::start().await;
@@ -885,14 +821,14 @@ async fn every_documented_endpoint_is_served() {
         for method in methods.as_object().unwrap().keys() {
             let url = format!(
                 "{}{}",
-                server.url,
+                server.url(),
                 path.replace("{name}", "nope").replace("{id}", "999999")
             );
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let res = server
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(&server.token)
+                .bearer_auth(server.token())
                 .send()
                 .await
                 .unwrap();
@@ -989,14 +925,14 @@ async fn tls_when_a_certificate_is_configured() {
         .add_root_certificate(ca);
     let server = Server::start_with(Some(&config), client).await;
     assert!(
-        server.url.starts_with("https://127.0.0.1:"),
+        server.url().starts_with("https://127.0.0.1:"),
         "{}",
-        server.url
+        server.url()
     );
     let (status, body) = server.get("/plans").await;
     assert_eq!((status, body), (200, json!({"plans": []})));
     // Plain HTTP to the TLS port gets nowhere; neither does a client that does not trust the CA.
-    let plain = server.url.replacen("https://", "http://", 1);
+    let plain = server.url().replacen("https://", "http://", 1);
     let res = reqwest::get(format!("{plain}/api/v1/ping")).await;
     assert!(res.is_err() || !res.unwrap().status().is_success());
     let untrusting = reqwest::Client::builder()
@@ -1014,12 +950,9 @@ async fn tls_when_a_certificate_is_configured() {
         )
         .await;
     let client = |args: &[&str], cert_file: Option<&Path>| {
-        let mut c = Server::command(server.path(), args);
-        c.env("DOPC_URL", &server.url)
-            .env("DOPC_TOKEN", &server.token)
-            .env_remove("DOPC_CA")
-            .env_remove("SSL_CERT_DIR")
-            .env("HOME", server.path());
+        // The URL and token in the environment, no CA given, HOME the server's directory.
+        let mut c = server.client(args);
+        c.env_remove("SSL_CERT_DIR");
         match cert_file {
             Some(f) => c.env("SSL_CERT_FILE", f),
             None => c.env_remove("SSL_CERT_FILE"),
@@ -1191,7 +1124,7 @@ impl Server {
         let res = self
             .http
             .get(self.api("/metrics"))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token())
             .send()
             .await
             .unwrap();
@@ -1216,7 +1149,7 @@ const SLOW_STEPS: &str = "  slow:\n    - name: wait\n      nodes: [web1]\n      
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_reports_drift_and_syncs_only_what_its_policy_allows() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     // Configured in dopc.toml: a refresh every second, auto-sync off (the default).
@@ -1608,7 +1541,7 @@ steps:
     assert_eq!(mode, 0o600);
     assert!(!std::fs::read_to_string(&tokens)
         .unwrap()
-        .contains(&server.token));
+        .contains(server.token()));
     let autosign = server.path().join("store/hiera/current/autosign.json");
     let mode = std::fs::metadata(&autosign).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);

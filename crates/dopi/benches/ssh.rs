@@ -242,16 +242,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().expect("temp dir");
-    let testbed = Testbed::start(
-        &dir.path().join("testbed"),
-        &Options {
-            nodes,
-            port: PORT,
-            first: 600,
-            ..Options::default()
-        },
-    )
-    .expect("testbed");
+    let testbed = Testbed::start(&dir.path().join("testbed"), &Options::new(nodes, PORT, 600))
+        .expect("testbed");
     eprintln!(
         "{nodes} nodes on {} sshd processes (stock MaxStartups 10:30:100, MaxSessions 10); {STEPS} steps of `true`, {PARALLEL} nodes at a time",
         nodes.div_ceil(dop_testbed::ADDRESSES_PER_SSHD)

@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{text_of, Running, World};
+use common::{text_of, World};
 use dop_testbed::chaos::{kills, wait_for_leftovers, Moments};
 
 const NODES: usize = 6;
@@ -132,13 +131,7 @@ fn chaos_sigkill_at_many_moments_loses_and_repeats_no_recorded_work() {
     let (mut killed, mut rounds) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(300);
     while killed < target && Instant::now() < deadline {
-        let mut run = Running(
-            w.command(&["run", "chaos", "-q"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut run = w.quietly(&["run", "chaos", "-q"]);
         // The moment: from start-up (store, lock take-over, recovery) to the run's end.
         std::thread::sleep(moments.up_to(window));
         let finished = run.0.try_wait().unwrap();

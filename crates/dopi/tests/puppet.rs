@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{node_message, plan, text_of, World};
-use dop_testbed::{Options, Testbed};
+use dop_testbed::Options;
 
 /// A `puppet` for the node: `config print statedir` prints `<dir>/state-<node>`; `agent …`
 /// records its arguments in `<node>.calls`, takes its next result from `<node>.codes` (an exit
@@ -55,13 +55,8 @@ impl Node<'_> {
 #[test]
 fn puppet_runs_are_judged_by_detailed_exit_codes_with_reruns_and_the_lock() {
     let w = World::new();
-    let options = Options {
-        nodes: 6,
-        port: 2324,
-        first: 111,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(6, 2324, 111);
+    let testbed = w.testbed(&options);
     // The nodes are this machine: the stand-in lives where their login can run and write it.
     let dir = w.node_dir("puppet");
     let puppet = dir.join("puppet");
@@ -207,13 +202,8 @@ fn real_puppet_applies_the_plans_hiera_data_judged_by_its_exit_codes() {
         return;
     }
     let w = World::new();
-    let options = Options {
-        nodes: 4,
-        port: 2326,
-        first: 141,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(4, 2326, 141);
+    let testbed = w.testbed(&options);
     let dir = w.node_dir("puppet");
     let (home, out) = (dir.join("home"), dir.join("out"));
     for d in [&home, &out] {

@@ -201,13 +201,7 @@ steps:
     command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/started; sleep 0.5; echo $DOP_NODE_NAME >> WORK/finished'}
 ",
     );
-    let mut run = Running(
-        w.command(&["run", "killed", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = w.quietly(&["run", "killed", "-q"]);
     // Wait until the store records at least two nodes done (`show` reads while the run holds
     // the plan), then kill -9 dopi mid-run.
     let recorded_done = |show: &serde_json::Value| {
@@ -287,16 +281,9 @@ steps:
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let signal = |child: &Running, sig: i32| unsafe {
-        libc::kill(child.id() as i32, sig);
-    };
+    let signal = |child: &Running, sig: i32| dop_testbed::signal(child.id(), sig);
     // One SIGINT: the running command finishes, nothing new starts.
-    let mut run = Running(
-        w.command(&["run", "signals", "-q"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = Running::spawn(w.command(&["run", "signals", "-q"]).stdout(Stdio::null()));
     wait_for("started", 1);
     signal(&run, libc::SIGINT);
     let status = run.wait();
@@ -308,12 +295,7 @@ steps:
     assert_eq!(node_state(&show, 0, "n02.lab"), "ready");
 
     // Two SIGTERMs: the running command is terminated and goes back to ready, not failed.
-    let mut run = Running(
-        w.command(&["run", "signals", "-q"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = Running::spawn(w.command(&["run", "signals", "-q"]).stdout(Stdio::null()));
     wait_for("started", 2);
     signal(&run, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
@@ -707,12 +689,7 @@ steps:
     command: {plugin: custom, exec: 'trap \"\" TERM; echo started >> WORK/started; sleep 20; echo finished >> WORK/finished'}
 ",
     );
-    let mut run = Running(
-        w.command(&["run", "stubborn", "-q"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = Running::spawn(w.command(&["run", "stubborn", "-q"]).stdout(Stdio::null()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while w.lines("started").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

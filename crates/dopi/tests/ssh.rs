@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{node_message, plan, text_of, World};
+use common::{node_message, plan, text_of, Running, World};
 use dop_testbed::{Options, Testbed};
 
 fn text(b: &[u8]) -> String {
@@ -17,13 +17,8 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
     let w = World::new();
-    let options = Options {
-        nodes: 3,
-        port: 2311,
-        first: 21,
-        ..Options::default()
-    };
-    let mut testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(3, 2311, 21);
+    let mut testbed = w.testbed(&options);
     let defaults = format!(
         "      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]\n",
         options.port
@@ -115,20 +110,10 @@ fn commands_run_on_the_nodes_and_host_keys_are_trusted_on_first_use() {
 #[test]
 fn wrong_keys_and_unreachable_nodes_fail_clearly() {
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2312,
-        first: 31,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2312, 31);
+    let testbed = w.testbed(&options);
     let wrong = w.path().join("wrong_ed25519");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&wrong)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    dop_testbed::generate_key(&wrong, "wrong").unwrap();
     // 127.10.9.9 has no sshd.
     let steps = format!(
         "  - name: try
@@ -171,13 +156,8 @@ fn wrong_keys_and_unreachable_nodes_fail_clearly() {
 #[test]
 fn file_checks_and_waiting_for_a_login() {
     let w = World::new();
-    let options = Options {
-        nodes: 2,
-        port: 2313,
-        first: 41,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(2, 2313, 41);
+    let testbed = w.testbed(&options);
     let defaults = format!(
         "      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]\n",
         options.port
@@ -242,13 +222,8 @@ fn file_checks_and_waiting_for_a_login() {
 #[test]
 fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
     let w = World::new();
-    let options = Options {
-        nodes: 2,
-        port: 2314,
-        first: 51,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(2, 2314, 51);
+    let testbed = w.testbed(&options);
     // The node's sshd process for this connection is killed while the command runs (the
     // command kills its parent, the first time): the channel ends without an exit status.
     // Only that connection dies: the other node, on the same sshd, is not touched.
@@ -288,13 +263,8 @@ fn a_node_whose_sshd_dies_mid_command_fails_clearly_and_resumes_later() {
 #[test]
 fn two_hundred_nodes_ten_steps_no_spurious_failures() {
     let w = World::new();
-    let options = Options {
-        nodes: 200,
-        port: 2315,
-        first: 300,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(200, 2315, 300);
+    let testbed = w.testbed(&options);
     let mut steps = format!(
         "  - name: step 1
     nodes: all
@@ -328,13 +298,8 @@ fn two_hundred_nodes_ten_steps_no_spurious_failures() {
 fn file_deploy_streams_large_files_sets_the_mode_and_skips_unchanged_ones() {
     use std::os::unix::fs::PermissionsExt;
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2316,
-        first: 61,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2316, 61);
+    let testbed = w.testbed(&options);
     // The node is this machine: deploy into a directory its login may write.
     let target_dir = w.node_dir("node-files");
     // 5 MiB of bytes that are not text, far beyond a command line's limit.
@@ -391,13 +356,8 @@ fn file_deploy_streams_large_files_sets_the_mode_and_skips_unchanged_ones() {
 fn file_replace_takes_the_replacement_literally() {
     use std::os::unix::fs::PermissionsExt;
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2317,
-        first: 71,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2317, 71);
+    let testbed = w.testbed(&options);
     let dir = w.node_dir("node-files");
     let file = dir.join("app.conf");
     std::fs::write(&file, "url = http://old/path\nurl = http://old/other\n").unwrap();
@@ -428,12 +388,7 @@ fn file_replace_takes_the_replacement_literally() {
 #[test]
 fn reboot_waits_for_the_node_to_go_down_and_come_back() {
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2318,
-        first: 81,
-        ..Options::default()
-    };
+    let options = Options::new(1, 2318, 81);
     let testbed_dir = w.path().join("testbed");
     let mut testbed = Testbed::start(&testbed_dir, &options).expect("testbed");
     let flag_dir = w.node_dir("flags");
@@ -450,13 +405,7 @@ fn reboot_waits_for_the_node_to_go_down_and_come_back() {
         port = options.port
     );
     w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-    let mut run = common::Running(
-        w.command(&["run", "ssh", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = w.quietly(&["run", "ssh", "-q"]);
     // "Reboot" the node when asked: its sshd goes away for two seconds and comes back with the
     // same host key.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -483,15 +432,10 @@ fn reboot_waits_for_the_node_to_go_down_and_come_back() {
 #[test]
 fn an_ssh_key_without_a_private_key_logs_in_with_the_agent() {
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2319,
-        first: 121,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2319, 121);
+    let testbed = w.testbed(&options);
     let socket = w.path().join("agent.sock");
-    let _agent = common::Running(
+    let _agent = Running(
         Command::new("ssh-agent")
             .args(["-D", "-a"])
             .arg(&socket)
@@ -556,13 +500,8 @@ steps:
 #[test]
 fn a_command_past_its_timeout_ends_without_waiting_for_it() {
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2325,
-        first: 131,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2325, 131);
+    let testbed = w.testbed(&options);
     let steps = format!(
         "  - name: slow
     nodes: all
@@ -595,13 +534,8 @@ fn a_command_past_its_timeout_ends_without_waiting_for_it() {
 fn shell_text_in_parameters_reaches_the_node_as_data() {
     use std::os::unix::fs::PermissionsExt;
     let w = World::new();
-    let options = Options {
-        nodes: 1,
-        port: 2327,
-        first: 151,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(1, 2327, 151);
+    let testbed = w.testbed(&options);
     let dir = w.node_dir("node-files");
     let owned = dir.join("owned");
     let attack = format!(
@@ -688,13 +622,13 @@ struct TroubledRun {
     w: World,
     _testbed: Testbed,
     flags: PathBuf,
-    run: common::Running,
+    run: Running,
 }
 
 impl TroubledRun {
     fn start(options: &Options, timeout: u32) -> TroubledRun {
         let w = World::new();
-        let testbed = Testbed::start(&w.path().join("testbed"), options).expect("testbed");
+        let testbed = w.testbed(options);
         let flags = w.node_dir("flags");
         let steps = format!(
             "  - name: long
@@ -711,13 +645,7 @@ impl TroubledRun {
             flags = flags.display(),
         );
         w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
-        let run = common::Running(
-            w.command(&["run", "ssh", "-q"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let run = w.quietly(&["run", "ssh", "-q"]);
         TroubledRun {
             w,
             _testbed: testbed,
@@ -765,12 +693,7 @@ impl TroubledRun {
 /// node is not touched, and once the node answers again the next run finishes the work.
 #[test]
 fn a_node_whose_sshd_is_paused_mid_command_fails_at_its_timeout_and_resumes_later() {
-    let options = Options {
-        nodes: 2,
-        port: 2328,
-        first: 161,
-        ..Options::default()
-    };
+    let options = Options::new(2, 2328, 161);
     let mut run = TroubledRun::start(&options, 3);
     // Pause n01's session process (the sshd child serving this command).
     let pid = run.session();
@@ -839,12 +762,7 @@ fn a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back(
         let out = Command::new("ip").args(args.split(' ')).output().unwrap();
         assert!(out.status.success(), "ip {args}: {}", text(&out.stderr));
     };
-    let options = Options {
-        nodes: 2,
-        port: 2329,
-        first: 171,
-        ..Options::default()
-    };
+    let options = Options::new(2, 2329, 171);
     let (a1, a2) = (
         dop_testbed::address(options.first, 0),
         dop_testbed::address(options.first, 1),

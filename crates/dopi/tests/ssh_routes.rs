@@ -30,27 +30,16 @@ fn jump_host_chains_reach_nodes_through_one_connection_per_jump_host() {
     let jumps = Testbed::start(
         &w.path().join("jumps"),
         &Options {
-            nodes: 2,
-            port: 2321,
-            first: 91,
             log_level: "DEBUG1".into(),
-            ..Options::default()
+            ..Options::new(2, 2321, 91)
         },
     )
     .expect("jump testbed");
     // The targets share the jump hosts' client key, so one credential logs in everywhere.
-    std::fs::create_dir_all(w.path().join("targets")).unwrap();
-    for key in ["client_ed25519", "client_ed25519.pub"] {
-        std::fs::copy(jumps.dir().join(key), w.path().join("targets").join(key)).unwrap();
-    }
-    let targets = Testbed::start(
+    let targets = Testbed::start_with_client_key_of(
+        jumps.dir(),
         &w.path().join("targets"),
-        &Options {
-            nodes: 3,
-            port: 2322,
-            first: 95,
-            ..Options::default()
-        },
+        &Options::new(3, 2322, 95),
     )
     .expect("target testbed");
     let (j1, j2) = (jumps.addresses[0], jumps.addresses[1]);
@@ -147,22 +136,10 @@ steps:
     // The first jump host comes back with another host key: nodes behind it fail, saying
     // under which name the key is recorded, until that key is forgotten.
     drop(jumps);
-    std::fs::create_dir_all(w.path().join("jumps-rebuilt")).unwrap();
-    for key in ["client_ed25519", "client_ed25519.pub"] {
-        std::fs::copy(
-            w.path().join("jumps").join(key),
-            w.path().join("jumps-rebuilt").join(key),
-        )
-        .unwrap();
-    }
-    let rebuilt = Testbed::start(
+    let rebuilt = Testbed::start_with_client_key_of(
+        &w.path().join("jumps"),
         &w.path().join("jumps-rebuilt"),
-        &Options {
-            nodes: 2,
-            port: 2321,
-            first: 91,
-            ..Options::default()
-        },
+        &Options::new(2, 2321, 91),
     )
     .expect("rebuilt jump testbed");
     let out = w.dopi(&["run", "jump", "-s", "again"]);
@@ -185,13 +162,8 @@ steps:
 #[test]
 fn a_command_runs_on_another_node_with_the_facts_of_its_own_node() {
     let w = World::new();
-    let options = Options {
-        nodes: 3,
-        port: 2323,
-        first: 101,
-        ..Options::default()
-    };
-    let testbed = Testbed::start(&w.path().join("testbed"), &options).expect("testbed");
+    let options = Options::new(3, 2323, 101);
+    let testbed = w.testbed(&options);
     let lb = testbed.addresses[0];
     // n01 is the load balancer: the web nodes are taken out of it, on it, one at a time.
     let steps = format!(

@@ -7,11 +7,15 @@
 //! and volumes exist, what the guests see over SSH. They share one libvirtd and two cores, so
 //! they take turns; whatever a test's plan made is removed when it ends, pass or fail.
 
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dop_testbed::dopv::{error_of, DopvLab};
 use dop_testbed::libvirt::Libvirt;
+use dop_testbed::process::{text, Running};
 use serde_json::Value;
 
 /// One test at a time: one libvirtd (one test restarts it), and guests are CPU-bound.
@@ -19,10 +23,6 @@ static HOST: Mutex<()> = Mutex::new(());
 
 /// dopv's mark on the domains it makes.
 const MARK: &str = "https://dop.invalid/dopv/libvirt/1";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn testbed() -> Option<Libvirt> {
     match Libvirt::find() {
@@ -78,7 +78,7 @@ fn marked_plan(lv: &Libvirt, domain: &str) -> Option<String> {
 
 /// A test's lab: a store, a login key and a plan name unique to the run.
 struct Lab {
-    dir: tempfile::TempDir,
+    dopv: DopvLab,
     lv: Libvirt,
     plan: String,
 }
@@ -137,52 +137,23 @@ impl Lab {
     fn new(lv: Libvirt, test: &str) -> Lab {
         // A crashed earlier run of this test may have left its plan's domains behind.
         clean(&lv, |p| p.starts_with(test));
-        let lab = Lab {
-            dir: tempfile::tempdir().unwrap(),
+        Lab {
+            dopv: DopvLab::new(env!("CARGO_BIN_EXE_dopv")),
             plan: format!("{test}{}", std::process::id()),
             lv,
-        };
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(lab.dir.path().join("key"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        lab
-    }
-
-    fn dopv_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopv"));
-        c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", self.dir.path().join("store"))
-            .env("DOP_LOG_DIR", self.dir.path().join("logs"))
-            .args(args);
-        c
-    }
-
-    fn expect(&self, args: &[&str], status: i32) -> Output {
-        let out = self.dopv_command(args).output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(status),
-            "dopv {args:?}\nstdout: {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
+        }
     }
 
     /// `dopv <command> <plan> [args] --json`, expecting `status`.
     fn json(&self, command: &str, args: &[&str], status: i32) -> Value {
         let mut all = vec![command, self.plan.as_str()];
         all.extend_from_slice(args);
-        all.push("--json");
-        serde_json::from_slice(&self.expect(&all, status).stdout).unwrap()
+        self.dopv.json(&all, status)
     }
 
     /// Adds or updates the plan: an infrastructure on the test host, the nodes, the steps.
     fn plan(&self, endpoint: &str, nodes: &str, steps: &str) {
-        let key = self.dir.path().join("key");
+        let key = self.dopv.key();
         let key = key.to_str().unwrap();
         let text = format!(
             "name: {plan}\ninfrastructures:\n  kvm:\n    type: libvirt\n    endpoint: '{endpoint}'\n    max_in_flight: 10\n    \
@@ -191,9 +162,7 @@ impl Lab {
              nodes:\n{nodes}{steps}",
             plan = self.plan
         );
-        let file = self.dir.path().join("plan.yaml");
-        std::fs::write(&file, text).unwrap();
-        self.expect(&["add", "--update", file.to_str().unwrap()], 0);
+        self.dopv.add_plan(&text);
     }
 
     /// The plan's domains, sorted.
@@ -228,20 +197,7 @@ impl Lab {
 
     /// Runs a command on a guest over SSH (through its forwarded port) as root.
     fn ssh(&self, address: &str, command: &str) -> String {
-        let out = Command::new("ssh")
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ConnectTimeout=10", "-i"])
-            .arg(self.dir.path().join("key"))
-            .args(["-p", "2222", &format!("root@{address}"), command])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh {address} {command}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_string()
+        self.dopv.ssh(address, 2222, command)
     }
 
     /// Polls `probe` for up to 15 s until it gives a value.
@@ -260,22 +216,7 @@ impl Lab {
     }
 
     fn dopi(&self, redeployed: dopi::Redeployed) -> dopi::RunReport {
-        let store =
-            std::sync::Arc::new(dop_store::Store::open(&self.dir.path().join("store")).unwrap());
-        let opts = dopi::RunOptions {
-            step_set: "default".into(),
-            filter: dop_core::NodeFilter::all(),
-            noop: false,
-            settings: dop_core::LookupSettings::default(),
-            log_dir: self.dir.path().join("logs"),
-            echo: dopi::Echo::Quiet,
-            handle_signals: false,
-            connect_timeout: 20,
-            redeployed,
-            stop: None,
-            log: None,
-        };
-        dopi::run(store, &self.plan, &opts, &dopi::Registry::local()).unwrap()
+        common::dopi_run(&self.dopv, &self.plan, redeployed, 20).unwrap()
     }
 }
 
@@ -290,18 +231,9 @@ fn guest(name: &str, ip: &str, forward: &str, memory: &str, extra: &str) -> Stri
     )
 }
 
+/// The outcomes' `(node, result)`, sorted.
 fn results(report: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["node"].as_str().unwrap().to_string(),
-                o["result"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut out = dop_testbed::dopv::results(report);
     out.sort();
     out
 }
@@ -313,33 +245,9 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn error_of(report: &Value, node: &str) -> String {
-    report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["node"] == node)
-        .and_then(|o| o["error"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
+/// The actions' `(node, action, held back)`, sorted.
 fn actions(report: &Value) -> Vec<(String, String, Vec<String>)> {
-    let mut out: Vec<(String, String, Vec<String>)> = report["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["node"].as_str().unwrap().to_string(),
-                a["action"].as_str().unwrap().to_string(),
-                a["held_back"]
-                    .as_array()
-                    .map(|h| h.iter().map(|f| f.as_str().unwrap().to_string()).collect())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+    let mut out = dop_testbed::dopv::actions(report);
     out.sort();
     out
 }
@@ -417,7 +325,7 @@ fn a_plan_is_deployed_used_changed_and_removed_on_libvirt() {
     assert_eq!(lab.ssh("127.0.80.21", "cat /mnt/data/owner"), "lv1");
 
     // What dopv reads back matches the plan: no false drift.
-    lab.expect(&["refresh", &lab.plan], 0);
+    lab.dopv.expect(&["refresh", &lab.plan], 0);
     lab.json("sync", &["--noop", "--detailed-exitcode"], 0);
 
     // v2: lv1 more memory (interruptive), lv2 a new disk (in place, hot-plugged), lv3 a new
@@ -474,7 +382,7 @@ fn a_plan_is_deployed_used_changed_and_removed_on_libvirt() {
             .is_empty()
             .then_some(())
     });
-    lab.expect(&["refresh", &lab.plan], 0);
+    lab.dopv.expect(&["refresh", &lab.plan], 0);
     let shown = lab.json("show", &[], 0);
     let lv2 = shown["nodes"]
         .as_array()
@@ -524,7 +432,7 @@ fn a_plan_is_deployed_used_changed_and_removed_on_libvirt() {
     assert_ne!(lab.uuid("lv3"), lv3_uuid, "lv3 was made again");
     let ip = lab.ssh("127.0.80.23", "ip -4 -o addr show eth0");
     assert!(ip.contains("10.0.2.24/24"), "{ip}");
-    lab.expect(&["refresh", &lab.plan], 0);
+    lab.dopv.expect(&["refresh", &lab.plan], 0);
     lab.json("sync", &["--noop", "--detailed-exitcode"], 0);
 
     // undeploy keeps the data disks; a new deploy gets them back with their data;
@@ -562,7 +470,7 @@ fn bad_input_and_a_silent_guest_fail_their_nodes_and_leak_nothing() {
         &guest("lf1", "10.0.2.31", "127.0.80.31", "192M", ""),
         "",
     );
-    let out = lab.expect(&["deploy", &lab.plan], 1);
+    let out = lab.dopv.expect(&["deploy", &lab.plan], 1);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("cannot connect to libvirt at qemu+tcp://127.0.0.1:1/system"),
@@ -571,7 +479,7 @@ fn bad_input_and_a_silent_guest_fail_their_nodes_and_leak_nothing() {
 
     // Someone else's domain of a node's name, defined by hand, without dopv's mark.
     let clash = format!("lfclash{}", std::process::id());
-    let xml = lab.dir.path().join("clash.xml");
+    let xml = lab.dopv.path().join("clash.xml");
     std::fs::write(
         &xml,
         format!("<domain type='qemu'><name>{clash}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"),
@@ -685,12 +593,12 @@ fn libvirtd_restarted_mid_deploy_leaves_a_node_the_next_sync_completes() {
         &guest("lr1", "10.0.2.41", "127.0.80.41", "192M", ""),
         "",
     );
-    let deploy: Child = lab
-        .dopv_command(&["deploy", &lab.plan, "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut deploy = Running::spawn(
+        lab.dopv
+            .command(&["deploy", &lab.plan, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     // Restart libvirtd as soon as the domain is defined: mid-deploy.
     let t = Instant::now();
     while !lab.domains().contains(&"lr1".to_string()) && t.elapsed() < Duration::from_secs(60) {
@@ -701,7 +609,7 @@ fn libvirtd_restarted_mid_deploy_leaves_a_node_the_next_sync_completes() {
         "the deploy made its domain"
     );
     lab.lv.restart_libvirtd().unwrap();
-    let out = deploy.wait_with_output().unwrap();
+    let out = deploy.wait_with_output();
     let code = out.status.code();
     assert!(
         code == Some(0) || code == Some(1),

@@ -2,16 +2,19 @@
 //! own loopback address), a real store, the real `dopv` binary. Every node a test starts is
 //! powered off by pid when the test ends, pass or fail.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::dopi_run;
+use dop_testbed::dopv::{local_nodes_available, DopvLab};
+use dop_testbed::process::{text, Running};
 use serde_json::Value;
 
-/// A temporary dopv world: store, logs, local nodes, a login key. Its nodes are stopped on
-/// drop.
-struct Lab {
-    dir: tempfile::TempDir,
-}
+/// A dopv lab (store, logs, local nodes, a login key) whose local nodes are stopped on drop.
+struct Lab(DopvLab);
 
 impl Drop for Lab {
     fn drop(&mut self) {
@@ -19,92 +22,28 @@ impl Drop for Lab {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The local provider makes namespaces only as root (CI runs as root).
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the local provider's namespaces need root");
+impl Deref for Lab {
+    type Target = DopvLab;
+    fn deref(&self) -> &DopvLab {
+        &self.0
     }
-    root
 }
 
 impl Lab {
     fn new() -> Lab {
-        let lab = Lab {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(lab.key())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        lab
+        Lab(DopvLab::new(env!("CARGO_BIN_EXE_dopv")))
     }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn key(&self) -> PathBuf {
-        self.path().join("key")
-    }
-    fn local_dir(&self) -> PathBuf {
-        self.path().join("local")
-    }
-    fn dopv(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dopv"))
-            .env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", self.path().join("store"))
-            .env("DOP_LOG_DIR", self.path().join("logs"))
-            .env("DOP_LOCAL_DIR", self.local_dir())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-    /// Runs dopv and expects an exit status.
-    fn expect(&self, args: &[&str], status: i32) -> String {
-        let out = self.dopv(args);
-        assert_eq!(
-            out.status.code(),
-            Some(status),
-            "dopv {args:?}\nstdout: {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-    /// Runs dopv with `--json` and returns the output.
-    fn json(&self, args: &[&str], status: i32) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.expect(&all, status)).unwrap()
+    /// `dopv <args>` in the background, its output discarded; killed by pid when dropped.
+    fn quietly(&self, args: &[&str]) -> Running {
+        Running::spawn(
+            self.command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     }
     /// Writes a plan (`KEY` becomes the key file) and adds or updates it.
     fn plan(&self, text: &str) {
-        let file = self.path().join("plan.yaml");
-        std::fs::write(&file, text.replace("KEY", self.key().to_str().unwrap())).unwrap();
-        self.expect(&["add", "--update", file.to_str().unwrap()], 0);
-    }
-    /// Runs a command on a node over ssh as root.
-    fn ssh(&self, address: &str, port: u16, command: &str) -> String {
-        let out = Command::new("ssh")
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ConnectTimeout=10", "-i"])
-            .arg(self.key())
-            .args(["-p", &port.to_string(), &format!("root@{address}"), command])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh {address} {command}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_string()
+        self.add_plan(&text.replace("KEY", self.key().to_str().unwrap()));
     }
     fn node_dir(&self, plan: &str, node: &str) -> PathBuf {
         self.local_dir().join("nodes").join(plan).join(node)
@@ -165,7 +104,7 @@ fn plan_text(name: &str, prefix: &str, port: u16, nodes: &[String]) -> String {
 
 #[test]
 fn sync_follows_plan_changes_within_its_flags() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -193,17 +132,8 @@ fn sync_follows_plan_changes_within_its_flags() {
         port,
         "echo kept > /root/marker; echo gone > /tmp/marker",
     );
-    let generation_of = |name: &str| -> u64 {
-        let shown = lab.json(&["show", "grow"], 0);
-        shown["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == name)
-            .unwrap()["generation"]
-            .as_u64()
-            .unwrap()
-    };
+    let generation_of =
+        |name: &str| -> u64 { lab.shown_node("grow", name)["generation"].as_u64().unwrap() };
     let moved_before = generation_of("move");
     let resized_before = generation_of("resize");
 
@@ -299,13 +229,7 @@ fn sync_follows_plan_changes_within_its_flags() {
     // In sync now; the actual state says so.
     let done = lab.json(&["sync", "grow", "--noop", "--detailed-exitcode"], 0);
     assert_eq!(done["actions"], serde_json::json!([]));
-    let shown = lab.json(&["show", "grow"], 0);
-    let resize = shown["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "resize")
-        .unwrap();
+    let resize = lab.shown_node("grow", "resize");
     assert_eq!(resize["actual"]["cores"], 4);
     assert_eq!(resize["actual"]["power"], "on");
     assert_eq!(resize["drift"], serde_json::json!([]));
@@ -315,7 +239,7 @@ fn sync_follows_plan_changes_within_its_flags() {
 
 #[test]
 fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -376,7 +300,7 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
     // every node as unknown, never as gone, and keeps what it knew.
     {
         let _away = dop_testbed::DirectoryAway::new(&lab.local_dir()).unwrap();
-        let out = lab.expect(&["refresh", "drift"], 1);
+        let out = text(&lab.expect(&["refresh", "drift"], 1).stdout);
         assert!(out.contains("unavailable"), "{out}");
         let shown = lab.json(&["show", "drift"], 0);
         assert_eq!(
@@ -431,7 +355,7 @@ fn drift_made_by_hand_is_found_by_refresh_and_repaired_by_sync() {
 
 #[test]
 fn a_reboot_from_inside_the_node_brings_it_back_with_its_disk() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -522,7 +446,7 @@ fn a_reboot_from_inside_the_node_brings_it_back_with_its_disk() {
 
 #[test]
 fn killed_mid_sync_the_next_sync_completes() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -539,34 +463,14 @@ fn killed_mid_sync_the_next_sync_completes() {
     lab.plan(&plan_text("kill", p, port, &nodes));
     // Kill dopv at ten moments of a sync (bounded: ten tries), then let one finish.
     for attempt in 0..10u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dopv"))
-            .env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", lab.path().join("store"))
-            .env("DOP_LOG_DIR", lab.path().join("logs"))
-            .env("DOP_LOCAL_DIR", lab.local_dir())
-            .args(["sync", "kill", "--destructive", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = lab.quietly(&["sync", "kill", "--destructive", "-q"]);
         std::thread::sleep(std::time::Duration::from_millis(15 * attempt));
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         if attempt % 3 == 2 {
             // Sometimes a node is also undeployed half-way.
-            let mut c = Command::new(env!("CARGO_BIN_EXE_dopv"))
-                .env("DOP_CONFIG", "/dev/null")
-                .env("DOP_STORE_DIR", lab.path().join("store"))
-                .env("DOP_LOG_DIR", lab.path().join("logs"))
-                .env("DOP_LOCAL_DIR", lab.local_dir())
-                .args(["undeploy", "kill", "--nodes", "k2", "-q"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut c = lab.quietly(&["undeploy", "kill", "--nodes", "k2", "-q"]);
             std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
     lab.expect(&["sync", "kill", "--destructive"], 0);
@@ -648,31 +552,9 @@ fn baremetal_nodes_are_recorded_and_left_alone() {
     assert_eq!(undeployed["outcomes"].as_array().unwrap().len(), 2);
 }
 
-fn dopi_run(
-    lab: &Lab,
-    plan: &str,
-    redeployed: dopi::Redeployed,
-) -> Result<dopi::RunReport, dopi::RunError> {
-    let store = std::sync::Arc::new(dop_store::Store::open(&lab.path().join("store")).unwrap());
-    let opts = dopi::RunOptions {
-        step_set: "default".into(),
-        filter: dop_core::NodeFilter::all(),
-        noop: false,
-        settings: dop_core::LookupSettings::default(),
-        log_dir: lab.path().join("logs"),
-        echo: dopi::Echo::Quiet,
-        handle_signals: false,
-        connect_timeout: 10,
-        redeployed,
-        stop: None,
-        log: None,
-    };
-    dopi::run(store, plan, &opts, &dopi::Registry::local())
-}
-
 #[test]
 fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -693,7 +575,7 @@ fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
     lab.plan(&plan(&format!("{p}.1")));
     lab.expect(&["deploy", "both"], 0);
     // No port and no address in the steps: dopi takes both from dopv's state.
-    let report = dopi_run(&lab, "both", dopi::Redeployed::Refuse).unwrap();
+    let report = dopi_run(&lab, "both", dopi::Redeployed::Refuse, 10).unwrap();
     assert!(
         matches!(report.result, dopi::RunResult::Done),
         "{:?}",
@@ -709,7 +591,7 @@ fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
     // dopv redeploys `one` (new address, new machine, new host key).
     lab.plan(&plan(&format!("{p}.11")));
     lab.expect(&["sync", "both", "--destructive"], 0);
-    let refused = dopi_run(&lab, "both", dopi::Redeployed::Refuse).unwrap_err();
+    let refused = dopi_run(&lab, "both", dopi::Redeployed::Refuse, 10).unwrap_err();
     let message = refused.to_string();
     assert!(
         message.contains("dopv redeployed one (generation"),
@@ -717,7 +599,7 @@ fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
     );
     assert!(!message.contains("two"), "{message}");
 
-    let report = dopi_run(&lab, "both", dopi::Redeployed::Reset).unwrap();
+    let report = dopi_run(&lab, "both", dopi::Redeployed::Reset, 10).unwrap();
     assert!(
         matches!(report.result, dopi::RunResult::Done),
         "{:?}",
@@ -738,7 +620,7 @@ fn dopi_runs_where_dopv_deployed_and_notices_a_redeploy() {
 
 #[test]
 fn a_node_that_fails_is_rolled_back_and_the_next_sync_repairs_it() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -805,16 +687,11 @@ fn slow_hook(lab: &Lab, body: &str) -> (PathBuf, PathBuf) {
 }
 
 /// `dopv deploy PLAN --json -q` in the background, once its first hook has started.
-fn deploy_until_a_hook_runs(lab: &Lab, plan: &str, marker: &Path) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_dopv"))
-        .env("DOP_CONFIG", "/dev/null")
-        .env("DOP_STORE_DIR", lab.path().join("store"))
-        .env("DOP_LOG_DIR", lab.path().join("logs"))
-        .env("DOP_LOCAL_DIR", lab.local_dir())
-        .args(["deploy", plan, "--json", "-q"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+fn deploy_until_a_hook_runs(lab: &Lab, plan: &str, marker: &Path) -> Running {
+    let child = Running::spawn(
+        lab.command(&["deploy", plan, "--json", "-q"])
+            .stdout(Stdio::piped()),
+    );
     let t = std::time::Instant::now();
     while !marker.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -825,7 +702,7 @@ fn deploy_until_a_hook_runs(lab: &Lab, plan: &str, marker: &Path) -> std::proces
 
 #[test]
 fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -838,12 +715,9 @@ fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
         plan_text("sig", p, port, &nodes).replace("name: sig\n", "name: sig\nmax_in_flight: 1\n");
     plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
     lab.plan(&plan);
-    let child = deploy_until_a_hook_runs(&lab, "sig", &marker);
-    // SAFETY: kill has no memory preconditions.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut child = deploy_until_a_hook_runs(&lab, "sig", &marker);
+    dop_testbed::signal(child.id(), libc::SIGINT);
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let results: Vec<&str> = report["outcomes"]
@@ -879,7 +753,7 @@ fn a_signal_stops_new_nodes_and_sync_finishes_the_rest() {
 /// lock, and `sync` finishes the work.
 #[test]
 fn a_second_signal_stops_at_once_and_still_reports() {
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -893,15 +767,12 @@ fn a_second_signal_stops_at_once_and_still_reports() {
         .replace("name: hard\n", "name: hard\nmax_in_flight: 1\n");
     plan.push_str(&format!("hooks:\n  pre_create_vm: [{}]\n", hook.display()));
     lab.plan(&plan);
-    let child = deploy_until_a_hook_runs(&lab, "hard", &marker);
+    let mut child = deploy_until_a_hook_runs(&lab, "hard", &marker);
     for _ in 0..2 {
-        // SAFETY: kill has no memory preconditions.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGINT);
-        }
+        dop_testbed::signal(child.id(), libc::SIGINT);
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
     let report: Value = serde_json::from_slice(&out.stdout).expect("a report, not an exit");
     let outcomes = report["outcomes"].as_array().unwrap();
@@ -935,7 +806,7 @@ fn a_second_signal_stops_at_once_and_still_reports() {
 #[test]
 fn chaos_sigkill_at_many_moments_of_syncs_leaves_nothing_half_built() {
     use dop_testbed::chaos::{kills, Moments};
-    if !root() {
+    if !local_nodes_available() {
         return;
     }
     let lab = Lab::new();
@@ -970,20 +841,10 @@ fn chaos_sigkill_at_many_moments_of_syncs_leaves_nothing_half_built() {
     let (mut killed, mut rounds) = (0, 0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
     while killed < target && std::time::Instant::now() < deadline {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dopv"))
-            .env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", lab.path().join("store"))
-            .env("DOP_LOG_DIR", lab.path().join("logs"))
-            .env("DOP_LOCAL_DIR", lab.local_dir())
-            .args(["sync", "chaos", "--destructive", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = lab.quietly(&["sync", "chaos", "--destructive", "-q"]);
         std::thread::sleep(moments.up_to(window));
-        let finished = child.try_wait().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        let finished = child.0.try_wait().unwrap();
+        child.kill();
         if finished.is_none() {
             killed += 1;
         }

@@ -6,19 +6,17 @@
 //! made, what it removed, and that nothing it marked is left behind. They share one cloud, so
 //! they take turns; every resource a plan made is removed when its test ends, pass or fail.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dop_testbed::dopv::{actions, error_of, results, DopvLab};
 use dop_testbed::openstack::{Account, OpenStack};
+use dop_testbed::process::{text, Running};
 use serde_json::{json, Value};
 
 /// One test at a time on the shared cloud (two of them pause its services).
 static CLOUD: Mutex<()> = Mutex::new(());
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The local OpenStack, or why the test is skipped.
 fn cloud() -> Option<OpenStack> {
@@ -166,15 +164,16 @@ impl Api {
         )
     }
 
+    /// The one resource of `list` (`what`: servers, ports) named `name`.
+    fn named(list: Vec<Value>, what: &str, name: &str) -> Value {
+        let found: Vec<Value> = list.into_iter().filter(|r| r["name"] == name).collect();
+        assert_eq!(found.len(), 1, "{what} named {name}: {found:#?}");
+        found[0].clone()
+    }
+
     /// The plan's server named `name` (exactly one).
     fn server(&self, plan: &str, name: &str) -> Value {
-        let found: Vec<Value> = self
-            .servers(plan)
-            .into_iter()
-            .filter(|s| s["name"] == name)
-            .collect();
-        assert_eq!(found.len(), 1, "servers named {name}: {found:#?}");
-        found[0].clone()
+        Self::named(self.servers(plan), "servers", name)
     }
 
     fn ports(&self, plan: &str) -> Vec<Value> {
@@ -199,13 +198,7 @@ impl Api {
 
     /// The plan's port of an interface.
     fn port(&self, plan: &str, name: &str) -> Value {
-        let found: Vec<Value> = self
-            .ports(plan)
-            .into_iter()
-            .filter(|p| p["name"] == name)
-            .collect();
-        assert_eq!(found.len(), 1, "ports named {name}: {found:#?}");
-        found[0].clone()
+        Self::named(self.ports(plan), "ports", name)
     }
 
     /// Everything the plan made, as (servers, ports, floating IPs, volumes) counts.
@@ -299,7 +292,7 @@ impl Api {
 /// A plan on the cloud: a store, logs, and the cloud's API to look with. What the plan made
 /// is removed on drop.
 struct Lab {
-    dir: tempfile::TempDir,
+    dopv: DopvLab,
     os: OpenStack,
     api: Api,
     plan: String,
@@ -324,45 +317,18 @@ impl Lab {
         // Unique per run: a crashed earlier run's leftovers never meet this one's.
         let plan = format!("{test}{}", std::process::id());
         Lab {
-            dir: tempfile::tempdir().unwrap(),
+            dopv: DopvLab::new(env!("CARGO_BIN_EXE_dopv")),
             os,
             api,
             plan,
         }
     }
 
-    fn dopv_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dopv"));
-        c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", self.dir.path().join("store"))
-            .env("DOP_LOG_DIR", self.dir.path().join("logs"))
-            .args(args);
-        c
-    }
-
-    fn dopv(&self, args: &[&str]) -> Output {
-        self.dopv_command(args).output().unwrap()
-    }
-
-    fn expect(&self, args: &[&str], status: i32) -> Output {
-        let out = self.dopv(args);
-        assert_eq!(
-            out.status.code(),
-            Some(status),
-            "dopv {args:?}\nstdout: {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
     /// `dopv <command> <plan> [args] --json`, expecting `status`.
     fn json(&self, command: &str, args: &[&str], status: i32) -> Value {
         let mut all = vec![command, self.plan.as_str()];
         all.extend_from_slice(args);
-        all.push("--json");
-        let out = self.expect(&all, status);
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.dopv.json(&all, status)
     }
 
     /// Adds or updates the plan from its nodes (YAML under `nodes:`).
@@ -381,20 +347,11 @@ impl Lab {
             user = account.username,
             password = account.password,
         );
-        let file = self.dir.path().join("plan.yaml");
-        std::fs::write(&file, text).unwrap();
-        self.expect(&["add", "--update", file.to_str().unwrap()], 0);
+        self.dopv.add_plan(&text);
     }
 
     fn shown(&self, node: &str) -> Value {
-        let shown = self.json("show", &[], 0);
-        shown["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == node)
-            .unwrap_or_else(|| panic!("{node} not shown: {shown:#}"))
-            .clone()
+        self.dopv.shown_node(&self.plan, node)
     }
 }
 
@@ -404,49 +361,6 @@ fn node(name: &str, tenant: &str, body: &str) -> String {
         "  {name}:\n    infrastructure: cloud\n    image: cirros-fake\n    credentials: [root_key]\n    \
          infrastructure_properties: {{tenant: {tenant}}}\n{body}"
     )
-}
-
-fn actions(report: &Value) -> Vec<(String, String, Vec<String>)> {
-    report["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["node"].as_str().unwrap().to_string(),
-                a["action"].as_str().unwrap().to_string(),
-                a["held_back"]
-                    .as_array()
-                    .map(|h| h.iter().map(|f| f.as_str().unwrap().to_string()).collect())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn results(report: &Value) -> Vec<(String, String)> {
-    report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["node"].as_str().unwrap().to_string(),
-                o["result"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn error_of(report: &Value, node: &str) -> String {
-    report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["node"] == node)
-        .and_then(|o| o["error"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn fixed_ips(port: &Value) -> Vec<String> {
@@ -575,7 +489,7 @@ fn a_plan_is_deployed_changed_and_removed_on_openstack() {
     assert_eq!(shown["drift"], json!([]), "{shown:#}");
 
     // The read-back of every field matches what the plan asks: nothing to do.
-    lab.expect(&["refresh", &plan], 0);
+    lab.dopv.expect(&["refresh", &plan], 0);
     let preview = lab.json("sync", &["--noop", "--detailed-exitcode"], 0);
     assert_eq!(preview["actions"], json!([]), "{preview:#}");
 
@@ -648,7 +562,7 @@ fn a_plan_is_deployed_changed_and_removed_on_openstack() {
         api.network,
         web02_fip["id"].as_str().unwrap()
     ));
-    lab.expect(&["refresh", &plan], 0);
+    lab.dopv.expect(&["refresh", &plan], 0);
     let drift = lab.shown("web02")["drift"].clone();
     assert_eq!(drift[0]["field"], "interfaces", "{drift:#}");
     let repaired = lab.json("sync", &["--detailed-exitcode"], 0);
@@ -740,7 +654,7 @@ fn wrong_credentials_unknown_names_and_quotas_fail_clearly_and_leak_nothing() {
     let mut wrong = lab.os.demo.clone();
     wrong.password = "not-the-password".into();
     lab.plan(&ok, &wrong);
-    let out = lab.expect(&["deploy", &plan], 1);
+    let out = lab.dopv.expect(&["deploy", &plan], 1);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("Keystone at")
@@ -831,15 +745,14 @@ fn wrong_credentials_unknown_names_and_quotas_fail_clearly_and_leak_nothing() {
 }
 
 /// Runs `dopv deploy` in the background; returns its output once it ends (bounded).
-fn finish(child: std::process::Child) -> Output {
+fn finish(mut child: Running) -> Output {
     let start = Instant::now();
-    let mut child = child;
     loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+        if child.0.try_wait().unwrap().is_some() {
+            return child.wait_with_output();
         }
         if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
+            child.kill();
             panic!("dopv did not end within 180 s");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -888,12 +801,12 @@ fn a_stuck_build_and_a_silent_nova_api_fail_the_node_and_the_next_sync_repairs_i
     // The Nova API stops answering while the server builds: the node fails naming it.
     let report = {
         let _compute = lab.os.pause("nova-compute").unwrap();
-        let child = lab
-            .dopv_command(&["deploy", &plan, "--api-timeout", "3", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Running::spawn(
+            lab.dopv
+                .command(&["deploy", &plan, "--api-timeout", "3", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         lab.api.until("dopv created the server", || {
             !lab.api.servers(&plan).is_empty()
         });

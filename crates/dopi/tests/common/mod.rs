@@ -1,9 +1,13 @@
 //! Helpers shared by dopi's process tests: a temporary world (store, logs, a work directory)
-//! and dopi processes that are killed by pid when a test ends.
+//! where dopi runs, its sshd test nodes, and dopi processes that are killed by pid when a test
+//! ends (the harnesses themselves are dop-testbed's).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output, Stdio};
+
+pub use dop_testbed::process::{text as text_of, Running};
+use dop_testbed::{Options, Testbed};
 
 /// A temporary world: store, logs, a work directory the plan's commands write into.
 pub struct World {
@@ -35,6 +39,18 @@ impl World {
     pub fn dopi(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
+    /// `dopi <args>` in the background, its output discarded; killed by pid when dropped.
+    pub fn quietly(&self, args: &[&str]) -> Running {
+        Running::spawn(
+            self.command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    }
+    /// sshd test nodes in the world's directory `testbed`, stopped by pid when dropped.
+    pub fn testbed(&self, options: &Options) -> Testbed {
+        Testbed::start(&self.path().join("testbed"), options).expect("testbed")
+    }
     /// Writes a plan (with `WORK` replaced by the work directory) and adds it.
     pub fn add(&self, name: &str, text: &str) {
         let file = self.path().join(format!("{name}.yaml"));
@@ -65,33 +81,6 @@ impl World {
             .map(str::to_string)
             .collect()
     }
-}
-
-/// A dopi process started by a test: killed (by pid) and reaped when the test ends, pass or
-/// fail.
-pub struct Running(pub Child);
-
-impl Running {
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-    pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.wait().unwrap()
-    }
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn text_of(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A plan whose nodes `n01`, `n02`… are the testbed's addresses, logging in with `key` (the

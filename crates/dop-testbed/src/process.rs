@@ -1,0 +1,66 @@
+//! A process a test starts: killed by pid and reaped when it is dropped, pass or fail.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output};
+
+/// A child process started by a test: killed (by pid) and reaped when dropped, also while a
+/// failed test unwinds.
+#[derive(Debug)]
+pub struct Running(pub Child);
+
+impl Running {
+    /// Starts `command` (panics when it cannot be started).
+    pub fn spawn(command: &mut Command) -> Running {
+        Running(command.spawn().expect("the process starts"))
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for it to end.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.0.wait().expect("the process can be waited for")
+    }
+
+    /// Waits for it to end, collecting what it wrote to piped standard output and error.
+    pub fn wait_with_output(&mut self) -> Output {
+        let stderr = self.0.stderr.take();
+        // Read standard error beside standard output: a full pipe would block the process.
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = o.read_to_end(&mut stdout);
+        }
+        let stderr = reader.join().unwrap_or_default();
+        Output {
+            status: self.wait(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Kills it (SIGKILL, by pid) and reaps it; nothing happens when it has ended already.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Bytes of a process's output as text (lossy).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
