@@ -501,7 +501,7 @@ fn run_task(
     let settings = LookupSettings::default();
     let o = &e.options;
     let dopv = |operation: dopv::Operation| -> Result<DopvSummary, (Status, String)> {
-        let opts = dopv::Options {
+        let opts = dopv::RunOptions {
             operation,
             filter: filter.clone(),
             noop: o.noop,

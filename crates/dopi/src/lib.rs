@@ -28,7 +28,9 @@ pub use engine::{
     check_commands, run, Redeployed, RunError, RunOptions, RunReport, RunResult,
     DEFAULT_MAX_IN_FLIGHT,
 };
-pub use plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin, Reach, Registry};
+pub use plugin::{
+    params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin, Reach, Registry,
+};
 pub use reset::{reset, ResetError, ResetOptions};
 pub use state::{
     record_key, step_hash, step_keys, CommandState, NodeStepState, PlanState, RunState,

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use dop_run::logs::NodeLog;
 use dop_run::Stop;
 
-/// Options of a command: its own keys over the plugin defaults in force.
-pub type Options = Map<String, Value>;
+/// The options of a command: its own keys over the plugin defaults in force.
+pub type CommandOptions = Map<String, Value>;
 
 /// A problem with a plugin parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct CommandContext<'a> {
     /// The step's name.
     pub step: &'a str,
     /// The effective options.
-    pub options: &'a Options,
+    pub options: &'a CommandOptions,
     /// When the command must be stopped.
     pub timeout: Duration,
     /// The node's log.
@@ -125,7 +125,7 @@ impl CommandContext<'_> {
 
 /// How a command ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CommandOutcome {
     /// It succeeded.
     pub success: bool,
     /// The process's exit status, if there was a process and it exited.
@@ -138,12 +138,12 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
-impl Outcome {
+impl CommandOutcome {
     /// A failure with its reason.
-    pub fn failed(message: impl Into<String>) -> Outcome {
-        Outcome {
+    pub fn failed(message: impl Into<String>) -> CommandOutcome {
+        CommandOutcome {
             message: Some(message.into()),
-            ..Outcome::default()
+            ..CommandOutcome::default()
         }
     }
 }
@@ -155,7 +155,7 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// The problems of these options (only the keys given; required keys are checked on the
     /// effective options with `required`).
-    fn check(&self, options: &Options) -> Vec<ParamProblem>;
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem>;
     /// Keys that must be present in the effective options.
     fn required(&self) -> &'static [&'static str] {
         &[]
@@ -165,9 +165,9 @@ pub trait Plugin: Send + Sync {
         dop_core::plan::DEFAULT_PLUGIN_TIMEOUT.unsigned_abs()
     }
     /// What the command would do, for `--noop`.
-    fn describe(&self, options: &Options) -> String;
+    fn describe(&self, options: &CommandOptions) -> String;
     /// Runs the command.
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome;
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome;
 }
 
 /// Plugins of the original dopi that this dopi does not run (yet): plans that use them stay
@@ -228,11 +228,11 @@ impl Registry {
 
 /// Shared readers of plugin parameters.
 pub mod params {
-    use super::{Options, ParamProblem};
+    use super::{CommandOptions, ParamProblem};
     use serde_json::Value;
 
     /// Warns about keys the plugin does not know (common keys are always known).
-    pub fn unknown_keys(options: &Options, known: &[&str]) -> Vec<ParamProblem> {
+    pub fn unknown_keys(options: &CommandOptions, known: &[&str]) -> Vec<ParamProblem> {
         const COMMON: [&str; 2] = ["credentials", "credential"];
         options
             .keys()

@@ -11,7 +11,7 @@ use dop_run::logs::Echo;
 use dop_store::{rfc3339, App, Store};
 use serde_json::json;
 
-use crate::driver::{self, word, DopvError, Operation, Options, Report};
+use crate::driver::{self, word, DopvError, Operation, Report, RunOptions};
 use crate::planner::{Action, ActionKind, Permissions, Source};
 use crate::provider::ProviderOptions;
 use crate::state::DopvState;
@@ -134,7 +134,7 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         Ok(s) => s,
         Err(status) => return status,
     };
-    let opts = Options {
+    let opts = RunOptions {
         operation,
         filter,
         noop: args.noop,

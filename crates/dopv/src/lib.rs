@@ -21,5 +21,5 @@ pub mod providers;
 pub mod standing;
 pub mod state;
 
-pub use driver::{run, ActionResult, DopvError, Operation, Options, Outcome, Report};
+pub use driver::{run, ActionResult, DopvError, NodeOutcome, Operation, Report, RunOptions};
 pub use planner::Permissions;

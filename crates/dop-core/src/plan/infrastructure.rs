@@ -10,7 +10,7 @@ use super::check::{
     warn_unknown_keys,
 };
 use super::jump::{self, JumpHost};
-use super::run_options::{self, RunOptions};
+use super::run_options::{self, Concurrency};
 use crate::diagnostic::{join, Collector};
 use crate::yaml::Yaml;
 
@@ -97,7 +97,7 @@ pub struct Infrastructure {
     pub default_security_groups: Vec<String>,
     /// Run options for the nodes of this infrastructure.
     #[serde(default)]
-    pub run_options: RunOptions,
+    pub run_options: Concurrency,
     /// The SSH jump host chain to its nodes (first hop first); empty: connect directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jump_hosts: Vec<JumpHost>,
@@ -305,7 +305,7 @@ pub(crate) fn parse(
         })
         .unwrap_or_default();
 
-    let run_options = RunOptions::parse(c, v, path);
+    let run_options = Concurrency::parse(c, v, path);
     let jump_hosts = field(v, "jump_hosts")
         .and_then(|j| jump::parse(c, j, &join(path, "jump_hosts"), credential_names))
         .unwrap_or_default();

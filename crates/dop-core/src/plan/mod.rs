@@ -21,7 +21,7 @@ pub use node::{
     check_fqdn, DataDisk, Dns, InfrastructureProperties, Interface, IpSetting, Node, Sizing,
     FLAVORS,
 };
-pub use run_options::RunOptions;
+pub use run_options::Concurrency;
 pub use step::{
     Command, DeleteEntry, DeletePluginDefaults, PluginDefaults, Step, StepSet,
     DEFAULT_PLUGIN_TIMEOUT,
@@ -42,7 +42,7 @@ pub struct Plan {
     pub name: String,
     /// Plan-wide run options.
     #[serde(default)]
-    pub run_options: RunOptions,
+    pub run_options: Concurrency,
     /// Infrastructures, in plan order.
     pub infrastructures: Vec<Infrastructure>,
     /// Credentials, in plan order.
@@ -170,7 +170,7 @@ pub(crate) fn parse_plan(
     warn_unknown_keys(c, root, "", &TOP_KEYS);
 
     let name = parse_name(c, root, fallback_name);
-    let run_options = RunOptions::parse(c, root, "");
+    let run_options = Concurrency::parse(c, root, "");
 
     let credential_entries = named_entries(c, root, "credentials", false);
     let credential_names: Vec<&str> = credential_entries.iter().map(|(n, _)| n.as_str()).collect();

@@ -10,7 +10,7 @@ use crate::yaml::Yaml;
 /// Concurrency and canary settings. Unset values fall back to the enclosing level, then to the
 /// tool's default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunOptions {
+pub struct Concurrency {
     /// How many nodes run at once; `-1` one per node, `0` sequentially in the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<i64>,
@@ -26,9 +26,9 @@ pub struct RunOptions {
 /// The keys this module reads, for unknown-key checks.
 pub(crate) const KEYS: [&str; 3] = ["max_in_flight", "max_per_role", "canary_host"];
 
-impl RunOptions {
+impl Concurrency {
     /// Reads the run options from a mapping.
-    pub(crate) fn parse(c: &mut Collector<'_>, map: &Yaml, path: &str) -> RunOptions {
+    pub(crate) fn parse(c: &mut Collector<'_>, map: &Yaml, path: &str) -> Concurrency {
         let mut limit = |key: &str| {
             let v = field(map, key)?;
             let p = join(path, key);
@@ -43,7 +43,7 @@ impl RunOptions {
         let max_per_role = limit("max_per_role");
         let canary_host = field(map, "canary_host")
             .and_then(|v| boolean(c, v, &join(path, "canary_host"), "canary_host"));
-        RunOptions {
+        Concurrency {
             max_in_flight,
             max_per_role,
             canary_host,
@@ -51,8 +51,8 @@ impl RunOptions {
     }
 
     /// These options with unset values taken from `outer`.
-    pub fn or(&self, outer: &RunOptions) -> RunOptions {
-        RunOptions {
+    pub fn or(&self, outer: &Concurrency) -> Concurrency {
+        Concurrency {
             max_in_flight: self.max_in_flight.or(outer.max_in_flight),
             max_per_role: self.max_per_role.or(outer.max_per_role),
             canary_host: self.canary_host.or(outer.canary_host),

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::check::{boolean, field, integer, warn_unknown_keys};
-use super::run_options::{self, RunOptions};
+use super::run_options::{self, Concurrency};
 use crate::diagnostic::{index, join, Collector};
 use crate::filter::{self, NodeFilter};
 use crate::pattern::Selector;
@@ -48,7 +48,7 @@ pub struct Step {
     pub delete_plugin_defaults: DeletePluginDefaults,
     /// Run options overriding the plan's.
     #[serde(default)]
-    pub run_options: RunOptions,
+    pub run_options: Concurrency,
 }
 
 /// A command: a plugin and the plugin's own options.
@@ -337,7 +337,7 @@ fn parse_step(c: &mut Collector<'_>, v: &Yaml, path: &str) -> Option<Step> {
     let delete_plugin_defaults = field(v, "delete_plugin_defaults")
         .map(|d| parse_delete_defaults(c, d, &join(path, "delete_plugin_defaults")))
         .unwrap_or_default();
-    let run_options = RunOptions::parse(c, v, path);
+    let run_options = Concurrency::parse(c, v, path);
     (c.error_count() == errors).then(|| Step {
         name: name.unwrap_or_default(),
         filter,

@@ -176,88 +176,6 @@ pub fn run_state(state: dopi::RunState) -> RunState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The mirrors serialize as dopv's own types did before the API had them: clients that
-    /// read the JSON see no difference.
-    #[test]
-    fn an_actual_node_reads_as_dopvs_report() {
-        let report = dopv::actual::Actual {
-            exists: true,
-            power: Some(dopv::actual::Power::On),
-            cores: Some(2),
-            memory: Some(dop_core::DataSize(1 << 30)),
-            interfaces: Some(vec![dopv::actual::ActualInterface {
-                name: "eth0".into(),
-                ip: "dhcp".into(),
-                floating_network: None,
-            }]),
-            ssh: Some(dopv::actual::SshEndpoint {
-                address: "10.0.0.5".into(),
-                port: 22,
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            serde_json::to_value(actual(&report)).unwrap(),
-            serde_json::to_value(&report).unwrap()
-        );
-    }
-
-    #[test]
-    fn every_word_is_dopvs_and_dopis_word() {
-        use dopv::planner::Reason as R;
-        for r in [
-            R::NewInPlan,
-            R::RemovedFromPlan,
-            R::ChangedInPlace,
-            R::ChangedRequiresReboot,
-            R::ChangedRequiresRedeploy,
-            R::Drifted,
-            R::Missing,
-            R::Interrupted,
-            R::FailedBefore,
-            R::FoundExisting,
-            R::UndeployRequested,
-        ] {
-            assert_eq!(
-                serde_json::to_value(reason(r)).unwrap(),
-                serde_json::to_value(r).unwrap()
-            );
-            assert_eq!(serde_json::to_value(r).unwrap(), reason(r).name());
-        }
-        for s in dopv::standing::SyncState::ALL {
-            assert_eq!(sync_state(s).name(), s.name());
-        }
-        for f in [
-            dopv::planner::Flag::Destructive,
-            dopv::planner::Flag::Interruptive,
-        ] {
-            assert_eq!(flag(f).to_string(), f.to_string());
-        }
-        use dopv::state::Status as S;
-        for s in [
-            S::Creating,
-            S::Deployed,
-            S::Updating,
-            S::Destroying,
-            S::Failed,
-        ] {
-            assert_eq!(serde_json::to_value(s).unwrap(), deploy_status(s).name());
-        }
-        for s in [
-            dopi::RunState::Ready,
-            dopi::RunState::Running,
-            dopi::RunState::Done,
-            dopi::RunState::Failed,
-        ] {
-            assert_eq!(run_state(s).name(), s.as_str());
-        }
-    }
-}
-
 /// dopv's report as an execution's result.
 pub fn dopv_summary(report: &dopv::Report) -> DopvSummary {
     let dopv::Report {
@@ -344,7 +262,7 @@ fn field_change(c: &dopv::planner::Change) -> NodeFieldChange {
     }
 }
 
-fn outcome(o: &dopv::Outcome) -> ActionOutcome {
+fn outcome(o: &dopv::NodeOutcome) -> ActionOutcome {
     ActionOutcome {
         node: o.node.clone(),
         action: action_kind(o.action),
@@ -355,5 +273,87 @@ fn outcome(o: &dopv::Outcome) -> ActionOutcome {
             dopv::ActionResult::Stopped => OutcomeResult::Stopped,
         },
         error: o.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mirrors serialize as dopv's own types did before the API had them: clients that
+    /// read the JSON see no difference.
+    #[test]
+    fn an_actual_node_reads_as_dopvs_report() {
+        let report = dopv::actual::Actual {
+            exists: true,
+            power: Some(dopv::actual::Power::On),
+            cores: Some(2),
+            memory: Some(dop_core::DataSize(1 << 30)),
+            interfaces: Some(vec![dopv::actual::ActualInterface {
+                name: "eth0".into(),
+                ip: "dhcp".into(),
+                floating_network: None,
+            }]),
+            ssh: Some(dopv::actual::SshEndpoint {
+                address: "10.0.0.5".into(),
+                port: 22,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(actual(&report)).unwrap(),
+            serde_json::to_value(&report).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_word_is_dopvs_and_dopis_word() {
+        use dopv::planner::Reason as R;
+        for r in [
+            R::NewInPlan,
+            R::RemovedFromPlan,
+            R::ChangedInPlace,
+            R::ChangedRequiresReboot,
+            R::ChangedRequiresRedeploy,
+            R::Drifted,
+            R::Missing,
+            R::Interrupted,
+            R::FailedBefore,
+            R::FoundExisting,
+            R::UndeployRequested,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason(r)).unwrap(),
+                serde_json::to_value(r).unwrap()
+            );
+            assert_eq!(serde_json::to_value(r).unwrap(), reason(r).name());
+        }
+        for s in dopv::standing::SyncState::ALL {
+            assert_eq!(sync_state(s).name(), s.name());
+        }
+        for f in [
+            dopv::planner::Flag::Destructive,
+            dopv::planner::Flag::Interruptive,
+        ] {
+            assert_eq!(flag(f).to_string(), f.to_string());
+        }
+        use dopv::state::Status as S;
+        for s in [
+            S::Creating,
+            S::Deployed,
+            S::Updating,
+            S::Destroying,
+            S::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), deploy_status(s).name());
+        }
+        for s in [
+            dopi::RunState::Ready,
+            dopi::RunState::Running,
+            dopi::RunState::Done,
+            dopi::RunState::Failed,
+        ] {
+            assert_eq!(run_state(s).name(), s.as_str());
+        }
     }
 }

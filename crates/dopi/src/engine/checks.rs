@@ -46,7 +46,7 @@ pub fn check_commands(plan: &Plan, registry: &Registry) -> Vec<(String, String, 
 
 /// `run_on` must name a node of the plan.
 fn check_run_on(
-    options: &crate::plugin::Options,
+    options: &crate::plugin::CommandOptions,
     path: &str,
     plan: &Plan,
     problems: &mut Vec<(String, String, bool)>,

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use dop_core::plan::{Command, DeletePluginDefaults, Step};
 
-use crate::plugin::{Options, Registry};
+use crate::plugin::{CommandOptions, Registry};
 
 /// Per node, per plugin name: the defaults in force.
-pub(super) type Defaults = HashMap<String, BTreeMap<String, Options>>;
+pub(super) type Defaults = HashMap<String, BTreeMap<String, CommandOptions>>;
 
 /// Applies a step's plugin-default changes to the nodes it selects.
 pub(super) fn apply_defaults(
@@ -58,7 +58,7 @@ pub(super) fn apply_defaults(
 }
 
 /// The command's options over the defaults of its plugin for the node (shallow, as before).
-pub(super) fn effective(defaults: &Defaults, node: &str, cmd: &Command) -> Options {
+pub(super) fn effective(defaults: &Defaults, node: &str, cmd: &Command) -> CommandOptions {
     let mut o = defaults
         .get(node)
         .and_then(|p| p.get(&cmd.plugin))

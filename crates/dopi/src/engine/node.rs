@@ -11,7 +11,7 @@ use dop_store::now_ms;
 use serde_json::json;
 
 use super::{Ctx, RunError};
-use crate::plugin::{CommandContext, Options, Outcome, Plugin};
+use crate::plugin::{CommandContext, CommandOptions, CommandOutcome, Plugin};
 use crate::state::{record_key, NodeStepState, RunState};
 
 /// What running a node's commands of a step gives: `Ok(Err(why))` when the node failed.
@@ -27,8 +27,8 @@ pub(super) async fn run_node(
     step: &Step,
     node: &Node,
     record: NodeStepState,
-    options: &[Options],
-    verify_options: &[Vec<Options>],
+    options: &[CommandOptions],
+    verify_options: &[Vec<CommandOptions>],
 ) -> NodeResult {
     let mut run = NodeRun {
         ctx,
@@ -93,9 +93,9 @@ impl NodeRun<'_> {
     async fn run_one(
         &self,
         plugin: Arc<dyn Plugin>,
-        opts: Options,
+        opts: CommandOptions,
         timeout: Option<i64>,
-    ) -> Outcome {
+    ) -> CommandOutcome {
         let ctx = self.ctx;
         let cc = CommandContext {
             plan: &ctx.plan_name,
@@ -119,7 +119,7 @@ impl NodeRun<'_> {
 
     /// True when every verify command passes before the command runs: it need not run. A
     /// verify command of an unknown plugin does not pass.
-    async fn verified(&self, cmd: &Command, options: &[Options]) -> bool {
+    async fn verified(&self, cmd: &Command, options: &[CommandOptions]) -> bool {
         for (v, vo) in cmd.verify_commands.iter().zip(options) {
             let Some(vp) = self.ctx.registry.get(&v.plugin).cloned() else {
                 return false;
@@ -133,7 +133,7 @@ impl NodeRun<'_> {
 
     /// False when a verify command fails after the command ran (`verify_after_run`); one of
     /// an unknown plugin is passed over.
-    async fn confirmed(&self, cmd: &Command, options: &[Options]) -> bool {
+    async fn confirmed(&self, cmd: &Command, options: &[CommandOptions]) -> bool {
         for (v, vo) in cmd.verify_commands.iter().zip(options) {
             let Some(vp) = self.ctx.registry.get(&v.plugin).cloned() else {
                 continue;
@@ -193,7 +193,7 @@ impl NodeRun<'_> {
         &mut self,
         ci: usize,
         cmd: &Command,
-        outcome: &Outcome,
+        outcome: &CommandOutcome,
         started: Instant,
     ) -> Result<RunState, RunError> {
         let masker = self.ctx.log.masker();

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::defaults::{apply_defaults, effective, Defaults};
 use super::node::{run_node, NodeResult};
 use super::{read_state, write_state, Ctx, RunError, RunOptions, RunResult, DEFAULT_MAX_IN_FLIGHT};
-use crate::plugin::Options;
+use crate::plugin::CommandOptions;
 use crate::state::{record_key, step_hash, step_keys, NodeStepState, PlanState, RunState};
 
 /// Runs the step set `opts` names, step by step, until a step fails or the run is stopped.
@@ -340,12 +340,12 @@ impl<'a> SetRun<'a> {
         let step = step.clone();
         let set = self.set.name.clone();
         let key = key.to_string();
-        let opts: Vec<Options> = step
+        let opts: Vec<CommandOptions> = step
             .commands
             .iter()
             .map(|c| effective(&self.defaults, &node.name, c))
             .collect();
-        let verify: Vec<Vec<Options>> = step
+        let verify: Vec<Vec<CommandOptions>> = step
             .commands
             .iter()
             .map(|c| {

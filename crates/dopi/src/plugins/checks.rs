@@ -4,7 +4,7 @@
 use regex::Regex;
 
 use crate::exec::{Finished, Stream};
-use crate::plugin::{params, Options, Outcome, ParamProblem};
+use crate::plugin::{params, CommandOptions, CommandOutcome, ParamProblem};
 
 /// The judging parameters of a command, read once.
 pub struct Checks {
@@ -21,7 +21,7 @@ pub const KEYS: [&str; 3] = ["expect_exit_codes", "parse_output", "fail_on_warni
 
 impl Checks {
     /// Reads the parameters.
-    pub fn from_options(options: &Options) -> Result<Checks, String> {
+    pub fn from_options(options: &CommandOptions) -> Result<Checks, String> {
         let (errors, warnings) = params::output_patterns(options.get("parse_output"))?;
         Ok(Checks {
             codes: params::exit_codes(options.get("expect_exit_codes"), &[0])?,
@@ -37,7 +37,7 @@ impl Checks {
     }
 
     /// The problems of the parameters, for `check`.
-    pub fn problems(options: &Options) -> Vec<ParamProblem> {
+    pub fn problems(options: &CommandOptions) -> Vec<ParamProblem> {
         let mut problems = Vec::new();
         if let Err(e) = params::exit_codes(options.get("expect_exit_codes"), &[0]) {
             problems.push(ParamProblem::error("expect_exit_codes", e));
@@ -71,7 +71,7 @@ impl Checks {
     }
 
     /// The outcome of a finished command.
-    pub fn outcome(&self, finished: Finished, timeout_secs: u64) -> Outcome {
+    pub fn outcome(&self, finished: Finished, timeout_secs: u64) -> CommandOutcome {
         let mut problems = Vec::new();
         if finished.timed_out {
             problems.push(format!("timed out after {timeout_secs} s (plugin_timeout)"));
@@ -102,7 +102,7 @@ impl Checks {
                 self.warning_lines
             ));
         }
-        Outcome {
+        CommandOutcome {
             success: problems.is_empty(),
             exit_status: finished.exit_status,
             output_tail: finished.tail,

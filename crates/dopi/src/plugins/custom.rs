@@ -5,13 +5,13 @@ use async_trait::async_trait;
 
 use super::checks::{self, Checks};
 use crate::exec::{self, Program, Stream};
-use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
 
 /// The `custom` plugin.
 pub struct Custom;
 
 /// The command line: `exec arguments`.
-pub fn command_line(options: &Options) -> Result<String, String> {
+pub fn command_line(options: &CommandOptions) -> Result<String, String> {
     let exec = options
         .get("exec")
         .and_then(|e| e.as_str())
@@ -26,7 +26,7 @@ pub fn command_line(options: &Options) -> Result<String, String> {
 }
 
 /// Problems of `exec`, `arguments` and `env`, shared with `ssh/custom`.
-pub fn command_problems(options: &Options) -> Vec<ParamProblem> {
+pub fn command_problems(options: &CommandOptions) -> Vec<ParamProblem> {
     let mut problems = Vec::new();
     if options
         .get("exec")
@@ -72,7 +72,7 @@ impl Plugin for Custom {
         "custom"
     }
 
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let known: Vec<&str> = ["exec", "arguments", "env"]
             .into_iter()
             .chain(checks::KEYS)
@@ -86,21 +86,21 @@ impl Plugin for Custom {
         &["exec"]
     }
 
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         match command_line(options) {
             Ok(line) => format!("run `{line}` on the dopi host"),
             Err(e) => e,
         }
     }
 
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         let (line, mut checks, env) = match (
             command_line(ctx.options),
             Checks::from_options(ctx.options),
             environment(ctx),
         ) {
             (Ok(l), Ok(c), Ok(e)) => (l, c, e),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Outcome::failed(e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return CommandOutcome::failed(e),
         };
         ctx.log.line(&format!("running `{line}`"));
         let log = ctx.log.clone();
@@ -122,7 +122,7 @@ impl Plugin for Custom {
         .await;
         match finished {
             Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
-            Err(e) => Outcome::failed(format!("cannot start `{line}`: {e}")),
+            Err(e) => CommandOutcome::failed(format!("cannot start `{line}`: {e}")),
         }
     }
 }

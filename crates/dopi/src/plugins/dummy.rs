@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
 
 /// The do-nothing plugin.
 pub struct Dummy {
@@ -17,19 +17,19 @@ impl Plugin for Dummy {
         self.name
     }
 
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         params::unknown_keys(options, &[])
     }
 
-    fn describe(&self, _: &Options) -> String {
+    fn describe(&self, _: &CommandOptions) -> String {
         "nothing (a dummy command succeeds)".to_string()
     }
 
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         ctx.log.line("running dummy command");
-        Outcome {
+        CommandOutcome {
             success: true,
-            ..Outcome::default()
+            ..CommandOutcome::default()
         }
     }
 }

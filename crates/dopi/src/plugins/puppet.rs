@@ -16,7 +16,7 @@ use super::checks::{self, Checks};
 use super::custom::environment;
 use super::ssh_custom::{exports, run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
 use super::ssh_more::{interrupted, pause};
-use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
 use crate::ssh::Target;
 
 /// The `ssh/puppet_agent_run` plugin.
@@ -51,11 +51,11 @@ struct Settings {
     lock_interval: Duration,
 }
 
-fn flag(options: &Options, key: &str, default: bool) -> bool {
+fn flag(options: &CommandOptions, key: &str, default: bool) -> bool {
     options.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
 
-fn puppet_bin(options: &Options) -> Result<String, ParamProblem> {
+fn puppet_bin(options: &CommandOptions) -> Result<String, ParamProblem> {
     match options.get("puppet_bin") {
         None => Ok("puppet".into()),
         Some(Value::String(p)) if p.starts_with('/') && !p.ends_with('/') => Ok(p.clone()),
@@ -70,7 +70,7 @@ fn puppet_bin(options: &Options) -> Result<String, ParamProblem> {
 
 impl Settings {
     /// The settings, or the first problem with them.
-    fn read(options: &Options) -> Result<Settings, ParamProblem> {
+    fn read(options: &CommandOptions) -> Result<Settings, ParamProblem> {
         let max_rerun = match options.get("max_rerun") {
             None => 1,
             Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
@@ -147,7 +147,7 @@ impl Settings {
 }
 
 /// The judging options with Puppet's defaults: exit codes 0 and 2, `^Error:` and `^Warning:`.
-fn judging(options: &Options) -> Options {
+fn judging(options: &CommandOptions) -> CommandOptions {
     let mut o = options.clone();
     o.entry("expect_exit_codes")
         .or_insert_with(|| serde_json::json!([0, 2]));
@@ -174,7 +174,7 @@ impl Plugin for PuppetAgentRun {
         "ssh/puppet_agent_run"
     }
 
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let known: Vec<&str> = KEYS
             .into_iter()
             .chain(checks::KEYS)
@@ -196,21 +196,21 @@ impl Plugin for PuppetAgentRun {
         DEFAULT_TIMEOUT
     }
 
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         match Settings::read(options) {
             Ok(s) => format!("run `{}` on the node over ssh", s.command("NODE")),
             Err(problem) => problem.message,
         }
     }
 
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         let (settings, env, target) = match (
             Settings::read(ctx.options).map_err(|p| p.message),
             environment(ctx),
             target(ctx),
         ) {
             (Ok(s), Ok(e), Ok(t)) => (s, e, t),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return CommandOutcome::failed(e),
         };
         let exports = exports(&env);
         let judging = judging(ctx.options);
@@ -228,7 +228,7 @@ impl Plugin for PuppetAgentRun {
             });
             let mut checks = match Checks::from_options(&judging) {
                 Ok(c) => c,
-                Err(e) => return Outcome::failed(e),
+                Err(e) => return CommandOutcome::failed(e),
             };
             let line = settings.command(&ctx.node.name);
             // Every run gets what is left of plugin_timeout, not all of it.
@@ -296,7 +296,7 @@ async fn wait_for_lock(
     settings: &Settings,
     exports: &str,
     start: Instant,
-) -> Option<Outcome> {
+) -> Option<CommandOutcome> {
     let puppet = shell_quote(&settings.puppet);
     let test =
         format!("{exports}test -f \"$({puppet} config print statedir)/agent_catalog_run.lock\"");
@@ -316,19 +316,19 @@ async fn wait_for_lock(
         {
             Ok(f) if f.stopped => return Some(interrupted("stopped before the Puppet run")),
             Ok(f) => f.exit_status == Some(0),
-            Err(e) => return Some(Outcome::failed(e.to_string())),
+            Err(e) => return Some(CommandOutcome::failed(e.to_string())),
         };
         if !locked {
             return None;
         }
         if !settings.wait_if_running {
-            return Some(Outcome::failed(
+            return Some(CommandOutcome::failed(
                 "a Puppet run is already in progress on the node and wait_if_already_running is false",
             ));
         }
         let waited = start.elapsed();
         if waited + settings.lock_interval > ctx.timeout {
-            return Some(Outcome::failed(format!(
+            return Some(CommandOutcome::failed(format!(
                 "a Puppet run was still in progress on the node after {} s (plugin_timeout)",
                 waited.as_secs()
             )));
@@ -349,7 +349,7 @@ async fn wait_for_lock(
 mod tests {
     use super::*;
 
-    fn options(json: serde_json::Value) -> Options {
+    fn options(json: serde_json::Value) -> CommandOptions {
         json.as_object().unwrap().clone()
     }
 

@@ -8,7 +8,7 @@ use dop_core::plan::{CredentialKind, IpSetting, Node};
 use super::checks::{self, Checks};
 use super::custom::{command_line, command_problems, environment};
 use crate::exec::Stream;
-use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
 use crate::ssh::{Hop, Login, Target};
 
 /// The `ssh/custom` plugin.
@@ -40,7 +40,7 @@ pub const SSH_KEYS: [&str; 7] = [
 ];
 
 /// Problems of the ssh connection parameters.
-pub fn ssh_problems(options: &Options) -> Vec<ParamProblem> {
+pub fn ssh_problems(options: &CommandOptions) -> Vec<ParamProblem> {
     let mut problems = Vec::new();
     if let Some(p) = options.get("port") {
         if !p.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
@@ -222,7 +222,7 @@ impl Plugin for SshCustom {
         "ssh/custom"
     }
 
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let known: Vec<&str> = ["exec", "arguments", "env"]
             .into_iter()
             .chain(checks::KEYS)
@@ -238,14 +238,14 @@ impl Plugin for SshCustom {
         &["exec"]
     }
 
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         match command_line(options) {
             Ok(line) => format!("run `{line}` on the node over ssh"),
             Err(e) => e,
         }
     }
 
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         let (line, mut checks, env, target) = match (
             command_line(ctx.options),
             Checks::from_options(ctx.options),
@@ -254,7 +254,7 @@ impl Plugin for SshCustom {
         ) {
             (Ok(l), Ok(c), Ok(e), Ok(t)) => (l, c, e, t),
             (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
-                return Outcome::failed(e)
+                return CommandOutcome::failed(e)
             }
         };
         if !target.check_host_key {
@@ -282,7 +282,7 @@ pub async fn run_remote(
     shown: &str,
     input: Option<&[u8]>,
     checks: &mut Checks,
-) -> Outcome {
+) -> CommandOutcome {
     let hops: Vec<String> = target
         .jumps
         .iter()
@@ -321,7 +321,7 @@ pub async fn run_remote(
         .await
     {
         Ok(f) => checks.outcome(f, ctx.timeout.as_secs()),
-        Err(e) => Outcome::failed(e.to_string()),
+        Err(e) => CommandOutcome::failed(e.to_string()),
     }
 }
 

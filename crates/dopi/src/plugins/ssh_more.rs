@@ -9,9 +9,9 @@ use dop_run::Stop;
 
 use super::checks::{self, Checks};
 use super::ssh_custom::{run_remote, shell_quote, ssh_problems, target, SSH_KEYS};
-use crate::plugin::{params, CommandContext, Options, Outcome, ParamProblem, Plugin};
+use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
 
-fn absolute_file(options: &Options) -> Result<&str, String> {
+fn absolute_file(options: &CommandOptions) -> Result<&str, String> {
     match options.get("file").and_then(|f| f.as_str()) {
         Some(f) if f.starts_with('/') => Ok(f),
         Some(f) => Err(format!("'file' must be an absolute path, not '{f}'")),
@@ -19,7 +19,7 @@ fn absolute_file(options: &Options) -> Result<&str, String> {
     }
 }
 
-fn problems(options: &Options, own: &[&str]) -> Vec<ParamProblem> {
+fn problems(options: &CommandOptions, own: &[&str]) -> Vec<ParamProblem> {
     let known: Vec<&str> = own
         .iter()
         .copied()
@@ -43,7 +43,7 @@ fn problems(options: &Options, own: &[&str]) -> Vec<ParamProblem> {
 }
 
 /// The non-empty `pattern` of a file plugin; `purpose` says what it is for in the error.
-fn pattern_of<'o>(options: &'o Options, purpose: &str) -> Result<&'o str, String> {
+fn pattern_of<'o>(options: &'o CommandOptions, purpose: &str) -> Result<&'o str, String> {
     match options.get("pattern") {
         Some(serde_json::Value::String(p)) if !p.is_empty() => Ok(p),
         Some(_) => Err("'pattern' must be a non-empty string".into()),
@@ -51,11 +51,11 @@ fn pattern_of<'o>(options: &'o Options, purpose: &str) -> Result<&'o str, String
     }
 }
 
-async fn run_check(ctx: &CommandContext<'_>, remote: Result<String, String>) -> Outcome {
+async fn run_check(ctx: &CommandContext<'_>, remote: Result<String, String>) -> CommandOutcome {
     let (remote, mut checks, target) =
         match (remote, Checks::from_options(ctx.options), target(ctx)) {
             (Ok(r), Ok(c), Ok(t)) => (r, c, t),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Outcome::failed(e),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return CommandOutcome::failed(e),
         };
     run_remote(ctx, &target, &remote, &remote, None, &mut checks).await
 }
@@ -68,19 +68,19 @@ impl Plugin for FileExists {
     fn name(&self) -> &'static str {
         "ssh/file_exists"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         problems(options, &["file"])
     }
     fn required(&self) -> &'static [&'static str] {
         &["file"]
     }
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         format!(
             "check that {} exists on the node",
             options.get("file").and_then(|f| f.as_str()).unwrap_or("?")
         )
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         run_check(
             ctx,
             absolute_file(ctx.options).map(|f| format!("test -e {}", shell_quote(f))),
@@ -92,7 +92,7 @@ impl Plugin for FileExists {
 /// `ssh/file_contains`: succeeds when a line of `file` matches `pattern` (grep's basic regex).
 pub struct FileContains;
 
-fn contains_command(options: &Options) -> Result<String, String> {
+fn contains_command(options: &CommandOptions) -> Result<String, String> {
     let file = absolute_file(options)?;
     let pattern = pattern_of(options, "what to look for")?;
     Ok(format!(
@@ -107,16 +107,16 @@ impl Plugin for FileContains {
     fn name(&self) -> &'static str {
         "ssh/file_contains"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         problems(options, &["file", "pattern"])
     }
     fn required(&self) -> &'static [&'static str] {
         &["file", "pattern"]
     }
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         contains_command(options).map_or_else(|e| e, |c| format!("run `{c}` on the node"))
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         run_check(ctx, contains_command(ctx.options)).await
     }
 }
@@ -130,7 +130,7 @@ impl Plugin for WaitForLogin {
     fn name(&self) -> &'static str {
         "ssh/wait_for_login"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let mut p = problems(options, &["interval", "connection_timeout"]);
         for key in ["interval", "connection_timeout"] {
             if options.get(key).is_some_and(|v| v.as_u64().is_none()) {
@@ -142,20 +142,20 @@ impl Plugin for WaitForLogin {
         }
         p
     }
-    fn describe(&self, _: &Options) -> String {
+    fn describe(&self, _: &CommandOptions) -> String {
         "wait until the node accepts an ssh login".into()
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         match target(ctx) {
             Ok(target) => {
                 wait_for_login(ctx, &target, interval_of(ctx.options), Instant::now()).await
             }
-            Err(e) => Outcome::failed(e),
+            Err(e) => CommandOutcome::failed(e),
         }
     }
 }
 
-fn interval_of(options: &Options) -> Duration {
+fn interval_of(options: &CommandOptions) -> Duration {
     Duration::from_secs(
         options
             .get("interval")
@@ -176,11 +176,11 @@ pub(super) async fn pause(ctx: &CommandContext<'_>, interval: Duration) -> bool 
     stopped
 }
 
-pub(super) fn interrupted(message: &str) -> Outcome {
-    Outcome {
+pub(super) fn interrupted(message: &str) -> CommandOutcome {
+    CommandOutcome {
         message: Some(message.into()),
         interrupted: true,
-        ..Outcome::default()
+        ..CommandOutcome::default()
     }
 }
 
@@ -216,21 +216,21 @@ async fn wait_for_login(
     target: &crate::ssh::Target,
     interval: Duration,
     start: Instant,
-) -> Outcome {
+) -> CommandOutcome {
     loop {
         match login_works(ctx, target, interval).await {
             Ok(()) => {
                 ctx.log.line("login works");
-                return Outcome {
+                return CommandOutcome {
                     success: true,
                     exit_status: Some(0),
-                    ..Outcome::default()
+                    ..CommandOutcome::default()
                 };
             }
             Err(e) => ctx.log.line(&format!("cannot log in yet ({e}); retrying")),
         }
         if start.elapsed() >= ctx.timeout {
-            return Outcome::failed(format!(
+            return CommandOutcome::failed(format!(
                 "the node did not accept a login within {} s",
                 ctx.timeout.as_secs()
             ));
@@ -250,7 +250,7 @@ impl Plugin for Reboot {
     fn name(&self) -> &'static str {
         "ssh/reboot"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let mut p = problems(options, &["reboot_cmd", "interval", "connection_timeout"]);
         if options
             .get("reboot_cmd")
@@ -263,17 +263,17 @@ impl Plugin for Reboot {
         }
         p
     }
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         let cmd = options
             .get("reboot_cmd")
             .and_then(|v| v.as_str())
             .unwrap_or("shutdown -r now");
         format!("run `{cmd}` on the node and wait until it is back")
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         let target = match target(ctx) {
             Ok(t) => t,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => return CommandOutcome::failed(e),
         };
         let start = Instant::now();
         let command = ctx
@@ -305,7 +305,7 @@ impl Plugin for Reboot {
             ctx.log
                 .line("still able to log in, waiting for the shutdown");
             if start.elapsed() >= ctx.timeout {
-                return Outcome::failed(format!(
+                return CommandOutcome::failed(format!(
                     "the node did not go down within {} s",
                     ctx.timeout.as_secs()
                 ));
@@ -334,7 +334,7 @@ pub struct FileDeploy;
 
 /// The bytes to deploy: a string as written, or the exact bytes of a local file (`{file:
 /// path}`) or of a program's standard output (`{exec: [program, args…]}`).
-fn deploy_content(options: &Options) -> Result<Vec<u8>, String> {
+fn deploy_content(options: &CommandOptions) -> Result<Vec<u8>, String> {
     match options.get("content") {
         Some(serde_json::Value::String(s)) => Ok(s.clone().into_bytes()),
         Some(serde_json::Value::Object(m)) if m.len() == 1 => {
@@ -363,7 +363,7 @@ fn deploy_content(options: &Options) -> Result<Vec<u8>, String> {
     }
 }
 
-fn mode_of(options: &Options) -> Result<Option<String>, String> {
+fn mode_of(options: &CommandOptions) -> Result<Option<String>, String> {
     match options.get("mode") {
         None => Ok(None),
         Some(serde_json::Value::String(m))
@@ -383,7 +383,7 @@ fn mode_of(options: &Options) -> Result<Option<String>, String> {
     }
 }
 
-fn owner_of(options: &Options) -> Result<Option<String>, String> {
+fn owner_of(options: &CommandOptions) -> Result<Option<String>, String> {
     match options.get("owner") {
         None => Ok(None),
         Some(serde_json::Value::String(o)) if !o.is_empty() && !o.contains(char::is_whitespace) => {
@@ -400,7 +400,7 @@ impl Plugin for FileDeploy {
     fn name(&self) -> &'static str {
         "ssh/file_deploy"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let mut p = problems(options, &["file", "content", "owner", "mode"]);
         match options.get("content") {
             Some(serde_json::Value::String(_)) | None => {}
@@ -422,13 +422,13 @@ impl Plugin for FileDeploy {
     fn required(&self) -> &'static [&'static str] {
         &["file", "content"]
     }
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         format!(
             "deploy content to {} on the node",
             options.get("file").and_then(|f| f.as_str()).unwrap_or("?")
         )
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         use sha2::Digest;
         let prepared = (|| {
             Ok::<_, String>((
@@ -441,7 +441,7 @@ impl Plugin for FileDeploy {
         })();
         let (file, content, mode, owner, target) = match prepared {
             Ok(p) => p,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => return CommandOutcome::failed(e),
         };
         let hash: String = sha2::Sha256::digest(&content)
             .iter()
@@ -486,11 +486,11 @@ impl Plugin for FileDeploy {
             {
                 ctx.log
                     .line(&format!("{file} already has this content; not rewritten"));
-                return Outcome {
+                return CommandOutcome {
                     success: true,
                     exit_status: Some(0),
                     message: Some(format!("{file} unchanged")),
-                    ..Outcome::default()
+                    ..CommandOutcome::default()
                 };
             }
         }
@@ -511,7 +511,7 @@ impl Plugin for FileDeploy {
         ));
         let mut checks = match Checks::from_options(ctx.options) {
             Ok(c) => c,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => return CommandOutcome::failed(e),
         };
         let shown = format!("write {} bytes to {file}", content.len());
         run_remote(ctx, &target, &write, &shown, Some(&content), &mut checks).await
@@ -523,7 +523,7 @@ impl Plugin for FileDeploy {
 /// true) or the first of each line.
 pub struct FileReplace;
 
-fn replace_command(options: &Options) -> Result<String, String> {
+fn replace_command(options: &CommandOptions) -> Result<String, String> {
     let file = absolute_file(options)?;
     let pattern = pattern_of(options, "what to replace")?;
     let replacement = options
@@ -556,7 +556,7 @@ impl Plugin for FileReplace {
     fn name(&self) -> &'static str {
         "ssh/file_replace"
     }
-    fn check(&self, options: &Options) -> Vec<ParamProblem> {
+    fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let mut p = problems(options, &["file", "pattern", "replacement", "global"]);
         if options.get("replacement").is_some_and(|v| !v.is_string()) {
             p.push(ParamProblem::error(
@@ -575,10 +575,10 @@ impl Plugin for FileReplace {
     fn required(&self) -> &'static [&'static str] {
         &["file", "pattern", "replacement"]
     }
-    fn describe(&self, options: &Options) -> String {
+    fn describe(&self, options: &CommandOptions) -> String {
         replace_command(options).map_or_else(|e| e, |c| format!("run `{c}` on the node"))
     }
-    async fn run(&self, ctx: &CommandContext<'_>) -> Outcome {
+    async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         run_check(ctx, replace_command(ctx.options)).await
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::decide::Actuals;
-use super::{nodes, word, ActionResult, Ctx, Operation, Options, Outcome, Run};
+use super::{nodes, word, ActionResult, Ctx, NodeOutcome, Operation, Run, RunOptions};
 use crate::actual::Actual;
 use crate::planner::Action;
 use crate::provider::{NodeSpec, Provider};
@@ -22,7 +22,11 @@ impl Run<'_> {
     /// Carries the runnable actions out. A failure stops new nodes of its infrastructure
     /// from starting (as in the original); the others carry on. Returns the outcomes in the
     /// order of the actions, and whether a stop was asked for.
-    pub(super) async fn act(&self, actions: &[Action], actuals: &Actuals) -> (Vec<Outcome>, bool) {
+    pub(super) async fn act(
+        &self,
+        actions: &[Action],
+        actuals: &Actuals,
+    ) -> (Vec<NodeOutcome>, bool) {
         let rmdisk = matches!(self.opts.operation, Operation::Undeploy { rmdisk: true });
         let mut limits: HashMap<String, (Arc<Semaphore>, Arc<AtomicBool>)> = HashMap::new();
         let stop = listen_for_stops(self.opts, &self.ctx.log);
@@ -117,7 +121,7 @@ const SIGNALS: &[Escalation] = &[
 /// The run's stop level, raised by signals (when the run handles them) and by the caller's
 /// requests (dopc's cancel: graceful, then terminate). Listening starts before any node
 /// starts, so that no signal finds the default action.
-fn listen_for_stops(opts: &Options, log: &Arc<ExecutionLog>) -> RunStop {
+fn listen_for_stops(opts: &RunOptions, log: &Arc<ExecutionLog>) -> RunStop {
     let stop = RunStop::new();
     if opts.handle_signals {
         stop.escalate_on_signals(SIGNALS, log.clone());
@@ -149,7 +153,7 @@ impl Job {
         limit: Arc<Semaphore>,
         failed: Arc<AtomicBool>,
         stop: RunStop,
-    ) -> (usize, Outcome) {
+    ) -> (usize, NodeOutcome) {
         let Job {
             ctx, index, action, ..
         } = &self;
@@ -214,8 +218,8 @@ impl Job {
     }
 }
 
-fn outcome(action: &Action, result: ActionResult, error: Option<String>) -> Outcome {
-    Outcome {
+fn outcome(action: &Action, result: ActionResult, error: Option<String>) -> NodeOutcome {
+    NodeOutcome {
         node: action.node.clone(),
         action: action.action,
         result,

@@ -6,7 +6,7 @@ use dop_core::{EventKind, Level};
 use dop_store::now_ms;
 use serde_json::json;
 
-use super::{word, ActionResult, DopvError, Operation, Outcome, Run, Subject};
+use super::{word, ActionResult, DopvError, NodeOutcome, Operation, Run, Subject};
 use crate::actual::Actual;
 use crate::planner::{self, Action, ActionKind, NodeView, Permissions, Reason};
 use crate::provider::NodeSpec;
@@ -18,7 +18,7 @@ pub(super) type Actuals = Vec<Result<Actual, String>>;
 impl Run<'_> {
     /// Asks the providers how the nodes are; the nodes that cannot be read are failed
     /// outcomes of their own.
-    pub(super) async fn read_nodes(&self) -> (Actuals, Vec<Outcome>) {
+    pub(super) async fn read_nodes(&self) -> (Actuals, Vec<NodeOutcome>) {
         let mut actuals = Vec::new();
         let mut unreadable = Vec::new();
         for s in &self.subjects {
@@ -42,7 +42,7 @@ impl Run<'_> {
                     format!("cannot read the node from its provider: {e}"),
                     json!({}),
                 );
-                unreadable.push(Outcome {
+                unreadable.push(NodeOutcome {
                     node: s.spec.node.name.clone(),
                     action: ActionKind::Update,
                     result: ActionResult::Failed,

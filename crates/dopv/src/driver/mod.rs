@@ -58,7 +58,7 @@ impl Operation {
 
 /// How to run.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub struct RunOptions {
     /// The command.
     pub operation: Operation,
     /// Which nodes.
@@ -111,7 +111,7 @@ impl std::fmt::Display for ActionResult {
 
 /// What happened to one node's action.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Outcome {
+pub struct NodeOutcome {
     /// The node.
     pub node: String,
     /// The action.
@@ -141,9 +141,9 @@ pub struct Report {
     /// Selected nodes that are as planned.
     pub in_sync: Vec<String>,
     /// What each action that ran came to.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<NodeOutcome>,
     /// Nodes the provider could not be asked about.
-    pub unreadable: Vec<Outcome>,
+    pub unreadable: Vec<NodeOutcome>,
     /// A signal stopped the run before every action started.
     pub stopped: bool,
     /// The execution id.
@@ -253,7 +253,7 @@ impl Ctx {
 }
 
 /// Runs a dopv command on a stored plan.
-pub fn run(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, DopvError> {
+pub fn run(store: &Store, plan_name: &str, opts: &RunOptions) -> Result<Report, DopvError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -270,7 +270,7 @@ pub fn run(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, Dop
 }
 
 /// The phases of a run, in order; a `--noop` ends after deciding.
-async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Report, DopvError> {
+async fn run_async(store: &Store, plan_name: &str, opts: &RunOptions) -> Result<Report, DopvError> {
     let checked = preflight::preflight(store, plan_name, opts).await?;
     let mut run = Run::start(store, plan_name, opts, checked)?;
     let (actuals, unreadable) = run.read_nodes().await;
@@ -293,7 +293,7 @@ async fn run_async(store: &Store, plan_name: &str, opts: &Options) -> Result<Rep
 
 /// What the phases of one run share, from the end of the preflight to the report.
 struct Run<'a> {
-    opts: &'a Options,
+    opts: &'a RunOptions,
     /// `dopv <operation>[ --noop]`, as the lock and the events name the run.
     command: String,
     // Dropped before `_lock`: the state session closes before the plan is released.
@@ -312,7 +312,7 @@ impl<'a> Run<'a> {
     fn start(
         store: &Store,
         plan_name: &str,
-        opts: &'a Options,
+        opts: &'a RunOptions,
         checked: preflight::Checked,
     ) -> Result<Self, DopvError> {
         let preflight::Checked {
@@ -385,7 +385,7 @@ impl<'a> Run<'a> {
         &self,
         actions: Vec<Action>,
         in_sync: Vec<String>,
-        unreadable: Vec<Outcome>,
+        unreadable: Vec<NodeOutcome>,
     ) -> Report {
         Report {
             plan: self.ctx.plan_name.clone(),
@@ -405,7 +405,7 @@ impl<'a> Run<'a> {
 
     /// The record: what each action came to, and the run's end in the log. The plan is
     /// released only after that last event is written.
-    fn finish(self, mut report: Report, outcomes: Vec<Outcome>, stopped: bool) -> Report {
+    fn finish(self, mut report: Report, outcomes: Vec<NodeOutcome>, stopped: bool) -> Report {
         report.outcomes = outcomes;
         report.stopped = stopped;
         let failed = report.failed();

@@ -8,7 +8,7 @@ use dop_core::plan::{Node, ProviderKind};
 use dop_core::{NodeFacts, Plan, Resolver};
 use dop_store::{App, PlanLock, Store};
 
-use super::{DopvError, Operation, Options, Subject};
+use super::{DopvError, Operation, RunOptions, Subject};
 use crate::provider::{self, Provider};
 use crate::standing::{spec_for, ssh_port};
 use crate::state::DopvState;
@@ -31,7 +31,7 @@ pub(super) struct Checked {
 pub(super) async fn preflight(
     store: &Store,
     plan_name: &str,
-    opts: &Options,
+    opts: &RunOptions,
 ) -> Result<Checked, DopvError> {
     let command = format!(
         "dopv {}{}",
@@ -110,7 +110,7 @@ pub(super) async fn preflight(
 struct Checks<'a> {
     plan_name: &'a str,
     plan: &'a Plan,
-    opts: &'a Options,
+    opts: &'a RunOptions,
     providers: HashMap<(String, ProviderKind), Arc<dyn Provider>>,
     // `refresh` only looks: a provider that cannot be reached makes its nodes' standing
     // unknown (recorded), where the other commands refuse to start.
