@@ -17,6 +17,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(test)]
+mod arrows;
 mod bench;
 mod chaos;
 mod demo;
