@@ -10,7 +10,8 @@ use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
 use crate::api::{
-    Event, ExecOptions, MonitorDocument, NodeSync, PlanState, Status, SyncCounts, Task,
+    Event, ExecOptions, ExecutionPage, MonitorDocument, NodeSync, PlanState, Status, SyncCounts,
+    Task,
 };
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -294,7 +295,8 @@ impl TaskArgs {
 /// `dopc execution …`.
 #[derive(Subcommand, Debug)]
 pub enum ExecutionCommand {
-    /// Executions, oldest first.
+    /// Executions, oldest first (with --limit: the newest N; page back with --before, forward
+    /// with --since).
     List {
         /// Only this plan's.
         #[arg(long)]
@@ -302,6 +304,15 @@ pub enum ExecutionCommand {
         /// Only those with this status (new, queued, running, done, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only executions with a smaller id (the first id of the previous page).
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
+        /// Only executions with a larger id; with --limit, the oldest N after it.
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
     },
     /// One execution.
     Get {
@@ -929,7 +940,13 @@ pub async fn execution(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
 async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 {
     let parse_status = |t: &str| serde_json::from_value::<Status>(serde_json::Value::from(t));
     let result = match command {
-        ExecutionCommand::List { plan, status } => {
+        ExecutionCommand::List {
+            plan,
+            status,
+            limit,
+            before,
+            since,
+        } => {
             let status = match status.as_deref().map(parse_status).transpose() {
                 Ok(st) => st,
                 Err(_) => {
@@ -937,8 +954,13 @@ async fn execution_query(s: &mut Session<'_>, command: &ExecutionCommand) -> u8 
                     return EXIT_USAGE;
                 }
             };
+            let page = ExecutionPage {
+                limit: *limit,
+                before: *before,
+                since: *since,
+            };
             s.client
-                .executions(plan.as_deref(), status)
+                .executions(plan.as_deref(), status, &page)
                 .await
                 .map(|list| {
                     show(s, &list, |_| list.iter().map(execution_line).collect());

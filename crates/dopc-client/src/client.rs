@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::{
     CancelRequest, ClearRequest, ErrorBody, ErrorDetail, Event, ExecOptions, Execution,
-    ExecutionRequest, Finding, LogText, MonitorDocument, MonitorSettings, PlanDiffAnswer, PlanList,
-    PlanRemoved, PlanReset, PlanState, PlanStored, PlanText, PlanUpload, Pong, ResetRequest,
-    StateStreamEnd, Status, StreamEnd, Task, Versions,
+    ExecutionPage, ExecutionRequest, Finding, LogText, MonitorDocument, MonitorSettings,
+    PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanState, PlanStored, PlanText, PlanUpload,
+    Pong, ResetRequest, StateStreamEnd, Status, StreamEnd, Task, Versions,
 };
 
 /// A call without a body.
@@ -448,9 +448,21 @@ impl Client {
         &self,
         plan: Option<&str>,
         status: Option<Status>,
+        page: &ExecutionPage,
     ) -> Result<Vec<Execution>, ClientError> {
         let status = status.map(Status::name);
-        let query = query(&[("plan", plan), ("status", status)]);
+        let (limit, before, since) = (
+            page.limit.map(|n| n.to_string()),
+            page.before.map(|n| n.to_string()),
+            page.since.map(|n| n.to_string()),
+        );
+        let query = query(&[
+            ("plan", plan),
+            ("status", status),
+            ("limit", limit.as_deref()),
+            ("before", before.as_deref()),
+            ("since", since.as_deref()),
+        ]);
         self.call(
             reqwest::Method::GET,
             &format!("/executions{query}"),

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod openapi;
 pub mod records;
+pub mod retention;
 pub mod runner;
 pub mod server;
 

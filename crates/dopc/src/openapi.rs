@@ -205,7 +205,7 @@ mod tests {
             (
                 "get",
                 "/executions",
-                client_answers_list(c.executions(None, None)),
+                client_answers_list(c.executions(None, None, &Default::default())),
                 true,
             ),
             (

@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Per plan, its monitor (`[monitor.<plan>]`); the API can override it.
     pub monitor: std::collections::BTreeMap<String, crate::monitor::MonitorSettings>,
+    /// How much execution history is kept (`[retention]`).
+    pub retention: crate::retention::Retention,
     /// Where to write the Hiera data for Puppet after plan changes, and how roles resolve
     /// (from `dop.conf`, not `dopc.toml`); `None`: not written.
     #[serde(skip)]
@@ -67,6 +69,7 @@ impl Default for ServeConfig {
             provider_wait_timeout_secs: dopv::provider::ProviderOptions::WAIT_TIMEOUT.as_secs(),
             tls: None,
             monitor: std::collections::BTreeMap::new(),
+            retention: crate::retention::Retention::default(),
             hiera: None,
         }
     }
@@ -231,6 +234,36 @@ async fn log_request(req: Request, next: Next) -> Response {
     response
 }
 
+/// Applies the history limits when the server starts and then every interval, until it stops.
+async fn keep_history(
+    runner: Arc<Runner>,
+    log_dir: PathBuf,
+    retention: crate::retention::Retention,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (runner, log_dir, policy) = (runner.clone(), log_dir.clone(), retention.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            policy.apply(runner.book(), &log_dir, dop_store::now_ms())
+        })
+        .await;
+        match applied {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(
+                    removed = removed.len(),
+                    "retention: removed old executions and their logs"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention: cannot remove old executions"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.interval()) => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops taking requests and hands running executions
 /// back (see [`Runner::shutdown`]).
 pub async fn serve(
@@ -268,6 +301,12 @@ pub async fn serve(
     );
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     tokio::spawn(monitor.clone().run(closing.clone()));
+    tokio::spawn(keep_history(
+        runner.clone(),
+        log_dir.clone(),
+        config.retention.clone(),
+        closing.clone(),
+    ));
     let state = AppState {
         store,
         runner: runner.clone(),

@@ -761,6 +761,27 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     // History: remove finished ones by status.
     let (_, list) = server.get("/executions?plan=q").await;
     assert_eq!(list.as_array().unwrap().len(), 5);
+    // Paging: the newest two, then the page before them, then forward from the first.
+    let ids = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_u64().unwrap())
+            .collect()
+    };
+    let all = ids(&list);
+    let (_, newest) = server.get("/executions?plan=q&limit=2").await;
+    assert_eq!(ids(&newest), all[3..].to_vec());
+    let (_, before) = server
+        .get(&format!("/executions?plan=q&limit=2&before={}", all[3]))
+        .await;
+    assert_eq!(ids(&before), all[1..3].to_vec());
+    let (_, after) = server
+        .get(&format!("/executions?plan=q&limit=3&since={}", all[0]))
+        .await;
+    assert_eq!(ids(&after), all[1..4].to_vec());
+    let (status, body) = server.get("/executions?limit=0").await;
+    assert_eq!(status, 422, "{body}");
     let (status, removed) = server
         .call(
             reqwest::Method::DELETE,
@@ -1686,4 +1707,48 @@ async fn chaos_sigkill_of_the_server_loses_no_execution_and_repeats_no_work() {
     let (_, state) = server.get("/plans/chaos/state").await;
     assert_eq!(state["step_sets"][0]["state"], "done", "{state}");
     println!("dopc chaos: {killed} kills, {rounds} rounds finished between them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_executions_go_with_their_logs_as_the_retention_says() {
+    // Keep one finished execution per plan, checked every second.
+    let server = Server::start_with(
+        Some("[retention]\nkeep_per_plan = 1\ninterval_secs = 1\n"),
+        reqwest::Client::builder(),
+    )
+    .await;
+    server
+        .plan("name: kept\ninfrastructures: {lab: {type: baremetal}}\nnodes: {n1: {infrastructure: lab}}\n")
+        .await;
+    let first = server.execute("kept", "reset", json!({})).await;
+    let done = server.wait(first).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let logs = server
+        .path()
+        .join("logs/kept")
+        .join(done["log_id"].as_str().unwrap());
+    assert!(
+        logs.is_dir(),
+        "{} exists while it is the newest",
+        logs.display()
+    );
+    let second = server.execute("kept", "reset", json!({})).await;
+    assert_eq!(server.wait(second).await["status"], "done");
+    let t = Instant::now();
+    while server.get(&format!("/executions/{first}")).await.0 != 404 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "execution {first} was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!logs.exists(), "its logs went with it");
+    let (_, list) = server.get("/executions?plan=kept").await;
+    let ids: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![second]);
 }

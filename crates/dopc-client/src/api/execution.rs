@@ -225,3 +225,98 @@ pub struct ClearRequest {
     #[serde(default)]
     pub age: Option<u64>,
 }
+
+/// A page of `GET /executions` (`?limit=&before=&since=`): without a limit, every execution
+/// (the original's answer); with one, at most `limit` of them, oldest first: the newest ones
+/// (before `before`, when given), or with `since` the oldest ones after it. To page back, ask
+/// again with `before` = the first id of the page; to follow new ones, `since` = the last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionPage {
+    /// At most this many (1 to 1000).
+    pub limit: Option<usize>,
+    /// Only executions with a smaller id.
+    pub before: Option<u64>,
+    /// Only executions with a larger id.
+    pub since: Option<u64>,
+}
+
+impl ExecutionPage {
+    /// The largest page.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Why the page cannot be served, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        match self.limit {
+            Some(n) if n == 0 || n > Self::MAX_LIMIT => Some(format!(
+                "limit must be between 1 and {}, not {n}",
+                Self::MAX_LIMIT
+            )),
+            _ => None,
+        }
+    }
+
+    /// The page of `executions` (oldest first, as stored).
+    pub fn select<T>(&self, executions: Vec<T>, id: impl Fn(&T) -> u64) -> Vec<T> {
+        let inside: Vec<T> = executions
+            .into_iter()
+            .filter(|e| self.before.is_none_or(|b| id(e) < b))
+            .filter(|e| self.since.is_none_or(|s| id(e) > s))
+            .collect();
+        match self.limit {
+            None => inside,
+            // Forward from `since`: the oldest ones after it.
+            Some(n) if self.since.is_some() && self.before.is_none() => {
+                inside.into_iter().take(n).collect()
+            }
+            // Otherwise the newest ones, still oldest first.
+            Some(n) => {
+                let skip = inside.len().saturating_sub(n);
+                inside.into_iter().skip(skip).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecutionPage;
+
+    #[test]
+    fn pages_go_back_with_before_and_forward_with_since() {
+        let ids: Vec<u64> = (1..=10).collect();
+        let page = |limit, before, since| {
+            ExecutionPage {
+                limit,
+                before,
+                since,
+            }
+            .select(ids.clone(), |i| *i)
+        };
+        assert_eq!(
+            page(None, None, None),
+            ids,
+            "no limit: everything, as before"
+        );
+        assert_eq!(page(Some(3), None, None), vec![8, 9, 10]);
+        assert_eq!(page(Some(3), Some(8), None), vec![5, 6, 7]);
+        assert_eq!(page(Some(3), None, Some(7)), vec![8, 9, 10]);
+        assert_eq!(page(Some(2), None, Some(2)), vec![3, 4]);
+        assert_eq!(page(Some(5), Some(6), Some(2)), vec![3, 4, 5]);
+        assert_eq!(page(None, Some(3), None), vec![1, 2]);
+        assert!(ExecutionPage {
+            limit: Some(0),
+            ..Default::default()
+        }
+        .problem()
+        .is_some());
+        assert!(ExecutionPage {
+            limit: Some(1001),
+            ..Default::default()
+        }
+        .problem()
+        .is_some());
+        assert!(ExecutionPage::default().problem().is_none());
+    }
+}

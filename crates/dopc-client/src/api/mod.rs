@@ -13,7 +13,8 @@ mod state;
 pub use dop_core::{Event, EventKind, Level};
 pub use error::{ErrorBody, ErrorDetail};
 pub use execution::{
-    CancelRequest, ClearRequest, ExecOptions, Execution, ExecutionRequest, Status, Task,
+    CancelRequest, ClearRequest, ExecOptions, Execution, ExecutionPage, ExecutionRequest, Status,
+    Task,
 };
 pub use logs::{LogEvents, LogText, StreamEnd};
 pub use monitor::{

@@ -12,7 +12,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Body, OptionalBody};
 use crate::execution::{Execution, Status};
 use crate::server::AppState;
-use dopc_client::api::{CancelRequest, ClearRequest, ExecutionRequest};
+use dopc_client::api::{CancelRequest, ClearRequest, ExecutionPage, ExecutionRequest};
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
     id.parse()
@@ -45,23 +45,35 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(execution)))
 }
 
-/// `?plan=&status=`.
+/// `?plan=&status=&limit=&before=&since=`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     plan: Option<String>,
     status: Option<Status>,
+    limit: Option<usize>,
+    before: Option<u64>,
+    since: Option<u64>,
 }
 
 /// `GET /executions`: a JSON array, oldest first (as the original).
-#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("plan" = Option<String>, Query, description = "Only this plan's"), ("status" = Option<Status>, Query, description = "Only those with this status")), responses((status = 200, description = "Executions, oldest first (a bare array, as the original)", body = Vec<Execution>)))]
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("plan" = Option<String>, Query, description = "Only this plan's"), ("status" = Option<Status>, Query, description = "Only those with this status"), ExecutionPage), responses((status = 200, description = "Executions, oldest first (a bare array, as the original); with `limit`, one page of them", body = Vec<Execution>), (status = 422, description = "A limit out of range", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<Execution>>, ApiError> {
-    Ok(Json(s.runner.book().list(|e| {
+    let page = ExecutionPage {
+        limit: q.limit,
+        before: q.before,
+        since: q.since,
+    };
+    if let Some(problem) = page.problem() {
+        return Err(ApiError::invalid("invalid_query", problem));
+    }
+    let matching = s.runner.book().list(|e| {
         q.plan.as_ref().is_none_or(|p| *p == e.plan) && q.status.is_none_or(|st| st == e.status)
-    })))
+    });
+    Ok(Json(page.select(matching, |e| e.id)))
 }
 
 /// `GET /executions/{id}`.
@@ -90,15 +102,6 @@ pub async fn cancel(
     Ok(Json(e))
 }
 
-fn remove_logs(s: &AppState, e: &Execution) {
-    let dir = s.log_dir.join(&e.plan).join(&e.log_id);
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %err, "cannot remove an execution's logs");
-        }
-    }
-}
-
 /// `DELETE /executions/{id}`: a finished or cancelled one, with its logs.
 #[utoipa::path(delete, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = u64, Path, description = "The execution")), responses((status = 200, description = "Removed, with its logs", body = Execution), (status = 409, description = "It has not finished", body = crate::openapi::ErrorBody)))]
 pub async fn remove(
@@ -115,7 +118,7 @@ pub async fn remove(
             )));
         }
         state.runner.book().write(&[(id, None)])?;
-        remove_logs(&state, &e);
+        crate::retention::remove_logs(&state.log_dir, &e);
         Ok(Json(e))
     })
     .await
@@ -161,7 +164,7 @@ pub async fn clear(
         let changes: Vec<(u64, Option<Execution>)> = removed.iter().map(|e| (e.id, None)).collect();
         state.runner.book().write(&changes)?;
         for e in &removed {
-            remove_logs(&state, e);
+            crate::retention::remove_logs(&state.log_dir, e);
         }
         Ok(Json(removed))
     })
