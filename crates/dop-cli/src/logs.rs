@@ -13,16 +13,23 @@ use crate::{print_json, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 /// The commands on the execution logs.
 #[derive(Subcommand, Clone, Debug)]
 pub enum LogsCommand {
-    /// Remove old execution logs of dopi and dopv runs: all but the newest N of each plan, or
-    /// those last written more than DAYS ago, or both (a log goes when either limit says so).
+    /// Remove old execution logs of dopi and dopv runs (never dopc's): all but the newest N of
+    /// each plan, or those last written more than DAYS ago, or both (either limit removes).
     ///
     /// An execution log is a directory `<log-dir>/<plan>/<execution-id>/` holding events.jsonl
     /// or all.log; dopi's and dopv's share the tree and are pruned alike. Never touched: dopc's
     /// execution logs (`dopc-*` directories; dopc removes them with its executions), anything
     /// that is not an execution log, and every log of a plan whose run lock is held (a run may
     /// be writing one; the plan is skipped and the output says so).
+    #[command(after_help = PRUNE_EXIT_CODES)]
     Prune(PruneArgs),
 }
+
+/// The exit codes of `logs prune`, as its help says them.
+pub const PRUNE_EXIT_CODES: &str = "Exit status: 0 success (also when nothing was to be removed), \
+                                    1 the log directory could not be read (nothing removed) or a \
+                                    log could not be removed, 3 the store is busy, 64 usage error \
+                                    (neither --keep nor --older-than, a bad plan name).";
 
 /// `logs prune (--keep N | --older-than DAYS) [--plan NAME] [--dry-run] [--json]`.
 #[derive(Args, Clone, Debug)]
