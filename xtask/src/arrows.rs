@@ -7,7 +7,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("dop-core", &[]),
     ("dop-store", &["dop-core"]),
     ("dop-run", &["dop-core", "dop-store"]),
-    ("dop-cli", &["dop-core", "dop-store"]),
+    ("dop-cli", &["dop-core", "dop-store", "dop-run"]),
     ("dop-puppet", &["dop-core", "dop-store", "dop-cli"]),
     (
         "dopi",

@@ -2,11 +2,14 @@
 //! `dop-puppet-autosign`): exit codes, the global flags and logging set-up, the node-selection
 //! flags, the `validate`, `plan-nodes` and `completion` commands, so every tool reads plans,
 //! filters nodes and fails the same way. With the feature `store`, the commands on the plan
-//! store ([`store`]: `plan add|update|…`, `import-store`, `hiera`).
+//! store ([`store`]: `plan add|update|…`, `import-store`, `hiera`) and on the execution logs
+//! ([`logs`]: `logs prune`).
 //!
 //! The libraries below (dop-core, dop-store, dop-run) know nothing of clap; this crate is the
 //! one place the binaries' shared flags are spelled.
 
+#[cfg(feature = "store")]
+pub mod logs;
 #[cfg(feature = "store")]
 pub mod store;
 

@@ -9,7 +9,9 @@
 //!   caller (dopc's cancel), never lowered; [`process`]: the process groups of what a run
 //!   starts, signalled and killed as a whole;
 //! * [`deployment`]: what dopi reads of dopv's records (generation, SSH address), so that dopi
-//!   does not depend on dopv.
+//!   does not depend on dopv;
+//! * [`retention`]: old execution logs removed by count per plan and by age ([`prune`], behind
+//!   `dopi logs prune` and `dopv logs prune`), never dopc's.
 //!
 //! It depends on dop-core (the plan, the event words) and dop-store (the records it reads),
 //! never on a tool.
@@ -20,8 +22,10 @@ pub mod logs;
 pub mod mask;
 pub mod process;
 pub mod progress;
+pub mod retention;
 pub mod stop;
 
 pub use logs::{Echo, ExecutionLog, NodeLog};
 pub use mask::Masker;
+pub use retention::{prune, PruneError, PruneReport, Retention};
 pub use stop::{reached, Escalation, RunStop, Stop};

@@ -45,6 +45,9 @@ pub enum Command {
     /// hiera.yaml that reads it.
     #[command(subcommand)]
     Hiera(dop_puppet::commands::HieraCommand),
+    /// The execution logs of dopi and dopv runs: remove old ones (`logs prune`).
+    #[command(subcommand)]
+    Logs(dop_cli::logs::LogsCommand),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(dop_cli::CompletionArgs),
 }

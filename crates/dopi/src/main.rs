@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::ImportStore(args) => plans::import(args, config, &mut io),
             Command::ForgetHostKey(args) => runs::forget_host_key(args, config, &mut io),
             Command::Hiera(command) => hiera::hiera(command, config, &mut io),
+            Command::Logs(command) => cli::logs::run(command, config, &mut io),
             Command::Completion(args) => cli::completion::<Cli>(args, io.out),
         }
     })

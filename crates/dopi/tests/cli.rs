@@ -1,5 +1,5 @@
-//! The `dopi` command line, run as a real process: `validate`, `plan-nodes`, exit codes,
-//! JSON output, and hostile input.
+//! The `dopi` command line, run as a real process: `validate`, `plan-nodes`, `logs prune`, exit
+//! codes, JSON output, and hostile input.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -470,4 +470,110 @@ fn add_refuses_every_invalid_plan_and_stores_nothing() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
     assert!(!Path::new("/tmp/dop-owned").exists());
+}
+
+/// `dopi` with a store and a log directory of its own.
+fn dopi_with(store: &Path, logs: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dopi"))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", store)
+        .env("DOP_LOG_DIR", logs)
+        .args(args)
+        .output()
+        .expect("dopi runs")
+}
+
+/// An execution log directory as a run writes it.
+fn fake_execution(logs: &Path, plan: &str, id: &str) {
+    let dir = logs.join(plan).join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("events.jsonl"), "{}\n").unwrap();
+    std::fs::write(dir.join("all.log"), "a line\n").unwrap();
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn logs_prune_keeps_the_newest_and_never_touches_dopc_logs() {
+    let (store, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for id in [
+        "20261125T163000Z-4242",
+        "20261126T090000Z-77",
+        "20261127T120000Z-5",
+        "dopc-1",
+    ] {
+        fake_execution(logs.path(), "web", id);
+    }
+    std::fs::create_dir_all(logs.path().join("web/notes")).unwrap();
+
+    let out = dopi_with(store.path(), logs.path(), &["logs", "prune"]);
+    assert_eq!(out.status.code(), Some(64), "no limit is a usage error");
+    assert!(
+        text(&out.stderr).contains("--keep"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        names_in(&logs.path().join("web")).len(),
+        5,
+        "nothing removed"
+    );
+
+    let out = dopi_with(
+        store.path(),
+        logs.path(),
+        &["logs", "prune", "--keep", "1", "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("would remove 2 execution logs of plan 'web' ("));
+    assert_eq!(
+        names_in(&logs.path().join("web")).len(),
+        5,
+        "a dry run removes nothing"
+    );
+
+    let out = dopi_with(store.path(), logs.path(), &["logs", "prune", "--keep", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "removed 2 execution logs of plan 'web' (20 B)\n"
+    );
+    assert_eq!(
+        names_in(&logs.path().join("web")),
+        ["20261127T120000Z-5", "dopc-1", "notes"]
+    );
+}
+
+#[test]
+fn logs_prune_skips_a_plan_whose_run_lock_is_held() {
+    let (store, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for plan in ["web", "db"] {
+        fake_execution(logs.path(), plan, "20261125T163000Z-1");
+        fake_execution(logs.path(), plan, "20261126T163000Z-2");
+    }
+    let held = dop_store::Store::open(store.path()).unwrap();
+    let _lock = held.lock("web", "dopi run").unwrap();
+    let out = dopi_with(
+        store.path(),
+        logs.path(),
+        &["logs", "prune", "--keep", "1", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["plans"][0]["plan"], "db");
+    assert_eq!(report["plans"][0]["removed"][0]["id"], "20261125T163000Z-1");
+    assert_eq!(report["plans"][1]["plan"], "web");
+    assert!(report["plans"][1]["skipped_running"]
+        .as_str()
+        .unwrap()
+        .contains("'dopi run'"));
+    assert_eq!(names_in(&logs.path().join("web")).len(), 2);
+    assert_eq!(names_in(&logs.path().join("db")), ["20261126T163000Z-2"]);
 }

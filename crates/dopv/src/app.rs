@@ -42,6 +42,9 @@ pub enum Command {
     Sync(SyncArgs),
     /// Show, per node, what was deployed, how it is, drift and pending plan changes.
     Show(ShowArgs),
+    /// The execution logs of dopi and dopv runs: remove old ones (`logs prune`).
+    #[command(subcommand)]
+    Logs(dop_cli::logs::LogsCommand),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(dop_cli::CompletionArgs),
 }

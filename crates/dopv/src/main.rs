@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Command::Refresh(args) => runs::run(Operation::Refresh, args, config, &mut io),
             Command::Sync(args) => runs::sync(args, config, &mut io),
             Command::Show(args) => runs::show(args, config, &mut io),
+            Command::Logs(command) => cli::logs::run(command, config, &mut io),
             Command::Completion(args) => cli::completion::<Cli>(args, io.out),
         }
     })
