@@ -532,6 +532,18 @@ async fn setup_then_sync_runs_only_the_redeployed_node_again() {
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "no gaps: {seqs:?}"
     );
+    // Events by level: `info` and above is every event of this run; `error` only errors.
+    let (_, all) = server.get(&format!("/executions/{id}/log?since=0")).await;
+    let (_, info) = server
+        .get(&format!("/executions/{id}/log?since=0&level=info"))
+        .await;
+    assert_eq!(info["events"], all["events"]);
+    let (_, errors) = server
+        .get(&format!("/executions/{id}/log?since=0&level=error"))
+        .await;
+    let errors = errors["events"].as_array().unwrap();
+    assert!(errors.len() < all["events"].as_array().unwrap().len());
+    assert!(errors.iter().all(|e| e["level"] == "error"), "{errors:?}");
     let (status, _) = server
         .get(&format!("/executions/{id}/log?level=loud"))
         .await;

@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Json;
-use dopc_client::api::{Event, LogEvents, LogText, StreamEnd};
+use dopc_client::api::{Event, Level, LogEvents, LogText, StreamEnd};
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
@@ -30,12 +30,14 @@ pub struct LogQuery {
     since: Option<u64>,
 }
 
-fn rank(level: &str) -> Option<u8> {
-    match level.to_ascii_lowercase().as_str() {
-        "debug" => Some(0),
-        "info" => Some(1),
-        "warn" | "warning" => Some(2),
-        "error" => Some(3),
+/// A level word of the `level` filter or of a log line (any case). Levels order from `error`
+/// to `debug`, so "that level and above" is `<=`.
+fn level_of(word: &str) -> Option<Level> {
+    match word.to_ascii_lowercase().as_str() {
+        "debug" => Some(Level::Debug),
+        "info" => Some(Level::Info),
+        "warn" | "warning" => Some(Level::Warn),
+        "error" => Some(Level::Error),
         _ => None,
     }
 }
@@ -86,7 +88,7 @@ pub async fn get(
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogAnswer>, ApiError> {
     let min = match &q.level {
-        Some(l) => Some(rank(l).ok_or_else(|| {
+        Some(l) => Some(level_of(l).ok_or_else(|| {
             ApiError::invalid(
                 "invalid_query",
                 format!("unknown level '{l}': use debug, info, warn or error"),
@@ -104,7 +106,7 @@ pub async fn get(
                 events.retain(|ev| ev.node.as_deref() == Some(node.as_str()));
             }
             if let Some(min) = min {
-                events.retain(|ev| rank(ev.level.to_string().as_str()).is_some_and(|r| r >= min));
+                events.retain(|ev| ev.level <= min);
             }
             let last = events.last().map_or(since, |ev| ev.seq);
             let answer = LogEvents {
@@ -153,8 +155,8 @@ pub async fn get(
                 .filter(|l| {
                     l.split_whitespace()
                         .nth(1)
-                        .and_then(rank)
-                        .is_some_and(|r| r >= min)
+                        .and_then(level_of)
+                        .is_some_and(|level| level <= min)
                 })
                 .map(|l| format!("{l}\n"))
                 .collect(),
