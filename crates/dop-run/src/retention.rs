@@ -44,6 +44,17 @@ impl Retention {
             _ => Ok(()),
         }
     }
+
+    /// Whether the item at `rank` (0 = the newest) of its plan goes, and why; `age` is how
+    /// long ago it was last written (none: not known, or in the future). Either limit removes.
+    /// dopc's execution history uses the same verdict.
+    pub fn verdict(&self, rank: usize, age: Option<Duration>) -> Option<Why> {
+        if self.keep_per_plan.is_some_and(|keep| rank >= keep) {
+            return Some(Why::BeyondKeep);
+        }
+        let old = |limit: Duration| age.is_some_and(|age| age > limit);
+        self.older_than.is_some_and(old).then_some(Why::OlderThan)
+    }
 }
 
 /// Why [`prune`] refused or stopped before it removed anything.
@@ -205,7 +216,7 @@ pub fn prune(
             continue;
         }
         for (rank, log) in found.into_iter().enumerate() {
-            let Some(why) = verdict(policy, rank, log.newest, now) else {
+            let Some(why) = policy.verdict(rank, now.duration_since(log.newest).ok()) else {
                 pruned.kept += 1;
                 continue;
             };
@@ -231,15 +242,6 @@ pub fn prune(
         report.plans.push(pruned);
     }
     Ok(report)
-}
-
-/// Whether the log at `rank` (0 = newest) of its plan goes, and why.
-fn verdict(policy: &Retention, rank: usize, newest: SystemTime, now: SystemTime) -> Option<Why> {
-    if policy.keep_per_plan.is_some_and(|keep| rank >= keep) {
-        return Some(Why::BeyondKeep);
-    }
-    let old = |limit: Duration| now.duration_since(newest).is_ok_and(|age| age > limit);
-    policy.older_than.is_some_and(old).then_some(Why::OlderThan)
 }
 
 /// The plan directories under `log_dir`, by name: real directories with a valid plan name.

@@ -36,25 +36,35 @@ impl Default for Retention {
 }
 
 impl Retention {
+    /// The limits as the run logs' retention states them (the verdict is shared with
+    /// `dopi logs prune`).
+    fn policy(&self) -> dop_run::retention::Retention {
+        dop_run::retention::Retention {
+            keep_per_plan: self.keep_per_plan,
+            older_than: self
+                .keep_days
+                .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+        }
+    }
+
     /// The ids of the executions the limits remove (finished ones only).
     pub fn expired(&self, executions: &[Execution], now_ms: u64) -> Vec<u64> {
         let mut by_plan: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
         for e in executions.iter().filter(|e| e.status.is_final()) {
             by_plan.entry(e.plan.as_str()).or_default().push(e);
         }
-        let max_age_ms = self.keep_days.map(|d| d.saturating_mul(86_400_000));
+        let policy = self.policy();
         let mut expired = Vec::new();
         for finished in by_plan.values_mut() {
             finished.sort_by_key(|e| std::cmp::Reverse(e.id));
             for (rank, e) in finished.iter().enumerate() {
-                let too_many = self.keep_per_plan.is_some_and(|keep| rank >= keep);
-                let too_old = max_age_ms.is_some_and(|max| {
-                    e.finished_at
-                        .as_deref()
-                        .and_then(dop_store::parse_rfc3339)
-                        .is_some_and(|at| now_ms.saturating_sub(at) > max)
-                });
-                if too_many || too_old {
+                let age = e
+                    .finished_at
+                    .as_deref()
+                    .and_then(dop_store::parse_rfc3339)
+                    .and_then(|at| now_ms.checked_sub(at))
+                    .map(Duration::from_millis);
+                if policy.verdict(rank, age).is_some() {
                     expired.push(e.id);
                 }
             }
