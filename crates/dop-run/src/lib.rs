@@ -13,10 +13,14 @@
 //! * [`retention`]: old execution logs removed by count per plan and by age ([`prune`], behind
 //!   `dopi logs prune` and `dopv logs prune`), never dopc's.
 //!
+//! * [`blocking`]: the blocking pool for the store and providers ([`off_workers`]), and the
+//!   runtime of a command line run.
+//!
 //! It depends on dop-core (the plan, the event words) and dop-store (the records it reads),
 //! never on a tool.
 #![deny(missing_docs)]
 
+pub mod blocking;
 pub mod deployment;
 pub mod logs;
 pub mod mask;
@@ -25,6 +29,7 @@ pub mod progress;
 pub mod retention;
 pub mod stop;
 
+pub use blocking::off_workers;
 pub use logs::{Echo, ExecutionLog, NodeLog};
 pub use mask::Masker;
 pub use retention::{prune, PruneError, PruneReport, Retention};

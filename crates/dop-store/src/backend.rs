@@ -55,7 +55,9 @@ pub trait Database {
 /// Opens databases by path.
 pub trait Backend: Send + Sync {
     /// Opens (creating if needed) the database at `path`, waiting while another process has it.
-    fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>>;
+    /// The database may move between threads (a run's state session commits on the blocking
+    /// pool) but is used by one at a time.
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send>>;
 }
 
 /// The sled backend.
@@ -226,7 +228,7 @@ fn clear_torn_snapshots(path: &Path) -> Torn {
 }
 
 impl Backend for SledBackend {
-    fn open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         let mut waiting: Option<File> = None;

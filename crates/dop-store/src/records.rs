@@ -37,7 +37,7 @@ impl Store {
 }
 
 impl Records<'_> {
-    fn db(&self) -> Result<Box<dyn Database + '_>> {
+    fn db(&self) -> Result<Box<dyn Database + Send>> {
         self.store.backend_open(&self.path)
     }
 

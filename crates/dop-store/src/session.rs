@@ -2,17 +2,20 @@
 //!
 //! Opening and closing a sled database costs milliseconds, and a run writes a state transition
 //! before and after every command: opened per write, the store, not the nodes, would set the
-//! pace of a large run. A [`StateSession`] keeps the state database open on one thread for the
-//! run, writes every transition that arrives while it is busy in one durable commit (group
-//! commit), and serves the run's own reads. It gives the database up whenever it is idle for a
+//! pace of a large run. A [`StateSession`] keeps the state database open for the run, writes
+//! every transition that arrives while it is busy in one durable commit (group commit), and
+//! serves the run's own reads. It is a task of the run's runtime, not a thread: dopc runs many
+//! plans at once on one runtime, and each commit goes to the runtime's blocking pool only for
+//! as long as it takes. It gives the database up whenever it is idle for a
 //! moment and whenever another process waits for it (a reader that finds the database held
 //! keeps a shared `flock` on `state.wait`, see `backend`), so `show` and `list` keep working
 //! while a run writes.
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+
 use std::time::Duration;
+use tokio::sync::mpsc as queue;
 
 use crate::backend::{self, Backend, Database};
 use crate::error::{Result, StoreError};
@@ -37,11 +40,13 @@ enum Request {
     },
 }
 
-/// Reads and durable writes of one plan's state, on a thread that keeps the database open
+/// Reads and durable writes of one plan's state, served by a task that keeps the database open
 /// while the run is busy. Made by [`crate::Store::state_session`] for a run lock's holder.
 pub struct StateSession {
-    requests: Option<mpsc::Sender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    requests: Option<queue::UnboundedSender<Request>>,
+    /// Disconnects when the serving loop has returned (and closed the database). In a mutex
+    /// only so that the session can be shared with the run's tasks (a receiver is not `Sync`).
+    served: std::sync::Mutex<Option<mpsc::Receiver<()>>>,
     path: PathBuf,
 }
 
@@ -54,15 +59,16 @@ fn ended(path: &std::path::Path) -> StoreError {
 
 impl StateSession {
     pub(crate) fn start(backend: Arc<dyn Backend>, path: PathBuf) -> StateSession {
-        let (tx, rx) = mpsc::channel();
-        let thread_path = path.clone();
-        let thread = std::thread::Builder::new()
-            .name("dop-state".into())
-            .spawn(move || serve(&*backend, &thread_path, &rx))
-            .ok();
+        let (tx, rx) = queue::unbounded_channel();
+        let (served_tx, served) = mpsc::channel::<()>();
+        let serving_path = path.clone();
+        let serving = async move {
+            serve(backend, serving_path, rx).await;
+            drop(served_tx);
+        };
         StateSession {
-            requests: thread.is_some().then_some(tx),
-            thread,
+            requests: spawn(serving).then_some(tx),
+            served: std::sync::Mutex::new(Some(served)),
             path,
         }
     }
@@ -72,7 +78,7 @@ impl StateSession {
             Some(tx) => tx.send(request).err().map(|e| e.0),
             None => Some(request),
         };
-        // The thread is gone: answer here.
+        // The serving task is gone: answer here.
         match failed {
             Some(Request::Write { reply, .. }) => reply(Err(ended(&self.path))),
             Some(Request::Read { reply, .. }) => reply(Err(ended(&self.path))),
@@ -81,7 +87,7 @@ impl StateSession {
     }
 
     /// Writes state records (a `None` value removes one) durably, then calls `done` with the
-    /// new serial, on the session's thread. Writes that arrive together share one commit.
+    /// new serial, on the blocking pool. Writes that arrive together share one commit.
     pub fn write_then(
         &self,
         app: App,
@@ -104,7 +110,7 @@ impl StateSession {
         rx.recv().unwrap_or_else(|_| Err(ended(&self.path)))
     }
 
-    /// Reads a tool's records, then calls `done` with them, on the session's thread.
+    /// Reads a tool's records, then calls `done` with them, on the blocking pool.
     pub fn read_then(&self, app: App, done: impl FnOnce(Result<StateRecords>) + Send + 'static) {
         self.send(Request::Read {
             app,
@@ -113,7 +119,6 @@ impl StateSession {
     }
 
     /// Writes state records; resolves with the new serial once they are durable.
-    #[cfg(feature = "async")]
     pub async fn write_async(&self, app: App, changes: Changes) -> Result<u64> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.write_then(app, changes, move |r| {
@@ -123,7 +128,6 @@ impl StateSession {
     }
 
     /// Reads a tool's records without blocking the caller's runtime.
-    #[cfg(feature = "async")]
     pub async fn read_async(&self, app: App) -> Result<StateRecords> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.read_then(app, move |r| {
@@ -144,13 +148,41 @@ impl StateSession {
 
 impl Drop for StateSession {
     fn drop(&mut self) {
-        // Every write was acknowledged once durable; closing the channel ends the thread,
-        // which closes the database.
+        // Every write was acknowledged once durable; closing the queue ends the serving task,
+        // which closes the database. The run lock is released after this returns.
         self.requests = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let served = self.served.get_mut().map(Option::take);
+        if let Ok(Some(served)) = served {
+            let wait = move || {
+                let _ = served.recv();
+            };
+            // On an async worker, hand the worker's other tasks (the serving task may be among
+            // them) to another thread while waiting.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
+            }
         }
     }
+}
+
+/// Starts the serving task on the caller's runtime; without one (a caller outside any run),
+/// on a small runtime of its own thread. False when neither could be had.
+fn spawn(serving: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(serving));
+        return true;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return false;
+    };
+    std::thread::Builder::new()
+        .name("dop-state".into())
+        .spawn(move || runtime.block_on(serving))
+        .is_ok()
 }
 
 /// The same error for each of the requests it failed (errors are not `Clone`: an I/O error
@@ -176,47 +208,92 @@ fn copy_of(e: &StoreError, path: &std::path::Path) -> StoreError {
     }
 }
 
-fn serve(backend: &dyn Backend, path: &std::path::Path, requests: &mpsc::Receiver<Request>) {
-    let mut db: Option<Box<dyn Database + '_>> = None;
+type Open = Option<Box<dyn Database + Send>>;
+
+/// Serves the run's requests until the session is dropped: the database stays open while
+/// requests keep coming and closes after [`IDLE`]; every round of requests is answered on the
+/// blocking pool.
+async fn serve(
+    backend: Arc<dyn Backend>,
+    path: PathBuf,
+    mut requests: queue::UnboundedReceiver<Request>,
+) {
+    let mut db: Open = None;
     loop {
         let first = if db.is_some() {
-            match requests.recv_timeout(IDLE) {
-                Ok(r) => r,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    db = None;
+            match tokio::time::timeout(IDLE, requests.recv()).await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_idle) => {
+                    db = off_workers(move || {
+                        drop(db);
+                        None
+                    })
+                    .await;
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         } else {
-            match requests.recv() {
-                Ok(r) => r,
-                Err(_) => return,
+            match requests.recv().await {
+                Some(r) => r,
+                None => break,
             }
         };
         let mut batch = vec![first];
-        batch.extend(requests.try_iter());
-        if db.is_some() && backend::someone_waits(path) {
-            db = None;
-            backend::let_waiters_in(path);
+        while let Ok(r) = requests.try_recv() {
+            batch.push(r);
         }
-        if db.is_none() {
-            match backend.open(path) {
-                Ok(d) => db = Some(d),
-                Err(e) => {
-                    for request in batch {
-                        match request {
-                            Request::Write { reply, .. } => reply(Err(copy_of(&e, path))),
-                            Request::Read { reply, .. } => reply(Err(copy_of(&e, path))),
-                        }
+        let (backend, round_path) = (backend.clone(), path.clone());
+        db = off_workers(move || serve_round(&*backend, &round_path, db, batch)).await;
+    }
+    off_workers(move || {
+        drop(db);
+        None
+    })
+    .await;
+}
+
+/// Runs store work on the blocking pool; `None` comes back where the database was (closed).
+async fn off_workers(work: impl FnOnce() -> Open + Send + 'static) -> Open {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(db) => db,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_cancelled) => None,
+        },
+    }
+}
+
+/// One round: lets a waiting process in first, opens the database when closed, answers the
+/// requests; returns the database, still open (`None` when it could not be opened).
+fn serve_round(
+    backend: &dyn Backend,
+    path: &std::path::Path,
+    mut db: Open,
+    batch: Vec<Request>,
+) -> Open {
+    if db.is_some() && backend::someone_waits(path) {
+        db = None;
+        backend::let_waiters_in(path);
+    }
+    if db.is_none() {
+        match backend.open(path) {
+            Ok(d) => db = Some(d),
+            Err(e) => {
+                for request in batch {
+                    match request {
+                        Request::Write { reply, .. } => reply(Err(copy_of(&e, path))),
+                        Request::Read { reply, .. } => reply(Err(copy_of(&e, path))),
                     }
-                    continue;
                 }
+                return None;
             }
         }
-        let Some(open) = db.as_deref() else { continue };
+    }
+    if let Some(open) = db.as_deref() {
         serve_batch(open, path, batch);
     }
+    db
 }
 
 /// Answers the requests in order; consecutive writes share one commit.

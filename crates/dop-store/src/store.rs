@@ -194,11 +194,11 @@ impl Store {
         self.layout.root()
     }
 
-    fn db(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
+    fn db(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
         self.backend.open(path)
     }
 
-    pub(crate) fn backend_open(&self, path: &Path) -> Result<Box<dyn Database + '_>> {
+    pub(crate) fn backend_open(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
         self.db(path)
     }
 

@@ -674,3 +674,48 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         .unwrap();
     assert_eq!(store.state("full", App::Dopi).unwrap().records["after"], 1);
 }
+
+/// Inside a runtime the session is a task of that runtime and its commits run on the runtime's
+/// blocking pool, not on a thread of its own (dopc runs many plans at once on one runtime);
+/// outside any runtime it still works, on a small runtime of its own thread.
+#[test]
+fn a_state_session_serves_on_the_callers_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("callers-runtime")
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_runtime = store.clone();
+    let (serial, committed_on) = runtime.block_on(async move {
+        let lock = in_runtime.lock("p", "test").unwrap();
+        let session = in_runtime.state_session(&lock);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        session.write_then(
+            App::Dopi,
+            vec![("k".into(), Some(serde_json::json!(1)))],
+            move |serial| {
+                let name = std::thread::current().name().map(str::to_string);
+                let _ = tx.send((serial.unwrap(), name));
+            },
+        );
+        let answer = rx.await.unwrap();
+        assert_eq!(session.write_async(App::Dopi, vec![]).await.unwrap(), 2);
+        answer
+    });
+    assert_eq!(serial, 1);
+    assert_eq!(committed_on.as_deref(), Some("callers-runtime"));
+
+    let lock = store.lock("p", "test").unwrap();
+    let session = store.state_session(&lock);
+    let serial = session
+        .write(App::Dopi, vec![("k".into(), Some(serde_json::json!(2)))])
+        .unwrap();
+    assert_eq!(serial, 3);
+    assert_eq!(
+        session.read(App::Dopi).unwrap().records["k"],
+        serde_json::json!(2)
+    );
+}

@@ -19,7 +19,6 @@ pub fn openapi(out: &mut dyn Write) -> u8 {
 
 /// `dopc serve`: serves the API until SIGTERM or SIGINT.
 pub fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    limit_malloc_arenas();
     let file = args.server_config.clone().or_else(|| {
         let default = PathBuf::from("/etc/dop/dopc.toml");
         default.exists().then_some(default)
@@ -158,22 +157,6 @@ pub fn token(
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
             EXIT_FAILURE
-        }
-    }
-}
-
-/// Every running execution has its own thread (and dopi its own runtime), and glibc gives
-/// threads their own malloc arenas, which keep memory they no longer use: in the soak benchmark
-/// (`cargo xtask bench soak`, 2 minutes) the server's memory ended at 557 MiB with glibc's
-/// default arenas and at 321 to 366 MiB with two, at the same pace. `MALLOC_ARENA_MAX` in the
-/// environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator tunable; it is called before any thread of
-        // the server starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The execution queue: one running execution per plan, the others wait in order; each runs
-//! on its own thread through the dopv and dopi libraries, writing one execution log. Records
-//! are persisted at every status change, so the queue and history survive a restart.
+//! as a task on the server's runtime, awaiting the dopv and dopi libraries and writing one
+//! execution log (no thread and no runtime of its own: their store and provider work goes to
+//! the runtime's blocking pool). Records are persisted at every status change, so the queue
+//! and history survive a restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,14 +57,16 @@ struct Inner {
     running: HashMap<String, Running>,
     logs: HashMap<u64, Arc<ExecutionLog>>,
     accepting: bool,
-    /// Execution threads not yet returned. An execution leaves `running` before its thread
-    /// has saved it and looked at the queue; the server must not exit under those writes.
-    threads: usize,
+    /// Execution tasks not yet returned. An execution leaves `running` before its task has
+    /// saved it and looked at the queue; the server must not exit under those writes.
+    tasks: usize,
 }
 
 /// The queue and its running executions.
 pub struct Runner {
     store: Arc<Store>,
+    /// The server's runtime: executions run on it as tasks.
+    runtime: tokio::runtime::Handle,
     /// Every execution, as in the store (dopc is their only writer).
     book: crate::book::ExecutionBook,
     config: RunnerConfig,
@@ -81,8 +85,11 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 impl Runner {
-    /// A runner; executions left `running` by a server that died are marked failed, never
-    /// silently lost.
+    /// A runner, on the runtime it is called from; executions left `running` by a server that
+    /// died are marked failed, never silently lost.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn start(
         store: Arc<Store>,
         config: RunnerConfig,
@@ -109,11 +116,12 @@ impl Runner {
         }
         let runner = Arc::new(Runner {
             store,
+            runtime: tokio::runtime::Handle::current(),
             book,
             config,
             inner: Mutex::new(Inner {
                 accepting: true,
-                threads: 0,
+                tasks: 0,
                 ..Inner::default()
             }),
             ended: tokio::sync::Notify::new(),
@@ -330,29 +338,48 @@ impl Runner {
             json!({"execution": e.id, "task": e.task}),
         );
         let runner = self.clone();
-        lock(&self.inner).threads += 1;
-        std::thread::Builder::new()
-            .name(format!("dopc-exec-{}", e.id))
-            .spawn(move || {
-                let (status, result, error) =
-                    run_task(&runner.store, &runner.config, &e, &log, stop);
-                log.event_with(
-                    if status == Status::Done {
-                        Level::Info
-                    } else {
-                        Level::Error
-                    },
-                    EventKind::ExecutionFinished,
-                    None,
-                    None,
-                    format!("execution {} {}", e.id, status.name()),
-                    json!({"execution": e.id, "status": status}),
+        lock(&self.inner).tasks += 1;
+        self.runtime.spawn(async move {
+            // Its own task, so that a panic in a run fails the execution instead of leaving it
+            // running for ever.
+            let (store, config, task, task_log) = (
+                runner.store.clone(),
+                runner.config.clone(),
+                e.clone(),
+                log.clone(),
+            );
+            let run =
+                tokio::spawn(
+                    async move { run_task(&store, &config, &task, &task_log, stop).await },
                 );
-                runner.finish(e, status, result, error);
-                lock(&runner.inner).threads -= 1;
-                runner.ended.notify_waiters();
-            })
-            .expect("a thread for the execution");
+            let (status, result, error) = run.await.unwrap_or_else(|failed| {
+                (
+                    Status::Failed,
+                    ExecutionResult::default(),
+                    Some(format!(
+                        "internal error: the execution's task ended abnormally ({failed}); \
+                         the plan's state records what finished"
+                    )),
+                )
+            });
+            log.event_with(
+                if status == Status::Done {
+                    Level::Info
+                } else {
+                    Level::Error
+                },
+                EventKind::ExecutionFinished,
+                None,
+                None,
+                format!("execution {} {}", e.id, status.name()),
+                json!({"execution": e.id, "status": status}),
+            );
+            // Saving the record and starting what waited are store work: off the workers.
+            let ending = runner.clone();
+            dop_run::off_workers(move || ending.finish(e, status, result, error)).await;
+            lock(&runner.inner).tasks -= 1;
+            runner.ended.notify_waiters();
+        });
     }
 
     fn finish(
@@ -467,7 +494,7 @@ impl Runner {
             let notified = self.ended.notified();
             let idle = {
                 let inner = lock(&self.inner);
-                inner.running.is_empty() && inner.threads == 0
+                inner.running.is_empty() && inner.tasks == 0
             };
             if idle {
                 return;
@@ -481,7 +508,7 @@ impl Runner {
 }
 
 /// Runs the task's parts in order; returns the status, per part a summary, and the error.
-fn run_task(
+async fn run_task(
     store: &Arc<Store>,
     config: &RunnerConfig,
     e: &Execution,
@@ -498,24 +525,102 @@ fn run_task(
             )
         }
     };
-    let settings = LookupSettings::default();
+    let part = Part {
+        store,
+        config,
+        e,
+        log,
+        stop,
+        filter,
+        settings: LookupSettings::default(),
+    };
     let o = &e.options;
-    let dopv = |operation: dopv::Operation| -> Result<DopvSummary, (Status, String)> {
+    let mut result = ExecutionResult::default();
+    let outcome: Result<(), (Status, String)> = async {
+        let r = &mut result;
+        match e.task {
+            Task::Deploy => r.dopv = Some(part.dopv(dopv::Operation::Deploy).await?),
+            Task::Undeploy => {
+                r.dopv = Some(
+                    part.dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })
+                        .await?,
+                )
+            }
+            Task::Run => r.dopi = Some(part.dopi_run().await?),
+            Task::Setup => {
+                r.dopv = Some(part.dopv(dopv::Operation::Deploy).await?);
+                r.dopi = Some(part.dopi_run().await?);
+            }
+            Task::Teardown => {
+                r.dopv = Some(
+                    part.dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })
+                        .await?,
+                );
+                if !o.noop {
+                    r.dopi = Some(part.dopi_reset(true).await?);
+                }
+            }
+            Task::Sync => {
+                let permissions = dopv::Permissions {
+                    destructive: o.destructive,
+                    interruptive: o.interruptive,
+                };
+                r.dopv = Some(part.dopv(dopv::Operation::Sync(permissions)).await?);
+                if o.run != Some(false) {
+                    r.dopi = Some(part.dopi_run().await?);
+                }
+            }
+            Task::Reset => r.dopi = Some(part.dopi_reset(o.force).await?),
+            Task::Refresh => r.dopv = Some(part.dopv(dopv::Operation::Refresh).await?),
+        }
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => (Status::Done, result, None),
+        Err((status, message)) => {
+            log.event_with(
+                Level::Error,
+                EventKind::Message,
+                None,
+                None,
+                message.clone(),
+                json!({}),
+            );
+            (status, result, Some(message))
+        }
+    }
+}
+
+/// What each part of an execution (a dopv command, a dopi run or reset) is given.
+struct Part<'a> {
+    store: &'a Arc<Store>,
+    config: &'a RunnerConfig,
+    e: &'a Execution,
+    log: &'a Arc<ExecutionLog>,
+    stop: watch::Receiver<Stop>,
+    filter: dop_core::NodeFilter,
+    settings: LookupSettings,
+}
+
+impl Part<'_> {
+    async fn dopv(&self, operation: dopv::Operation) -> Result<DopvSummary, (Status, String)> {
         let opts = dopv::RunOptions {
             operation,
-            filter: filter.clone(),
-            noop: o.noop,
-            settings: settings.clone(),
-            log_dir: config.log_dir.clone(),
+            filter: self.filter.clone(),
+            noop: self.e.options.noop,
+            settings: self.settings.clone(),
+            log_dir: self.config.log_dir.clone(),
             echo: Echo::Quiet,
-            providers: config.providers.clone(),
+            providers: self.config.providers.clone(),
             expect_serial: None,
             handle_signals: false,
-            stop: Some(stop.clone()),
-            log: Some(log.clone()),
+            stop: Some(self.stop.clone()),
+            log: Some(self.log.clone()),
         };
-        let report =
-            dopv::run(store, &e.plan, &opts).map_err(|err| (Status::Failed, err.to_string()))?;
+        let report = dopv::run(self.store.clone(), &self.e.plan, &opts)
+            .await
+            .map_err(|err| (Status::Failed, err.to_string()))?;
         let summary = crate::api::mirror::dopv_summary(&report);
         if report.failed() {
             let failures: Vec<String> = report
@@ -540,24 +645,31 @@ fn run_task(
         } else {
             Ok(summary)
         }
-    };
-    let dopi_run = || -> Result<DopiSummary, (Status, String)> {
+    }
+
+    async fn dopi_run(&self) -> Result<DopiSummary, (Status, String)> {
         let opts = dopi::RunOptions {
-            step_set: o.step_set().to_string(),
-            filter: filter.clone(),
-            noop: o.noop,
-            settings: settings.clone(),
-            log_dir: config.log_dir.clone(),
+            step_set: self.e.options.step_set().to_string(),
+            filter: self.filter.clone(),
+            noop: self.e.options.noop,
+            settings: self.settings.clone(),
+            log_dir: self.config.log_dir.clone(),
             echo: Echo::Quiet,
             handle_signals: false,
-            connect_timeout: config.connect_timeout,
+            connect_timeout: self.config.connect_timeout,
             // dopc orchestrates both tools: a node dopv redeployed runs its steps again.
             redeployed: dopi::Redeployed::Reset,
-            stop: Some(stop.clone()),
-            log: Some(log.clone()),
+            stop: Some(self.stop.clone()),
+            log: Some(self.log.clone()),
         };
-        let report = dopi::run(store.clone(), &e.plan, &opts, &dopi::Registry::local())
-            .map_err(|err| (Status::Failed, err.to_string()))?;
+        let report = dopi::run(
+            self.store.clone(),
+            &self.e.plan,
+            &opts,
+            &dopi::Registry::local(),
+        )
+        .await
+        .map_err(|err| (Status::Failed, err.to_string()))?;
         match report.result {
             dopi::RunResult::Done => Ok(DopiSummary {
                 result: Some(DopiOutcome::Done),
@@ -575,17 +687,24 @@ fn run_task(
             )),
             dopi::RunResult::Stopped => Err((Status::Cancelled, "dopi run was stopped".into())),
         }
-    };
-    let dopi_reset = |force: bool| -> Result<DopiSummary, (Status, String)> {
+    }
+
+    async fn dopi_reset(&self, force: bool) -> Result<DopiSummary, (Status, String)> {
         let opts = dopi::ResetOptions {
             step_set: None,
             step: None,
-            filter: filter.clone(),
+            filter: self.filter.clone(),
             force,
         };
-        let n = dopi::reset(store, &e.plan, &opts, &settings)
+        let (store, plan, settings) = (
+            self.store.clone(),
+            self.e.plan.clone(),
+            self.settings.clone(),
+        );
+        let n = dop_run::off_workers(move || dopi::reset(&store, &plan, &opts, &settings))
+            .await
             .map_err(|err| (Status::Failed, err.to_string()))?;
-        log.event_with(
+        self.log.event_with(
             Level::Info,
             EventKind::Message,
             None,
@@ -597,51 +716,5 @@ fn run_task(
             reset: Some(n),
             ..DopiSummary::default()
         })
-    };
-    let mut result = ExecutionResult::default();
-    let outcome = (|| -> Result<(), (Status, String)> {
-        let r = &mut result;
-        match e.task {
-            Task::Deploy => r.dopv = Some(dopv(dopv::Operation::Deploy)?),
-            Task::Undeploy => r.dopv = Some(dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })?),
-            Task::Run => r.dopi = Some(dopi_run()?),
-            Task::Setup => {
-                r.dopv = Some(dopv(dopv::Operation::Deploy)?);
-                r.dopi = Some(dopi_run()?);
-            }
-            Task::Teardown => {
-                r.dopv = Some(dopv(dopv::Operation::Undeploy { rmdisk: o.rmdisk })?);
-                if !o.noop {
-                    r.dopi = Some(dopi_reset(true)?);
-                }
-            }
-            Task::Sync => {
-                let permissions = dopv::Permissions {
-                    destructive: o.destructive,
-                    interruptive: o.interruptive,
-                };
-                r.dopv = Some(dopv(dopv::Operation::Sync(permissions))?);
-                if o.run != Some(false) {
-                    r.dopi = Some(dopi_run()?);
-                }
-            }
-            Task::Reset => r.dopi = Some(dopi_reset(o.force)?),
-            Task::Refresh => r.dopv = Some(dopv(dopv::Operation::Refresh)?),
-        }
-        Ok(())
-    })();
-    match outcome {
-        Ok(()) => (Status::Done, result, None),
-        Err((status, message)) => {
-            log.event_with(
-                Level::Error,
-                EventKind::Message,
-                None,
-                None,
-                message.clone(),
-                json!({}),
-            );
-            (status, result, Some(message))
-        }
     }
 }

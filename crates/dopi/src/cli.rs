@@ -220,7 +220,20 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         log: None,
     };
     let progress = opts.echo == Echo::Progress;
-    let report = engine::run(store.clone(), &args.plan, &opts, &Registry::local());
+    let runtime = match dop_run::blocking::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io.err, "error: cannot start the run's threads: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let report = runtime.block_on(engine::run(
+        store.clone(),
+        &args.plan,
+        &opts,
+        &Registry::local(),
+    ));
+    drop(runtime);
     if progress {
         eprintln!();
     }

@@ -853,26 +853,29 @@ steps:
 /// further one as a full disk does.
 struct FillingDisk {
     inner: dop_store::SledBackend,
-    allowed: std::sync::atomic::AtomicUsize,
+    allowed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-struct FillingDatabase<'a> {
-    db: Box<dyn dop_store::Database + 'a>,
+struct FillingDatabase {
+    db: Box<dyn dop_store::Database + Send>,
     path: PathBuf,
-    allowed: Option<&'a std::sync::atomic::AtomicUsize>,
+    allowed: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl dop_store::Backend for FillingDisk {
-    fn open(&self, path: &std::path::Path) -> dop_store::Result<Box<dyn dop_store::Database + '_>> {
+    fn open(
+        &self,
+        path: &std::path::Path,
+    ) -> dop_store::Result<Box<dyn dop_store::Database + Send>> {
         Ok(Box::new(FillingDatabase {
             db: self.inner.open(path)?,
             path: path.to_path_buf(),
-            allowed: path.ends_with("state").then_some(&self.allowed),
+            allowed: path.ends_with("state").then(|| self.allowed.clone()),
         }))
     }
 }
 
-impl dop_store::Database for FillingDatabase<'_> {
+impl dop_store::Database for FillingDatabase {
     fn get(&self, key: &[u8]) -> dop_store::Result<Option<Vec<u8>>> {
         self.db.get(key)
     }
@@ -884,7 +887,7 @@ impl dop_store::Database for FillingDatabase<'_> {
     }
     fn commit(&self, batch: dop_store::Batch) -> dop_store::Result<()> {
         use std::sync::atomic::Ordering;
-        if let Some(allowed) = self.allowed {
+        if let Some(allowed) = &self.allowed {
             if allowed
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_err()
@@ -920,7 +923,7 @@ steps:
         &w.path().join("store"),
         Box::new(FillingDisk {
             inner: dop_store::SledBackend::default(),
-            allowed: std::sync::atomic::AtomicUsize::new(0),
+            allowed: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }),
     )
     .unwrap();
@@ -937,13 +940,15 @@ steps:
         stop: None,
         log: None,
     };
-    let err = dopi::run(
-        std::sync::Arc::new(store),
-        "fills",
-        &opts,
-        &dopi::Registry::local(),
-    )
-    .expect_err("the run cannot record its state");
+    let err = dop_run::blocking::runtime()
+        .unwrap()
+        .block_on(dopi::run(
+            std::sync::Arc::new(store),
+            "fills",
+            &opts,
+            &dopi::Registry::local(),
+        ))
+        .expect_err("the run cannot record its state");
     let message = err.to_string();
     assert!(
         matches!(err, dopi::RunError::StateWrite { .. }),

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use dop_cli::store::{fail, open, Io};
@@ -151,7 +152,18 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         stop: None,
         log: None,
     };
-    let report = match driver::run(&store, &args.plan, &opts) {
+    let runtime = match dop_run::blocking::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io.err, "error: cannot start the run's threads: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let report = runtime.block_on(driver::run(Arc::new(store), &args.plan, &opts));
+    // After a hard stop, blocking provider calls may still be under way: they are not waited
+    // for (a libvirtd that hangs must not hold the operator's terminal).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let report = match report {
         Ok(r) => r,
         Err(DopvError::Store(e)) => return fail(io, &e),
         Err(e) => {

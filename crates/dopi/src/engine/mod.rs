@@ -182,31 +182,36 @@ const SIGNALS: &[Escalation] = &[
     },
 ];
 
-/// Runs a step set of a stored plan.
-pub fn run(
+/// Runs a step set of a stored plan, as a task of the caller's runtime: dopc awaits it next to
+/// the requests it serves, the command line builds a runtime for it
+/// ([`dop_run::blocking::runtime`]). The store work before and after the steps runs on the
+/// blocking pool.
+pub async fn run(
     store: Arc<Store>,
     plan_name: &str,
     opts: &RunOptions,
     registry: &Registry,
 ) -> Result<RunReport, RunError> {
     let run_stop = RunStop::new();
-    let (lock, iteration) = preflight(&store, plan_name, opts, registry)?;
-    let plan = iteration.plan;
-    let log = open_log(plan_name, &plan, opts, &lock)?;
-    let state = store.state_session(&lock);
-    let recovered = if opts.noop {
-        0
-    } else {
-        recover::recover_interrupted(&state)?
+    let Prepared {
+        lock,
+        iteration,
+        log,
+        state,
+        recovered,
+        reach,
+        known,
+    } = {
+        let (name, opts, registry) = (plan_name.to_string(), opts.clone(), registry.clone());
+        dop_run::off_workers(move || prepare(&store, &name, &opts, &registry)).await?
     };
-    let (reach, known) = redeploy::reconcile(&state, &plan, opts, &log)?;
     let ctx = Arc::new(Ctx {
         reach,
         ssh: Arc::new(crate::ssh::SshPool::new(
             known,
             Duration::from_secs(opts.connect_timeout),
         )),
-        plan,
+        plan: iteration.plan,
         plan_name: plan_name.to_string(),
         iteration: iteration.info.number,
         _lock: lock,
@@ -216,29 +221,62 @@ pub fn run(
         _stop: run_stop.clone(),
         state,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        })?;
-    let result = runtime.block_on(async {
-        if opts.handle_signals {
-            run_stop.escalate_on_signals(SIGNALS, log.clone());
-        }
-        if let Some(external) = opts.stop.clone() {
-            run_stop.follow(external);
-        }
-        schedule::run_step_set(ctx, opts).await
-    })?;
+    if opts.handle_signals {
+        run_stop.escalate_on_signals(SIGNALS, log.clone());
+    }
+    if let Some(external) = opts.stop.clone() {
+        run_stop.follow(external);
+    }
+    let result = schedule::run_step_set(ctx.clone(), opts).await;
+    // Closing the state database and releasing the run lock (an fsync) block: off the workers.
+    dop_run::off_workers(move || drop(ctx)).await;
     Ok(RunReport {
         execution_id: log.id.clone(),
         log_dir: log.dir().to_path_buf(),
-        result,
+        result: result?,
         recovered,
         log_lines_lost: log.lost_lines(),
+    })
+}
+
+/// What a run has before its first step: the plan taken, its log open, its records made
+/// consistent with what happened since the last run.
+struct Prepared {
+    lock: PlanLock,
+    iteration: Iteration,
+    log: Arc<ExecutionLog>,
+    state: StateSession,
+    /// Commands found running from a run that died, put back to ready.
+    recovered: usize,
+    reach: crate::plugin::Reach,
+    /// Host keys recorded for the nodes.
+    known: std::collections::HashMap<String, String>,
+}
+
+/// The blocking start of a run: preflight, log, state session, recovery, redeploys.
+fn prepare(
+    store: &Store,
+    plan_name: &str,
+    opts: &RunOptions,
+    registry: &Registry,
+) -> Result<Prepared, RunError> {
+    let (lock, iteration) = preflight(store, plan_name, opts, registry)?;
+    let log = open_log(plan_name, &iteration.plan, opts, &lock)?;
+    let state = store.state_session(&lock);
+    let recovered = if opts.noop {
+        0
+    } else {
+        recover::recover_interrupted(&state)?
+    };
+    let (reach, known) = redeploy::reconcile(&state, &iteration.plan, opts, &log)?;
+    Ok(Prepared {
+        lock,
+        iteration,
+        log,
+        state,
+        recovered,
+        reach,
+        known,
     })
 }
 

@@ -252,27 +252,16 @@ impl Ctx {
     }
 }
 
-/// Runs a dopv command on a stored plan.
-pub fn run(store: &Store, plan_name: &str, opts: &RunOptions) -> Result<Report, DopvError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| DopvError::Logs {
-            path: opts.log_dir.clone(),
-            source,
-        })?;
-    let result = runtime.block_on(run_async(store, plan_name, opts));
-    // After a hard stop, blocking provider calls may still be under way: they are not waited
-    // for (a libvirtd that hangs must not hold the operator's terminal).
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
-}
-
-/// The phases of a run, in order; a `--noop` ends after deciding.
-async fn run_async(store: &Store, plan_name: &str, opts: &RunOptions) -> Result<Report, DopvError> {
-    let checked = preflight::preflight(store, plan_name, opts).await?;
-    let mut run = Run::start(store, plan_name, opts, checked)?;
+/// Runs a dopv command on a stored plan, as a task of the caller's runtime: dopc awaits it
+/// next to the requests it serves, the command line builds a runtime for it
+/// ([`dop_run::blocking::runtime`]). The phases in order; a `--noop` ends after deciding.
+pub async fn run(
+    store: Arc<Store>,
+    plan_name: &str,
+    opts: &RunOptions,
+) -> Result<Report, DopvError> {
+    let checked = preflight::preflight(&store, plan_name, opts).await?;
+    let mut run = Run::start(&store, plan_name, opts, checked)?;
     let (actuals, unreadable) = run.read_nodes().await;
     let (actions, in_sync) = run.decide(&actuals);
     let report = run.report(actions, in_sync, unreadable);
@@ -284,11 +273,15 @@ async fn run_async(store: &Store, plan_name: &str, opts: &RunOptions) -> Result<
             "noop: nothing was changed".into(),
             json!({"result": "noop"}),
         );
+        run.close().await;
         return Ok(report);
     }
-    run.record_reads(&actuals).await?;
+    if let Err(e) = run.record_reads(&actuals).await {
+        run.close().await;
+        return Err(e);
+    }
     let (outcomes, stopped) = run.act(&report.actions, &actuals).await;
-    Ok(run.finish(report, outcomes, stopped))
+    Ok(run.finish(report, outcomes, stopped).await)
 }
 
 /// What the phases of one run share, from the end of the preflight to the report.
@@ -405,7 +398,7 @@ impl<'a> Run<'a> {
 
     /// The record: what each action came to, and the run's end in the log. The plan is
     /// released only after that last event is written.
-    fn finish(self, mut report: Report, outcomes: Vec<NodeOutcome>, stopped: bool) -> Report {
+    async fn finish(self, mut report: Report, outcomes: Vec<NodeOutcome>, stopped: bool) -> Report {
         report.outcomes = outcomes;
         report.stopped = stopped;
         let failed = report.failed();
@@ -420,7 +413,14 @@ impl<'a> Run<'a> {
             ),
             json!({"result": if failed { "failed" } else { "done" }}),
         );
+        self.close().await;
         report
+    }
+
+    /// Closes the state database, then releases the plan (an fsync): off the async workers.
+    async fn close(self) {
+        let Run { ctx, _lock, .. } = self;
+        dop_run::off_workers(move || drop((ctx, _lock))).await;
     }
 }
 

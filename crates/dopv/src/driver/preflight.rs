@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dop_core::plan::{Node, ProviderKind};
 use dop_core::{NodeFacts, Plan, Resolver};
-use dop_store::{App, PlanLock, Store};
+use dop_store::{App, Iteration, PlanLock, Store};
 
 use super::{DopvError, Operation, RunOptions, Subject};
 use crate::provider::{self, Provider};
@@ -29,7 +29,7 @@ pub(super) struct Checked {
 /// Takes the plan (unless a preview), reads plan and state, and checks the selected nodes'
 /// providers; every problem found is reported at once.
 pub(super) async fn preflight(
-    store: &Store,
+    store: &Arc<Store>,
     plan_name: &str,
     opts: &RunOptions,
 ) -> Result<Checked, DopvError> {
@@ -38,19 +38,16 @@ pub(super) async fn preflight(
         opts.operation.name(),
         if opts.noop { " --noop" } else { "" }
     );
-    // A preview takes no lock: it writes nothing.
-    let lock = if opts.noop {
-        None
-    } else {
-        Some(store.lock(plan_name, &command)?)
+    let (lock, iteration, state) = {
+        let (store, name, command, noop) = (
+            store.clone(),
+            plan_name.to_string(),
+            command.clone(),
+            opts.noop,
+        );
+        dop_run::off_workers(move || read_plan(&store, &name, &command, noop)).await?
     };
-    let iteration = store.iteration(plan_name, None)?;
     let plan = iteration.plan;
-    let records = store.state(plan_name, App::Dopv)?;
-    let state = DopvState::from_records(&records).map_err(|reason| DopvError::State {
-        plan: plan_name.to_string(),
-        reason,
-    })?;
     if let Some(expected) = opts.expect_serial.filter(|e| *e != state.serial) {
         return Err(DopvError::StaleSerial {
             plan: plan_name.to_string(),
@@ -104,6 +101,28 @@ pub(super) async fn preflight(
         subjects,
         unavailable,
     })
+}
+
+/// Takes the plan (unless a preview: it writes nothing) and reads it and its dopv state; store
+/// work, so the caller runs it off the async workers.
+fn read_plan(
+    store: &Store,
+    plan_name: &str,
+    command: &str,
+    noop: bool,
+) -> Result<(Option<PlanLock>, Iteration, DopvState), DopvError> {
+    let lock = if noop {
+        None
+    } else {
+        Some(store.lock(plan_name, command)?)
+    };
+    let iteration = store.iteration(plan_name, None)?;
+    let records = store.state(plan_name, App::Dopv)?;
+    let state = DopvState::from_records(&records).map_err(|reason| DopvError::State {
+        plan: plan_name.to_string(),
+        reason,
+    })?;
+    Ok((lock, iteration, state))
 }
 
 /// The providers met so far, and what was wrong with them or with the nodes.

@@ -46,7 +46,8 @@ use crate::state::DiskRecord;
 const POWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The `local` provider for one plan. Its operations block (processes, files), so they run in
-/// `tokio::task::block_in_place`: call it from a multi-thread runtime, as `dopv::run` does.
+/// `tokio::task::block_in_place`: call it from a multi-thread runtime (the command line's and
+/// dopc's are).
 pub struct Local {
     root: PathBuf,
     plan: String,

@@ -25,5 +25,10 @@ pub fn dopi_run(
         stop: None,
         log: None,
     };
-    dopi::run(store, plan, &opts, &dopi::Registry::local())
+    dop_run::blocking::runtime().unwrap().block_on(dopi::run(
+        store,
+        plan,
+        &opts,
+        &dopi::Registry::local(),
+    ))
 }
