@@ -3,7 +3,11 @@
 //! * requests per second on `GET /plans/{name}/state` (a 50-node plan with dopi and dopv
 //!   state), against `GET /ping` (the server's floor: routing and HTTP only), 16 clients;
 //! * event latency from dopi writing an event to 100 websocket subscribers receiving it,
-//!   against 1 subscriber, for a run of 50 nodes × 4 steps (400 command events).
+//!   against 1 subscriber, for a run of 50 nodes × 4 steps (400 command events). The
+//!   subscribers connect while the run waits in the queue behind a short `hold` execution, and
+//!   only events written after a subscriber was connected count: a replay of what happened
+//!   before it connected is not a delivery latency;
+//! * the server's threads (`/proc/<pid>/status`), sampled while the runs go on.
 //!
 //! Run with `cargo xtask bench dopc` (release mode). The server is the real `dopc serve`
 //! binary on an ephemeral loopback port, stopped by pid at the end.
@@ -23,7 +27,7 @@ fn plan() -> String {
     for i in 0..NODES {
         t.push_str(&format!("  n{i:03}: {{infrastructure: lab}}\n"));
     }
-    t.push_str("steps:\n  default:\n");
+    t.push_str("steps:\n  hold:\n    - name: hold\n      nodes: [n000]\n      command: {plugin: custom, exec: 'sleep 1'}\n  default:\n");
     for s in 0..4 {
         t.push_str(&format!("    - name: s{s}\n      nodes: all\n      max_in_flight: -1\n      command: {{plugin: custom, exec: 'true'}}\n"));
     }
@@ -70,17 +74,20 @@ async fn latencies(
         .await
         .unwrap();
     assert!(put.status().is_success());
-    let created: Value = http
-        .post(format!("{base}/api/v1/executions"))
-        .bearer_auth(token)
-        .json(&json!({"plan": "bench", "task": "run"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_u64().unwrap();
+    let execute = |step_set: &'static str| {
+        let request = http
+            .post(format!("{base}/api/v1/executions"))
+            .bearer_auth(token)
+            .json(&json!({"plan": "bench", "task": "run", "options": {"step_set": step_set}}));
+        async move {
+            let created: Value = request.send().await.unwrap().json().await.unwrap();
+            created["id"].as_u64().unwrap()
+        }
+    };
+    // The measured run waits in the queue behind `hold` while the subscribers connect.
+    let _hold = execute("hold").await;
+    let id = execute("default").await;
+    let connected = std::sync::Arc::new(tokio::sync::Barrier::new(subscribers + 1));
     let mut followers = Vec::new();
     for _ in 0..subscribers {
         let mut req = format!(
@@ -91,8 +98,11 @@ async fn latencies(
         .unwrap();
         req.headers_mut()
             .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let connected = connected.clone();
         followers.push(tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            let since = now_ms();
+            connected.wait().await;
             let mut lat = Vec::new();
             while let Some(Ok(msg)) = ws.next().await {
                 let Ok(text) = msg.to_text() else { break };
@@ -102,27 +112,46 @@ async fn latencies(
                 if v["kind"] == "end" {
                     break;
                 }
-                let received = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs_f64()
-                    * 1e3;
-                if v["kind"]
-                    .as_str()
-                    .is_some_and(|k| k.starts_with("command_"))
+                let received = now_ms();
+                let written = v["time_ms"].as_f64().unwrap_or(0.0);
+                if written >= since
+                    && v["kind"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with("command_"))
                 {
-                    lat.push(received - v["time_ms"].as_f64().unwrap());
+                    lat.push(received - written);
                 }
             }
             lat
         }));
     }
+    connected.wait().await;
     let mut all = Vec::new();
     for f in followers {
         all.extend(f.await.unwrap());
     }
     all.sort_by(|a, b| a.total_cmp(b));
     all
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
+}
+
+/// The threads of process `pid` now.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -154,12 +183,34 @@ async fn main() {
     println!("  GET /plans/bench/state        {state:>9.0} req/s   ({:.2}x the baseline's time per request)", ping / state);
     // Three rounds each: on a shared 2-core machine the run, the server and 100 clients
     // compete for the cores, so single rounds vary a lot.
+    let pid = server.pid();
+    let idle_threads = threads(pid);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(threads(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
     let mut ones = Vec::new();
     let mut hundreds = Vec::new();
     for _ in 0..3 {
         ones.push(latencies(&http, &base, &token, 1).await);
         hundreds.push(latencies(&http, &base, &token, 100).await);
     }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = sampler.await.unwrap();
+    println!(
+        "  server threads: {idle_threads} idle; {} to {} while the runs went on ({} samples)",
+        seen.iter().min().unwrap_or(&0),
+        seen.iter().max().unwrap_or(&0),
+        seen.len()
+    );
     let median = |runs: &[Vec<f64>], p: f64| {
         let mut v: Vec<f64> = runs.iter().map(|r| pct(r, p)).collect();
         v.sort_by(|a, b| a.total_cmp(b));

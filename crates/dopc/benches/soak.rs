@@ -38,6 +38,18 @@ fn plan(p: usize) -> String {
     t
 }
 
+/// The server's threads.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The server's resident memory in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -188,6 +200,8 @@ async fn follower(api: Arc<Api>, tally: Arc<Tally>, p: usize, start: Instant, de
             tally.streams_cut.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // What happened before the follower connected is replayed: not a delivery latency.
+        let since = now_ms();
         let mut ended = false;
         while let Some(Ok(msg)) = ws.next().await {
             let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) else {
@@ -197,13 +211,18 @@ async fn follower(api: Arc<Api>, tally: Arc<Tally>, p: usize, start: Instant, de
                 ended = true;
                 break;
             }
-            if v["kind"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("command_"))
+            let written = v["time_ms"].as_f64().unwrap_or(0.0);
+            if written >= since
+                && v["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("command_"))
             {
                 let at = start.elapsed().as_secs_f64();
-                let latency = now_ms() - v["time_ms"].as_f64().unwrap_or(0.0);
-                tally.latencies.lock().unwrap().push((at, latency));
+                tally
+                    .latencies
+                    .lock()
+                    .unwrap()
+                    .push((at, now_ms() - written));
             }
         }
         if !ended {
@@ -282,11 +301,17 @@ async fn main() {
     // Memory: sampled every second; the baseline is the peak of the first tenth (warm-up).
     let tenth = seconds as f64 / 10.0;
     let (mut warm, mut peak, mut last) = (0u64, 0u64, 0u64);
+    // Threads: sampled with the memory, after the warm-up.
+    let (mut fewest, mut most) = (u64::MAX, 0u64);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         last = rss_kib(pid);
         if start.elapsed().as_secs_f64() <= tenth {
             warm = warm.max(last);
+        } else {
+            let now = threads(pid);
+            fewest = fewest.min(now);
+            most = most.max(now);
         }
         peak = peak.max(last);
     }
@@ -313,6 +338,7 @@ async fn main() {
         last as f64 / 1024.0,
         last as f64 / warm.max(1) as f64
     );
+    println!("  server threads after the warm-up: {fewest} to {most}");
     println!(
         "  event latency: first tenth p50 {:.1} ms p99 {:.1} ms (baseline); last tenth p50 {:.1} ms p99 {:.1} ms; p50 ratio {:.2}x; all {} events p99 {:.1} ms",
         pct(first.clone(), 0.5),

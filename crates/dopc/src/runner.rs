@@ -73,6 +73,8 @@ pub struct Runner {
     inner: Mutex<Inner>,
     /// Tells waiters (shutdown) that an execution ended.
     ended: tokio::sync::Notify,
+    /// Counts executions started, so that a stream of a waiting one follows it live at once.
+    started: watch::Sender<u64>,
     /// Every execution that reached a final status (the monitor acts on its refreshes).
     finished: tokio::sync::broadcast::Sender<Execution>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -125,6 +127,7 @@ impl Runner {
                 ..Inner::default()
             }),
             ended: tokio::sync::Notify::new(),
+            started: watch::channel(0).0,
             finished: tokio::sync::broadcast::channel(256).0,
             metrics,
             changes: std::sync::atomic::AtomicU64::new(0),
@@ -159,6 +162,11 @@ impl Runner {
         Ok(self
             .book
             .any(|e| e.plan == plan && e.task == task && !e.status.is_final()))
+    }
+
+    /// Changes whenever an execution starts (for streams of waiting executions).
+    pub fn subscribe_started(&self) -> watch::Receiver<u64> {
+        self.started.subscribe()
     }
 
     /// The log of a running execution (for live streams).
@@ -320,6 +328,7 @@ impl Runner {
             }
         }));
         lock(&self.inner).logs.insert(e.id, log.clone());
+        self.started.send_modify(|n| *n += 1);
         e.status = Status::Running;
         e.started_at = Some(rfc3339(now_ms()));
         self.save(&e);

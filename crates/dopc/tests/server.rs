@@ -702,7 +702,9 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     let steps = "steps:\n  default:\n    - name: long\n      nodes: all\n      set_plugin_defaults:\n        \
                  - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 30'}\n  \
                  short:\n    - name: short\n      nodes: all\n      set_plugin_defaults:\n        \
-                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 2'}\n";
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: 'sleep 2'}\n  \
+                 stubborn:\n    - name: stubborn\n      nodes: all\n      set_plugin_defaults:\n        \
+                 - {plugins: '/^ssh/', credentials: k}\n      command: {plugin: ssh/custom, exec: \"trap '' TERM; sleep 60\"}\n";
     server
         .plan(&plan(
             "q",
@@ -754,6 +756,37 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
         .await;
     assert_eq!(status, 409, "a finished execution cannot be cancelled");
 
+    // A command that ignores SIGTERM: the third request kills it (well before its 60 s).
+    let stubborn = server
+        .execute("q", "run", json!({"step_set": "stubborn"}))
+        .await;
+    server.wait_status(stubborn, "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    for n in 1..=2 {
+        let (_, e) = server
+            .post(&format!("/executions/{stubborn}/cancel"), json!({}))
+            .await;
+        assert_eq!(e["cancel_requests"], n, "{e}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.get(&format!("/executions/{stubborn}")).await.1["status"],
+        "running",
+        "terminate: the command ignores SIGTERM"
+    );
+    let (_, e) = server
+        .post(&format!("/executions/{stubborn}/cancel"), json!({}))
+        .await;
+    assert_eq!(e["cancel_requests"], 3, "{e}");
+    let e = server.wait(stubborn).await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(45),
+        "killed, not waited for: {:?}",
+        asked.elapsed()
+    );
+
     // The server dies while an execution runs and another waits: after the restart the
     // first is marked failed (interrupted), the second runs.
     let running = server.execute("q", "run", json!({})).await;
@@ -772,7 +805,7 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
 
     // History: remove finished ones by status.
     let (_, list) = server.get("/executions?plan=q").await;
-    assert_eq!(list.as_array().unwrap().len(), 5);
+    assert_eq!(list.as_array().unwrap().len(), 6);
     // Paging: the newest two, then the page before them, then forward from the first.
     let ids = |v: &Value| -> Vec<u64> {
         v.as_array()
@@ -783,11 +816,11 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     };
     let all = ids(&list);
     let (_, newest) = server.get("/executions?plan=q&limit=2").await;
-    assert_eq!(ids(&newest), all[3..].to_vec());
+    assert_eq!(ids(&newest), all[4..].to_vec());
     let (_, before) = server
-        .get(&format!("/executions?plan=q&limit=2&before={}", all[3]))
+        .get(&format!("/executions?plan=q&limit=2&before={}", all[4]))
         .await;
-    assert_eq!(ids(&before), all[1..3].to_vec());
+    assert_eq!(ids(&before), all[2..4].to_vec());
     let (_, after) = server
         .get(&format!("/executions?plan=q&limit=3&since={}", all[0]))
         .await;
@@ -808,7 +841,7 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
         .iter()
         .map(|e| e["id"].as_u64().unwrap())
         .collect();
-    assert_eq!(removed, vec![first, second]);
+    assert_eq!(removed, vec![first, second, stubborn]);
     assert_eq!(server.get(&format!("/executions/{first}")).await.0, 404);
     let (status, _) = server
         .call(

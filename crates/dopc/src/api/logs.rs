@@ -188,9 +188,8 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let state = s.clone();
-    let idc = id.clone();
-    let e = blocking(move || execution(&state, &idc)).await?;
+    // The book is in memory: no store work, nothing to take off the workers.
+    let e = execution(&s, &id)?;
     Ok(ws.on_upgrade(move |socket| follow(s, e, q.since, socket)))
 }
 
@@ -225,6 +224,9 @@ async fn close(socket: &mut WebSocket, code: u16, reason: String) {
     .await;
 }
 
+/// How many streams read their execution's file at the same time.
+static FILE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// A stream's reading position in `events.jsonl`.
 struct Tail {
     path: PathBuf,
@@ -237,6 +239,11 @@ impl Tail {
     /// The complete events written since the last call with a sequence number above `last`.
     async fn read(&mut self) -> Vec<String> {
         let (path, start) = (self.path.clone(), self.offset);
+        // A hundred streams catching up at once would each take a thread of the blocking pool
+        // for a moment; a few at a time read as fast and keep the server's threads few.
+        let Ok(_turn) = FILE_READS.acquire().await else {
+            return Vec::new();
+        };
         let (text, offset) = tokio::task::spawn_blocking(move || read_from(&path, start))
             .await
             .unwrap_or((String::new(), start));
@@ -339,6 +346,7 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
     }
     // Ended, or not started yet: the rest of the file; then either the end message, once the
     // execution's record says how it ended, or (it started meanwhile) the live feed again.
+    let mut started = s.runner.subscribe_started();
     loop {
         deliver!(tail.read().await);
         let id = e.id;
@@ -349,7 +357,9 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                     // It was waiting in the queue and runs now.
                     return Box::pin(follow(s.clone(), e.clone(), tail.last, socket)).await;
                 }
+                // Woken when an execution starts (or, for an ending one, now and then).
                 tokio::select! {
+                    _ = started.changed() => {}
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = closing.changed() => {
                         close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={}", tail.last)).await;
