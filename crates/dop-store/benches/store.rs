@@ -4,7 +4,10 @@
 //! * add: writing the same text to a file and fsyncing it (what the original store did);
 //! * diff of neighbours: `PlanDiff::between` on plans already in memory (so the ratio is the
 //!   cost of fetching and decompressing two iterations);
-//! * open: opening an empty sled database.
+//! * open: opening an empty sled database;
+//! * state transitions of 20 plans at once: 20 runs, each with its state session on one
+//!   2-worker runtime (as in dopc), each writing its transitions one after another; against
+//!   the same file write + fsync.
 //!
 //! Run with `cargo xtask bench store` (release mode). `DOP_BENCH_ITERATIONS` lowers the count.
 
@@ -133,6 +136,7 @@ fn main() {
     }
     let session_transition = start.elapsed() / 200;
     drop(session);
+    let (concurrent_mean, concurrent_p99) = twenty_plans_at_once(&reopened);
     let start = Instant::now();
     assert_eq!(reopened.state("big", App::Dopi).unwrap().records.len(), 200);
     let open_state = start.elapsed();
@@ -200,11 +204,82 @@ fn main() {
         file_transition,
         "file write",
     );
+    row(
+        &format!("{PLANS_AT_ONCE} plans at once: a transition, mean"),
+        concurrent_mean,
+        file_transition,
+        "file write",
+    );
+    row(
+        &format!("{PLANS_AT_ONCE} plans at once: a transition, p99"),
+        concurrent_p99,
+        file_transition,
+        "file write",
+    );
     println!(
         "  size on disk: {:.1} MiB ({:.1} KiB per iteration)",
         size as f64 / 1_048_576.0,
         size as f64 / 1024.0 / iterations as f64
     );
+}
+
+const PLANS_AT_ONCE: usize = 20;
+
+/// 20 runs writing their state at once, as in dopc: one runtime of 2 workers, a state session
+/// per plan, each run awaiting its transitions one after another (100 each). Returns the mean
+/// and the 99th percentile of one transition's wait.
+fn twenty_plans_at_once(store: &Store) -> (Duration, Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let locks: Vec<_> = (0..PLANS_AT_ONCE)
+        .map(|p| {
+            let name = format!("busy{p:02}");
+            let text = plan_text().replacen("name: big", &format!("name: {name}"), 1);
+            let plan = load_str(&text, None, &LookupSettings::default())
+                .plan
+                .expect("valid");
+            store.add(&text, &plan, None, false).unwrap();
+            store.lock(&name, "bench").unwrap()
+        })
+        .collect();
+    let mut waits = runtime.block_on(async {
+        let runs: Vec<_> = locks
+            .iter()
+            .map(|lock| {
+                let session = store.state_session(lock);
+                tokio::spawn(async move {
+                    let mut waits = Vec::with_capacity(100);
+                    for i in 0..100 {
+                        let start = Instant::now();
+                        session
+                            .write_async(
+                                App::Dopi,
+                                vec![(
+                                    format!("all/all/node{i:04}.example.com"),
+                                    Some(serde_json::json!({"state": "done"})),
+                                )],
+                            )
+                            .await
+                            .unwrap();
+                        waits.push(start.elapsed());
+                    }
+                    waits
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for run in runs {
+            all.extend(run.await.unwrap());
+        }
+        all
+    });
+    drop(locks);
+    waits.sort();
+    let mean = waits.iter().sum::<Duration>() / waits.len() as u32;
+    (mean, waits[(waits.len() - 1) * 99 / 100])
 }
 
 fn walk_size(path: &std::path::Path) -> u64 {

@@ -3,7 +3,8 @@
 //!
 //! * [`Records`]: JSON records under string keys in one database (`<store>/dopc`, its name
 //!   from the time only dopc used it), read and written like every other database of the store
-//!   (opened per operation, batches committed durably);
+//!   (opened per operation, batches committed durably), or kept open by a server that is their
+//!   only user ([`Store::hold_records`]);
 //! * documents: small JSON files beside the databases (`<store>/<name>.json`) that a reader
 //!   checks with one `stat` and a writer replaces atomically under a lock, for data that other
 //!   processes change while a server runs.
@@ -36,9 +37,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Keeps the records' database open from now on instead of opening it per operation: for
+    /// a server that is its only user and writes it several times per execution (each open of
+    /// a sled database costs milliseconds and a megabyte of fresh page table, and sled keeps a
+    /// little of every open). Another process that wants the database gets it at the next
+    /// operation: the holder gives it up when someone waits.
+    pub fn hold_records(&self) {
+        *self.held_records() = Some(None);
+    }
+}
+
 impl Records<'_> {
-    fn db(&self) -> Result<Box<dyn Database + Send>> {
-        self.store.backend_open(&self.path)
+    /// Runs `work` on the records' database: the held one (opened when needed, given up first
+    /// when another process waits for it), or one opened for it.
+    fn with_db<T>(&self, work: impl FnOnce(&dyn Database) -> Result<T>) -> Result<T> {
+        let mut held = self.store.held_records();
+        let Some(slot) = held.as_mut() else {
+            drop(held);
+            return work(&*self.store.backend_open(&self.path)?);
+        };
+        if slot.is_some() && crate::backend::someone_waits(&self.path) {
+            *slot = None;
+            crate::backend::let_waiters_in(&self.path);
+        }
+        let db = match slot {
+            Some(db) => db,
+            None => slot.insert(self.store.backend_open(&self.path)?),
+        };
+        work(&**db)
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -50,23 +77,25 @@ impl Records<'_> {
 
     /// The record under `key`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let db = self.db()?;
-        db.get(key.as_bytes())?
-            .map(|bytes| self.decode(key.as_bytes(), &bytes))
-            .transpose()
+        self.with_db(|db| {
+            db.get(key.as_bytes())?
+                .map(|bytes| self.decode(key.as_bytes(), &bytes))
+                .transpose()
+        })
     }
 
     /// Every record whose key starts with `prefix`, in key order, with its key (without the
     /// prefix).
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
-        let db = self.db()?;
-        db.scan_prefix(prefix.as_bytes())?
-            .into_iter()
-            .map(|(key, bytes)| {
-                let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                self.decode(&key, &bytes).map(|v| (name, v))
-            })
-            .collect()
+        self.with_db(|db| {
+            db.scan_prefix(prefix.as_bytes())?
+                .into_iter()
+                .map(|(key, bytes)| {
+                    let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    self.decode(&key, &bytes).map(|v| (name, v))
+                })
+                .collect()
+        })
     }
 
     /// Writes records (`None` removes one) in one durable step.
@@ -78,7 +107,7 @@ impl Records<'_> {
                 None => batch.delete(key.clone()),
             }
         }
-        self.db()?.commit(batch)
+        self.with_db(|db| db.commit(batch))
     }
 
     /// Stores a new record numbered by the counter under `counter` (1, 2, …, never reused),
@@ -90,22 +119,23 @@ impl Records<'_> {
         key_of: impl FnOnce(u64) -> String,
         make: impl FnOnce(u64) -> T,
     ) -> Result<(u64, T)> {
-        let db = self.db()?;
-        let next = match db.get(counter.as_bytes())? {
-            Some(b) => <[u8; 8]>::try_from(b.as_slice())
-                .map(u64::from_be_bytes)
-                .unwrap_or(1),
-            None => 1,
-        };
-        let record = make(next);
-        let mut batch = Batch::default();
-        batch.put(
-            key_of(next),
-            serde_json::to_vec(&record).unwrap_or_default(),
-        );
-        batch.put(counter, (next + 1).to_be_bytes().to_vec());
-        db.commit(batch)?;
-        Ok((next, record))
+        self.with_db(|db| {
+            let next = match db.get(counter.as_bytes())? {
+                Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(1),
+                None => 1,
+            };
+            let record = make(next);
+            let mut batch = Batch::default();
+            batch.put(
+                key_of(next),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            );
+            batch.put(counter, (next + 1).to_be_bytes().to_vec());
+            db.commit(batch)?;
+            Ok((next, record))
+        })
     }
 }
 

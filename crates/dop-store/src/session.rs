@@ -1,16 +1,19 @@
 //! A run's hold on its plan's state database.
 //!
-//! Opening and closing a sled database costs milliseconds, and a run writes a state transition
-//! before and after every command: opened per write, the store, not the nodes, would set the
-//! pace of a large run. A [`StateSession`] keeps the state database open for the run, writes
-//! every transition that arrives while it is busy in one durable commit (group commit), and
-//! serves the run's own reads. It is a task of the run's runtime, not a thread: dopc runs many
-//! plans at once on one runtime, and each commit goes to the runtime's blocking pool only for
-//! as long as it takes. It gives the database up whenever it is idle for a
-//! moment and whenever another process waits for it (a reader that finds the database held
-//! keeps a shared `flock` on `state.wait`, see `backend`), so `show` and `list` keep working
-//! while a run writes.
+//! Opening and closing a sled database costs milliseconds and a megabyte of fresh page table,
+//! and a run writes a state transition before and after every command: opened per write, the
+//! store, not the nodes, would set the pace of a large run (and, in dopc with many plans, the
+//! server's memory). A [`StateSession`] keeps the state database open for the run, writes every
+//! transition that arrives while it is busy in one durable commit (group commit), and serves
+//! the run's own reads and those of its process ([`crate::Store::state`] asks the live session
+//! instead of taking its database away). It is a task of the run's runtime, not a thread: dopc
+//! runs many plans at once on one runtime, and each commit goes to the runtime's blocking pool
+//! only for as long as it takes. It gives the database up when another process waits for it
+//! (a reader that finds the database held keeps a shared `flock` on `state.wait`, see
+//! `backend`), looked at with every request and every 50 ms while idle, so `show` and `list`
+//! keep working while a run writes.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
@@ -21,7 +24,7 @@ use crate::backend::{self, Backend, Database};
 use crate::error::{Result, StoreError};
 use crate::store::{read_serial, read_state, write_batch, App, StateRecords};
 
-/// How long the session keeps the database open with nothing to do.
+/// How often an idle session looks for another process waiting for its database.
 const IDLE: Duration = Duration::from_millis(50);
 
 type Changes = Vec<(String, Option<serde_json::Value>)>;
@@ -44,6 +47,7 @@ enum Request {
 /// while the run is busy. Made by [`crate::Store::state_session`] for a run lock's holder.
 pub struct StateSession {
     requests: Option<queue::UnboundedSender<Request>>,
+    live: LiveSessions,
     /// Disconnects when the serving loop has returned (and closed the database). In a mutex
     /// only so that the session can be shared with the run's tasks (a receiver is not `Sync`).
     served: std::sync::Mutex<Option<mpsc::Receiver<()>>>,
@@ -58,7 +62,11 @@ fn ended(path: &std::path::Path) -> StoreError {
 }
 
 impl StateSession {
-    pub(crate) fn start(backend: Arc<dyn Backend>, path: PathBuf) -> StateSession {
+    pub(crate) fn start(
+        backend: Arc<dyn Backend>,
+        path: PathBuf,
+        live: LiveSessions,
+    ) -> StateSession {
         let (tx, rx) = queue::unbounded_channel();
         let (served_tx, served) = mpsc::channel::<()>();
         let serving_path = path.clone();
@@ -66,8 +74,13 @@ impl StateSession {
             serve(backend, serving_path, rx).await;
             drop(served_tx);
         };
+        let requests = spawn(serving).then_some(tx);
+        if let Some(tx) = &requests {
+            live.add(&path, tx.clone());
+        }
         StateSession {
-            requests: spawn(serving).then_some(tx),
+            requests,
+            live,
             served: std::sync::Mutex::new(Some(served)),
             path,
         }
@@ -150,7 +163,9 @@ impl Drop for StateSession {
     fn drop(&mut self) {
         // Every write was acknowledged once durable; closing the queue ends the serving task,
         // which closes the database. The run lock is released after this returns.
-        self.requests = None;
+        if let Some(tx) = self.requests.take() {
+            self.live.remove(&self.path, &tx);
+        }
         let served = self.served.get_mut().map(Option::take);
         if let Ok(Some(served)) = served {
             let wait = move || {
@@ -208,6 +223,42 @@ fn copy_of(e: &StoreError, path: &std::path::Path) -> StoreError {
     }
 }
 
+/// The state sessions of this process by database path, for the process's own readers.
+#[derive(Clone, Default)]
+pub(crate) struct LiveSessions(
+    Arc<std::sync::Mutex<HashMap<PathBuf, queue::UnboundedSender<Request>>>>,
+);
+
+impl LiveSessions {
+    fn add(&self, path: &std::path::Path, requests: queue::UnboundedSender<Request>) {
+        self.map().insert(path.to_path_buf(), requests);
+    }
+
+    fn remove(&self, path: &std::path::Path, requests: &queue::UnboundedSender<Request>) {
+        let mut map = self.map();
+        if map.get(path).is_some_and(|r| r.same_channel(requests)) {
+            map.remove(path);
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, queue::UnboundedSender<Request>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tool's records read by the live session of the database at `path`, if this process
+    /// has one: it has the database open, and a reader opening it would make it close and
+    /// open it again. Blocks until the session answers (call it off the async workers).
+    pub(crate) fn read(&self, path: &std::path::Path, app: App) -> Option<Result<StateRecords>> {
+        let requests = self.map().get(path).cloned()?;
+        let (tx, rx) = mpsc::channel();
+        let reply: ReadReply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        requests.send(Request::Read { app, reply }).ok()?;
+        rx.recv().ok()
+    }
+}
+
 type Open = Option<Box<dyn Database + Send>>;
 
 /// Serves the run's requests until the session is dropped: the database stays open while
@@ -225,11 +276,18 @@ async fn serve(
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(_idle) => {
-                    db = off_workers(move || {
-                        drop(db);
-                        None
-                    })
-                    .await;
+                    // Kept open for the run's next transition (a run waits on its nodes most
+                    // of the time), unless another process waits for the database: then it
+                    // is given up within IDLE. A probe is one open, flock and close.
+                    if backend::someone_waits(&path) {
+                        let waited = path.clone();
+                        db = off_workers(move || {
+                            drop(db);
+                            backend::let_waiters_in(&waited);
+                            None
+                        })
+                        .await;
+                    }
                     continue;
                 }
             }

@@ -125,6 +125,11 @@ impl PlanLock {
 pub struct Store {
     layout: Layout,
     backend: Arc<dyn Backend>,
+    /// The state sessions open in this process, so that its readers ask them instead of
+    /// taking their database away (dopc reads the state of plans its executions are running).
+    live: crate::session::LiveSessions,
+    /// The records' database while a server holds it (`Some`), open or not yet (`Some(None)`).
+    held_records: std::sync::Mutex<Option<Option<Box<dyn Database + Send>>>>,
 }
 
 const PLAN_KEY: &str = "plan/";
@@ -186,6 +191,8 @@ impl Store {
         Ok(Store {
             layout,
             backend: Arc::from(backend),
+            live: crate::session::LiveSessions::default(),
+            held_records: std::sync::Mutex::new(None),
         })
     }
 
@@ -196,6 +203,12 @@ impl Store {
 
     fn db(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
         self.backend.open(path)
+    }
+
+    pub(crate) fn held_records(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<Option<Box<dyn Database + Send>>>> {
+        self.held_records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn backend_open(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
@@ -467,6 +480,9 @@ impl Store {
         if !path.exists() {
             return Ok(StateRecords::default());
         }
+        if let Some(read) = self.live.read(&path, app) {
+            return read;
+        }
         let db = self.db(&path)?;
         read_state(&*db, &path, app)
     }
@@ -499,7 +515,11 @@ impl Store {
     /// writes then cost no database open each. Taking the run lock first is the caller's proof
     /// that it is the plan's only writer.
     pub fn state_session(&self, lock: &PlanLock) -> StateSession {
-        StateSession::start(self.backend.clone(), self.layout.state(&lock.plan))
+        StateSession::start(
+            self.backend.clone(),
+            self.layout.state(&lock.plan),
+            self.live.clone(),
+        )
     }
 }
 

@@ -719,3 +719,112 @@ fn a_state_session_serves_on_the_callers_runtime() {
         serde_json::json!(2)
     );
 }
+
+/// Counts the databases a store opens.
+struct CountingBackend {
+    inner: dop_store::SledBackend,
+    opens: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl dop_store::Backend for CountingBackend {
+    fn open(
+        &self,
+        path: &std::path::Path,
+    ) -> dop_store::Result<Box<dyn dop_store::Database + Send>> {
+        self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.open(path)
+    }
+}
+
+/// A run's session opens its database once: it keeps it while the run waits on its nodes, and
+/// readers in the same process (dopc's API) are answered by the session instead of taking the
+/// database away from it (each open of a sled database costs milliseconds and a megabyte).
+#[test]
+fn a_state_session_opens_its_database_once_for_idle_waits_and_readers_of_its_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Store::with_backend(
+        dir.path(),
+        Box::new(CountingBackend {
+            inner: dop_store::SledBackend::default(),
+            opens: opens.clone(),
+        }),
+    )
+    .unwrap();
+    let lock = store.lock("p", "test").unwrap();
+    let session = store.state_session(&lock);
+    session
+        .write(App::Dopi, vec![("a".into(), Some(serde_json::json!(1)))])
+        .unwrap();
+    let before = opens.load(std::sync::atomic::Ordering::SeqCst);
+    for n in 2..12 {
+        // Longer than the session's idle probe, as a command on a node takes.
+        std::thread::sleep(Duration::from_millis(80));
+        let read = store.state("p", App::Dopi).unwrap();
+        assert_eq!(
+            read.records["a"],
+            serde_json::json!(n - 1),
+            "the reader sees the last write"
+        );
+        session
+            .write(App::Dopi, vec![("a".into(), Some(serde_json::json!(n)))])
+            .unwrap();
+    }
+    assert_eq!(
+        opens.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the session's database was opened again"
+    );
+    drop(session);
+    drop(lock);
+    // Without a session, a reader opens the database itself.
+    assert_eq!(
+        store.state("p", App::Dopi).unwrap().records["a"],
+        serde_json::json!(11)
+    );
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+}
+
+/// A server that holds the application records opens their database once, and another process
+/// that wants it still gets it (the holder gives it up at its next operation).
+#[test]
+fn held_records_open_their_database_once_and_let_another_process_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Store::with_backend(
+        dir.path(),
+        Box::new(CountingBackend {
+            inner: dop_store::SledBackend::default(),
+            opens: opens.clone(),
+        }),
+    )
+    .unwrap();
+    store.hold_records();
+    for n in 0..20u64 {
+        store
+            .records()
+            .write(&[(format!("k{n}"), Some(serde_json::json!(n)))])
+            .unwrap();
+        assert_eq!(
+            store.records().get::<u64>(&format!("k{n}")).unwrap(),
+            Some(n)
+        );
+    }
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Another process (a second store on the same directory behaves as one) waits for the
+    // database; the holder lets it in at its next operation.
+    let other = Store::with_backend(
+        dir.path(),
+        Box::new(dop_store::SledBackend {
+            wait: Duration::from_secs(20),
+        }),
+    )
+    .unwrap();
+    let reader = std::thread::spawn(move || other.records().get::<u64>("k7").unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        store.records().get::<u64>("k0").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(reader.join().unwrap(), Some(7));
+}

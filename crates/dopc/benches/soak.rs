@@ -270,6 +270,10 @@ async fn main() {
          {READERS} API readers, {FOLLOWERS} websocket followers; 2 worker threads",
         PLANS * NODES_PER_PLAN
     );
+    println!(
+        "  memory (RSS) with the plans stored, before any run: {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0
+    );
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
