@@ -313,6 +313,9 @@ fn named_entries<'y>(
         c.error(v, key, format!("'{key}' must not be empty"));
     }
     let mut out = Vec::with_capacity(entries.len());
+    // The names taken so far, so that a large `nodes` mapping is checked in linear time.
+    let mut taken: std::collections::HashSet<String> =
+        std::collections::HashSet::with_capacity(entries.len());
     for (k, value) in entries {
         let name = match &k.value {
             Value::Str(_) | Value::Sym(_) | Value::Int(_) => k.key_text(),
@@ -335,7 +338,7 @@ fn named_entries<'y>(
         }
         // `web01`, `:web01` and (for numbers) `1` and `'1'` are one name: say so instead of
         // letting one definition silently replace the other.
-        if out.iter().any(|(n, _): &(String, &Yaml)| *n == name) {
+        if !taken.insert(name.clone()) {
             c.error(
                 k,
                 &join(key, &name),
