@@ -556,6 +556,8 @@ fn warn_steps_without_nodes(
     settings: &LookupSettings,
 ) {
     let resolver = Resolver::new(plan, settings);
+    // Steps repeat their patterns and roles: each is matched against the nodes once.
+    let mut matches = crate::filter::Matches::new(&resolver);
     for set in &plan.step_sets {
         let steps = root.get("steps");
         let set_yaml = match (set.implicit, set.mapping) {
@@ -573,7 +575,7 @@ fn warn_steps_without_nodes(
             };
             let Some(at) = at else { continue };
             let path = crate::diagnostic::index(&set_path, i);
-            let selection = step.filter.select(&resolver);
+            let selection = step.filter.select_in(&mut matches);
             for pattern in &selection.unmatched {
                 c.warn(
                     at,
