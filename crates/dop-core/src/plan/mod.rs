@@ -395,7 +395,11 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
                 ),
             );
         }
-        for name in names {
+        // The last name takes the template itself: one clone less per node (every node of a
+        // plan without generated entries).
+        let count = names.len();
+        let mut template = Some(template);
+        for (k, name) in names.into_iter().enumerate() {
             if let Some(first) = defined_at.get(&name) {
                 c.error(
                     body,
@@ -410,7 +414,13 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
                 path.clone()
             };
             defined_at.insert(name.clone(), origin);
-            let mut n = template.clone();
+            let Some(mut n) = (if k + 1 == count {
+                template.take()
+            } else {
+                template.clone()
+            }) else {
+                continue;
+            };
             if !explicit_fqdn {
                 n.fqdn.clone_from(&name);
             }
