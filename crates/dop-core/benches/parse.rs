@@ -1,9 +1,17 @@
 //! Parse-and-validate time of a large plan (10 000 nodes, 50 steps), reported against a
-//! baseline measured in the same run: reading the same text as a bare YAML tree.
+//! baseline measured in the same run: the YAML parser's bare event stream over the same text.
+//!
+//! Besides the in-process figures it times what an operator waits for: the release `dopi
+//! validate <file>` as a process, start included (issue 28: at most 60 ms on the development
+//! machine). `cargo xtask bench parse` builds that binary first and names it in
+//! `DOP_BENCH_DOPI`; without it the bench looks next to itself (`target/release/dopi`) and
+//! skips those rows when there is none.
 //!
 //! Run with `cargo xtask bench parse` (release mode).
 
 use std::fmt::Write;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dop_core::{load_str, LookupSettings};
@@ -11,6 +19,8 @@ use dop_core::{load_str, LookupSettings};
 const NODES: usize = 10_000;
 const STEPS: usize = 50;
 const ROUNDS: usize = 7;
+/// Rounds of the process measurements (each a fresh process).
+const PROCESS_ROUNDS: usize = 15;
 
 /// A plan with `NODES` explicit nodes (each with an interface in a managed network) and
 /// `STEPS` steps selecting nodes by regex, role and name.
@@ -48,9 +58,13 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-fn measure(mut f: impl FnMut()) -> Duration {
+fn measure(f: impl FnMut()) -> Duration {
+    measure_n(ROUNDS, f)
+}
+
+fn measure_n(rounds: usize, mut f: impl FnMut()) -> Duration {
     median(
-        (0..ROUNDS)
+        (0..rounds)
             .map(|_| {
                 let start = Instant::now();
                 f();
@@ -118,4 +132,52 @@ fn main() {
         assert!(l.is_valid());
     });
     row("load: the same fleet from one node{i} entry", from_template);
+
+    // What an operator waits for: a fresh `dopi validate` process on the file.
+    let Some(dopi) = dopi_binary() else {
+        println!("  skipped: `dopi validate` as a process (no release dopi; `cargo xtask bench parse` builds it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("bench.yaml");
+    std::fs::write(&file, &text).expect("write the plan");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(&dopi).args(args).output().expect("run dopi");
+        assert!(
+            output.status.success(),
+            "{} failed: {}",
+            dopi.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let validate = [std::ffi::OsStr::new("validate"), file.as_os_str()];
+    let said = String::from_utf8_lossy(&run(&validate)).into_owned();
+    assert_eq!(
+        said.trim(),
+        format!("plan 'bench' is valid: {NODES} nodes, 1 step set, {STEPS} steps")
+    );
+    let start = measure_n(PROCESS_ROUNDS, || {
+        run(&[std::ffi::OsStr::new("--version")]);
+    });
+    let whole = measure_n(PROCESS_ROUNDS, || {
+        run(&validate);
+    });
+    println!(
+        "  (processes: median of {PROCESS_ROUNDS} runs of {})",
+        dopi.display()
+    );
+    row("process start: dopi --version", start);
+    row("dopi validate <file>, process start included", whole);
+}
+
+/// The release `dopi`: `DOP_BENCH_DOPI`, else the one beside this bench (`target/release`).
+fn dopi_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("DOP_BENCH_DOPI") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    // target/release/deps/parse-<hash> -> target/release/dopi
+    let candidate = exe.parent()?.parent()?.join("dopi");
+    candidate.is_file().then_some(candidate)
 }

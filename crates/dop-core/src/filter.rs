@@ -74,28 +74,34 @@ impl NodeFilter {
 
     /// Applies the filter to the nodes.
     pub fn select(&self, facts: &dyn NodeFacts) -> Selection {
+        self.select_in(&mut Matches::new(facts))
+    }
+
+    /// Applies the filter to the nodes `matches` was made for, reusing what earlier filters
+    /// found there: each distinct pattern is matched against the nodes once (the steps of a
+    /// plan repeat their patterns and roles). The same selection as [`NodeFilter::select`].
+    pub fn select_in(&self, matches: &mut Matches<'_>) -> Selection {
         let mut unmatched = Vec::new();
-        let include = collect(
-            facts,
+        let include = matches.collect(
             &self.nodes,
             &self.roles,
             &self.nodes_by_config,
             &mut unmatched,
             "",
         );
-        let exclude = collect(
-            facts,
+        let exclude = matches.collect(
             &self.exclude_nodes,
             &self.exclude_roles,
             &self.exclude_nodes_by_config,
             &mut unmatched,
             "exclude_",
         );
-        let mut excluded = vec![false; facts.len()];
+        let len = matches.facts.len();
+        let mut excluded = vec![false; len];
         for i in exclude {
             excluded[i] = true;
         }
-        let mut seen = vec![false; facts.len()];
+        let mut seen = vec![false; len];
         let nodes = include
             .into_iter()
             .filter(|&i| !excluded[i] && !std::mem::replace(&mut seen[i], true))
@@ -104,48 +110,87 @@ impl NodeFilter {
     }
 }
 
-/// The nodes matched by one include (or exclude) group, in the order of keys and patterns.
-fn collect(
-    facts: &dyn NodeFacts,
-    nodes: &Selector,
-    roles: &Selector,
-    by_config: &[ConfigSelector],
-    unmatched: &mut Vec<String>,
-    prefix: &str,
-) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut run = |selector: &Selector, key: String, value: &dyn Fn(usize, &Pattern) -> bool| {
-        match selector {
-            Selector::All => out.extend(0..facts.len()),
-            Selector::List(patterns) => {
-                for pattern in patterns {
-                    let before = out.len();
-                    out.extend((0..facts.len()).filter(|&i| value(i, pattern)));
-                    if out.len() == before {
-                        unmatched.push(format!("{key} => '{pattern}'"));
+/// What a pattern is matched against.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    Name,
+    Role,
+    Config(String),
+}
+
+/// The nodes each pattern matches, remembered for the filters applied to the same nodes after
+/// it (see [`NodeFilter::select_in`]).
+pub struct Matches<'f> {
+    facts: &'f dyn NodeFacts,
+    /// Per subject and pattern (regex or not, text): the matching nodes in node order.
+    memo: std::collections::HashMap<(Subject, bool, String), Vec<usize>>,
+}
+
+impl<'f> Matches<'f> {
+    /// Nothing matched yet.
+    pub fn new(facts: &'f dyn NodeFacts) -> Matches<'f> {
+        Matches {
+            facts,
+            memo: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The nodes `pattern` matches by `subject`, in node order.
+    fn matching(&mut self, subject: &Subject, pattern: &Pattern) -> &[usize] {
+        let text = match pattern {
+            Pattern::Exact(s) => s.clone(),
+            Pattern::Regex(re) => re.as_str().to_string(),
+        };
+        let key = (subject.clone(), matches!(pattern, Pattern::Regex(_)), text);
+        let facts = self.facts;
+        self.memo.entry(key).or_insert_with(|| {
+            (0..facts.len())
+                .filter(|&i| match subject {
+                    Subject::Name => pattern.matches(facts.name(i)),
+                    Subject::Role => pattern.matches(facts.role(i)),
+                    Subject::Config(variable) => facts
+                        .config(i, variable)
+                        .is_some_and(|v| flatten(&v).iter().any(|s| pattern.matches(s))),
+                })
+                .collect()
+        })
+    }
+
+    /// The nodes matched by one include (or exclude) group, in the order of keys and patterns.
+    fn collect(
+        &mut self,
+        nodes: &Selector,
+        roles: &Selector,
+        by_config: &[ConfigSelector],
+        unmatched: &mut Vec<String>,
+        prefix: &str,
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut run =
+            |this: &mut Self, selector: &Selector, key: String, subject: Subject| match selector {
+                Selector::All => out.extend(0..this.facts.len()),
+                Selector::List(patterns) => {
+                    for pattern in patterns {
+                        let found = this.matching(&subject, pattern);
+                        if found.is_empty() {
+                            unmatched.push(format!("{key} => '{pattern}'"));
+                        }
+                        out.extend_from_slice(found);
                     }
                 }
-            }
+            };
+        run(self, nodes, format!("{prefix}nodes"), Subject::Name);
+        run(self, roles, format!("{prefix}roles"), Subject::Role);
+        for cs in by_config {
+            run(
+                self,
+                &cs.selector,
+                format!("{prefix}nodes_by_config '{}'", cs.variable),
+                Subject::Config(cs.variable.clone()),
+            );
         }
-    };
-    run(nodes, format!("{prefix}nodes"), &|i, p| {
-        p.matches(facts.name(i))
-    });
-    run(roles, format!("{prefix}roles"), &|i, p| {
-        p.matches(facts.role(i))
-    });
-    for cs in by_config {
-        run(
-            &cs.selector,
-            format!("{prefix}nodes_by_config '{}'", cs.variable),
-            &|i, p| {
-                facts
-                    .config(i, &cs.variable)
-                    .is_some_and(|v| flatten(&v).iter().any(|s| p.matches(s)))
-            },
-        );
+        out
     }
-    out
 }
 
 /// The scalar elements of a value, as text, with nested lists flattened.
@@ -460,6 +505,127 @@ mod tests {
         })
         .unwrap();
         assert_eq!(f.select(&facts()).nodes, vec![0, 2]);
+    }
+
+    /// The plain definition: every pattern against every node, in key and pattern order.
+    fn reference(filter: &NodeFilter, facts: &dyn NodeFacts) -> Selection {
+        let mut unmatched = Vec::new();
+        let mut group = |nodes: &Selector, roles: &Selector, config: &[ConfigSelector], p: &str| {
+            let mut out = Vec::new();
+            let mut key =
+                |selector: &Selector, key: String, hit: &dyn Fn(usize, &Pattern) -> bool| {
+                    match selector {
+                        Selector::All => out.extend(0..facts.len()),
+                        Selector::List(patterns) => {
+                            for pattern in patterns {
+                                let found: Vec<usize> =
+                                    (0..facts.len()).filter(|&i| hit(i, pattern)).collect();
+                                if found.is_empty() {
+                                    unmatched.push(format!("{key} => '{pattern}'"));
+                                }
+                                out.extend(found);
+                            }
+                        }
+                    }
+                };
+            key(nodes, format!("{p}nodes"), &|i, pat| {
+                pat.matches(facts.name(i))
+            });
+            key(roles, format!("{p}roles"), &|i, pat| {
+                pat.matches(facts.role(i))
+            });
+            for cs in config {
+                key(
+                    &cs.selector,
+                    format!("{p}nodes_by_config '{}'", cs.variable),
+                    &|i, pat| {
+                        facts
+                            .config(i, &cs.variable)
+                            .is_some_and(|v| flatten(&v).iter().any(|s| pat.matches(s)))
+                    },
+                );
+            }
+            out
+        };
+        let include = group(&filter.nodes, &filter.roles, &filter.nodes_by_config, "");
+        let exclude = group(
+            &filter.exclude_nodes,
+            &filter.exclude_roles,
+            &filter.exclude_nodes_by_config,
+            "exclude_",
+        );
+        let mut nodes = Vec::new();
+        for i in include {
+            if !exclude.contains(&i) && !nodes.contains(&i) {
+                nodes.push(i);
+            }
+        }
+        Selection { nodes, unmatched }
+    }
+
+    #[test]
+    fn filters_sharing_matches_select_what_each_selects_alone() {
+        let all = |flags: FilterFlags<'static>| NodeFilter::from_flags(&flags).unwrap();
+        // The same texts as names and roles, exact and as regexes, included and excluded,
+        // matching and not, so that a remembered match can only be reused where it applies.
+        let filters = [
+            all(FilterFlags {
+                nodes: Some("web,/web/,a"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                roles: Some("web,/web/,a"),
+                exclude_nodes: Some("/^c/"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                nodes: Some("/^c/,/./"),
+                exclude_roles: Some("/db/,a"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                nodes_by_config: Some(r#"{"alias": ["web", "/^[xz]$/"]}"#),
+                exclude_nodes_by_config: Some(r#"{"role": "web", "alias": "/y/"}"#),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                exclude_nodes: Some("a,/web/"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                roles: Some("all"),
+                nodes: Some("c,b,c"),
+                exclude_roles: Some("web"),
+                ..FilterFlags::default()
+            }),
+            NodeFilter::default(),
+            all(FilterFlags {
+                roles: Some("e"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                roles: Some("/e/,e"),
+                ..FilterFlags::default()
+            }),
+            all(FilterFlags {
+                nodes: Some("web,/web/,a"),
+                roles: Some("a,/web/,web"),
+                ..FilterFlags::default()
+            }),
+        ];
+        let facts = facts();
+        let mut shared = Matches::new(&facts);
+        for round in 0..2 {
+            for (n, filter) in filters.iter().enumerate() {
+                let expected = reference(filter, &facts);
+                assert_eq!(
+                    filter.select_in(&mut shared),
+                    expected,
+                    "filter {n}, round {round}"
+                );
+                assert_eq!(filter.select(&facts), expected, "filter {n} alone");
+            }
+        }
     }
 
     #[test]

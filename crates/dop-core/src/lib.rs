@@ -48,7 +48,9 @@ pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};
 pub use diff::{Change, ChangeKind, FieldChange, PlanDiff};
 pub use event::{Event, EventKind};
-pub use filter::{ConfigSelector, FilterError, FilterFlags, NodeFacts, NodeFilter, Selection};
+pub use filter::{
+    ConfigSelector, FilterError, FilterFlags, Matches, NodeFacts, NodeFilter, Selection,
+};
 pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};

@@ -275,7 +275,7 @@ impl Builder {
                     let plain = style == TScalarStyle::Plain;
                     let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                     let value = if plain && !forced_str {
-                        resolve_plain(&text)
+                        resolve_plain(text)
                     } else {
                         Value::Str(text)
                     };
@@ -504,9 +504,10 @@ fn count_values(value: &Yaml) -> usize {
     count
 }
 
-/// Resolves a plain scalar with the YAML 1.1 rules Psych applies.
-fn resolve_plain(text: &str) -> Value {
-    match text {
+/// Resolves a plain scalar with the YAML 1.1 rules Psych applies. A string keeps the text
+/// it was given (no copy).
+fn resolve_plain(text: String) -> Value {
+    match text.as_str() {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         _ => {}
     }
@@ -522,13 +523,20 @@ fn resolve_plain(text: &str) -> Value {
             return Value::Sym(name.to_string());
         }
     }
-    if let Some(i) = resolve_int(text) {
-        return Value::Int(i);
+    // Numbers start with a sign, a digit or a dot; most plain scalars (names, paths) do not.
+    if text
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.'))
+    {
+        if let Some(i) = resolve_int(&text) {
+            return Value::Int(i);
+        }
+        if let Some(f) = resolve_float(&text) {
+            return Value::Float(f);
+        }
     }
-    if let Some(f) = resolve_float(text) {
-        return Value::Float(f);
-    }
-    Value::Str(text.to_string())
+    Value::Str(text)
 }
 
 fn resolve_int(text: &str) -> Option<i64> {
@@ -602,23 +610,39 @@ mod tests {
 
     #[test]
     fn scalars_follow_yaml_1_1() {
-        assert_eq!(resolve_plain("yEs"), Value::Bool(true));
-        assert_eq!(resolve_plain("off"), Value::Bool(false));
-        assert_eq!(resolve_plain("y"), Value::Str("y".into()));
-        assert_eq!(resolve_plain("0777"), Value::Int(511));
-        assert_eq!(resolve_plain("0x1f"), Value::Int(31));
-        assert_eq!(resolve_plain("1_000"), Value::Int(1000));
-        assert_eq!(resolve_plain("08"), Value::Str("08".into()));
-        assert_eq!(resolve_plain("-5"), Value::Int(-5));
-        assert_eq!(resolve_plain("1.5"), Value::Float(1.5));
-        assert_eq!(resolve_plain("1e3"), Value::Str("1e3".into()));
-        assert_eq!(resolve_plain("1.5e+3"), Value::Float(1500.0));
-        assert_eq!(resolve_plain(":ssh_key"), Value::Sym("ssh_key".into()));
-        assert_eq!(resolve_plain("~"), Value::Null);
-        assert_eq!(resolve_plain("1..10"), Value::Str("1..10".into()));
-        assert_eq!(resolve_plain("10.0.0.1"), Value::Str("10.0.0.1".into()));
+        assert_eq!(resolve_plain("yEs".into()), Value::Bool(true));
+        assert_eq!(resolve_plain("off".into()), Value::Bool(false));
+        assert_eq!(resolve_plain("y".into()), Value::Str("y".into()));
+        assert_eq!(resolve_plain("0777".into()), Value::Int(511));
+        assert_eq!(resolve_plain("0x1f".into()), Value::Int(31));
+        assert_eq!(resolve_plain("1_000".into()), Value::Int(1000));
+        assert_eq!(resolve_plain("08".into()), Value::Str("08".into()));
+        assert_eq!(resolve_plain("-5".into()), Value::Int(-5));
+        assert_eq!(resolve_plain("1.5".into()), Value::Float(1.5));
+        assert_eq!(resolve_plain("1e3".into()), Value::Str("1e3".into()));
+        assert_eq!(resolve_plain("1.5e+3".into()), Value::Float(1500.0));
         assert_eq!(
-            resolve_plain("9223372036854775808"),
+            resolve_plain(":ssh_key".into()),
+            Value::Sym("ssh_key".into())
+        );
+        assert_eq!(resolve_plain("~".into()), Value::Null);
+        // Numbers start with a sign, a digit or a dot; nothing else is tried as one.
+        assert_eq!(resolve_plain(".5".into()), Value::Float(0.5));
+        assert_eq!(resolve_plain("+12".into()), Value::Int(12));
+        assert_eq!(
+            resolve_plain("-.inf".into()),
+            Value::Float(f64::NEG_INFINITY)
+        );
+        assert!(matches!(resolve_plain(".NaN".into()), Value::Float(f) if f.is_nan()));
+        assert_eq!(resolve_plain("x12".into()), Value::Str("x12".into()));
+        assert_eq!(resolve_plain("_1".into()), Value::Str("_1".into()));
+        assert_eq!(resolve_plain("1..10".into()), Value::Str("1..10".into()));
+        assert_eq!(
+            resolve_plain("10.0.0.1".into()),
+            Value::Str("10.0.0.1".into())
+        );
+        assert_eq!(
+            resolve_plain("9223372036854775808".into()),
             Value::Str("9223372036854775808".into())
         );
     }

@@ -313,6 +313,9 @@ fn named_entries<'y>(
         c.error(v, key, format!("'{key}' must not be empty"));
     }
     let mut out = Vec::with_capacity(entries.len());
+    // The names taken so far, so that a large `nodes` mapping is checked in linear time.
+    let mut taken: std::collections::HashSet<String> =
+        std::collections::HashSet::with_capacity(entries.len());
     for (k, value) in entries {
         let name = match &k.value {
             Value::Str(_) | Value::Sym(_) | Value::Int(_) => k.key_text(),
@@ -335,7 +338,7 @@ fn named_entries<'y>(
         }
         // `web01`, `:web01` and (for numbers) `1` and `'1'` are one name: say so instead of
         // letting one definition silently replace the other.
-        if out.iter().any(|(n, _): &(String, &Yaml)| *n == name) {
+        if !taken.insert(name.clone()) {
             c.error(
                 k,
                 &join(key, &name),
@@ -392,7 +395,11 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
                 ),
             );
         }
-        for name in names {
+        // The last name takes the template itself: one clone less per node (every node of a
+        // plan without generated entries).
+        let count = names.len();
+        let mut template = Some(template);
+        for (k, name) in names.into_iter().enumerate() {
             if let Some(first) = defined_at.get(&name) {
                 c.error(
                     body,
@@ -407,7 +414,13 @@ fn parse_nodes(c: &mut Collector<'_>, root: &Yaml, ctx: &node::NodeContext<'_>) 
                 path.clone()
             };
             defined_at.insert(name.clone(), origin);
-            let mut n = template.clone();
+            let Some(mut n) = (if k + 1 == count {
+                template.take()
+            } else {
+                template.clone()
+            }) else {
+                continue;
+            };
             if !explicit_fqdn {
                 n.fqdn.clone_from(&name);
             }
@@ -553,6 +566,8 @@ fn warn_steps_without_nodes(
     settings: &LookupSettings,
 ) {
     let resolver = Resolver::new(plan, settings);
+    // Steps repeat their patterns and roles: each is matched against the nodes once.
+    let mut matches = crate::filter::Matches::new(&resolver);
     for set in &plan.step_sets {
         let steps = root.get("steps");
         let set_yaml = match (set.implicit, set.mapping) {
@@ -570,7 +585,7 @@ fn warn_steps_without_nodes(
             };
             let Some(at) = at else { continue };
             let path = crate::diagnostic::index(&set_path, i);
-            let selection = step.filter.select(&resolver);
+            let selection = step.filter.select_in(&mut matches);
             for pattern in &selection.unmatched {
                 c.warn(
                     at,
