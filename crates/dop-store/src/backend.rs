@@ -1,8 +1,8 @@
 //! The key-value layer under the store, and its sled implementation.
 //!
 //! sled takes an exclusive lock on a database for as long as it is open, and only one process
-//! can have it open. The store therefore never keeps a database open: every operation opens
-//! it, does its reads or one atomic, flushed write, and closes it. A process that finds a
+//! can have it open. The store therefore does not keep a database open by default: every
+//! operation opens it, does its reads or one atomic, flushed write, and closes it. A process that finds a
 //! database open elsewhere waits briefly and retries, so readers (`show`, `list`) work while a
 //! run writes state, and runs on different plans (different databases) never meet.
 //!
@@ -56,8 +56,8 @@ pub trait Database {
 pub trait Backend: Send + Sync {
     /// Opens (creating if needed) the database at `path`, waiting while another process has it.
     /// The database may move between threads (a run's state session commits on the blocking
-    /// pool) but is used by one at a time.
-    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send>>;
+    /// pool) and be shared by them (a server holds its databases open, see `held`).
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send + Sync>>;
 }
 
 /// The sled backend.
@@ -228,7 +228,7 @@ fn clear_torn_snapshots(path: &Path) -> Torn {
 }
 
 impl Backend for SledBackend {
-    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
+    fn open(&self, path: &Path) -> Result<Box<dyn Database + Send + Sync>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         let mut waiting: Option<File> = None;

@@ -17,8 +17,9 @@
 //! monitor settings, tokens) without the store knowing what it is.
 //!
 //! No database stays open between operations (sled allows one process per database), so
-//! reading commands work while a run holds the plan. The one exception, a run's
-//! [`StateSession`], gives its database up whenever another process waits for it.
+//! reading commands work while a run holds the plan. The exceptions, a run's [`StateSession`]
+//! and a server's held databases ([`Store::hold_databases`]), give a database up whenever
+//! another process waits for it.
 //!
 //! ```
 //! use dop_core::{load_str, LookupSettings};
@@ -36,6 +37,7 @@
 
 mod backend;
 mod error;
+mod held;
 mod import;
 mod layout;
 mod lock;

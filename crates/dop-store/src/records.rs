@@ -3,8 +3,8 @@
 //!
 //! * [`Records`]: JSON records under string keys in one database (`<store>/dopc`, its name
 //!   from the time only dopc used it), read and written like every other database of the store
-//!   (opened per operation, batches committed durably), or kept open by a server that is their
-//!   only user ([`Store::hold_records`]);
+//!   (opened per operation, batches committed durably, or kept open by a server:
+//!   [`Store::hold_databases`]);
 //! * documents: small JSON files beside the databases (`<store>/<name>.json`) that a reader
 //!   checks with one `stat` and a writer replaces atomically under a lock, for data that other
 //!   processes change while a server runs.
@@ -37,35 +37,11 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Keeps the records' database open from now on instead of opening it per operation: for
-    /// a server that is its only user and writes it several times per execution (each open of
-    /// a sled database costs milliseconds and a megabyte of fresh page table, and sled keeps a
-    /// little of every open). Another process that wants the database gets it at the next
-    /// operation: the holder gives it up when someone waits.
-    pub fn hold_records(&self) {
-        *self.held_records() = Some(None);
-    }
-}
-
 impl Records<'_> {
-    /// Runs `work` on the records' database: the held one (opened when needed, given up first
-    /// when another process waits for it), or one opened for it.
+    /// Runs `work` on the records' database (held open by a server, see
+    /// [`Store::hold_databases`]).
     fn with_db<T>(&self, work: impl FnOnce(&dyn Database) -> Result<T>) -> Result<T> {
-        let mut held = self.store.held_records();
-        let Some(slot) = held.as_mut() else {
-            drop(held);
-            return work(&*self.store.backend_open(&self.path)?);
-        };
-        if slot.is_some() && crate::backend::someone_waits(&self.path) {
-            *slot = None;
-            crate::backend::let_waiters_in(&self.path);
-        }
-        let db = match slot {
-            Some(db) => db,
-            None => slot.insert(self.store.backend_open(&self.path)?),
-        };
-        work(&**db)
+        work(&*self.store.db(&self.path)?)
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T> {

@@ -22,6 +22,7 @@ use tokio::sync::mpsc as queue;
 
 use crate::backend::{self, Backend, Database};
 use crate::error::{Result, StoreError};
+use crate::held::{Held, Shared};
 use crate::store::{read_serial, read_state, write_batch, App, StateRecords};
 
 /// How often an idle session looks for another process waiting for its database.
@@ -62,16 +63,12 @@ fn ended(path: &std::path::Path) -> StoreError {
 }
 
 impl StateSession {
-    pub(crate) fn start(
-        backend: Arc<dyn Backend>,
-        path: PathBuf,
-        live: LiveSessions,
-    ) -> StateSession {
+    pub(crate) fn start(held: Held, path: PathBuf, live: LiveSessions) -> StateSession {
         let (tx, rx) = queue::unbounded_channel();
         let (served_tx, served) = mpsc::channel::<()>();
         let serving_path = path.clone();
         let serving = async move {
-            serve(backend, serving_path, rx).await;
+            serve(held, serving_path, rx).await;
             drop(served_tx);
         };
         let requests = spawn(serving).then_some(tx);
@@ -259,17 +256,15 @@ impl LiveSessions {
     }
 }
 
-type Open = Option<Box<dyn Database + Send>>;
+type Open = Option<Shared>;
 
-/// Serves the run's requests until the session is dropped: the database stays open while
-/// requests keep coming and closes after [`IDLE`]; every round of requests is answered on the
-/// blocking pool.
-async fn serve(
-    backend: Arc<dyn Backend>,
-    path: PathBuf,
-    mut requests: queue::UnboundedReceiver<Request>,
-) {
-    let mut db: Open = None;
+/// Serves the run's requests until the session is dropped: the database stays open for the
+/// run (given up while another process waits for it); every round of requests is answered on
+/// the blocking pool. A database this process holds open is taken over at the start and given
+/// back at the end.
+async fn serve(held: Held, path: PathBuf, mut requests: queue::UnboundedReceiver<Request>) {
+    let backend = held.backend().clone();
+    let mut db: Open = held.take(&path);
     loop {
         let first = if db.is_some() {
             match tokio::time::timeout(IDLE, requests.recv()).await {
@@ -305,7 +300,9 @@ async fn serve(
         db = off_workers(move || serve_round(&*backend, &round_path, db, batch)).await;
     }
     off_workers(move || {
-        drop(db);
+        if let Some(db) = db {
+            held.give_back(&path, db);
+        }
         None
     })
     .await;
@@ -336,7 +333,7 @@ fn serve_round(
     }
     if db.is_none() {
         match backend.open(path) {
-            Ok(d) => db = Some(d),
+            Ok(d) => db = Some(Arc::from(d)),
             Err(e) => {
                 for request in batch {
                     match request {

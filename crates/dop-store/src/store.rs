@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, Batch, Database, SledBackend};
 use crate::error::{Result, StoreError};
+use crate::held::{Held, Shared};
 use crate::layout::{check_name, Layout};
 use crate::lock::{Holder, RunLock};
 use crate::session::StateSession;
@@ -124,12 +125,11 @@ impl PlanLock {
 /// A store directory.
 pub struct Store {
     layout: Layout,
-    backend: Arc<dyn Backend>,
+    /// Opens databases: per operation, or kept open for a server (see `held`).
+    held: Held,
     /// The state sessions open in this process, so that its readers ask them instead of
     /// taking their database away (dopc reads the state of plans its executions are running).
     live: crate::session::LiveSessions,
-    /// The records' database while a server holds it (`Some`), open or not yet (`Some(None)`).
-    held_records: std::sync::Mutex<Option<Option<Box<dyn Database + Send>>>>,
 }
 
 const PLAN_KEY: &str = "plan/";
@@ -190,9 +190,8 @@ impl Store {
         layout.ensure()?;
         Ok(Store {
             layout,
-            backend: Arc::from(backend),
+            held: Held::new(Arc::from(backend)),
             live: crate::session::LiveSessions::default(),
-            held_records: std::sync::Mutex::new(None),
         })
     }
 
@@ -201,18 +200,16 @@ impl Store {
         self.layout.root()
     }
 
-    fn db(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
-        self.backend.open(path)
+    pub(crate) fn db(&self, path: &Path) -> Result<Shared> {
+        self.held.open(path)
     }
 
-    pub(crate) fn held_records(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<Option<Box<dyn Database + Send>>>> {
-        self.held_records.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn backend_open(&self, path: &Path) -> Result<Box<dyn Database + Send>> {
-        self.db(path)
+    /// Keeps the databases this process opens open between operations, instead of opening
+    /// each per operation: for a server, which reads the catalog, iterations and its records
+    /// with every request and every run. Another process that wants one of them still gets it
+    /// within a fraction of a second, and an unused one is closed after a while (see `held`).
+    pub fn hold_databases(&self) {
+        self.held.hold();
     }
 
     /// Takes a plan's run lock for `command`, or says who holds it.
@@ -463,8 +460,10 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(path, e)),
             _ => Ok(()),
         };
+        self.held.release(&self.layout.iterations(plan));
         remove_dir(self.layout.iterations(plan))?;
         if !keep_state {
+            self.held.release(&self.layout.state(plan));
             remove_dir(self.layout.state(plan))?;
             drop(lock);
             let _ = std::fs::remove_file(self.layout.run_lock(plan));
@@ -516,7 +515,7 @@ impl Store {
     /// that it is the plan's only writer.
     pub fn state_session(&self, lock: &PlanLock) -> StateSession {
         StateSession::start(
-            self.backend.clone(),
+            self.held.clone(),
             self.layout.state(&lock.plan),
             self.live.clone(),
         )

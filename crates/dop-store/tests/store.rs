@@ -730,7 +730,7 @@ impl dop_store::Backend for CountingBackend {
     fn open(
         &self,
         path: &std::path::Path,
-    ) -> dop_store::Result<Box<dyn dop_store::Database + Send>> {
+    ) -> dop_store::Result<Box<dyn dop_store::Database + Send + Sync>> {
         self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.open(path)
     }
@@ -785,12 +785,14 @@ fn a_state_session_opens_its_database_once_for_idle_waits_and_readers_of_its_pro
     assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 }
 
-/// A server that holds the application records opens their database once, and another process
-/// that wants it still gets it (the holder gives it up at its next operation).
+/// A server that holds its databases opens each once however many requests read them, and
+/// another process that wants one still gets it without waiting for the server's next
+/// operation; a held plan can still be removed, and a run's session takes its state over.
 #[test]
-fn held_records_open_their_database_once_and_let_another_process_in() {
+fn held_databases_open_once_let_another_process_in_and_give_way_to_remove_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = || opens.load(std::sync::atomic::Ordering::SeqCst);
     let store = Store::with_backend(
         dir.path(),
         Box::new(CountingBackend {
@@ -799,7 +801,10 @@ fn held_records_open_their_database_once_and_let_another_process_in() {
         }),
     )
     .unwrap();
-    store.hold_records();
+    store.hold_databases();
+    let (text, before) = plan("diff/before.yaml");
+    store.add(&text, &before, None, false).unwrap();
+    let name = before.name.clone();
     for n in 0..20u64 {
         store
             .records()
@@ -809,10 +814,15 @@ fn held_records_open_their_database_once_and_let_another_process_in() {
             store.records().get::<u64>(&format!("k{n}")).unwrap(),
             Some(n)
         );
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(store.iteration(&name, None).unwrap().info.number, 1);
+        assert!(store.state(&name, App::Dopi).unwrap().records.is_empty());
     }
-    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // Another process (a second store on the same directory behaves as one) waits for the
-    // database; the holder lets it in at its next operation.
+    // The catalog, the iterations, the records; the state database does not exist yet.
+    assert_eq!(count(), 3, "a held database was opened again");
+
+    // Another process (a second store on the same directory behaves as one) waits for two of
+    // them; the holder lets it in while doing nothing.
     let other = Store::with_backend(
         dir.path(),
         Box::new(dop_store::SledBackend {
@@ -820,11 +830,43 @@ fn held_records_open_their_database_once_and_let_another_process_in() {
         }),
     )
     .unwrap();
-    let reader = std::thread::spawn(move || other.records().get::<u64>("k7").unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        store.records().get::<u64>("k0").unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(reader.join().unwrap(), Some(7));
+    let reader = std::thread::spawn(move || {
+        let record = other.records().get::<u64>("k7").unwrap();
+        let plans = other.list().unwrap().len();
+        (record, plans)
+    });
+    assert_eq!(reader.join().unwrap(), (Some(7), 1));
+    // The holder opens them again when it needs them next.
+    assert_eq!(store.records().get::<u64>("k3").unwrap(), Some(3));
+    assert_eq!(count(), 4);
+
+    // A run in this process takes the plan's state over from the holder.
+    let lock = store.lock(&name, "test").unwrap();
+    store
+        .write_state(
+            &lock,
+            App::Dopv,
+            &[("n".into(), Some(serde_json::json!(1)))],
+            None,
+        )
+        .unwrap();
+    let session = store.state_session(&lock);
+    session
+        .write(App::Dopi, vec![("a".into(), Some(serde_json::json!(1)))])
+        .unwrap();
+    drop(session);
+    store
+        .write_state(&lock, App::Dopv, &[("n".into(), None)], None)
+        .unwrap();
+    drop(lock);
+    // Opened once, for the first write: the session took it over and gave it back.
+    assert_eq!(count(), 5);
+
+    // Removing a held plan removes its files, and it can be added again.
+    store.remove(&name, false, false).unwrap();
+    let layout = dop_store::Layout::new(dir.path());
+    assert!(!layout.iterations(&name).exists() && !layout.state(&name).exists());
+    assert!(store.list().unwrap().is_empty());
+    store.add(&text, &before, None, false).unwrap();
+    assert_eq!(store.iteration(&name, None).unwrap().info.number, 1);
 }

@@ -283,8 +283,8 @@ pub async fn serve(
         wait_timeout: std::time::Duration::from_secs(config.provider_wait_timeout_secs.max(1)),
         ..dopv::provider::ProviderOptions::new(local_dir)
     };
-    // The server is the records' only user and writes them several times per execution.
-    store.hold_records();
+    // The server reads the catalog, iterations and its records with every request and run.
+    store.hold_databases();
     let runner = Runner::start(
         store.clone(),
         RunnerConfig {
