@@ -101,10 +101,9 @@ impl Held {
 
     /// The database at `path`: the held one, or one opened for this operation.
     pub(crate) fn open(&self, path: &Path) -> Result<Shared> {
-        let slot = match locked(&self.slots).as_mut() {
-            None => None,
-            Some(slots) => Some(slots.entry(path.to_path_buf()).or_default().clone()),
-        };
+        let slot = locked(&self.slots)
+            .as_mut()
+            .map(|slots| slots.entry(path.to_path_buf()).or_default().clone());
         let Some(slot) = slot else {
             return Ok(Arc::from(self.backend.open(path)?));
         };
@@ -139,7 +138,9 @@ impl Held {
     /// state session keeps it for the run and gives it back at the end ([`Held::give_back`]).
     pub(crate) fn take(&self, path: &Path) -> Option<Shared> {
         let slot = locked(&self.slots).as_mut()?.remove(path)?;
-        let db = locked(&slot).db.take();
+        // A reader opening it right now keeps its own: the session then opens it as well,
+        // once the reader is done, instead of waiting here.
+        let db = slot.try_lock().ok()?.db.take();
         db
     }
 
@@ -151,7 +152,12 @@ impl Held {
             return;
         };
         let slot = slots.entry(path.to_path_buf()).or_default().clone();
-        let mut slot = locked(&slot);
+        // A reader that is opening it (and so waits for this very database) keeps the slot
+        // locked: then this one closes, never waiting for the slot while holding what the
+        // reader waits for.
+        let Ok(mut slot) = slot.try_lock() else {
+            return;
+        };
         // Opened meanwhile by a reader: that one stays, this one closes.
         if slot.db.is_none() {
             slot.db = Some(db);

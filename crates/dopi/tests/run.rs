@@ -857,7 +857,7 @@ struct FillingDisk {
 }
 
 struct FillingDatabase {
-    db: Box<dyn dop_store::Database + Send>,
+    db: Box<dyn dop_store::Database + Send + Sync>,
     path: PathBuf,
     allowed: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
@@ -866,7 +866,7 @@ impl dop_store::Backend for FillingDisk {
     fn open(
         &self,
         path: &std::path::Path,
-    ) -> dop_store::Result<Box<dyn dop_store::Database + Send>> {
+    ) -> dop_store::Result<Box<dyn dop_store::Database + Send + Sync>> {
         Ok(Box::new(FillingDatabase {
             db: self.inner.open(path)?,
             path: path.to_path_buf(),
