@@ -35,6 +35,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod allocator;
 mod backend;
 mod error;
 mod held;

@@ -307,9 +307,14 @@ async fn main() {
     let (mut warm, mut peak, mut last) = (0u64, 0u64, 0u64);
     // Threads: sampled with the memory, after the warm-up.
     let (mut fewest, mut most) = (u64::MAX, 0u64);
+    // The RSS at the end of each tenth: whether memory levels off or keeps growing.
+    let mut curve: Vec<u64> = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         last = rss_kib(pid);
+        if start.elapsed().as_secs_f64() >= tenth * (curve.len() + 1) as f64 {
+            curve.push(last);
+        }
         if start.elapsed().as_secs_f64() <= tenth {
             warm = warm.max(last);
         } else {
@@ -341,6 +346,14 @@ async fn main() {
         peak as f64 / 1024.0,
         last as f64 / 1024.0,
         last as f64 / warm.max(1) as f64
+    );
+    let curve: Vec<String> = curve
+        .iter()
+        .map(|kib| format!("{:.0}", *kib as f64 / 1024.0))
+        .collect();
+    println!(
+        "  memory (RSS) at the end of each tenth: {} MiB",
+        curve.join(", ")
     );
     println!("  server threads after the warm-up: {fewest} to {most}");
     println!(
