@@ -208,10 +208,11 @@ impl Store {
     /// each per operation: for a server, which reads the catalog, iterations and its records
     /// with every request and every run. Another process that wants one of them still gets it
     /// within a fraction of a second, and an unused one is closed after a while (see `held`).
-    /// It also keeps the large blocks each open of a database allocates out of the C
-    /// allocator's heap, which would otherwise grow with the server's uptime (see `allocator`).
+    /// It also sets the C allocator up for a long-running process (large blocks mapped on their
+    /// own, free memory given back every 10 s), whose memory would otherwise grow with its
+    /// uptime (see `allocator`).
     pub fn hold_databases(&self) {
-        crate::allocator::map_large_blocks();
+        crate::allocator::for_a_server();
         self.held.hold();
     }
 
