@@ -1,13 +1,20 @@
 //! A store that holds its databases keeps large blocks mapped on their own (see the store's
 //! `allocator` module). Its own test binary: the allocator's settings are process-wide.
 
+/// A store in a temporary directory that holds its databases, as a server's does.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn holding_store() -> (tempfile::TempDir, dop_store::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dop_store::Store::open(dir.path()).unwrap();
+    store.hold_databases();
+    (dir, store)
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn a_store_that_holds_its_databases_maps_large_blocks_even_after_one_was_freed() {
     use std::hint::black_box;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dop_store::Store::open(dir.path()).unwrap();
-    store.hold_databases();
+    let _store = holding_store();
     // Freeing a mapped block raises glibc's dynamic threshold to its size (as closing a sled
     // database does with its page table) ...
     drop(black_box(vec![0u8; 8 << 20]));
@@ -38,9 +45,7 @@ fn rss_kib() -> u64 {
 #[test]
 fn a_store_that_holds_its_databases_gives_memory_freed_inside_the_heap_back() {
     use std::hint::black_box;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dop_store::Store::open(dir.path()).unwrap();
-    store.hold_databases();
+    let _store = holding_store();
     const BLOCKS: usize = 12 * 1024; // 48 MiB of 4 KiB blocks, written so they are resident
     let mut blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| vec![i as u8 | 1; 4096]).collect();
     // The last block stays: the freed ones lie below it, where glibc does not trim by itself.
