@@ -34,6 +34,7 @@ use dop_testbed::libvirt::{
     METADATA_NAMESPACE, POOL, POOL_PATH, TESTBED_JSON, URI, VIRTLOGD,
 };
 use dop_testbed::openstack::alive;
+use dop_testbed::process::rss_kib;
 use dop_testbed::{signal, wait_for};
 use serde_json::json;
 
@@ -561,16 +562,6 @@ fn kill_qemu_processes(domains: &[String]) -> usize {
         });
     }
     left.len()
-}
-
-/// A process's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Prints how long a phase of `up` took.

@@ -1,4 +1,5 @@
-//! Keeps sled's large zeroed blocks out of the C allocator's heap in a long-running process.
+//! The C allocator set up for a long-running process: sled's large zeroed blocks kept out of
+//! its heap, and memory freed inside its arenas given back.
 //!
 //! Every open of a sled database allocates its page table zeroed: a 4 MiB and a 2 MiB block.
 //! glibc serves blocks that large with their own `mmap`, whose pages stay untouched (and not

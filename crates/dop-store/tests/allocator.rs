@@ -1,5 +1,6 @@
-//! A store that holds its databases keeps large blocks mapped on their own (see the store's
-//! `allocator` module). Its own test binary: the allocator's settings are process-wide.
+//! A store that holds its databases keeps large blocks mapped on their own and gives memory
+//! freed inside the heap back (see the store's `allocator` module). Its own test binary: the
+//! allocator's settings are process-wide.
 
 /// A store in a temporary directory that holds its databases, as a server's does.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -31,20 +32,14 @@ fn a_store_that_holds_its_databases_maps_large_blocks_even_after_one_was_freed()
     );
 }
 
-/// The resident memory of this process, in KiB.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Memory freed in the middle of an arena (below a block still in use) goes back to the
 /// system within the server's trim period; glibc alone keeps it resident.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn a_store_that_holds_its_databases_gives_memory_freed_inside_the_heap_back() {
+    use dop_testbed::process::rss_kib;
     use std::hint::black_box;
+    let rss_kib = || rss_kib(std::process::id());
     let _store = holding_store();
     const BLOCKS: usize = 12 * 1024; // 48 MiB of 4 KiB blocks, written so they are resident
     let mut blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| vec![i as u8 | 1; 4096]).collect();

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dop_testbed::dopc::DopcServer;
+use dop_testbed::process::rss_kib;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -46,18 +47,6 @@ fn threads(pid: u32) -> u64 {
             s.lines()
                 .find_map(|l| l.strip_prefix("Threads:"))
                 .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The server's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -312,10 +301,11 @@ async fn main() {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         last = rss_kib(pid);
-        if start.elapsed().as_secs_f64() >= tenth * (curve.len() + 1) as f64 {
+        let at = start.elapsed().as_secs_f64();
+        if at >= tenth * (curve.len() + 1) as f64 {
             curve.push(last);
         }
-        if start.elapsed().as_secs_f64() <= tenth {
+        if at <= tenth {
             warm = warm.max(last);
         } else {
             let now = threads(pid);
