@@ -267,12 +267,10 @@ pub fn plan_node(view: &NodeView<'_>, permissions: Permissions) -> Option<Action
     let exists = view.actual.exists;
     let Some(planned) = &view.planned else {
         // Not in the plan (any more).
+        // Gone already, the destroy only forgets it, unless an earlier run stopped half-way
+        // through it: then the provider cleans up what may be left.
         let record = view.record?;
-        if !exists && record.status != Status::Destroying {
-            // Gone already: the destroy only forgets it.
-            return action(ActionKind::Destroy, Reason::RemovedFromPlan, Vec::new());
-        }
-        let reason = if record.status == Status::Destroying {
+        let reason = if matches!(record.status, Status::Creating | Status::Destroying) {
             Reason::Interrupted
         } else {
             Reason::RemovedFromPlan

@@ -32,6 +32,16 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// Whether a run that stopped half-way through the node may have left parts of it with the
+    /// provider even when the provider does not report a node: a create killed before the node
+    /// was complete, a destroy killed before it was done, a rollback that failed. Removing such
+    /// a node asks the provider to clean up rather than only forgetting it.
+    pub fn may_have_left_parts(self) -> bool {
+        matches!(self, Status::Creating | Status::Destroying | Status::Failed)
+    }
+}
+
 /// What dopv knows about one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {

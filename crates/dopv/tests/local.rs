@@ -799,6 +799,87 @@ fn a_second_signal_stops_at_once_and_still_reports() {
 }
 
 /// Fault injection (`cargo xtask chaos` runs it with more kill points): dopv killed with
+/// A sync killed while a node is being created leaves a half-made node behind (its record says
+/// `creating`, the provider has a directory without a finished node in it). Dropped from the
+/// plan, the next sync has the provider remove that leftover: a node that does not quite exist
+/// yet is still the provider's to clean up.
+#[test]
+fn a_node_killed_mid_create_then_dropped_from_the_plan_leaves_nothing_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    if !local_nodes_available() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.70", 2340);
+    let keep = node("h1", &format!("{p}.1"), "");
+    lab.plan(&plan_text("half", p, port, &[keep.clone()]));
+    lab.expect(&["sync", "half", "-q"], 0);
+    // An ssh-keygen that stops the next create half-way: it says so, then waits to be killed.
+    let bin = lab.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = lab.path().join("keygen.pid");
+    let keygen = bin.join("ssh-keygen");
+    std::fs::write(
+        &keygen,
+        format!("#!/bin/sh\necho $$ > {}\nexec sleep 60\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&keygen, std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.plan(&plan_text(
+        "half",
+        p,
+        port,
+        &[keep.clone(), node("h2", &format!("{p}.2"), "")],
+    ));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut sync = Running::spawn(
+        lab.command(&["sync", "half", "-q"])
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let t = std::time::Instant::now();
+    let keygen_pid = loop {
+        let pid = std::fs::read_to_string(&marker).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            break pid;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "the create of h2 reached ssh-keygen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    sync.kill();
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(keygen_pid, libc::SIGKILL);
+    }
+    let half_made = lab.node_dir("half", "h2");
+    assert!(half_made.exists() && !half_made.join("node.json").exists());
+    let shown = lab.json(&["show", "half"], 0);
+    let h2 = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "h2")
+        .cloned();
+    assert_eq!(h2.map(|n| n["status"].clone()), Some("creating".into()));
+    // h2 leaves the plan before it was ever finished.
+    lab.plan(&plan_text("half", p, port, &[keep]));
+    lab.expect(&["sync", "half", "--destructive", "-q"], 0);
+    assert!(!half_made.exists(), "the half-made h2 was removed");
+    let shown = lab.json(&["show", "half"], 0);
+    let names: Vec<_> = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("h1")]);
+    lab.expect(&["undeploy", "half"], 0);
+}
+
 /// SIGKILL at many moments of syncs that create, and (as the plan alternates between two
 /// versions) destroy nodes. After every kill the store opens and a node recorded deployed was
 /// never built again; every sync let finish leaves the plan in sync, and at the end exactly the

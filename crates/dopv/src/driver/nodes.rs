@@ -225,7 +225,9 @@ async fn destroy(
             }
         }
     }
-    if exists {
+    // A node the provider does not report may still have parts left by a run that stopped
+    // half-way through it; a provider's destroy takes "gone already" for success.
+    if exists || record.is_some_and(|r| r.status.may_have_left_parts()) {
         provider
             .destroy(spec, log)
             .await
