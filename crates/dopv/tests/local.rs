@@ -812,7 +812,7 @@ fn a_node_killed_mid_create_then_dropped_from_the_plan_leaves_nothing_behind() {
     let lab = Lab::new();
     let (p, port) = ("127.0.70", 2340);
     let keep = node("h1", &format!("{p}.1"), "");
-    lab.plan(&plan_text("half", p, port, &[keep.clone()]));
+    lab.plan(&plan_text("half", p, port, std::slice::from_ref(&keep)));
     lab.expect(&["sync", "half", "-q"], 0);
     // An ssh-keygen that stops the next create half-way: it says so, then waits to be killed.
     let bin = lab.path().join("bin");
