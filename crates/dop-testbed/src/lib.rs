@@ -8,7 +8,7 @@
 //! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
 //!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
-//!   infrastructure test beds.
+//!   infrastructure test beds; [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
 //! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
@@ -27,6 +27,7 @@ pub mod dopv;
 pub mod libvirt;
 pub mod openstack;
 pub mod process;
+pub mod resolver;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,8 @@ pub struct Options {
     pub first: u32,
     /// sshd's `LogLevel` (`VERBOSE`; `DEBUG1` also logs each forwarded connection).
     pub log_level: String,
+    /// More sshd configuration lines, appended as they are.
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             max_startups: "10:30:100".into(),
             first: 1,
             log_level: "VERBOSE".into(),
+            extra_config: String::new(),
         }
     }
 }
@@ -268,10 +272,11 @@ impl Testbed {
                  AuthorizedKeysFile {dir}/client_ed25519.pub\nPermitRootLogin prohibit-password\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  UsePAM no\nStrictModes no\nMaxSessions {}\nMaxStartups {}\nAllowTcpForwarding yes\n\
-                 LogLevel {}\nPrintMotd no\n",
+                 LogLevel {}\nPrintMotd no\n{}",
                 options.max_sessions,
                 options.max_startups,
                 options.log_level,
+                options.extra_config,
                 dir = dir.display(),
             ));
             write(&config, &text)?;
