@@ -1,10 +1,21 @@
 //! The SSH transport on russh: one connection per node for the whole run, a channel per
 //! command (at most 10 at once, sshd's stock `MaxSessions`), a refused channel open treated as
-//! back-pressure and retried, connection retries with jittered back-off, keepalives, and host
+//! back-pressure and retried, logins admitted per target host and retried with random back-off
+//! ([`admission`]), names resolved off the async workers ([`resolve`]), keepalives, and host
 //! keys checked against what the store recorded (trust on first use).
+//!
+//! A login has two deadlines, like OpenSSH's `ConnectTimeout` and `LoginGraceTime`: the TCP
+//! connection must be accepted within the connect timeout (a silent address is down), and the
+//! SSH handshake and authentication must finish within the longer [`login_deadline`] (a host
+//! that accepted the connection and is slow to log in is busy, not down). Failures are retried
+//! by kind: a host that dropped a login or ran out of time is busy and gets [`BUSY_ATTEMPTS`], an
+//! address that cannot be reached gets [`CONNECT_ATTEMPTS`], and refused credentials, an unusable
+//! key or a changed host key fail at once.
+
+mod admission;
+mod resolve;
 
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +24,8 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertifi
 use russh::ChannelMsg;
 use tokio::sync::{watch, Semaphore};
 
+use self::admission::{backoff, Admission, Outcome};
+use self::resolve::Resolver;
 use crate::exec::{Finished, Lines, Stop, Stream};
 
 /// How long a node may take to confirm the close of a channel whose command was signalled.
@@ -20,8 +33,20 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Session channels one connection opens at once (stock sshd `MaxSessions`).
 pub const MAX_CHANNELS: usize = 10;
-/// Connection attempts before a node fails.
+/// Attempts at an address that cannot be reached (refused, silent, no route, no name) before
+/// the node fails.
 pub const CONNECT_ATTEMPTS: u32 = 4;
+/// Attempts at a host that accepted connections but dropped the logins or ran out of time (an
+/// overloaded sshd) before the node fails.
+pub const BUSY_ATTEMPTS: u32 = 8;
+/// The longest pause between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// How long the SSH handshake and authentication may take once the connection is accepted: six
+/// connect timeouts, at least 30 s (sshd's own `LoginGraceTime` is 120 s).
+pub fn login_deadline(connect_timeout: Duration) -> Duration {
+    (connect_timeout * 6).max(Duration::from_secs(30))
+}
 
 /// How an SSH command could not run.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +72,15 @@ pub enum SshError {
         expected: String,
         /// The presented one.
         got: String,
+    },
+    /// The node closed the connection while the credentials were being checked (sshd's
+    /// `MaxAuthTries`, an account PAM refuses): a refusal, not a busy host.
+    #[error("the node closed the connection while logging in as '{user}': {reason}")]
+    LoginRefused {
+        /// The user.
+        user: String,
+        /// The server's own message, else what the connection reported.
+        reason: String,
     },
     /// The node refused the credentials.
     #[error("authentication as '{user}' failed (the node did not accept the {method})")]
@@ -75,6 +109,9 @@ pub enum SshError {
     /// The command ended without an exit status.
     #[error("the command ended without an exit status (the connection dropped?)")]
     NoExitStatus,
+    /// The ssh agent (for a credential without a private key) cannot be used.
+    #[error("the ssh agent: {0}")]
+    Agent(String),
     /// Anything russh reports.
     #[error("ssh: {0}")]
     Ssh(String),
@@ -152,6 +189,8 @@ struct Client {
     expected: Option<String>,
     check: bool,
     seen: Arc<Mutex<Option<String>>>,
+    /// The message of the server's disconnect, when it sent one.
+    said: Arc<Mutex<Option<String>>>,
 }
 
 impl client::Handler for Client {
@@ -174,9 +213,24 @@ impl client::Handler for Client {
             _ => Ok(true),
         }
     }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<SshError>,
+    ) -> Result<(), SshError> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                *self.said.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.message);
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 }
 
 struct Connection {
+    /// The node's or jump host's name it is pooled under.
+    name: String,
     handle: client::Handle<Client>,
     slots: Semaphore,
 }
@@ -200,15 +254,17 @@ pub struct SshPool {
     known: Mutex<HashMap<String, String>>,
     new_keys: Mutex<Vec<(String, String)>>,
     connect_timeout: Duration,
+    resolver: Resolver,
+    admission: Admission,
 }
 
 /// Tries the keys of the ssh agent at `SSH_AUTH_SOCK`, in its order, until one is accepted.
 async fn agent_login(handle: &mut client::Handle<Client>, user: &str) -> Result<bool, SshError> {
-    let agent_error = |e: russh::keys::Error| SshError::Ssh(format!("the ssh agent: {e}"));
+    let agent_error = |e: russh::keys::Error| SshError::Agent(e.to_string());
     let mut agent = russh::keys::agent::client::AgentClient::connect_env()
         .await
         .map_err(|e| {
-            SshError::Ssh(format!(
+            SshError::Agent(format!(
                 "the credential has no private_key and no ssh agent answers at SSH_AUTH_SOCK ({e})"
             ))
         })?;
@@ -225,7 +281,7 @@ async fn agent_login(handle: &mut client::Handle<Client>, user: &str) -> Result<
         let result = handle
             .authenticate_publickey_with(user, key, hash, &mut agent)
             .await
-            .map_err(|e| SshError::Ssh(format!("the ssh agent: {e}")))?;
+            .map_err(|e| SshError::Agent(e.to_string()))?;
         if result.success() {
             return Ok(true);
         }
@@ -233,14 +289,42 @@ async fn agent_login(handle: &mut client::Handle<Client>, user: &str) -> Result<
     Ok(false)
 }
 
-fn jitter(attempt: u32) -> Duration {
-    let base = 100u64 << attempt.min(5);
-    let noise = u64::from(
-        std::process::id()
-            .wrapping_mul(31)
-            .wrapping_add(attempt * 7919),
-    ) % base;
-    Duration::from_millis(base + noise)
+/// Logs in as the endpoint's user; `false` when the server refused every offered credential.
+async fn authenticate(
+    handle: &mut client::Handle<Client>,
+    endpoint: &Endpoint<'_>,
+) -> Result<bool, SshError> {
+    Ok(match endpoint.login {
+        Login::Key(key) => {
+            let hash = if key.algorithm().is_rsa() {
+                handle.best_supported_rsa_hash().await?.flatten()
+            } else {
+                None
+            };
+            handle
+                .authenticate_publickey(
+                    endpoint.user,
+                    PrivateKeyWithHashAlg::new(key.clone(), hash),
+                )
+                .await?
+                .success()
+        }
+        Login::Password(p) => handle
+            .authenticate_password(endpoint.user, p)
+            .await?
+            .success(),
+        Login::Agent => agent_login(handle, endpoint.user).await?,
+    })
+}
+
+/// Why one login attempt failed, by what trying again can do about it.
+enum Failure {
+    /// Nothing: refused credentials, an unusable key, a changed host key.
+    Final(SshError),
+    /// The host accepted the connection but dropped the login or ran out of time.
+    Busy(String),
+    /// The address could not be reached (or the name resolved).
+    Down(String),
 }
 
 impl SshPool {
@@ -258,6 +342,8 @@ impl SshPool {
             known: Mutex::new(known),
             new_keys: Mutex::new(Vec::new()),
             connect_timeout,
+            resolver: Resolver::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -375,13 +461,16 @@ impl SshPool {
         port: u16,
         via: Option<&Connection>,
     ) -> Result<Connection, SshError> {
+        let (mut down, mut busy, mut attempt) = (0, 0, 0);
         let mut last = String::new();
-        for attempt in 0..CONNECT_ATTEMPTS {
+        while down < CONNECT_ATTEMPTS && busy < BUSY_ATTEMPTS {
             if attempt > 0 {
-                let wait = jitter(attempt);
+                let wait = backoff(attempt, BACKOFF_CAP);
                 tracing::debug!(node = endpoint.name, attempt, ?wait, %last, "ssh: connecting again after a pause");
                 tokio::time::sleep(wait).await;
             }
+            attempt += 1;
+            let mut was_busy = false;
             for address in addresses {
                 tracing::debug!(
                     node = endpoint.name,
@@ -396,36 +485,116 @@ impl SshPool {
                         tracing::debug!(node = endpoint.name, address, port, "ssh: connected");
                         return Ok(c);
                     }
-                    // These do not get better by trying again.
-                    Err(
-                        e @ (SshError::HostKeyChanged { .. }
-                        | SshError::Auth { .. }
-                        | SshError::Key { .. }),
-                    ) => {
+                    Err(Failure::Final(e)) => {
                         tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: refused, not retried");
                         return Err(e);
                     }
-                    Err(e) => {
+                    Err(Failure::Busy(e)) => {
+                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: the host is busy");
+                        was_busy = true;
+                        last = format!("{address}: {e}");
+                    }
+                    Err(Failure::Down(e)) => {
                         tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: connection failed");
                         last = format!("{address}: {e}");
                     }
                 }
             }
+            if was_busy {
+                busy += 1;
+            } else {
+                down += 1;
+            }
         }
         Err(SshError::Unreachable {
             addresses: addresses.join(", "),
             port,
-            reason: last,
+            reason: format!(
+                "{last} (after {attempt} attempt{})",
+                if attempt == 1 { "" } else { "s" }
+            ),
         })
     }
 
+    /// One login attempt at `address` (a name or an IP address, resolved here unless a jump
+    /// host `via` does it), admitted towards its target host.
     async fn connect(
         &self,
         endpoint: &Endpoint<'_>,
         address: &str,
         port: u16,
         via: Option<&Connection>,
-    ) -> Result<Connection, SshError> {
+    ) -> Result<Connection, Failure> {
+        let timeout = self.connect_timeout;
+        if let Some(jump) = via {
+            // Through a jump host: it resolves the address and opens the TCP connection; a
+            // refusal means it could not reach it. Its logins are admitted by the jump host.
+            let permit = self.admission.admit(&jump.name).await;
+            let opened = tokio::time::timeout(
+                timeout,
+                jump.handle
+                    .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0),
+            )
+            .await;
+            let channel = match opened {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(russh::Error::ChannelOpenFailure(_))) => {
+                    permit.done(Outcome::Neutral);
+                    return Err(Failure::Down(
+                        "the jump host could not open a connection to it".into(),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    permit.done(Outcome::Neutral);
+                    return Err(Failure::Down(format!("the jump host: {e}")));
+                }
+                Err(_) => {
+                    permit.done(Outcome::Dropped);
+                    return Err(Failure::Busy(format!(
+                        "the jump host did not open a connection to it within {} s",
+                        timeout.as_secs_f64()
+                    )));
+                }
+            };
+            return self.login(endpoint, channel.into_stream(), permit).await;
+        }
+        let mut last = String::new();
+        for addr in self
+            .resolver
+            .resolve(address, port, timeout)
+            .await
+            .map_err(Failure::Down)?
+        {
+            let permit = self.admission.admit(&addr.ip().to_string()).await;
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(socket)) => {
+                    let _ = socket.set_nodelay(true);
+                    return self.login(endpoint, socket, permit).await;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {
+                    last = format!(
+                        "no answer within {} s (the connect timeout)",
+                        timeout.as_secs_f64()
+                    )
+                }
+            }
+            permit.done(Outcome::Neutral);
+        }
+        Err(Failure::Down(last))
+    }
+
+    /// The SSH handshake and authentication on an accepted connection, within the login
+    /// deadline; `permit` learns how it went.
+    async fn login<S>(
+        &self,
+        endpoint: &Endpoint<'_>,
+        stream: S,
+        permit: admission::Permit,
+    ) -> Result<Connection, Failure>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let expected = self
             .known
             .lock()
@@ -433,78 +602,78 @@ impl SshPool {
             .get(endpoint.name)
             .cloned();
         let seen = Arc::new(Mutex::new(None));
+        let said = Arc::new(Mutex::new(None));
         let client = Client {
             expected: expected.clone(),
             check: endpoint.check_host_key,
             seen: seen.clone(),
+            said: said.clone(),
         };
-        let timeout = self.connect_timeout;
-        let no_answer = || SshError::Ssh(format!("no answer within {} s", timeout.as_secs()));
-        let handshake = async {
-            match via {
-                // Through a jump host: the jump host resolves the address and opens the TCP
-                // connection; a refusal means it could not reach it.
-                Some(jump) => {
-                    let channel = jump
-                        .handle
-                        .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0)
-                        .await
-                        .map_err(|e| match e {
-                            russh::Error::ChannelOpenFailure(_) => SshError::Ssh(
-                                "the jump host could not open a connection to it".into(),
-                            ),
-                            e => e.into(),
-                        })?;
-                    client::connect_stream(self.config.clone(), channel.into_stream(), client).await
-                }
-                None => {
-                    let addr = (address, port)
-                        .to_socket_addrs()
-                        .map_err(|e| SshError::Ssh(format!("cannot resolve {address}: {e}")))?
-                        .next()
-                        .ok_or_else(|| SshError::Ssh(format!("{address} has no address")))?;
-                    let socket = tokio::net::TcpStream::connect(addr)
-                        .await
-                        .map_err(|e| SshError::Ssh(e.to_string()))?;
-                    let _ = socket.set_nodelay(true);
-                    client::connect_stream(self.config.clone(), socket, client).await
-                }
+        let deadline = tokio::time::Instant::now() + login_deadline(self.connect_timeout);
+        let out_of_time = || {
+            Failure::Busy(format!(
+                "the connection was accepted, but the SSH login did not finish within {} s",
+                login_deadline(self.connect_timeout).as_secs()
+            ))
+        };
+        let handshake = tokio::time::timeout_at(
+            deadline,
+            client::connect_stream(self.config.clone(), stream, client),
+        )
+        .await;
+        let mut handle = match handshake {
+            Err(_) => {
+                permit.done(Outcome::Dropped);
+                return Err(out_of_time());
             }
-        };
-        let mut handle = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| no_answer())??;
-        let authenticated = match endpoint.login {
-            Login::Key(key) => {
-                let hash = if key.algorithm().is_rsa() {
-                    handle.best_supported_rsa_hash().await?.flatten()
-                } else {
-                    None
-                };
-                handle
-                    .authenticate_publickey(
-                        endpoint.user,
-                        PrivateKeyWithHashAlg::new(key.clone(), hash),
-                    )
-                    .await?
-                    .success()
+            Ok(Err(e @ SshError::HostKeyChanged { .. })) => {
+                permit.done(Outcome::Neutral);
+                return Err(Failure::Final(e));
             }
-            Login::Password(p) => handle
-                .authenticate_password(endpoint.user, p)
-                .await?
-                .success(),
-            Login::Agent => agent_login(&mut handle, endpoint.user).await?,
+            Ok(Err(e)) => {
+                // Accepted, then dropped before the keys were exchanged: sshd over
+                // `MaxStartups`, or too busy to finish.
+                permit.done(Outcome::Dropped);
+                return Err(Failure::Busy(format!(
+                    "the connection was accepted, then dropped during the handshake ({e})"
+                )));
+            }
+            Ok(Ok(handle)) => handle,
         };
-        if !authenticated {
-            return Err(SshError::Auth {
+        // The host answered the handshake: from here a closed connection is a refusal.
+        let accepted =
+            match tokio::time::timeout_at(deadline, authenticate(&mut handle, endpoint)).await {
+                Err(_) => {
+                    permit.done(Outcome::Dropped);
+                    return Err(out_of_time());
+                }
+                Ok(Err(e @ (SshError::Key { .. } | SshError::Agent(_)))) => {
+                    permit.done(Outcome::Neutral);
+                    return Err(Failure::Final(e));
+                }
+                Ok(Err(e)) => {
+                    permit.done(Outcome::Neutral);
+                    let reason = said.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    return Err(Failure::Final(SshError::LoginRefused {
+                        user: endpoint.user.to_string(),
+                        reason: reason.unwrap_or_else(|| e.to_string()),
+                    }));
+                }
+                Ok(Ok(accepted)) => accepted,
+            };
+        if !accepted {
+            permit.done(Outcome::Neutral);
+            return Err(Failure::Final(SshError::Auth {
                 user: endpoint.user.to_string(),
                 method: match endpoint.login {
                     Login::Key(_) => "key",
                     Login::Password(_) => "password",
                     Login::Agent => "keys of the ssh agent",
                 },
-            });
+            }));
         }
+        let took = permit.elapsed();
+        permit.done(Outcome::Done(took));
         if expected.is_none() && endpoint.check_host_key {
             if let Some(fp) = seen.lock().unwrap_or_else(|p| p.into_inner()).clone() {
                 self.known
@@ -518,6 +687,7 @@ impl SshPool {
             }
         }
         Ok(Connection {
+            name: endpoint.name.to_string(),
             handle,
             slots: Semaphore::new(MAX_CHANNELS),
         })
