@@ -785,3 +785,93 @@ fn a_node_whose_address_goes_away_mid_command_fails_and_resumes_when_it_is_back(
     ip(&format!("addr add {a1}/32 dev lo"));
     run.rerun_finishes();
 }
+
+/// A login the node refuses is not transient: the node fails after one login, with the reason,
+/// instead of trying again. Two ways sshd refuses: a locked account (root can make one), and
+/// closing the connection on a refused key (`MaxAuthTries` reached).
+#[test]
+fn a_refused_login_fails_at_once_without_trying_again() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: making a locked account needs root");
+        return;
+    }
+    const LOCKED: &str = "doplocked";
+    if !Command::new("id")
+        .arg(LOCKED)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        // useradd leaves the password '!': locked.
+        let made = Command::new("useradd")
+            .args(["-r", "-M", "-d", "/nonexistent", "-s", "/bin/sh", LOCKED])
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let w = World::new();
+    let options = Options::new(2, 2315, 61);
+    let testbed = w.testbed(&options);
+    let steps = format!(
+        "  - name: try
+    nodes: all
+    max_in_flight: -1
+    command: {{plugin: ssh/custom, exec: 'true', credentials: login, port: {}}}
+",
+        options.port
+    );
+    let locked_plan = plan(&testbed, &testbed.client_key(), "", &steps).replace(
+        &format!("username: {}", testbed.user),
+        &format!("username: {LOCKED}"),
+    );
+    w.add("ssh", &locked_plan);
+    let started = std::time::Instant::now();
+    let out = w.dopi(&["run", "ssh"]);
+    println!("refused logins failed after {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = w.show_json("ssh");
+    for node in ["n01", "n02"] {
+        assert_eq!(
+            node_message(&show, 0, node),
+            format!("authentication as '{LOCKED}' failed (the node did not accept the key)")
+        );
+    }
+    let log = std::fs::read_to_string(testbed.dir().join("sshd.0.log")).unwrap();
+    let logins = log
+        .lines()
+        .filter(|l| l.contains("Connection closed by invalid user"))
+        .count();
+    assert_eq!(logins, 2, "one login per node, none repeated:\n{log}");
+    drop(testbed);
+
+    // A node that closes the connection on a refused key (sshd's `MaxAuthTries` reached) fails
+    // at once too, with the server's message.
+    let w = World::new();
+    let options = Options {
+        extra_config: "MaxAuthTries 1\n".into(),
+        ..Options::new(1, 2316, 71)
+    };
+    let testbed = w.testbed(&options);
+    let wrong = w.path().join("wrong_ed25519");
+    dop_testbed::generate_key(&wrong, "wrong").unwrap();
+    let steps = steps.replace("port: 2315", "port: 2316");
+    w.add("ssh", &plan(&testbed, &wrong, "", &steps));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        node_message(&w.show_json("ssh"), 0, "n01"),
+        format!(
+            "authentication as '{}' failed (the node did not accept the key)",
+            testbed.user
+        )
+    );
+    let log = std::fs::read_to_string(testbed.dir().join("sshd.0.log")).unwrap();
+    assert!(log.contains("Too many authentication failures"), "{log}");
+    let logins = log
+        .lines()
+        .filter(|l| l.contains("Failed publickey"))
+        .count();
+    assert_eq!(logins, 1, "one login, not repeated:\n{log}");
+}

@@ -1,0 +1,128 @@
+//! dopi at fleet scale on a shared host: 200 nodes on port 22 served by 13 sshd processes of
+//! 16 addresses each, logged in as a /bin/sh user, under sshd's stock `MaxStartups` (which
+//! drops handshakes beyond 10 pending) and with an sshd that accepts every connection. Every
+//! node must succeed: a burst of slow handshakes makes a run slower, never failed.
+
+mod common;
+
+use common::{text_of, World};
+use dop_testbed::resolver::SilentResolver;
+use dop_testbed::{Options, Testbed};
+
+const NODES: usize = 200;
+
+/// The plan of the issue's bed: nodes named `pN.example.com` (a name that does not resolve
+/// here), reached through `interfaces.eth0.ip`, one `true` per step on all nodes.
+fn fleet_plan(testbed: &Testbed, steps: usize, max_in_flight: i64) -> String {
+    let mut t = format!(
+        "name: fleet\ninfrastructures:\n  lab:\n    type: baremetal\n    networks:\n      lo: \
+         {{ip_pool: {{from: 127.0.0.1, to: 127.255.255.254}}, ip_netmask: 255.0.0.0, ip_defgw: \
+         false}}\ncredentials:\n  login: {{type: ssh_key, username: {}, private_key: {{file: \
+         {}}}}}\nnodes:\n",
+        testbed.user,
+        testbed.client_key().display()
+    );
+    for (i, a) in testbed.addresses.iter().enumerate() {
+        t.push_str(&format!(
+            "  p{i}.example.com: {{infrastructure: lab, interfaces: {{eth0: {{network: lo, ip: {a}}}}}}}\n"
+        ));
+    }
+    t.push_str("steps:\n");
+    for s in 1..=steps {
+        t.push_str(&format!(
+            "  - name: step {s}\n    nodes: all\n    max_in_flight: {max_in_flight}\n    \
+             set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login}}]\n    \
+             command: {{plugin: ssh/custom, exec: 'true'}}\n"
+        ));
+    }
+    t
+}
+
+fn port_22_free(first: u32) -> bool {
+    std::net::TcpListener::bind((dop_testbed::address(first, 0), 22)).is_ok()
+}
+
+/// The four runs share this machine's two cores: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs two steps on 200 nodes and expects every node to succeed. The node names resolve
+/// through a name server that never answers (2 s per lookup), as on the issue's bed.
+fn run_fleet(max_startups: &str, first: u32, max_in_flight: i64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !Testbed::available() {
+        println!("skipped: sshd is not installed (run .ci/install-deps)");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !port_22_free(first) {
+        println!("skipped: sshd on port 22 of loopback addresses needs root and a free port 22");
+        return;
+    }
+    let w = World::new();
+    let Some(resolver) = SilentResolver::start(w.path(), 2) else {
+        return;
+    };
+    let options = Options {
+        max_startups: max_startups.into(),
+        max_sessions: 64,
+        ..Options::new(NODES, 22, first)
+    };
+    let testbed = w.testbed(&options);
+    w.add("fleet", &fleet_plan(&testbed, 2, max_in_flight));
+    let started = std::time::Instant::now();
+    let out = resolver
+        .command(std::path::Path::new(env!("CARGO_BIN_EXE_dopi")))
+        .env("DOP_CONFIG", "/dev/null")
+        .env("DOP_STORE_DIR", w.path().join("store"))
+        .env("DOP_LOG_DIR", w.path().join("logs"))
+        .args(["run", "fleet", "--json", "-q"])
+        .output()
+        .unwrap();
+    println!(
+        "fleet: MaxStartups {max_startups}, max_in_flight {max_in_flight}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", text_of(&out.stderr)));
+    let show = w.show_json("fleet");
+    let mut failed = Vec::new();
+    for step in show["step_sets"][0]["steps"].as_array().unwrap() {
+        for (node, state) in step["nodes"].as_object().unwrap() {
+            if state["state"] != "done" {
+                failed.push(format!("{node}: {state}"));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} node-steps not done, e.g. {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report:#}\n{}",
+        text_of(&out.stderr)
+    );
+}
+
+#[test]
+fn two_hundred_nodes_on_stock_sshds_fifty_at_a_time() {
+    run_fleet("10:30:100", 3001, 50);
+}
+
+#[test]
+fn two_hundred_nodes_on_stock_sshds_all_at_once() {
+    run_fleet("10:30:100", 3301, -1);
+}
+
+#[test]
+fn two_hundred_nodes_on_sshds_that_accept_every_connection_fifty_at_a_time() {
+    run_fleet("1000:30:2000", 3601, 50);
+}
+
+#[test]
+fn two_hundred_nodes_on_sshds_that_accept_every_connection_all_at_once() {
+    run_fleet("1000:30:2000", 3901, -1);
+}
