@@ -1,8 +1,9 @@
 //! The SSH transport on russh: one connection per node for the whole run, a channel per
 //! command (at most 10 at once, sshd's stock `MaxSessions`), a refused channel open treated as
 //! back-pressure and retried, logins admitted per target host and retried with random back-off
-//! ([`admission`]), names resolved off the async workers ([`resolve`]), keepalives, and host
-//! keys checked against what the store recorded (trust on first use).
+//! ([`admission`]), names resolved off the async workers ([`resolve`]), a node's addresses
+//! tried in order without waiting for each (Happy Eyeballs), keepalives, and host keys checked
+//! against what the store recorded (trust on first use).
 //!
 //! A login has two deadlines, like OpenSSH's `ConnectTimeout` and `LoginGraceTime`: the TCP
 //! connection must be accepted within the connect timeout (a silent address is down), and the
@@ -39,6 +40,8 @@ pub const CONNECT_ATTEMPTS: u32 = 4;
 /// Attempts at a host that accepted connections but dropped the logins or ran out of time (an
 /// overloaded sshd) before the node fails.
 pub const BUSY_ATTEMPTS: u32 = 8;
+/// How long the next of a node's addresses waits for the one before it to connect.
+const NEXT_ADDRESS_DELAY: Duration = Duration::from_millis(250);
 /// The longest pause between two attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
@@ -289,6 +292,17 @@ async fn agent_login(handle: &mut client::Handle<Client>, user: &str) -> Result<
     Ok(false)
 }
 
+/// A byte stream to a node: a TCP connection, or a channel through a jump host.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection opened to one of a node's addresses, admitted, not logged in yet.
+struct Opened {
+    address: String,
+    stream: Box<dyn Io>,
+    permit: admission::Permit,
+}
+
 /// Logs in as the endpoint's user; `false` when the server refused every offered credential.
 async fn authenticate(
     handle: &mut client::Handle<Client>,
@@ -470,36 +484,41 @@ impl SshPool {
                 tokio::time::sleep(wait).await;
             }
             attempt += 1;
-            let mut was_busy = false;
-            for address in addresses {
-                tracing::debug!(
-                    node = endpoint.name,
-                    address,
-                    port,
-                    attempt,
-                    via = via.is_some(),
-                    "ssh: connecting"
-                );
-                match self.connect(endpoint, address, port, via).await {
+            let (opened, mut failures) = self
+                .open_first(endpoint.name, addresses, port, via, attempt)
+                .await;
+            if let Some(opened) = opened {
+                match self.login(endpoint, opened.stream, opened.permit).await {
                     Ok(c) => {
-                        tracing::debug!(node = endpoint.name, address, port, "ssh: connected");
+                        tracing::debug!(
+                            node = endpoint.name,
+                            address = opened.address,
+                            port,
+                            "ssh: connected"
+                        );
                         return Ok(c);
                     }
                     Err(Failure::Final(e)) => {
-                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: refused, not retried");
+                        tracing::debug!(node = endpoint.name, address = opened.address, port, error = %e, "ssh: refused, not retried");
                         return Err(e);
                     }
-                    Err(Failure::Busy(e)) => {
-                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: the host is busy");
-                        was_busy = true;
-                        last = format!("{address}: {e}");
-                    }
-                    Err(Failure::Down(e)) => {
-                        tracing::debug!(node = endpoint.name, address, port, error = %e, "ssh: connection failed");
-                        last = format!("{address}: {e}");
-                    }
+                    Err(f) => failures.push((opened.address, f)),
                 }
             }
+            let mut was_busy = false;
+            let mut reasons = Vec::new();
+            for (address, failure) in failures {
+                let reason = match failure {
+                    Failure::Busy(r) => {
+                        was_busy = true;
+                        r
+                    }
+                    Failure::Down(r) => r,
+                    Failure::Final(e) => return Err(e),
+                };
+                reasons.push(format!("{address}: {reason}"));
+            }
+            last = reasons.join("; ");
             if was_busy {
                 busy += 1;
             } else {
@@ -516,15 +535,67 @@ impl SshPool {
         })
     }
 
-    /// One login attempt at `address` (a name or an IP address, resolved here unless a jump
-    /// host `via` does it), admitted towards its target host.
-    async fn connect(
+    /// Opens a connection to the first of `addresses` that accepts one, trying them in order
+    /// but without waiting for each: the next starts when the one before fails or has not
+    /// connected within [`NEXT_ADDRESS_DELAY`] (RFC 8305's "Happy Eyeballs"), so a name whose
+    /// lookup hangs or an address that is silent does not hold up the addresses after it. The
+    /// failures of those that lost are returned too.
+    async fn open_first(
         &self,
-        endpoint: &Endpoint<'_>,
+        name: &str,
+        addresses: &[String],
+        port: u16,
+        via: Option<&Connection>,
+        attempt: u32,
+    ) -> (Option<Opened>, Vec<(String, Failure)>) {
+        use futures_util::StreamExt;
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut failures = Vec::new();
+        let (mut started, mut start_next) = (0, true);
+        loop {
+            if start_next && started < addresses.len() {
+                let address = &addresses[started];
+                tracing::debug!(
+                    node = name,
+                    address,
+                    port,
+                    attempt,
+                    via = via.is_some(),
+                    "ssh: connecting"
+                );
+                pending.push(async move { (address, self.open(address, port, via).await) });
+                started += 1;
+            }
+            if pending.is_empty() {
+                return (None, failures);
+            }
+            let more = started < addresses.len();
+            tokio::select! {
+                Some((address, result)) = pending.next() => match result {
+                    Ok(opened) => return (Some(opened), failures),
+                    Err(failure) => {
+                        let reason = match &failure {
+                            Failure::Busy(r) | Failure::Down(r) => r.clone(),
+                            Failure::Final(e) => e.to_string(),
+                        };
+                        tracing::debug!(node = name, address, port, error = %reason, "ssh: this address failed");
+                        failures.push((address.clone(), failure));
+                        start_next = true;
+                    }
+                },
+                () = tokio::time::sleep(NEXT_ADDRESS_DELAY), if more => start_next = true,
+            }
+        }
+    }
+
+    /// Opens a connection to `address` (a name or an IP address, resolved here unless a jump
+    /// host `via` does it), admitted towards its target host; not logged in yet.
+    async fn open(
+        &self,
         address: &str,
         port: u16,
         via: Option<&Connection>,
-    ) -> Result<Connection, Failure> {
+    ) -> Result<Opened, Failure> {
         let timeout = self.connect_timeout;
         if let Some(jump) = via {
             // Through a jump host: it resolves the address and opens the TCP connection; a
@@ -536,27 +607,24 @@ impl SshPool {
                     .channel_open_direct_tcpip(address, u32::from(port), "127.0.0.1", 0),
             )
             .await;
-            let channel = match opened {
-                Ok(Ok(channel)) => channel,
-                Ok(Err(russh::Error::ChannelOpenFailure(_))) => {
-                    permit.done(Outcome::Neutral);
-                    return Err(Failure::Down(
-                        "the jump host could not open a connection to it".into(),
-                    ));
-                }
-                Ok(Err(e)) => {
-                    permit.done(Outcome::Neutral);
-                    return Err(Failure::Down(format!("the jump host: {e}")));
-                }
+            return match opened {
+                Ok(Ok(channel)) => Ok(Opened {
+                    address: address.to_string(),
+                    stream: Box::new(channel.into_stream()),
+                    permit,
+                }),
+                Ok(Err(russh::Error::ChannelOpenFailure(_))) => Err(Failure::Down(
+                    "the jump host could not open a connection to it".into(),
+                )),
+                Ok(Err(e)) => Err(Failure::Down(format!("the jump host: {e}"))),
                 Err(_) => {
                     permit.done(Outcome::Dropped);
-                    return Err(Failure::Busy(format!(
+                    Err(Failure::Busy(format!(
                         "the jump host did not open a connection to it within {} s",
                         timeout.as_secs_f64()
-                    )));
+                    )))
                 }
             };
-            return self.login(endpoint, channel.into_stream(), permit).await;
         }
         let mut last = String::new();
         for addr in self
@@ -569,7 +637,11 @@ impl SshPool {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(socket)) => {
                     let _ = socket.set_nodelay(true);
-                    return self.login(endpoint, socket, permit).await;
+                    return Ok(Opened {
+                        address: address.to_string(),
+                        stream: Box::new(socket),
+                        permit,
+                    });
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => {
@@ -579,22 +651,18 @@ impl SshPool {
                     )
                 }
             }
-            permit.done(Outcome::Neutral);
         }
         Err(Failure::Down(last))
     }
 
     /// The SSH handshake and authentication on an accepted connection, within the login
     /// deadline; `permit` learns how it went.
-    async fn login<S>(
+    async fn login(
         &self,
         endpoint: &Endpoint<'_>,
-        stream: S,
+        stream: Box<dyn Io>,
         permit: admission::Permit,
-    ) -> Result<Connection, Failure>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<Connection, Failure> {
         let expected = self
             .known
             .lock()
