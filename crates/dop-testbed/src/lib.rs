@@ -8,7 +8,8 @@
 //! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
 //!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
-//!   infrastructure test beds; [`resolver::SilentResolver`]: a name server that never answers.
+//!   infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
+//!   [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
 //! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
@@ -24,6 +25,7 @@ pub mod chaos;
 pub mod cli;
 pub mod dopc;
 pub mod dopv;
+pub mod fleet;
 pub mod libvirt;
 pub mod openstack;
 pub mod process;

@@ -1,25 +1,29 @@
-//! SSH fan-out: 10 steps of `true` on 200 loopback nodes (real sshd with stock limits), by
-//! `dopi run`, by `ansible-playbook` (raw module, forks 50) and by `parallel-ssh` (50 at a
-//! time), on the same nodes in the same invocation. Each tool also runs a 1-step version, so
-//! the per-step cost (`(T10 - T1) / 9`) is separated from connection setup.
+//! SSH fan-out on the fleet bed of issue 27 ([`dop_testbed::fleet`]): 200 loopback nodes on
+//! port 22 (13 sshd processes of 16 addresses, `MaxSessions 64`, a `/bin/sh` login, nodes named
+//! `pN.example.com` and reached through `interfaces.eth0.ip`), once with sshd's stock
+//! `MaxStartups 10:30:100` and once accepting every connection (`1000:30:2000`). On each bed,
+//! in the same invocation: the login floor (sshd's own CPU for one login, from the listening
+//! sshd's reaped children across 100 OpenSSH logins, times the nodes, over the cores), then 10
+//! steps of `true` by `dopi run` at `max_in_flight` 50 and -1, by `ansible-playbook` (raw
+//! module, forks 50) and by `parallel-ssh -p 50`. dopi also runs 1 step at 50, so its per-step
+//! cost (`(T10 - T1) / 9`) is separated from connection setup.
 //!
 //! Run with `cargo xtask bench ssh` (release mode). As root, ansible-core and pssh are
 //! installed from Debian packages when missing; a tool that cannot be found is reported as
-//! skipped. `DOP_BENCH_NODES` lowers the node count.
+//! skipped. Without root (or with port 22 taken) the beds use ports 2390 and 2391.
+//! `DOP_BENCH_NODES` lowers the node count.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dop_testbed::{Options, Testbed};
+use dop_testbed::{fleet, Options, Testbed};
 
 const STEPS: usize = 10;
 const PARALLEL: usize = 50;
-const PORT: u16 = 2390;
 
 struct Row {
-    tool: &'static str,
-    one: Duration,
+    tool: String,
     ten: Duration,
     failures: String,
 }
@@ -79,49 +83,42 @@ fn install_peers() {
     }
 }
 
-fn dopi_plan(testbed: &Testbed, steps: usize) -> String {
-    let mut t = format!(
-        "name: bench{steps}\ninfrastructures: {{lab: {{type: baremetal}}}}\ncredentials:\n  \
-         login: {{type: ssh_key, username: {}, private_key: {{file: {}}}}}\nnodes:\n",
-        testbed.user,
-        testbed.client_key().display()
-    );
-    for (i, a) in testbed.addresses.iter().enumerate() {
-        t.push_str(&format!(
-            "  n{i:03}: {{infrastructure: lab, fqdn: '{a}'}}\n"
-        ));
-    }
-    t.push_str("steps:\n");
-    for s in 1..=steps {
-        t.push_str(&format!(
-            "  - name: step {s}\n    nodes: all\n    max_in_flight: {PARALLEL}\n    \
-             set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {PORT}}}]\n    \
-             command: {{plugin: ssh/custom, exec: 'true'}}\n"
-        ));
-    }
-    t
-}
-
-fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize) -> (Duration, String) {
+fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize, max_in_flight: i64) -> (Duration, String) {
     let dopi = env!("CARGO_BIN_EXE_dopi");
-    let file = dir.join(format!("bench{steps}.yaml"));
-    std::fs::write(&file, dopi_plan(testbed, steps)).expect("plan");
+    let name = format!("bench{steps}x{}", max_in_flight.max(0));
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, fleet::plan(testbed, &name, steps, max_in_flight)).expect("plan");
     let command = |args: &[&str]| {
         let mut c = Command::new(dopi);
         c.env("DOP_CONFIG", "/dev/null")
-            .env("DOP_STORE_DIR", dir.join(format!("store{steps}")))
+            .env("DOP_STORE_DIR", dir.join(format!("store-{name}")))
             .env("DOP_LOG_DIR", dir.join("logs"))
             .args(args);
         c
     };
     let (_, ok, text) = timed(command(&["add", file.to_str().expect("utf-8")]));
     assert!(ok, "dopi add: {text}");
-    let name = format!("bench{steps}");
-    let (elapsed, ok, text) = timed(command(&["run", &name, "-q"]));
-    let failures = if ok {
-        "none".to_string()
-    } else {
-        format!("run failed: {}", text.lines().last().unwrap_or(""))
+    let (elapsed, _, _) = timed(command(&["run", &name, "-q"]));
+    let (_, _, shown) = timed(command(&["show", &name, "--json"]));
+    let show: serde_json::Value = serde_json::from_str(&shown).unwrap_or_default();
+    let mut failed = 0;
+    for step in show["step_sets"][0]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for state in step["nodes"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, s)| s)
+        {
+            failed += usize::from(state["state"] != "done");
+        }
+    }
+    let failures = match failed {
+        0 => "none".to_string(),
+        n => format!("{n} node-steps not done"),
     };
     (elapsed, failures)
 }
@@ -141,7 +138,8 @@ fn run_ansible(dir: &Path, testbed: &Testbed, steps: usize) -> (Duration, String
         inventory.push_str(&format!("n{i:03} ansible_host={a}\n"));
     }
     inventory.push_str(&format!(
-        "[nodes:vars]\nansible_port={PORT}\nansible_user={}\nansible_ssh_private_key_file={}\n",
+        "[nodes:vars]\nansible_port={}\nansible_user={}\nansible_ssh_private_key_file={}\n",
+        testbed.port,
         testbed.user,
         testbed.client_key().display()
     ));
@@ -217,7 +215,10 @@ fn run_pssh(dir: &Path, testbed: &Testbed, steps: usize) -> (Duration, String) {
                 "-l",
                 &testbed.user,
             ])
-            .args(["-x", &format!("-p {PORT} {}", ssh_options(testbed))])
+            .args([
+                "-x",
+                &format!("-p {} {}", testbed.port, ssh_options(testbed)),
+            ])
             .arg("true");
         let (_, ok, text) = timed(cmd);
         if !ok {
@@ -231,6 +232,114 @@ fn run_pssh(dir: &Path, testbed: &Testbed, steps: usize) -> (Duration, String) {
     (start.elapsed(), failures)
 }
 
+/// One bed: its floor, then every tool's 10 steps; prints its table.
+fn bench_bed(
+    dir: &Path,
+    label: &str,
+    max_startups: &str,
+    first: u32,
+    fallback_port: u16,
+    nodes: usize,
+) {
+    let port = if fleet::port_22_usable(first) {
+        fleet::PORT
+    } else {
+        fallback_port
+    };
+    let options = Options {
+        max_startups: max_startups.into(),
+        max_sessions: 64,
+        ..Options::new(nodes, port, first)
+    };
+    let dir = dir.join(label);
+    let testbed = Testbed::start(&dir.join("testbed"), &options).expect("testbed");
+    eprintln!(
+        "{label}: {nodes} nodes on port {port}, {} sshd processes (MaxStartups {max_startups}, MaxSessions 64)",
+        nodes.div_ceil(dop_testbed::ADDRESSES_PER_SSHD)
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let login = fleet::login_cost(&testbed, 100, &dir.join("known_hosts"));
+    let floor = login.map(|l| l * nodes as f64 / cores as f64);
+    let mut rows = Vec::new();
+    let work = dir.join("dopi");
+    std::fs::create_dir_all(&work).expect("work dir");
+    eprintln!("{label}: dopi, 1 step at {PARALLEL}…");
+    let (one, _) = run_dopi(&work, &testbed, 1, PARALLEL as i64);
+    for max_in_flight in [PARALLEL as i64, -1] {
+        eprintln!("{label}: dopi, {STEPS} steps at max_in_flight {max_in_flight}…");
+        let (ten, failures) = run_dopi(&work, &testbed, STEPS, max_in_flight);
+        rows.push(Row {
+            tool: format!("dopi run (max_in_flight {max_in_flight})"),
+            ten,
+            failures,
+        });
+    }
+    type Runner = fn(&Path, &Testbed, usize) -> (Duration, String);
+    let peers: [(&str, &str, Runner); 2] = [
+        (
+            "ansible-playbook (raw, forks 50)",
+            "ansible-playbook",
+            run_ansible,
+        ),
+        ("parallel-ssh (-p 50)", "parallel-ssh", run_pssh),
+    ];
+    for (tool, program, runner) in peers {
+        if !have(program) {
+            eprintln!("{tool}: not installed, skipped");
+            continue;
+        }
+        let work: PathBuf = dir.join(program);
+        std::fs::create_dir_all(&work).expect("work dir");
+        eprintln!("{label}: {tool}, {STEPS} steps…");
+        let (ten, failures) = runner(&work, &testbed, STEPS);
+        rows.push(Row {
+            tool: tool.to_string(),
+            ten,
+            failures,
+        });
+    }
+    drop(testbed);
+
+    let time_of = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.tool.starts_with(prefix))
+            .map(|r| secs(r.ten))
+    };
+    let (ansible, pssh) = (time_of("ansible"), time_of("parallel-ssh"));
+    let ratio =
+        |t: f64, base: Option<f64>| base.map_or("–".to_string(), |b| format!("{:.2}x", t / b));
+    println!("\n### {label} bed: MaxStartups {max_startups}, {nodes} nodes, port {port}, {STEPS} steps of `true`\n");
+    match (login, floor) {
+        (Some(l), Some(f)) => println!(
+            "login floor: sshd's CPU per login {:.1} ms × {nodes} nodes / {cores} cores = {f:.2} s\n",
+            l * 1e3
+        ),
+        _ => println!("login floor: not measured (OpenSSH's client failed to log in)\n"),
+    }
+    println!("| tool | {STEPS} steps | vs floor | vs ansible | vs parallel-ssh | failures |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let t = secs(r.ten);
+        println!(
+            "| {} | {t:.2} s | {} | {} | {} | {} |",
+            r.tool,
+            ratio(t, floor),
+            ratio(t, ansible),
+            ratio(t, pssh),
+            r.failures
+        );
+    }
+    if let Some(dopi) = rows.first() {
+        let per_step = (secs(dopi.ten) - secs(one)) / (STEPS - 1) as f64;
+        println!(
+            "\ndopi at {PARALLEL}: 1 step {:.2} s, per added step {:.0} ms ({:.2} ms of wall time per command on an open connection)",
+            secs(one),
+            per_step * 1e3,
+            per_step * 1e3 / nodes as f64
+        );
+    }
+}
+
 fn main() {
     if !Testbed::available() {
         eprintln!("sshd is not installed: run .ci/install-deps first");
@@ -242,73 +351,6 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().expect("temp dir");
-    let testbed = Testbed::start(&dir.path().join("testbed"), &Options::new(nodes, PORT, 600))
-        .expect("testbed");
-    eprintln!(
-        "{nodes} nodes on {} sshd processes (stock MaxStartups 10:30:100, MaxSessions 10); {STEPS} steps of `true`, {PARALLEL} nodes at a time",
-        nodes.div_ceil(dop_testbed::ADDRESSES_PER_SSHD)
-    );
-
-    type Runner = fn(&Path, &Testbed, usize) -> (Duration, String);
-    let tools: [(&'static str, &str, Runner); 3] = [
-        ("dopi run", "dopi", run_dopi),
-        (
-            "ansible-playbook (raw, forks 50)",
-            "ansible-playbook",
-            run_ansible,
-        ),
-        ("parallel-ssh (-p 50)", "parallel-ssh", run_pssh),
-    ];
-    let mut rows = Vec::new();
-    for (tool, program, runner) in tools {
-        if program != "dopi" && !have(program) {
-            eprintln!("{tool}: not installed, skipped");
-            continue;
-        }
-        let work: PathBuf = dir.path().join(program);
-        std::fs::create_dir_all(&work).expect("work dir");
-        eprintln!("{tool}: 1 step…");
-        let (one, f1) = runner(&work, &testbed, 1);
-        eprintln!("{tool}: {STEPS} steps…");
-        let (ten, f10) = runner(&work, &testbed, STEPS);
-        rows.push(Row {
-            tool,
-            one,
-            ten,
-            failures: if f1 == "none" {
-                f10
-            } else {
-                format!("{f1}; {f10}")
-            },
-        });
-    }
-    drop(testbed);
-
-    let base = rows.first().map(|r| secs(r.ten)).unwrap_or(1.0);
-    println!(
-        "\nssh: {STEPS} steps of `true` on {nodes} nodes ({PARALLEL} at a time); baseline: dopi run"
-    );
-    println!(
-        "| tool | 1 step | {STEPS} steps | per added step | {STEPS} steps vs dopi | failures |"
-    );
-    println!("|---|---:|---:|---:|---:|---|");
-    for r in &rows {
-        let per_step = (secs(r.ten) - secs(r.one)) / (STEPS - 1) as f64;
-        println!(
-            "| {} | {:.2} s | {:.2} s | {:.0} ms | {:.2}x | {} |",
-            r.tool,
-            secs(r.one),
-            secs(r.ten),
-            per_step * 1e3,
-            secs(r.ten) / base,
-            r.failures
-        );
-    }
-    if let Some(dopi) = rows.first() {
-        let per_node_step = secs(dopi.ten) / (STEPS * nodes) as f64;
-        println!(
-            "\ndopi: {:.2} ms of wall time per node-step over the whole run",
-            per_node_step * 1e3
-        );
-    }
+    bench_bed(dir.path(), "stock", "10:30:100", 600, 2390, nodes);
+    bench_bed(dir.path(), "accept-all", "1000:30:2000", 900, 2391, nodes);
 }

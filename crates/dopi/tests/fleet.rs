@@ -7,40 +7,9 @@ mod common;
 
 use common::{text_of, World};
 use dop_testbed::resolver::SilentResolver;
-use dop_testbed::{Options, Testbed};
+use dop_testbed::{fleet, Options, Testbed};
 
 const NODES: usize = 200;
-
-/// The plan of the issue's bed: nodes named `pN.example.com` (a name that does not resolve
-/// here), reached through `interfaces.eth0.ip`, one `true` per step on all nodes.
-fn fleet_plan(testbed: &Testbed, steps: usize, max_in_flight: i64) -> String {
-    let mut t = format!(
-        "name: fleet\ninfrastructures:\n  lab:\n    type: baremetal\n    networks:\n      lo: \
-         {{ip_pool: {{from: 127.0.0.1, to: 127.255.255.254}}, ip_netmask: 255.0.0.0, ip_defgw: \
-         false}}\ncredentials:\n  login: {{type: ssh_key, username: {}, private_key: {{file: \
-         {}}}}}\nnodes:\n",
-        testbed.user,
-        testbed.client_key().display()
-    );
-    for (i, a) in testbed.addresses.iter().enumerate() {
-        t.push_str(&format!(
-            "  p{i}.example.com: {{infrastructure: lab, interfaces: {{eth0: {{network: lo, ip: {a}}}}}}}\n"
-        ));
-    }
-    t.push_str("steps:\n");
-    for s in 1..=steps {
-        t.push_str(&format!(
-            "  - name: step {s}\n    nodes: all\n    max_in_flight: {max_in_flight}\n    \
-             set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login}}]\n    \
-             command: {{plugin: ssh/custom, exec: 'true'}}\n"
-        ));
-    }
-    t
-}
-
-fn port_22_free(first: u32) -> bool {
-    std::net::TcpListener::bind((dop_testbed::address(first, 0), 22)).is_ok()
-}
 
 /// The four runs share this machine's two cores: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -54,8 +23,7 @@ fn run_fleet(max_startups: &str, first: u32, max_in_flight: i64) {
         println!("skipped: sshd is not installed (run .ci/install-deps)");
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !port_22_free(first) {
+    if !fleet::port_22_usable(first) {
         println!("skipped: sshd on port 22 of loopback addresses needs root and a free port 22");
         return;
     }
@@ -66,10 +34,10 @@ fn run_fleet(max_startups: &str, first: u32, max_in_flight: i64) {
     let options = Options {
         max_startups: max_startups.into(),
         max_sessions: 64,
-        ..Options::new(NODES, 22, first)
+        ..Options::new(NODES, fleet::PORT, first)
     };
     let testbed = w.testbed(&options);
-    w.add("fleet", &fleet_plan(&testbed, 2, max_in_flight));
+    w.add("fleet", &fleet::plan(&testbed, "fleet", 2, max_in_flight));
     let started = std::time::Instant::now();
     let out = resolver
         .command(std::path::Path::new(env!("CARGO_BIN_EXE_dopi")))

@@ -3,17 +3,21 @@
 //! `getaddrinfo` blocks, and a resolver that does not answer blocks it for its whole timeout
 //! (5 s by default, per try). Called on the runtime's workers, two such lookups froze every
 //! handshake of the run: their deadlines passed while nobody could read the servers' answers, and
-//! every node in flight failed at once with "no answer". Lookups run on the blocking pool, are
-//! bounded by the connect timeout, and their answers (names that do not resolve too) are kept for
-//! a while, so retries and reconnects do not ask again.
+//! every node in flight failed at once with "no answer". Lookups run on threads of their own (at
+//! most [`LOOKUPS_AT_ONCE`]), not on the runtime's blocking pool: a runtime waits for its blocking
+//! tasks when it shuts down, so a lookup still hanging when the run was over kept the command
+//! from exiting for seconds. They are bounded by the connect timeout, and their answers (names
+//! that do not resolve too) are kept for a while, so retries and reconnects do not ask again.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an answer is kept (a name fixed in DNS mid-run is seen again after this).
 const KEEP: Duration = Duration::from_secs(60);
+/// Lookups in progress at once; more wait (a node's addresses do not wait for its name).
+const LOOKUPS_AT_ONCE: usize = 64;
 
 type Answer = Result<Vec<IpAddr>, String>;
 
@@ -21,9 +25,18 @@ type Answer = Result<Vec<IpAddr>, String>;
 type Entry = Arc<tokio::sync::Mutex<Option<(Instant, Answer)>>>;
 
 /// The run's resolver: every name looked up at most once per [`KEEP`].
-#[derive(Default)]
 pub struct Resolver {
     names: Mutex<HashMap<String, Entry>>,
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver {
+            names: Mutex::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)),
+        }
+    }
 }
 
 impl Resolver {
@@ -49,7 +62,7 @@ impl Resolver {
         let answer = match kept.as_ref() {
             Some((at, answer)) if at.elapsed() < KEEP => answer.clone(),
             _ => {
-                let answer = lookup(host, timeout).await;
+                let answer = self.lookup(host, timeout).await;
                 *kept = Some((Instant::now(), answer.clone()));
                 answer
             }
@@ -62,24 +75,46 @@ impl Resolver {
     }
 }
 
-async fn lookup(host: &str, timeout: Duration) -> Answer {
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, 0))).await {
-        Err(_) => Err(format!(
-            "cannot resolve {host}: no answer from the resolver within {} s",
-            timeout.as_secs_f64()
-        )),
-        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Ok(Ok(addrs)) => {
-            let mut ips: Vec<IpAddr> = Vec::new();
-            for a in addrs {
-                if !ips.contains(&a.ip()) {
-                    ips.push(a.ip());
+impl Resolver {
+    /// Asks the system's resolver on a thread of its own; the answer is dropped if nobody
+    /// waits for it any more.
+    async fn lookup(&self, host: &str, timeout: Duration) -> Answer {
+        let Ok(place) = self.lookups.clone().acquire_owned().await else {
+            return Err(format!("cannot resolve {host}: the resolver is closed"));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let name = host.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("dop-resolve".into())
+            .spawn(move || {
+                let answer = (name.as_str(), 0).to_socket_addrs();
+                drop(place);
+                let _ = tx.send(answer);
+            });
+        if let Err(e) = spawned {
+            return Err(format!(
+                "cannot resolve {host}: no thread for the lookup: {e}"
+            ));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(format!(
+                "cannot resolve {host}: no answer from the resolver within {} s",
+                timeout.as_secs_f64()
+            )),
+            Ok(Err(_)) => Err(format!("cannot resolve {host}: the lookup thread ended")),
+            Ok(Ok(Err(e))) => Err(format!("cannot resolve {host}: {e}")),
+            Ok(Ok(Ok(addrs))) => {
+                let mut ips: Vec<IpAddr> = Vec::new();
+                for a in addrs {
+                    if !ips.contains(&a.ip()) {
+                        ips.push(a.ip());
+                    }
                 }
-            }
-            if ips.is_empty() {
-                Err(format!("{host} has no address"))
-            } else {
-                Ok(ips)
+                if ips.is_empty() {
+                    Err(format!("{host} has no address"))
+                } else {
+                    Ok(ips)
+                }
             }
         }
     }
