@@ -31,16 +31,21 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// Adds bytes of one stream; calls `emit` for every complete line.
+    /// Adds bytes of one stream; calls `emit` for every complete line. A line longer than
+    /// `MAX_LINE` is cut every `MAX_LINE` bytes from its start, however the bytes arrived (in
+    /// one piece or many).
     pub fn push(&mut self, stream: Stream, data: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
         let which = stream as usize;
         self.pending[which].extend_from_slice(data);
-        while let Some(at) = self.pending[which].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending[which].drain(..=at).collect();
-            self.emit(stream, &line, emit);
-        }
-        while self.pending[which].len() >= MAX_LINE {
-            let piece: Vec<u8> = self.pending[which].drain(..MAX_LINE).collect();
+        loop {
+            let pending = &self.pending[which];
+            let window = &pending[..pending.len().min(MAX_LINE)];
+            let end = match window.iter().position(|b| *b == b'\n') {
+                Some(at) => at + 1,
+                None if pending.len() >= MAX_LINE => MAX_LINE,
+                None => break,
+            };
+            let piece: Vec<u8> = self.pending[which].drain(..end).collect();
             self.emit(stream, &piece, emit);
         }
     }
@@ -190,4 +195,47 @@ pub async fn run(
         stopped,
         tail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(pieces: &[&[u8]]) -> Vec<String> {
+        let mut lines = Lines::default();
+        let mut seen = Vec::new();
+        let mut emit = |_: Stream, line: &str| seen.push(line.to_string());
+        for piece in pieces {
+            lines.push(Stream::Stdout, piece, &mut emit);
+        }
+        lines.finish(&mut emit);
+        seen
+    }
+
+    #[test]
+    fn long_lines_are_cut_the_same_however_the_bytes_arrive() {
+        let mut text = vec![b'x'; 2 * MAX_LINE + 100];
+        text.extend_from_slice(b"\nshort\n");
+        let whole = lines_of(&[&text]);
+        assert_eq!(
+            whole.iter().map(String::len).collect::<Vec<_>>(),
+            [MAX_LINE, MAX_LINE, 100, 5]
+        );
+        for cut in [
+            1,
+            100,
+            MAX_LINE - 1,
+            MAX_LINE,
+            MAX_LINE + 1,
+            2 * MAX_LINE + 100,
+        ] {
+            assert_eq!(
+                lines_of(&[&text[..cut], &text[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytewise: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(lines_of(&bytewise), whole);
+    }
 }

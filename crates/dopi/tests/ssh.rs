@@ -875,3 +875,258 @@ fn a_refused_login_fails_at_once_without_trying_again() {
         .count();
     assert_eq!(logins, 1, "one login, not repeated:\n{log}");
 }
+
+/// A node's lines of the run log, comparable between nodes: the time, level and node name
+/// taken off, the node's name and address replaced, and each stream's lines in their own list
+/// (the two streams of a command may interleave differently on two nodes).
+fn comparable_log(log: &str, node: &str, address: &str) -> [Vec<String>; 3] {
+    let mut parts: [Vec<String>; 3] = Default::default();
+    for line in log.lines() {
+        let text = line
+            .split_once(&format!("[{node}] "))
+            .map_or(line, |(_, rest)| rest)
+            .replace(node, "NODE")
+            .replace(address, "ADDRESS");
+        // Long lines are compared by their start and length (a failure stays readable).
+        let text = match text.char_indices().nth(120) {
+            Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+            None => text,
+        };
+        let which = match text.split_once(": ").map(|(tag, _)| tag) {
+            Some("stdout") => 0,
+            Some("stderr") => 1,
+            _ => 2,
+        };
+        parts[which].push(text);
+    }
+    parts
+}
+
+/// Commands without input run one after the other in one shell session per node; a node that
+/// gives none (a forced command that refuses shells, here) takes a channel per command. Both
+/// report the same: output (partial, long and binary lines, both streams), exit statuses,
+/// the environment, masking, an empty standard input, timeouts (the command is signalled,
+/// not left running).
+#[test]
+fn commands_in_a_shell_session_report_exactly_as_on_a_channel_of_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let gate = w.node_dir("gate").join("single-commands-only");
+    std::fs::write(
+        &gate,
+        "#!/bin/sh\n# Runs the command it is given, but no shell that reads commands.\n\
+         case \"$SSH_ORIGINAL_COMMAND\" in\n  *'/bin/sh -s'*) echo 'single commands only' >&2; exit 1 ;;\nesac\n\
+         exec \"$SHELL\" -c \"$SSH_ORIGINAL_COMMAND\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&gate, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut options = Options::new(2, 2330, 181);
+    let gated = dop_testbed::address(181, 1);
+    options.extra_config = format!(
+        "Match LocalAddress {gated}\n  ForceCommand {}\n",
+        gate.display()
+    );
+    let testbed = w.testbed(&options);
+    let port = options.port;
+    let steps = format!(
+        "  where:
+    - name: parent
+      nodes: all
+      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}}}]
+      command: {{plugin: ssh/custom, exec: 'tr \"\\\\0\" \" \" < /proc/$PPID/cmdline; echo'}}
+  default:
+    - name: output
+      nodes: all
+      set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {port}}}]
+      command: {{plugin: ssh/custom, exec: 'printf \"one\\ntwo\"; printf \"three\\n\" >&2; printf %s $((1+1)); exit 3', expect_exit_codes: [3]}}
+    - name: no input
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'cat; echo after cat', plugin_timeout: 20}}
+    - name: long and binary lines
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'head -c 20000 /dev/zero | tr \"\\\\0\" x; echo; printf \"\\\\377\\\\376 bin\\\\n\"'}}
+    - name: masked
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'echo the password is s3cret-Pa55 >&2'}}
+    - name: environment
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'echo \"$GREETING $DOP_NODE_NAME\"; export LEAK=1', env: {{GREETING: \"it's me\"}}}}
+    - name: own environment
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'echo \"leak=${{LEAK:-none}}\"'}}
+    - name: timeout
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'echo waiting; sleep 31.${{DOP_NODE_NAME#n0}}', plugin_timeout: 1}}
+"
+    );
+    let text = plan(&testbed, &testbed.client_key(), "", &steps).replace(
+        "credentials:\n",
+        "credentials:\n  spare: {type: username_password, username: x, password: s3cret-Pa55}\n",
+    );
+    w.add("ssh", &text);
+
+    let out = w
+        .command(&["run", "ssh", "-s", "where", "--json"])
+        .env("DOP_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let show = w.show_json("ssh");
+    let set = |name: &str| {
+        show["step_sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step set {name}: {show:#}"))
+            .clone()
+    };
+    let tail =
+        |node: &str| set("where")["steps"][0]["nodes"][node]["commands"][0]["output_tail"].clone();
+    assert_eq!(tail("n01")[0], "/bin/sh -s ", "n01 runs in a session");
+    let gated_parent = tail("n02")[0].as_str().unwrap_or("").to_string();
+    assert!(
+        gated_parent.contains("single-commands-only"),
+        "n02 takes a channel per command, run by its forced command: {gated_parent}"
+    );
+
+    let out = w
+        .command(&["run", "ssh", "--json"])
+        .env("DOP_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    let diagnostics = text_of(&out.stderr);
+    assert_eq!(
+        diagnostics.matches("ssh: shell session started").count(),
+        1,
+        "one session on n01 for all its commands: {diagnostics}"
+    );
+    assert!(
+        diagnostics.contains("single commands only"),
+        "the refusal is diagnosed: {diagnostics}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logs = PathBuf::from(report["log_dir"].as_str().unwrap());
+    let log_of = |i: usize| {
+        let node = format!("n{:02}", i + 1);
+        let log = std::fs::read_to_string(logs.join(format!("{node}.log"))).unwrap();
+        comparable_log(&log, &node, &testbed.addresses[i].to_string())
+    };
+    let (session, channel) = (log_of(0), log_of(1));
+    assert_eq!(session, channel);
+    // What the logs say is what was expected, not merely the same.
+    let [stdout, stderr, _] = &session;
+    for expected in [
+        "stdout: one",
+        "stdout: two2",
+        "stdout: after cat",
+        "stdout: it's me NODE",
+        "stdout: leak=none",
+        "stdout: waiting",
+    ] {
+        assert!(
+            stdout.contains(&expected.to_string()),
+            "{expected}: {stdout:#?}"
+        );
+    }
+    let piece = format!("stdout: {}… (8200 bytes)", "x".repeat(112));
+    assert_eq!(
+        stdout.iter().filter(|l| **l == piece).count(),
+        2,
+        "{stdout:#?}"
+    );
+    assert!(stdout
+        .iter()
+        .any(|l| l.ends_with(" bin") && l.contains('\u{fffd}')));
+    assert!(stderr.contains(&"stderr: three".to_string()), "{stderr:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("stderr: the password is ") && !l.contains("s3cret")),
+        "{stderr:#?}"
+    );
+    let show = w.show_json("ssh");
+    let default = show["step_sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "default")
+        .unwrap()
+        .clone();
+    for step in 0..7 {
+        let of = |node: &str| {
+            let mut c = default["steps"][step]["nodes"][node]["commands"][0].clone();
+            for key in ["started_ms", "finished_ms"] {
+                c.as_object_mut().unwrap().remove(key);
+            }
+            serde_json::to_string(&c).unwrap().replace(node, "NODE")
+        };
+        assert_eq!(of("n01"), of("n02"), "step {step}");
+    }
+    assert_eq!(
+        default["steps"][6]["nodes"]["n01"]["commands"][0]["message"],
+        "timed out after 1 s (plugin_timeout); ended without an exit status (a signal, or the connection dropped)"
+    );
+    // The session's timed-out command was signalled with everything it started (its shell
+    // and the `sleep`), not left running on the node. (On a channel of its own sshd signals
+    // the shell alone, and n02's `sleep 31.2` outlives it: stopped here.)
+    let running = |pattern: &str| -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| {
+                std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).replace('\0', " ").trim_end() == pattern
+                })
+            })
+            .filter_map(|p| p.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running("sleep 31.1").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let left = running("sleep 31.1");
+    for pid in running("sleep 31.2")
+        .into_iter()
+        .chain(left.iter().copied())
+    {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        left.is_empty(),
+        "the session's timed-out command still runs"
+    );
+}
+
+/// A command that leaves work in the background runs on a channel of its own: what it left
+/// writes into its own output (the command ends when that output closes, as it always did),
+/// never into the next command's.
+#[test]
+fn background_work_never_writes_into_the_next_command() {
+    let w = World::new();
+    let options = Options::new(1, 2332, 185);
+    let testbed = w.testbed(&options);
+    let steps = format!(
+        "  - name: leaves work behind
+    nodes: all
+    set_plugin_defaults: [{{plugins: '/^ssh/', credentials: login, port: {}}}]
+    command: {{plugin: ssh/custom, exec: '(sleep 1; echo late) &'}}
+  - name: next
+    nodes: all
+    command: {{plugin: ssh/custom, exec: 'echo next; sleep 1.5'}}
+",
+        options.port
+    );
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    let show = w.show_json("ssh");
+    let tail = |step: usize| {
+        show["step_sets"][0]["steps"][step]["nodes"]["n01"]["commands"][0]["output_tail"].clone()
+    };
+    assert_eq!(tail(0), serde_json::json!(["late"]));
+    assert_eq!(tail(1), serde_json::json!(["next"]));
+}

@@ -176,16 +176,22 @@ impl Admission {
     }
 }
 
-/// A random number in `0..n` (0 when `n` is 0): each `RandomState` has its own random keys,
-/// so no two calls, threads or processes draw the same sequence.
-fn random_below(n: u64) -> u64 {
+/// A random number: each `RandomState` has its own keys, seeded from the system's randomness
+/// per thread, so no two calls, threads or processes draw the same sequence. Unpredictable to
+/// the nodes, not a cryptographic generator.
+pub fn random_u64() -> u64 {
     static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if n == 0 {
-        return 0;
-    }
     let mut h = RandomState::new().build_hasher();
     h.write_u64(DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.finish() % n
+    h.finish()
+}
+
+/// A random number in `0..n` (0 when `n` is 0).
+fn random_below(n: u64) -> u64 {
+    match n {
+        0 => 0,
+        n => random_u64() % n,
+    }
 }
 
 /// The pause before retry number `attempt` (from 1): a random time up to an exponentially

@@ -14,26 +14,31 @@
 //! key or a changed host key fail at once.
 
 mod admission;
+mod command;
 mod resolve;
+mod shell;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use russh::ChannelMsg;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use self::admission::{backoff, Admission, Outcome};
 use self::resolve::Resolver;
-use crate::exec::{Finished, Lines, Stop, Stream};
-
-/// How long a node may take to confirm the close of a channel whose command was signalled.
-const CLOSE_GRACE: Duration = Duration::from_secs(3);
+use crate::exec::{Finished, Stop, Stream};
 
 /// Session channels one connection opens at once (stock sshd `MaxSessions`).
 pub const MAX_CHANNELS: usize = 10;
+/// Idle shell sessions a connection keeps for its next commands (a node runs one command at a
+/// time unless other nodes' commands run on it, `run_on`).
+const IDLE_SHELLS: usize = 2;
+/// How long a new shell session may take to say it is ready before the command takes a
+/// channel of its own.
+const SHELL_START: Duration = Duration::from_secs(10);
 /// Attempts at an address that cannot be reached (refused, silent, no route, no name) before
 /// the node fails.
 pub const CONNECT_ATTEMPTS: u32 = 4;
@@ -235,7 +240,65 @@ struct Connection {
     /// The node's or jump host's name it is pooled under.
     name: String,
     handle: client::Handle<Client>,
-    slots: Semaphore,
+    /// Places for the connection's session channels, commands and idle shell sessions alike.
+    slots: Arc<Semaphore>,
+    /// Shell sessions waiting for the next command (each holds its place).
+    idle: tokio::sync::Mutex<Vec<shell::Shell>>,
+    /// The node gives no usable shell session: a channel per command.
+    shell_refused: AtomicBool,
+}
+
+impl Connection {
+    fn new(name: String, handle: client::Handle<Client>) -> Connection {
+        Connection {
+            name,
+            handle,
+            slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
+            idle: tokio::sync::Mutex::new(Vec::new()),
+            shell_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// A place for a channel.
+    async fn place(&self) -> Result<OwnedSemaphorePermit, SshError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| SshError::Ssh(e.to_string()))
+    }
+
+    /// An idle session that is still quiet (one that is not is closed).
+    async fn take_idle(&self) -> Option<shell::Shell> {
+        let mut idle = self.idle.lock().await;
+        while let Some(mut session) = idle.pop() {
+            if session.is_quiet() {
+                return Some(session);
+            }
+            tracing::debug!(node = %self.name, "ssh: an idle shell session spoke; closed");
+            session.close().await;
+        }
+        None
+    }
+
+    /// Keeps a session for the next command, up to [`IDLE_SHELLS`].
+    async fn keep_idle(&self, session: shell::Shell) {
+        let mut idle = self.idle.lock().await;
+        if idle.len() < IDLE_SHELLS {
+            idle.push(session);
+        } else {
+            drop(idle);
+            session.close().await;
+        }
+    }
+
+    /// Closes the idle sessions, to free the node's sessions for another channel.
+    async fn close_idle(&self) {
+        let sessions = std::mem::take(&mut *self.idle.lock().await);
+        for session in sessions {
+            session.close().await;
+        }
+    }
 }
 
 /// The connection to one node or jump host, set up by the first task that needs it while the
@@ -754,15 +817,13 @@ impl SshPool {
                     .push((endpoint.name.to_string(), fp));
             }
         }
-        Ok(Connection {
-            name: endpoint.name.to_string(),
-            handle,
-            slots: Semaphore::new(MAX_CHANNELS),
-        })
+        Ok(Connection::new(endpoint.name.to_string(), handle))
     }
 
     /// Runs a shell command on the node, with `input` on its standard input (streamed, so its
-    /// size is not limited by the command line); output lines go to `on_line`.
+    /// size is not limited by the command line); output lines go to `on_line`. Commands without
+    /// input run in one of the connection's [`shell`] sessions where the node gives one, else
+    /// on a channel of their own; both report the same.
     #[allow(clippy::too_many_arguments)]
     pub async fn exec(
         &self,
@@ -770,101 +831,114 @@ impl SshPool {
         command: &str,
         input: Option<&[u8]>,
         timeout: Duration,
-        mut stop: watch::Receiver<Stop>,
+        stop: watch::Receiver<Stop>,
         on_line: &mut (dyn FnMut(Stream, &str) + Send),
     ) -> Result<Finished, SshError> {
         let connection = self.connection(target).await?;
-        let _slot = connection
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| SshError::Ssh(e.to_string()))?;
-        // sshd frees a session slot a moment after the client sees a channel close: a refused
-        // open is back-pressure, not a failure.
-        let mut channel = None;
+        let permit = if input.is_none() && shell::suits(command) {
+            match self.shell(&connection, &target.node).await? {
+                Ok(mut session) => {
+                    let ran = session.run(command, timeout, stop, on_line).await;
+                    return match ran {
+                        Ok((finished, reusable)) => {
+                            if reusable {
+                                connection.keep_idle(session).await;
+                            } else {
+                                session.close().await;
+                            }
+                            Ok(finished)
+                        }
+                        Err(e) => {
+                            session.close().await;
+                            // The session ended under the command: the connection may be gone
+                            // too, and the next command connects again.
+                            self.forget(&target.node).await;
+                            Err(e)
+                        }
+                    };
+                }
+                Err(permit) => permit,
+            }
+        } else {
+            connection.place().await?
+        };
+        let channel = self.open_channel(&connection, &target.node).await?;
+        let ran = command::on_channel(channel, command, input, timeout, stop, on_line).await;
+        drop(permit);
+        if let Err(e) = &ran {
+            // A broken connection (the node went away, or a command ended without a status):
+            // the next command connects again instead of reusing it.
+            tracing::debug!(node = %target.node, error = %e, "ssh: the command's channel failed");
+            self.forget(&target.node).await;
+        }
+        ran
+    }
+
+    /// An idle shell session of the connection, or a new one; `Err(place)` when the command is
+    /// to take a channel of its own (in that place among the connection's channels) because
+    /// the node gives no usable session.
+    async fn shell(
+        &self,
+        connection: &Connection,
+        node: &str,
+    ) -> Result<Result<shell::Shell, OwnedSemaphorePermit>, SshError> {
+        if let Some(idle) = connection.take_idle().await {
+            return Ok(Ok(idle));
+        }
+        let place = connection.place().await?;
+        if connection.shell_refused.load(Ordering::Relaxed) {
+            return Ok(Err(place));
+        }
+        let channel = self.open_channel(connection, node).await?;
+        match shell::Shell::start(channel, place, SHELL_START).await {
+            Ok(session) => {
+                tracing::debug!(node, "ssh: shell session started");
+                Ok(Ok(session))
+            }
+            Err((shell::NotStarted::Refused(why), place)) => {
+                tracing::debug!(node, %why, "ssh: no shell session on this node; a channel per command");
+                connection.shell_refused.store(true, Ordering::Relaxed);
+                Ok(Err(place))
+            }
+            Err((shell::NotStarted::Slow, place)) => {
+                tracing::debug!(
+                    node,
+                    "ssh: the shell session did not start in time; a channel for this command"
+                );
+                Ok(Err(place))
+            }
+        }
+    }
+
+    /// Opens a session channel on the connection. sshd frees a session a moment after the
+    /// client sees a channel close, and its `MaxSessions` may be below ours: a refused open is
+    /// back-pressure, not a failure, and idle shell sessions make room first.
+    async fn open_channel(
+        &self,
+        connection: &Connection,
+        node: &str,
+    ) -> Result<russh::Channel<client::Msg>, SshError> {
         for attempt in 0..60u64 {
             match connection.handle.channel_open_session().await {
-                Ok(c) => {
-                    channel = Some(c);
-                    break;
-                }
+                Ok(c) => return Ok(c),
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
-                    tracing::debug!(node = %target.node, attempt, ?reason, "ssh: session refused by sshd (MaxSessions), waiting");
+                    tracing::debug!(
+                        node,
+                        attempt,
+                        ?reason,
+                        "ssh: session refused by sshd (MaxSessions), waiting"
+                    );
+                    connection.close_idle().await;
                     tokio::time::sleep(Duration::from_millis((2 * (attempt + 1)).min(50))).await;
                 }
                 Err(e) => {
                     // The connection is broken (the node went away): the next command
                     // connects again instead of reusing it.
-                    self.forget(&target.node).await;
+                    self.forget(node).await;
                     return Err(e.into());
                 }
             }
         }
-        let mut channel =
-            channel.ok_or_else(|| SshError::Ssh("the node kept refusing new sessions".into()))?;
-        if let Err(e) = channel.exec(true, command).await {
-            self.forget(&target.node).await;
-            return Err(e.into());
-        }
-        if let Some(input) = input {
-            channel.data(input).await?;
-            channel.eof().await?;
-        }
-        let mut lines = Lines::default();
-        let (mut exit_status, mut signalled) = (None, false);
-        let (mut timed_out, mut stopped) = (false, false);
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        // Once the command is signalled and the channel closed, the node gets a moment to
-        // confirm; a node that never does must not hold the run forever.
-        let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-        tokio::pin!(give_up);
-        let (mut closing, mut stop_gone) = (false, false);
-        loop {
-            tokio::select! {
-                () = &mut give_up, if closing => break,
-                msg = channel.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => lines.push(Stream::Stdout, &data, on_line),
-                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => lines.push(Stream::Stderr, &data, on_line),
-                    Some(ChannelMsg::ExitStatus { exit_status: s }) => exit_status = i32::try_from(s).ok(),
-                    Some(ChannelMsg::ExitSignal { .. }) => signalled = true,
-                    Some(_) => {}
-                    None => break,
-                },
-                () = &mut deadline, if !timed_out => {
-                    timed_out = true;
-                    let _ = channel.signal(russh::Sig::TERM).await;
-                    let _ = channel.close().await;
-                    closing = true;
-                    give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
-                }
-                changed = stop.changed(), if !stop_gone => {
-                    if changed.is_err() {
-                        // Nobody can ask any more: stop listening (a closed watch is always ready).
-                        stop_gone = true;
-                    } else if *stop.borrow() >= Stop::Terminate {
-                        stopped = true;
-                        let sig = if *stop.borrow() == Stop::Kill { russh::Sig::KILL } else { russh::Sig::TERM };
-                        let _ = channel.signal(sig).await;
-                        let _ = channel.close().await;
-                        if !closing {
-                            closing = true;
-                            give_up.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
-                        }
-                    }
-                }
-            }
-        }
-        let tail = lines.finish(on_line);
-        if exit_status.is_none() && !signalled && !timed_out && !stopped {
-            self.forget(&target.node).await;
-            return Err(SshError::NoExitStatus);
-        }
-        Ok(Finished {
-            exit_status,
-            timed_out,
-            stopped,
-            tail,
-        })
+        Err(SshError::Ssh("the node kept refusing new sessions".into()))
     }
 }
