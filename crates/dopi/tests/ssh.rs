@@ -1130,3 +1130,41 @@ fn background_work_never_writes_into_the_next_command() {
     assert_eq!(tail(0), serde_json::json!(["late"]));
     assert_eq!(tail(1), serde_json::json!(["next"]));
 }
+
+/// A credential is made once per run: a private key given by a program (`exec:`) runs the
+/// program once, not once per command.
+#[test]
+fn a_credential_is_made_once_per_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let options = Options::new(2, 2333, 187);
+    let testbed = w.testbed(&options);
+    let program = w.work().join("key-from-a-vault");
+    let asked = w.work().join("asked");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\necho asked >> {}\nexec cat {}\n",
+            asked.display(),
+            testbed.client_key().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut steps = String::new();
+    for n in 1..=3 {
+        steps.push_str(&format!(
+            "  - name: step {n}\n    nodes: all\n    command: {{plugin: ssh/custom, exec: 'true', credentials: login, port: {}}}\n",
+            options.port
+        ));
+    }
+    let text = plan(&testbed, &testbed.client_key(), "", &steps).replace(
+        &format!("private_key: {{file: {}}}", testbed.client_key().display()),
+        &format!("private_key: {{exec: ['{}']}}", program.display()),
+    );
+    assert!(text.contains("exec: ['"), "{text}");
+    w.add("ssh", &text);
+    let out = w.dopi(&["run", "ssh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    assert_eq!(w.lines("asked").len(), 1, "six commands, one key");
+}

@@ -9,7 +9,7 @@ use super::checks::{self, Checks};
 use super::custom::{command_line, command_problems, environment};
 use crate::exec::Stream;
 use crate::plugin::{params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin};
-use crate::ssh::{Hop, Login, Target};
+use crate::ssh::{Hop, Login, SshPool, Target};
 
 /// The `ssh/custom` plugin.
 pub struct SshCustom;
@@ -79,8 +79,9 @@ pub fn ssh_problems(options: &CommandOptions) -> Vec<ParamProblem> {
 }
 
 /// The user and login of the first ssh_key (with a private_key) or username_password credential
-/// among `names`.
+/// among `names`, each made once per run (`pool` keeps them).
 fn login(
+    pool: &SshPool,
     credentials: &[dop_core::plan::Credential],
     names: &[String],
 ) -> Result<(String, Login), String> {
@@ -89,6 +90,20 @@ fn login(
             .iter()
             .find(|c| c.name == *name)
             .ok_or_else(|| format!("the credential '{name}' does not exist in the plan"))?;
+        if let Some(made) = pool.login_of(name, || login_of(credential))? {
+            return Ok(made);
+        }
+    }
+    Err(format!(
+        "none of the credentials {} is an ssh_key with a private_key (or, with an ssh agent running, without one) or a username_password",
+        names.join(", ")
+    ))
+}
+
+/// The user and login of one credential; `None` for a kind that gives no ssh login.
+fn login_of(credential: &dop_core::plan::Credential) -> Result<Option<(String, Login)>, String> {
+    let name = &credential.name;
+    {
         match &credential.kind {
             CredentialKind::SshKey {
                 username,
@@ -101,7 +116,10 @@ fn login(
                 let key = russh::keys::decode_secret_key(&text, None).map_err(|e| {
                     format!("credential '{name}': the private key is not usable: {e}")
                 })?;
-                return Ok((username.clone(), Login::Key(std::sync::Arc::new(key))));
+                return Ok(Some((
+                    username.clone(),
+                    Login::Key(std::sync::Arc::new(key)),
+                )));
             }
             // Without a private key, the keys of the ssh agent (when there is one).
             CredentialKind::SshKey {
@@ -109,21 +127,18 @@ fn login(
                 private_key: None,
                 ..
             } if std::env::var_os("SSH_AUTH_SOCK").is_some() => {
-                return Ok((username.clone(), Login::Agent));
+                return Ok(Some((username.clone(), Login::Agent)));
             }
             CredentialKind::UsernamePassword { username, password } => {
                 let password = password
                     .load()
                     .map_err(|e| format!("credential '{name}': {e}"))?;
-                return Ok((username.clone(), Login::Password(password)));
+                return Ok(Some((username.clone(), Login::Password(password))));
             }
             _ => {}
         }
     }
-    Err(format!(
-        "none of the credentials {} is an ssh_key with a private_key (or, with an ssh agent running, without one) or a username_password",
-        names.join(", ")
-    ))
+    Ok(None)
 }
 
 /// Where and how to reach `node` for this command: the first ssh_key or username_password
@@ -145,11 +160,11 @@ pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, Strin
     if names.is_empty() {
         return Err("no 'credentials' for the ssh login (set them on the command or with set_plugin_defaults)".into());
     }
-    let (user, login) = login(ctx.credentials, &names)?;
+    let (user, login) = login(&ctx.ssh, ctx.credentials, &names)?;
     let mut jumps = Vec::new();
     for hop in &node.jump_hosts {
         let (user, login) = match &hop.credentials {
-            Some(name) => self::login(ctx.credentials, std::slice::from_ref(name)),
+            Some(name) => self::login(&ctx.ssh, ctx.credentials, std::slice::from_ref(name)),
             None => Ok((user.clone(), login.clone())),
         }
         .map_err(|e| format!("jump host {}: {e}", hop.label()))?;

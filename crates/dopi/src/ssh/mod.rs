@@ -322,6 +322,9 @@ pub struct SshPool {
     connect_timeout: Duration,
     resolver: Resolver,
     admission: Admission,
+    /// Logins made from the plan's credentials, by credential name: a key file is read and
+    /// decoded, an `exec:` secret run, once per run instead of once per command.
+    logins: Mutex<HashMap<String, Option<(String, Login)>>>,
 }
 
 /// Tries the keys of the ssh agent at `SSH_AUTH_SOCK`, in its order, until one is accepted.
@@ -421,7 +424,25 @@ impl SshPool {
             connect_timeout,
             resolver: Resolver::default(),
             admission: Admission::default(),
+            logins: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The login made from the credential `name`, by `make` the first time (a failure is not
+    /// kept: the next command tries again); `None` when the credential gives no ssh login.
+    /// Commands that need it at the same time wait for the one making it.
+    pub fn login_of(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<Option<(String, Login)>, String>,
+    ) -> Result<Option<(String, Login)>, String> {
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(made) = logins.get(name) {
+            return Ok(made.clone());
+        }
+        let made = make()?;
+        logins.insert(name.to_string(), made.clone());
+        Ok(made)
     }
 
     fn slot(&self, name: &str) -> Slot {
