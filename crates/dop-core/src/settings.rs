@@ -77,6 +77,9 @@ pub struct Config {
     pub lookup: LookupSettings,
     /// Seconds to wait for a node to answer a connection check.
     pub connection_check_timeout: u64,
+    /// SSH connections to nodes a run keeps open at once (`max_ssh_connections`; `None`: dopi's
+    /// default, 1024, within a third of the open files the process may have).
+    pub max_ssh_connections: Option<usize>,
     /// Where the Hiera data for Puppet is written (`hiera_dir`; default `<store_dir>/hiera`).
     pub hiera_dir: Option<PathBuf>,
 }
@@ -187,6 +190,7 @@ impl Config {
             verbosity: Level::Info,
             lookup: LookupSettings::default(),
             connection_check_timeout: 5,
+            max_ssh_connections: None,
             hiera_dir: None,
         }
     }
@@ -272,6 +276,17 @@ impl Config {
                             line,
                             "'connection_check_timeout' must be a positive number of seconds"
                                 .into(),
+                        ))
+                    }
+                },
+                "max_ssh_connections" => match value.value {
+                    Value::Int(n) if n > 0 => {
+                        self.max_ssh_connections = usize::try_from(n.unsigned_abs()).ok()
+                    }
+                    _ => {
+                        return Err(invalid(
+                            line,
+                            "'max_ssh_connections' must be a positive number of connections".into(),
                         ))
                     }
                 },

@@ -2,11 +2,11 @@
 //! `events.jsonl` (one JSON event a line, numbered), which dopc will serve as they are. dopi and
 //! dopv write them the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use dop_core::time::{now_ms, rfc3339};
 use dop_core::{Event, EventKind, Level};
@@ -37,6 +37,11 @@ pub enum Echo {
 
 /// Event lines a live reader may fall behind before it must re-read the file.
 pub const LIVE_BACKLOG: usize = 1024;
+/// Node log files an execution keeps open at once. A run over 10 000 nodes must not hold a
+/// file per node (the process's open files are limited, and its connections need them): beyond
+/// this, the file opened longest ago is closed, and opened again (to append) when its node
+/// writes again.
+pub const OPEN_NODE_FILES: usize = 256;
 
 /// The logs of one execution.
 pub struct ExecutionLog {
@@ -45,6 +50,11 @@ pub struct ExecutionLog {
     pub id: String,
     files: Mutex<Files>,
     nodes: Mutex<HashMap<String, Arc<NodeLog>>>,
+    /// The append handle on `all.log` the nodes' lines share (an append of a whole line is
+    /// one write, and writes to a file opened for appending do not interleave).
+    all_for_nodes: Option<Arc<File>>,
+    /// The node log files open now, in the order they were opened.
+    open_node_files: Arc<OpenNodeFiles>,
     /// What to show on standard error.
     echo: Echo,
     masker: Arc<Masker>,
@@ -94,12 +104,16 @@ impl std::fmt::Debug for ExecutionLog {
 /// The log of one node in an execution; its lines also go to `all.log`.
 pub struct NodeLog {
     node: String,
+    path: PathBuf,
     verbose: bool,
     masker: Arc<Masker>,
+    /// Open while the node writes (at most [`OPEN_NODE_FILES`] of an execution are).
     file: Mutex<Option<File>>,
-    /// Its own append handle on `all.log` (appends of whole lines do not interleave).
-    all: Mutex<Option<File>>,
+    /// The execution's handle on `all.log` for node lines.
+    all: Option<Arc<File>>,
     lost: Arc<Lost>,
+    open_files: Arc<OpenNodeFiles>,
+    me: Weak<NodeLog>,
 }
 
 /// Logs hold commands' output: readable by the owner and its group only (0640, in 0750
@@ -136,6 +150,7 @@ impl ExecutionLog {
                 .mode(0o750)
                 .create(&dir)?;
         }
+        let all_for_nodes = Some(Arc::new(open_append(&dir.join("all.log"))?));
         let files = Files {
             all: open_append(&dir.join("all.log"))?,
             events: open_append(&dir.join("events.jsonl"))?,
@@ -146,6 +161,8 @@ impl ExecutionLog {
             id: id.to_string(),
             files: Mutex::new(files),
             nodes: Mutex::new(HashMap::new()),
+            all_for_nodes,
+            open_node_files: Arc::new(OpenNodeFiles::default()),
             echo,
             masker: Arc::new(masker),
             lines: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
@@ -265,34 +282,74 @@ impl ExecutionLog {
         self.event(level, kind, node, step, message, fields);
     }
 
-    /// The log of `node` (created on first use).
+    /// The log of `node` (created on first use; its file is opened when it writes).
     pub fn node(self: &Arc<Self>, node: &str) -> Arc<NodeLog> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes
             .entry(node.to_string())
             .or_insert_with(|| {
-                let opened = |path: PathBuf| {
-                    let file = open_append(&path);
-                    match file {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            self.lost.check(Err(e));
-                            None
-                        }
-                    }
-                };
-                let file = opened(self.dir.join(format!("{node}.log")));
-                let all = opened(self.dir.join("all.log"));
-                Arc::new(NodeLog {
+                Arc::new_cyclic(|me| NodeLog {
                     node: node.to_string(),
+                    path: self.dir.join(format!("{node}.log")),
                     verbose: self.echo == Echo::Verbose,
                     masker: self.masker.clone(),
-                    file: Mutex::new(file),
-                    all: Mutex::new(all),
+                    file: Mutex::new(None),
+                    all: self.all_for_nodes.clone(),
                     lost: self.lost.clone(),
+                    open_files: self.open_node_files.clone(),
+                    me: me.clone(),
                 })
             })
             .clone()
+    }
+}
+
+/// The node log files of an execution that are open, oldest first.
+#[derive(Default)]
+struct OpenNodeFiles {
+    order: Mutex<VecDeque<Weak<NodeLog>>>,
+}
+
+impl OpenNodeFiles {
+    /// Notes that `node` opened its file, and closes the files opened longest ago beyond
+    /// [`OPEN_NODE_FILES`]. A file being written right now is left open (and looked at again
+    /// with the next one opened): never waited for, so two nodes never wait for each other.
+    fn opened(&self, node: Weak<NodeLog>) {
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.push_back(node);
+        let mut busy = Vec::new();
+        while order.len() > OPEN_NODE_FILES {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            let Some(oldest) = oldest.upgrade() else {
+                continue;
+            };
+            let closed = match oldest.file.try_lock() {
+                Ok(mut file) => {
+                    *file = None;
+                    true
+                }
+                Err(_) => false,
+            };
+            if !closed {
+                busy.push(Arc::downgrade(&oldest));
+            }
+        }
+        for node in busy.into_iter().rev() {
+            order.push_front(node);
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.order
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|n| n.file.lock().unwrap().is_some())
+            .count()
     }
 }
 
@@ -315,11 +372,55 @@ impl NodeLog {
                 line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest)
             );
         }
-        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            self.lost.check(f.write_all(line.as_bytes()));
+        let opened = {
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            let opened = file.is_none();
+            if opened {
+                match open_append(&self.path) {
+                    Ok(f) => *file = Some(f),
+                    Err(e) => self.lost.check(Err(e)),
+                }
+            }
+            if let Some(f) = file.as_mut() {
+                self.lost.check(f.write_all(line.as_bytes()));
+            }
+            opened && file.is_some()
+        };
+        if opened {
+            self.open_files.opened(self.me.clone());
         }
-        if let Some(f) = self.all.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            self.lost.check(f.write_all(line.as_bytes()));
+        if let Some(all) = &self.all {
+            self.lost.check((&**all).write_all(line.as_bytes()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_nodes_keep_few_files_open_and_lose_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            ExecutionLog::create(dir.path(), "p", "x", Echo::Quiet, Masker::default()).unwrap();
+        let nodes: Vec<Arc<NodeLog>> = (0..1000).map(|i| log.node(&format!("n{i}"))).collect();
+        // Every node writes, then every node again: each file is closed between its lines.
+        for round in 0..2 {
+            for node in &nodes {
+                node.line(&format!("round {round}"));
+            }
+            assert!(log.open_node_files.count() <= OPEN_NODE_FILES);
+        }
+        for i in [0, 1, 500, 999] {
+            let text = std::fs::read_to_string(log.dir().join(format!("n{i}.log"))).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "n{i}: {text}");
+            assert!(lines[0].ends_with(&format!("[n{i}] round 0")), "{text}");
+            assert!(lines[1].ends_with(&format!("[n{i}] round 1")), "{text}");
+        }
+        let all = std::fs::read_to_string(log.dir().join("all.log")).unwrap();
+        assert_eq!(all.lines().count(), 2000);
+        assert!(!log.lost_lines());
     }
 }

@@ -666,6 +666,7 @@ impl Part<'_> {
             echo: Echo::Quiet,
             handle_signals: false,
             connect_timeout: self.config.connect_timeout,
+            max_connections: None,
             // dopc orchestrates both tools: a node dopv redeployed runs its steps again.
             redeployed: dopi::Redeployed::Reset,
             stop: Some(self.stop.clone()),

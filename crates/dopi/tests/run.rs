@@ -936,6 +936,7 @@ steps:
         echo: dopi::Echo::Quiet,
         handle_signals: false,
         connect_timeout: 10,
+        max_connections: None,
         redeployed: dopi::Redeployed::Refuse,
         stop: None,
         log: None,

@@ -1168,3 +1168,68 @@ fn a_credential_is_made_once_per_run() {
     assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
     assert_eq!(w.lines("asked").len(), 1, "six commands, one key");
 }
+
+/// A run keeps at most `max_ssh_connections` node connections open: with 2 for 6 nodes all at
+/// once, the others wait for a place, the connection used longest ago that runs nothing is
+/// closed for them, and every node still runs every step.
+#[test]
+fn a_run_keeps_no_more_connections_open_than_allowed() {
+    let w = World::new();
+    let options = Options::new(6, 2335, 191);
+    let testbed = w.testbed(&options);
+    let mut steps = String::new();
+    for n in 1..=2 {
+        steps.push_str(&format!(
+            "  - name: step {n}\n    nodes: all\n    max_in_flight: -1\n    command: {{plugin: ssh/custom, exec: 'sleep 0.2', credentials: login, port: {}}}\n",
+            options.port
+        ));
+    }
+    w.add("ssh", &plan(&testbed, &testbed.client_key(), "", &steps));
+    let config = w.path().join("dop.conf");
+    std::fs::write(&config, "max_ssh_connections: 2\n").unwrap();
+    let out = w
+        .command(&["run", "ssh"])
+        .env("DOP_CONFIG", &config)
+        .env("DOP_LOG", "debug")
+        .output()
+        .unwrap();
+    let diagnostics = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{diagnostics}");
+    let (mut open, mut most, mut logins, mut closed) = (0i32, 0, 0, 0);
+    for line in diagnostics.lines() {
+        if line.contains("ssh: connected") {
+            open += 1;
+            logins += 1;
+        } else if line.contains("ssh: closed to make room") {
+            open -= 1;
+            closed += 1;
+        }
+        most = most.max(open);
+    }
+    assert_eq!(most, 2, "{diagnostics}");
+    assert_eq!(logins, 12, "6 nodes, 2 steps, a new login each time");
+    assert_eq!(closed, 10, "{diagnostics}");
+    let show = w.show_json("ssh");
+    for step in 0..2 {
+        for node in ["n01", "n02", "n03", "n04", "n05", "n06"] {
+            assert_eq!(
+                show["step_sets"][0]["steps"][step]["nodes"][node]["state"], "done",
+                "{node}"
+            );
+        }
+    }
+    let bad = w.path().join("bad.conf");
+    std::fs::write(&bad, "max_ssh_connections: 0\n").unwrap();
+    let out = w
+        .command(&["run", "ssh"])
+        .env("DOP_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    assert!(
+        text_of(&out.stderr)
+            .contains("bad.conf:1: 'max_ssh_connections' must be a positive number"),
+        "{}",
+        text_of(&out.stderr)
+    );
+}

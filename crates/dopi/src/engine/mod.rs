@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Seconds to wait for a node's SSH server to answer.
     pub connect_timeout: u64,
+    /// Node connections kept open at once (`max_ssh_connections`; `None`: the default).
+    pub max_connections: Option<usize>,
     /// What to do with the state of nodes dopv redeployed since dopi last ran on them.
     pub redeployed: Redeployed,
     /// Stop requests from the caller (dopc's cancel), with the levels of the signals.
@@ -210,6 +212,7 @@ pub async fn run(
         ssh: Arc::new(crate::ssh::SshPool::new(
             known,
             Duration::from_secs(opts.connect_timeout),
+            opts.max_connections,
         )),
         plan: iteration.plan,
         plan_name: plan_name.to_string(),

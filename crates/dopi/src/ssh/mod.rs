@@ -15,11 +15,12 @@
 
 mod admission;
 mod command;
+mod limits;
 mod resolve;
 mod shell;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ pub const MAX_CHANNELS: usize = 10;
 /// Idle shell sessions a connection keeps for its next commands (a node runs one command at a
 /// time unless other nodes' commands run on it, `run_on`).
 const IDLE_SHELLS: usize = 2;
+/// Node connections a run keeps open at once unless told otherwise (`max_ssh_connections`),
+/// and never more than a third of the open files the process may have: beyond, the one used
+/// longest ago that runs no command is closed, and its node connects again when it is next
+/// needed. Each takes a socket and, in this process, about 100 KiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long a new shell session may take to say it is ready before the command takes a
 /// channel of its own.
 const SHELL_START: Duration = Duration::from_secs(10);
@@ -246,6 +252,12 @@ struct Connection {
     idle: tokio::sync::Mutex<Vec<shell::Shell>>,
     /// The node gives no usable shell session: a channel per command.
     shell_refused: AtomicBool,
+    /// Commands (or connections through it, for a jump host) using it now.
+    in_use: AtomicUsize,
+    /// When it was last used, in ms of the pool's clock.
+    last_used: AtomicU64,
+    /// Its place among the run's open node connections (none for a jump host's).
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -256,6 +268,9 @@ impl Connection {
             slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
             idle: tokio::sync::Mutex::new(Vec::new()),
             shell_refused: AtomicBool::new(false),
+            in_use: AtomicUsize::new(0),
+            last_used: AtomicU64::new(0),
+            place: None,
         }
     }
 
@@ -305,6 +320,52 @@ impl Connection {
 /// others wait (nodes connect in parallel; one node is never connected twice at once).
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 
+/// A connection in use: while one is held, the connection is not closed to make room.
+struct InUse {
+    connection: Arc<Connection>,
+    clock: Arc<Clock>,
+}
+
+impl InUse {
+    /// Marks `connection` in use (call with its slot locked, so that no one closes it between).
+    fn new(connection: Arc<Connection>, clock: Arc<Clock>) -> InUse {
+        connection.in_use.fetch_add(1, Ordering::SeqCst);
+        connection.last_used.store(clock.now(), Ordering::Relaxed);
+        InUse { connection, clock }
+    }
+}
+
+impl std::ops::Deref for InUse {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.connection
+            .last_used
+            .store(self.clock.now(), Ordering::Relaxed);
+        if self.connection.in_use.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.clock.freed.notify_waiters();
+        }
+    }
+}
+
+/// The pool's time, for which connection was used longest ago, and the signal that one
+/// stopped being used.
+struct Clock {
+    start: std::time::Instant,
+    freed: tokio::sync::Notify,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Who is logging in where: a node's or a jump host's name, user and login.
 struct Endpoint<'a> {
     name: &'a str,
@@ -325,6 +386,11 @@ pub struct SshPool {
     /// Logins made from the plan's credentials, by credential name: a key file is read and
     /// decoded, an `exec:` secret run, once per run instead of once per command.
     logins: Mutex<HashMap<String, Option<(String, Login)>>>,
+    /// Places for open node connections ([`DEFAULT_MAX_CONNECTIONS`]).
+    open: Arc<Semaphore>,
+    /// The node connections open now, by node, to choose which to close.
+    open_nodes: Mutex<HashMap<String, Slot>>,
+    clock: Arc<Clock>,
 }
 
 /// Tries the keys of the ssh agent at `SSH_AUTH_SOCK`, in its order, until one is accepted.
@@ -409,7 +475,11 @@ enum Failure {
 
 impl SshPool {
     /// A pool that trusts the recorded host keys (`node → SHA256 fingerprint`).
-    pub fn new(known: HashMap<String, String>, connect_timeout: Duration) -> SshPool {
+    pub fn new(
+        known: HashMap<String, String>,
+        connect_timeout: Duration,
+        max_connections: Option<usize>,
+    ) -> SshPool {
         SshPool {
             config: Arc::new(client::Config {
                 keepalive_interval: Some(Duration::from_secs(15)),
@@ -425,6 +495,12 @@ impl SshPool {
             resolver: Resolver::default(),
             admission: Admission::default(),
             logins: Mutex::new(HashMap::new()),
+            open: Arc::new(Semaphore::new(limits::max_connections(max_connections))),
+            open_nodes: Mutex::new(HashMap::new()),
+            clock: Arc::new(Clock {
+                start: std::time::Instant::now(),
+                freed: tokio::sync::Notify::new(),
+            }),
         }
     }
 
@@ -475,8 +551,9 @@ impl SshPool {
     }
 
     /// The live connection kept under `key`, or a new one from `connect` (made once, while
-    /// other tasks that need it wait).
-    async fn pooled<F, Fut>(&self, key: &str, connect: F) -> Result<Arc<Connection>, SshError>
+    /// other tasks that need it wait), marked in use. A node's connection (`capped`) takes a
+    /// place among the run's open connections first.
+    async fn pooled<F, Fut>(&self, key: &str, capped: bool, connect: F) -> Result<InUse, SshError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Connection, SshError>>,
@@ -484,15 +561,91 @@ impl SshPool {
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| !c.handle.is_closed()) {
-            return Ok(c.clone());
+            return Ok(InUse::new(c.clone(), self.clock.clone()));
         }
-        let c = Arc::new(connect().await?);
+        // A closed connection gives its place back before a new one takes one.
+        *guard = None;
+        let place = match capped {
+            true => Some(self.open_place().await?),
+            false => None,
+        };
+        let mut c = connect().await?;
+        c.place = place;
+        let c = Arc::new(c);
         *guard = Some(c.clone());
-        Ok(c)
+        if capped {
+            self.open_nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_string(), slot.clone());
+        }
+        Ok(InUse::new(c, self.clock.clone()))
     }
 
-    async fn connection(&self, target: &Target) -> Result<Arc<Connection>, SshError> {
-        self.pooled(&target.node, || async {
+    /// A place for a new node connection: a free one, or the place of the connection used
+    /// longest ago that runs nothing now (it is closed), or the first one given up.
+    async fn open_place(&self) -> Result<OwnedSemaphorePermit, SshError> {
+        loop {
+            let freed = self.clock.freed.notified();
+            if let Ok(place) = self.open.clone().try_acquire_owned() {
+                return Ok(place);
+            }
+            if let Some(closed) = self.close_least_recently_used() {
+                tracing::debug!(node = %closed.name, "ssh: closed to make room for another connection");
+                let _ = closed
+                    .handle
+                    .disconnect(russh::Disconnect::ByApplication, "", "")
+                    .await;
+                drop(closed);
+                continue;
+            }
+            tokio::select! {
+                place = self.open.clone().acquire_owned() => {
+                    return place.map_err(|e| SshError::Ssh(e.to_string()));
+                }
+                () = freed => {}
+            }
+        }
+    }
+
+    /// Takes the idle node connection used longest ago out of the pool (its place is given
+    /// back when the last holder drops it).
+    fn close_least_recently_used(&self) -> Option<Arc<Connection>> {
+        let mut open = self.open_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut oldest: Option<(u64, String)> = None;
+        let mut gone = Vec::new();
+        for (node, slot) in open.iter() {
+            // A slot being connected or used right now is not idle.
+            let Ok(guard) = slot.try_lock() else { continue };
+            match guard.as_ref() {
+                None => gone.push(node.clone()),
+                Some(c) if c.in_use.load(Ordering::SeqCst) == 0 => {
+                    let used = c.last_used.load(Ordering::Relaxed);
+                    if oldest.as_ref().is_none_or(|(t, _)| used < *t) {
+                        oldest = Some((used, node.clone()));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for node in gone {
+            open.remove(&node);
+        }
+        let (_, node) = oldest?;
+        let slot = open.get(&node)?.clone();
+        let mut guard = slot.try_lock().ok()?;
+        if guard
+            .as_ref()
+            .is_some_and(|c| c.in_use.load(Ordering::SeqCst) == 0)
+        {
+            open.remove(&node);
+            return guard.take();
+        }
+        None
+    }
+
+    async fn connection(&self, target: &Target) -> Result<InUse, SshError> {
+        self.pooled(&target.node, true, || async {
             let via = match target.jumps.len() {
                 0 => None,
                 n => Some(self.hop_connection(&target.jumps, n).await?),
@@ -514,12 +667,11 @@ impl SshPool {
         &'a self,
         chain: &'a [Hop],
         n: usize,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Arc<Connection>, SshError>> + Send + 'a>,
-    > {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<InUse, SshError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let key = hop_key(&chain[..n]);
-            self.pooled(&key, || async {
+            self.pooled(&key, false, || async {
                 let via = match n {
                     1 => None,
                     _ => Some(self.hop_connection(chain, n - 1).await?),

@@ -21,6 +21,7 @@ pub fn dopi_run(
         echo: dopi::Echo::Quiet,
         handle_signals: false,
         connect_timeout,
+        max_connections: None,
         redeployed,
         stop: None,
         log: None,
