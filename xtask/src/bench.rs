@@ -27,9 +27,11 @@ pub fn run(which: &str) -> Result<(), String> {
         "dopc" => &[("dopc", "dopc")],
         // Not in `all`: it runs for 10 minutes (DOP_SOAK_SECS).
         "soak" => &[("dopc", "soak")],
+        // Not in `all`: 10 000 logins, about 10 minutes (DOP_BENCH_FLEET_NODES).
+        "fleet" => &[("dopi", "fleet")],
         other => {
             return Err(format!(
-                "unknown benchmark '{other}'; available: parse, store, ssh, dopc, soak"
+                "unknown benchmark '{other}'; available: parse, store, ssh, dopc, soak, fleet"
             ))
         }
     };

@@ -2,7 +2,7 @@
 //!
 //! * `cargo xtask demo` — the main job on built-in defaults: the bundled plan deployed by dopv
 //!   on local test nodes and run by dopi over SSH, end to end.
-//! * `cargo xtask bench [parse|store|ssh|dopc|soak]` — benchmarks, built in release mode.
+//! * `cargo xtask bench [parse|store|ssh|dopc|soak|fleet]` — benchmarks, built in release mode.
 //! * `cargo xtask dist` — shell completions and man pages of the three tools in `target/dist/`.
 //! * `cargo xtask chaos [KILLS] [SEED]` — the fault-injection tests in their full form.
 //! * `cargo xtask openstack up|down|status` — a local OpenStack (fake compute and volume
@@ -29,7 +29,7 @@ mod openstack;
 mod testbed;
 mod vm_image;
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

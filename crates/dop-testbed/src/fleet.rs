@@ -21,6 +21,19 @@ pub fn port_22_usable(first: u32) -> bool {
 /// not resolve), each reached through `interfaces.eth0.ip`, and `steps` steps that run `true`
 /// on all nodes, `max_in_flight` at a time.
 pub fn plan(testbed: &Testbed, name: &str, steps: usize, max_in_flight: i64) -> String {
+    plan_of(testbed, name, testbed.addresses.len(), steps, max_in_flight)
+}
+
+/// [`plan`] with `nodes` nodes, more than the testbed's addresses where asked: node `i` is
+/// reached at address `i` modulo their number (many nodes on one host, as containers on a
+/// hypervisor are).
+pub fn plan_of(
+    testbed: &Testbed,
+    name: &str,
+    nodes: usize,
+    steps: usize,
+    max_in_flight: i64,
+) -> String {
     let mut t = format!(
         "name: {name}\ninfrastructures:\n  lab:\n    type: baremetal\n    networks:\n      lo: \
          {{ip_pool: {{from: 127.0.0.1, to: 127.255.255.254}}, ip_netmask: 255.0.0.0, ip_defgw: \
@@ -29,7 +42,8 @@ pub fn plan(testbed: &Testbed, name: &str, steps: usize, max_in_flight: i64) -> 
         testbed.user,
         testbed.client_key().display()
     );
-    for (i, a) in testbed.addresses.iter().enumerate() {
+    for i in 0..nodes {
+        let a = testbed.addresses[i % testbed.addresses.len()];
         t.push_str(&format!(
             "  p{i}.example.com: {{infrastructure: lab, interfaces: {{eth0: {{network: lo, ip: {a}}}}}}}\n"
         ));

@@ -83,7 +83,36 @@ fn install_peers() {
     }
 }
 
-fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize, max_in_flight: i64) -> (Duration, String) {
+/// CPU seconds (user + system) of this process's children that have ended so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// CPU seconds the testbed's sshd processes spent on connections that have ended so far.
+fn sshd_cpu(testbed: &Testbed) -> f64 {
+    testbed
+        .pids()
+        .iter()
+        .filter_map(|pid| fleet::reaped_children_cpu(*pid))
+        .sum()
+}
+
+/// What one dopi run took: wall time, its own CPU, the sshds' CPU, how it went.
+struct DopiRun {
+    wall: Duration,
+    cpu: f64,
+    sshd_cpu: f64,
+    failures: String,
+}
+
+fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize, max_in_flight: i64) -> DopiRun {
     let dopi = env!("CARGO_BIN_EXE_dopi");
     let name = format!("bench{steps}x{}", max_in_flight.max(0));
     let file = dir.join(format!("{name}.yaml"));
@@ -98,7 +127,12 @@ fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize, max_in_flight: i64) -> 
     };
     let (_, ok, text) = timed(command(&["add", file.to_str().expect("utf-8")]));
     assert!(ok, "dopi add: {text}");
+    let (cpu, sshd) = (children_cpu(), sshd_cpu(testbed));
     let (elapsed, _, _) = timed(command(&["run", &name, "-q"]));
+    let cpu = children_cpu() - cpu;
+    // The sshds reap a connection's processes a moment after the client left.
+    std::thread::sleep(Duration::from_millis(500));
+    let sshd = sshd_cpu(testbed) - sshd;
     let (_, _, shown) = timed(command(&["show", &name, "--json"]));
     let show: serde_json::Value = serde_json::from_str(&shown).unwrap_or_default();
     let mut failed = 0;
@@ -120,7 +154,12 @@ fn run_dopi(dir: &Path, testbed: &Testbed, steps: usize, max_in_flight: i64) -> 
         0 => "none".to_string(),
         n => format!("{n} node-steps not done"),
     };
-    (elapsed, failures)
+    DopiRun {
+        wall: elapsed,
+        cpu,
+        sshd_cpu: sshd,
+        failures,
+    }
 }
 
 fn ssh_options(testbed: &Testbed) -> String {
@@ -264,15 +303,17 @@ fn bench_bed(
     let work = dir.join("dopi");
     std::fs::create_dir_all(&work).expect("work dir");
     eprintln!("{label}: dopi, 1 step at {PARALLEL}…");
-    let (one, _) = run_dopi(&work, &testbed, 1, PARALLEL as i64);
+    let one = run_dopi(&work, &testbed, 1, PARALLEL as i64);
+    let mut ten_at_parallel = None;
     for max_in_flight in [PARALLEL as i64, -1] {
         eprintln!("{label}: dopi, {STEPS} steps at max_in_flight {max_in_flight}…");
-        let (ten, failures) = run_dopi(&work, &testbed, STEPS, max_in_flight);
+        let ten = run_dopi(&work, &testbed, STEPS, max_in_flight);
         rows.push(Row {
             tool: format!("dopi run (max_in_flight {max_in_flight})"),
-            ten,
-            failures,
+            ten: ten.wall,
+            failures: ten.failures.clone(),
         });
+        ten_at_parallel.get_or_insert(ten);
     }
     type Runner = fn(&Path, &Testbed, usize) -> (Duration, String);
     let peers: [(&str, &str, Runner); 2] = [
@@ -329,13 +370,21 @@ fn bench_bed(
             r.failures
         );
     }
-    if let Some(dopi) = rows.first() {
-        let per_step = (secs(dopi.ten) - secs(one)) / (STEPS - 1) as f64;
+    if let Some(ten) = ten_at_parallel {
+        let added = (STEPS - 1) as f64 * nodes as f64;
+        let per_step = (secs(ten.wall) - secs(one.wall)) / (STEPS - 1) as f64;
         println!(
-            "\ndopi at {PARALLEL}: 1 step {:.2} s, per added step {:.0} ms ({:.2} ms of wall time per command on an open connection)",
-            secs(one),
+            "\ndopi at {PARALLEL}: 1 step {:.2} s, per added step {:.0} ms. Per command on an open \
+             connection (the 9 added steps): dopi's own CPU {:.3} ms, sshd's CPU {:.3} ms, wall \
+             {:.2} ms. The 1-step run: dopi's CPU {:.2} s, sshd's {:.2} s ({:.1} ms a login).",
+            secs(one.wall),
             per_step * 1e3,
-            per_step * 1e3 / nodes as f64
+            (ten.cpu - one.cpu) * 1e3 / added,
+            (ten.sshd_cpu - one.sshd_cpu) * 1e3 / added,
+            per_step * 1e3 / nodes as f64,
+            one.cpu,
+            one.sshd_cpu,
+            one.sshd_cpu * 1e3 / nodes as f64,
         );
     }
 }

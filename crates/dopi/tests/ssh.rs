@@ -1208,6 +1208,22 @@ fn a_run_keeps_no_more_connections_open_than_allowed() {
     }
     assert_eq!(most, 2, "{diagnostics}");
     assert_eq!(logins, 12, "6 nodes, 2 steps, a new login each time");
+    // `-1` asks for all 6 at once: no more start than can be connected (the others would be
+    // marked running while they wait).
+    assert!(
+        diagnostics.contains("step 'step 1' on 6 node(s), 2 at a time (max_ssh_connections)"),
+        "{diagnostics}"
+    );
+    let (mut running, mut most_running) = (0i32, 0);
+    for line in diagnostics.lines() {
+        if line.contains("] starting ssh/custom") {
+            running += 1;
+        } else if line.contains("] ssh/custom [OK]") {
+            running -= 1;
+        }
+        most_running = most_running.max(running);
+    }
+    assert_eq!(most_running, 2, "{diagnostics}");
     assert_eq!(closed, 10, "{diagnostics}");
     let show = w.show_json("ssh");
     for step in 0..2 {

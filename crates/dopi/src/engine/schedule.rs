@@ -262,7 +262,13 @@ impl<'a> SetRun<'a> {
             EventKind::StepStarted,
             None,
             Some(key),
-            format!("step '{key}' on {} node(s), {} at a time{}", pending.len(), limits.max_in_flight, if limits.canary { ", canary first" } else { "" }),
+            format!(
+                "step '{key}' on {} node(s), {} at a time{}{}",
+                pending.len(),
+                limits.max_in_flight,
+                if limits.limited_by_connections { " (max_ssh_connections)" } else { "" },
+                if limits.canary { ", canary first" } else { "" }
+            ),
             json!({"nodes": pending.len(), "commands": step.commands.len(), "max_in_flight": limits.max_in_flight, "max_per_role": limits.max_per_role, "canary": limits.canary}),
         );
         let mut queue: VecDeque<(usize, NodeStepState)> = pending.into();
@@ -365,6 +371,8 @@ impl<'a> SetRun<'a> {
 /// How many of a step's nodes run at once, and whether a canary goes first.
 struct Limits {
     max_in_flight: usize,
+    /// `max_in_flight` asked for more than the connections a run may keep open.
+    limited_by_connections: bool,
     max_per_role: Option<usize>,
     canary: bool,
 }
@@ -373,17 +381,21 @@ impl Limits {
     /// The step's run options over the plan's.
     fn of(ctx: &Ctx, step: &Step, pending: usize) -> Self {
         let options = step.run_options.or(&ctx.plan.run_options);
-        let max_in_flight = match options.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) {
+        let asked = match options.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) {
             -1 => pending.max(1),
             0 => 1,
             n => usize::try_from(n).unwrap_or(1),
         };
+        // No more nodes at once than connections may be open: the others would only wait for
+        // one, each holding its task, and their commands marked running before they run.
+        let max_in_flight = asked.min(ctx.ssh.max_connections());
         let max_per_role = options
             .max_per_role
             .filter(|n| *n > 0)
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         Limits {
             max_in_flight,
+            limited_by_connections: max_in_flight < asked,
             max_per_role,
             canary: options.canary_host.unwrap_or(false),
         }

@@ -388,6 +388,7 @@ pub struct SshPool {
     logins: Mutex<HashMap<String, Option<(String, Login)>>>,
     /// Places for open node connections ([`DEFAULT_MAX_CONNECTIONS`]).
     open: Arc<Semaphore>,
+    max_connections: usize,
     /// The node connections open now, by node, to choose which to close.
     open_nodes: Mutex<HashMap<String, Slot>>,
     clock: Arc<Clock>,
@@ -480,6 +481,7 @@ impl SshPool {
         connect_timeout: Duration,
         max_connections: Option<usize>,
     ) -> SshPool {
+        let max_connections = limits::max_connections(max_connections);
         SshPool {
             config: Arc::new(client::Config {
                 keepalive_interval: Some(Duration::from_secs(15)),
@@ -495,13 +497,19 @@ impl SshPool {
             resolver: Resolver::default(),
             admission: Admission::default(),
             logins: Mutex::new(HashMap::new()),
-            open: Arc::new(Semaphore::new(limits::max_connections(max_connections))),
+            open: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             open_nodes: Mutex::new(HashMap::new()),
             clock: Arc::new(Clock {
                 start: std::time::Instant::now(),
                 freed: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// How many node connections the run keeps open at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// The login made from the credential `name`, by `make` the first time (a failure is not
