@@ -914,8 +914,9 @@ fn commands_in_a_shell_session_report_exactly_as_on_a_channel_of_their_own() {
     let gate = w.node_dir("gate").join("single-commands-only");
     std::fs::write(
         &gate,
-        "#!/bin/sh\n# Runs the command it is given, but no shell that reads commands.\n\
-         case \"$SSH_ORIGINAL_COMMAND\" in\n  *'/bin/sh -s'*) echo 'single commands only' >&2; exit 1 ;;\nesac\n\
+        "#!/bin/sh\n# Runs the command it is given, but no shell that reads commands. It says why after\n\
+         # it has ended (sshd may send the exit status before the last of standard error).\n\
+         case \"$SSH_ORIGINAL_COMMAND\" in\n  *'/bin/sh -s'*) (sleep 0.2; echo 'single commands only' >&2) & exit 1 ;;\nesac\n\
          exec \"$SHELL\" -c \"$SSH_ORIGINAL_COMMAND\"\n",
     )
     .unwrap();

@@ -41,6 +41,8 @@ use crate::plugins::ssh_custom::shell_quote;
 const DRIVER: &str = "exec /bin/sh -s";
 /// How much of what a node says while refusing a session is kept for the reason.
 const SAID_KEPT: usize = 1024;
+/// How long a driver that ended (or closed its output) is given to finish saying why.
+const SAID_GRACE: Duration = Duration::from_millis(500);
 
 /// The driver's functions and traps, and its ready line. `SHLVL` is what sshd gave, so that a
 /// login bash reads its `.bashrc` for each command as it does under sshd. A TERM or USR1 sent
@@ -139,9 +141,20 @@ impl Shell {
                     said => format!("{why}; it said: {said}"),
                 }
             };
+            // How the driver ended, once it has: sshd may send the exit status before the
+            // last of its standard error, so what it said is read until the channel's end.
+            let mut ended: Option<String> = None;
+            let mut eof = false;
             loop {
-                match channel.wait().await {
-                    Some(ChannelMsg::Data { data }) => {
+                let message = if ended.is_none() && !eof {
+                    channel.wait().await
+                } else {
+                    tokio::time::timeout(SAID_GRACE, channel.wait())
+                        .await
+                        .unwrap_or(None)
+                };
+                match message {
+                    Some(ChannelMsg::Data { data }) if ended.is_none() => {
                         seen.extend_from_slice(&data);
                         if find(&seen, ready.as_bytes()).is_some() {
                             return Ok(Ok(()));
@@ -159,22 +172,19 @@ impl Shell {
                         return Ok(Err(refused("the node refused to run a command", &said)))
                     }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
-                        return Ok(Err(refused(
-                            &format!("the driver ended with exit status {exit_status}"),
-                            &said,
-                        )))
+                        ended.get_or_insert(format!(
+                            "the driver ended with exit status {exit_status}"
+                        ));
                     }
                     Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                        return Ok(Err(refused(
-                            &format!("the driver ended by signal {signal_name:?}"),
-                            &said,
-                        )))
+                        ended.get_or_insert(format!("the driver ended by signal {signal_name:?}"));
                     }
-                    Some(ChannelMsg::Eof) | None => {
-                        return Ok(Err(refused(
-                            "the session closed before the driver started",
-                            &said,
-                        )))
+                    Some(ChannelMsg::Eof) => eof = true,
+                    Some(ChannelMsg::Close) | None => {
+                        let why = ended
+                            .as_deref()
+                            .unwrap_or("the session closed before the driver started");
+                        return Ok(Err(refused(why, &said)));
                     }
                     Some(_) => {}
                 }
