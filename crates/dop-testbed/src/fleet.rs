@@ -3,7 +3,7 @@
 //! it: the CPU sshd itself spends on one login, the floor no client can go below.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::{address, Testbed};
 
@@ -78,24 +78,8 @@ pub fn login_cost(testbed: &Testbed, logins: u32, known_hosts: &Path) -> Option<
     let pid = *testbed.pids().first()?;
     let before = reaped_children_cpu(pid)?;
     for _ in 0..logins {
-        let ok = Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-            ])
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args([
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                &testbed.port.to_string(),
-                "-i",
-            ])
-            .arg(testbed.client_key())
-            .arg(format!("{}@{}", testbed.user, testbed.addresses[0]))
+        let ok = testbed
+            .openssh(0, known_hosts)
             .arg("true")
             .stdin(Stdio::null())
             .status()

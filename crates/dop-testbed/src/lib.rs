@@ -334,6 +334,24 @@ impl Testbed {
         self.dir.join("client_ed25519")
     }
 
+    /// OpenSSH's client, logging in to node `at` with the client key, host keys recorded in
+    /// `known_hosts` (unchecked); the remote command is added by the caller.
+    pub fn openssh(&self, at: usize, known_hosts: &Path) -> Command {
+        let mut ssh = Command::new("ssh");
+        ssh.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+        ])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "LogLevel=ERROR", "-p", &self.port.to_string(), "-i"])
+        .arg(self.client_key())
+        .arg(format!("{}@{}", self.user, self.addresses[at]));
+        ssh
+    }
+
     /// The nodes' public host key (`ssh-ed25519 AAAA… host_ed25519`).
     pub fn host_key(&self) -> PathBuf {
         self.dir.join("host_ed25519.pub")

@@ -33,24 +33,8 @@ fn twenty_nodes_answer_and_are_gone_after_stop() {
     }
     assert!(testbed.client_key().exists());
     // The login works with the client key and runs /bin/sh (checked with OpenSSH's client).
-    let out = std::process::Command::new("ssh")
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            &options.port.to_string(),
-            "-i",
-        ])
-        .arg(testbed.client_key())
-        .arg(format!("{}@{}", testbed.user, testbed.addresses[17]))
+    let out = testbed
+        .openssh(17, std::path::Path::new("/dev/null"))
         .arg("echo $0 $(id -un); exit 3")
         .output()
         .unwrap();
