@@ -52,7 +52,7 @@ pub struct ExecutionLog {
     nodes: Mutex<HashMap<String, Arc<NodeLog>>>,
     /// The append handle on `all.log` the nodes' lines share (an append of a whole line is
     /// one write, and writes to a file opened for appending do not interleave).
-    all_for_nodes: Option<Arc<File>>,
+    all_for_nodes: Arc<File>,
     /// The node log files open now, in the order they were opened.
     open_node_files: Arc<OpenNodeFiles>,
     /// What to show on standard error.
@@ -110,7 +110,7 @@ pub struct NodeLog {
     /// Open while the node writes (at most [`OPEN_NODE_FILES`] of an execution are).
     file: Mutex<Option<File>>,
     /// The execution's handle on `all.log` for node lines.
-    all: Option<Arc<File>>,
+    all: Arc<File>,
     lost: Arc<Lost>,
     open_files: Arc<OpenNodeFiles>,
     me: Weak<NodeLog>,
@@ -150,7 +150,7 @@ impl ExecutionLog {
                 .mode(0o750)
                 .create(&dir)?;
         }
-        let all_for_nodes = Some(Arc::new(open_append(&dir.join("all.log"))?));
+        let all_for_nodes = Arc::new(open_append(&dir.join("all.log"))?);
         let files = Files {
             all: open_append(&dir.join("all.log"))?,
             events: open_append(&dir.join("events.jsonl"))?,
@@ -325,16 +325,10 @@ impl OpenNodeFiles {
             let Some(oldest) = oldest.upgrade() else {
                 continue;
             };
-            let closed = match oldest.file.try_lock() {
-                Ok(mut file) => {
-                    *file = None;
-                    true
-                }
-                Err(_) => false,
+            match oldest.file.try_lock() {
+                Ok(mut file) => *file = None,
+                Err(_) => busy.push(Arc::downgrade(&oldest)),
             };
-            if !closed {
-                busy.push(Arc::downgrade(&oldest));
-            }
         }
         for node in busy.into_iter().rev() {
             order.push_front(node);
@@ -389,9 +383,7 @@ impl NodeLog {
         if opened {
             self.open_files.opened(self.me.clone());
         }
-        if let Some(all) = &self.all {
-            self.lost.check((&**all).write_all(line.as_bytes()));
-        }
+        self.lost.check((&*self.all).write_all(line.as_bytes()));
     }
 }
 
