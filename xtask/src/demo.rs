@@ -80,7 +80,12 @@ fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf, String> {
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map(tempfile::TempDir::keep)
-        .map_err(|e| format!("cannot make a private directory in {}: {e}", parent.display()))
+        .map_err(|e| {
+            format!(
+                "cannot make a private directory in {}: {e}",
+                parent.display()
+            )
+        })
 }
 
 /// True when the real `puppet` is installed.
@@ -455,7 +460,12 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let meta = std::fs::symlink_metadata(dir).unwrap();
             assert!(meta.is_dir(), "{}", dir.display());
-            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                dir.display()
+            );
         }
     }
 }

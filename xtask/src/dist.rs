@@ -375,7 +375,11 @@ mod tests {
         let packaging = crate::host::root().join("packaging");
         let unit = std::fs::read_to_string(packaging.join("dopc.service")).unwrap();
         let umask = u32::from_str_radix(unit_values(&unit, "UMask")[0], 8).unwrap();
-        assert_eq!(umask & 0o040, 0, "the group (Puppet's, on hiera_dir) can read");
+        assert_eq!(
+            umask & 0o040,
+            0,
+            "the group (Puppet's, on hiera_dir) can read"
+        );
         assert_eq!(umask & 0o007, 0o007, "others cannot");
         // Under ProtectSystem=strict only these are writable: the hiera_dir that dop.conf and
         // docs/puppet.md suggest must be one of them, or below one.

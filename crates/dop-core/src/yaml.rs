@@ -390,7 +390,14 @@ impl Builder {
             value.mark = first;
         }
         // Its scalars were counted as they arrived; the collection itself counts as one.
-        self.push(value, anchor, Size { values: 1, bytes: 0 })
+        self.push(
+            value,
+            anchor,
+            Size {
+                values: 1,
+                bytes: 0,
+            },
+        )
     }
 
     /// Counts what a value brings into the document, refusing it (at `mark`) beyond the limits.

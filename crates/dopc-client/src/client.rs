@@ -709,7 +709,11 @@ mod tests {
     #[test]
     fn query_values_are_form_encoded() {
         assert_eq!(
-            query(&[("node", Some("a b&c=d#e+f/%")), ("level", None), ("x", Some("1"))]),
+            query(&[
+                ("node", Some("a b&c=d#e+f/%")),
+                ("level", None),
+                ("x", Some("1"))
+            ]),
             "?node=a+b%26c%3Dd%23e%2Bf%2F%25&x=1"
         );
         assert_eq!(query(&[("node", None)]), "");

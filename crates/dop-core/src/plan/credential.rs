@@ -257,7 +257,8 @@ pub fn check_login_name(name: &str) -> Result<(), String> {
     let first_ok = bytes
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    let rest_ok =
+        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if first_ok && rest_ok && name.len() <= 32 {
         Ok(())
     } else {

@@ -950,12 +950,19 @@ mod tests {
         );
         let dir = root.path().join("nodes/p/n1");
         let err = local.write_boot_files(&dir, &spec).unwrap_err();
-        assert!(err.to_string().contains("is not a POSIX user name"), "{err}");
+        assert!(
+            err.to_string().contains("is not a POSIX user name"),
+            "{err}"
+        );
         assert!(!dir.exists(), "nothing was written");
         assert!(!root.path().join("escaped").exists());
         // A name that is one passes both.
         let fine = spec_with(vec![key_for("deploy_user-2")]);
-        assert!(local.check_node(&fine).is_empty(), "{:?}", local.check_node(&fine));
+        assert!(
+            local.check_node(&fine).is_empty(),
+            "{:?}",
+            local.check_node(&fine)
+        );
     }
 
     #[test]
@@ -968,7 +975,10 @@ mod tests {
         }]);
         let dir = root.path().join("nodes/p/n1");
         let err = local.write_boot_files(&dir, &spec).unwrap_err();
-        assert!(err.to_string().contains("the password holds a line break"), "{err}");
+        assert!(
+            err.to_string().contains("the password holds a line break"),
+            "{err}"
+        );
         assert!(!dir.join("control/passwords").exists());
     }
 }

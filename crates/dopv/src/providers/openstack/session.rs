@@ -627,7 +627,9 @@ mod tests {
         // The login (its body holds the password) is redirected: refused, not resent.
         let e = session.authenticate().await.unwrap_err().to_string();
         assert!(
-            e.contains(&format!("redirects to http://127.0.0.1:{elsewhere}/x, another origin")),
+            e.contains(&format!(
+                "redirects to http://127.0.0.1:{elsewhere}/x, another origin"
+            )),
             "{e}"
         );
         // A call with a token (as if the login had worked) is redirected: refused as well.
