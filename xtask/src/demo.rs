@@ -1,7 +1,7 @@
 //! `cargo xtask demo [PLANFILE]`: the bundled plan (or PLANFILE) shown as dopv and dopi would
 //! deploy and run it, then the same plan taken through dopc end to end on local test nodes.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,6 +68,24 @@ impl Drop for Scratch {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// A new directory under `parent` that only we can use: mode 0700, a random name (made with
+/// `mkdtemp`'s guarantees), never one that existed before. The demo runs as root, and a name
+/// such as `/tmp/dop-demo-<pid>` can be guessed and taken first by any user of the machine.
+/// Removed by `Scratch` when the demo ends.
+fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf, String> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| {
+            format!(
+                "cannot make a private directory in {}: {e}",
+                parent.display()
+            )
+        })
 }
 
 /// True when the real `puppet` is installed.
@@ -187,14 +205,15 @@ fn demo_prerequisites() -> Result<(), String> {
 /// `dopc serve` and `dopc execution … --follow`.
 fn store_demo(plan_file: &Path) -> Result<(), String> {
     demo_prerequisites()?;
-    let dir = std::env::temp_dir().join(format!("dop-demo-{}", std::process::id()));
-    // Not `create_dir_all`: a directory someone else made under this name is not ours to use.
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot make the demo's directory {}: {e}", dir.display()))?;
+    let dir = private_dir(&std::env::temp_dir(), "dop-demo-")?;
     // The nodes see the host's /srv (not its /tmp): the Hiera data goes there.
-    let hiera_dir = Path::new("/srv").join(format!("dop-demo-{}-hiera", std::process::id()));
+    let hiera_dir = match private_dir(Path::new("/srv"), "dop-demo-hiera-") {
+        Ok(hiera_dir) => hiera_dir,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let puppet = puppet_installed();
     let _scratch = Scratch(dir.clone(), vec![hiera_dir.clone()]);
     let key = dir.join("demo_key");
@@ -423,5 +442,30 @@ mod tests {
     fn the_demo_refuses_an_invalid_plan() {
         let plan = crate::host::root().join("fixtures/plans/invalid/wrong-types.yaml");
         assert!(super::run(Some(plan)).is_err());
+    }
+
+    #[test]
+    fn the_demo_directories_cannot_be_guessed_or_taken_first() {
+        let parent = tempfile::tempdir().unwrap();
+        // What another user could have made beforehand under the name the demo used to take.
+        let guessed = parent
+            .path()
+            .join(format!("dop-demo-{}", std::process::id()));
+        std::os::unix::fs::symlink("/etc", &guessed).unwrap();
+        let a = super::private_dir(parent.path(), "dop-demo-").unwrap();
+        let b = super::private_dir(parent.path(), "dop-demo-").unwrap();
+        assert_ne!(a, b);
+        for dir in [&a, &b] {
+            assert_ne!(dir, &guessed);
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::symlink_metadata(dir).unwrap();
+            assert!(meta.is_dir(), "{}", dir.display());
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                dir.display()
+            );
+        }
     }
 }

@@ -362,6 +362,54 @@ mod tests {
         assert!(hiera.contains("/var/lib/dop/hiera"), "{hiera}");
     }
 
+    /// The values of `key=` lines in a systemd unit.
+    fn unit_values<'u>(unit: &'u str, key: &str) -> Vec<&'u str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .flat_map(str::split_whitespace)
+            .collect()
+    }
+
+    #[test]
+    fn the_service_can_write_the_hiera_data_and_puppet_can_read_it() {
+        let packaging = crate::host::root().join("packaging");
+        let unit = std::fs::read_to_string(packaging.join("dopc.service")).unwrap();
+        let umask = u32::from_str_radix(unit_values(&unit, "UMask")[0], 8).unwrap();
+        assert_eq!(
+            umask & 0o040,
+            0,
+            "the group (Puppet's, on hiera_dir) can read"
+        );
+        assert_eq!(umask & 0o007, 0o007, "others cannot");
+        // Under ProtectSystem=strict only these are writable: the hiera_dir that dop.conf and
+        // docs/puppet.md suggest must be one of them, or below one.
+        assert_eq!(unit_values(&unit, "ProtectSystem"), ["strict"]);
+        let mut writable: Vec<String> = unit_values(&unit, "StateDirectory")
+            .iter()
+            .map(|d| format!("/var/lib/{d}"))
+            .collect();
+        writable.extend(
+            unit_values(&unit, "ReadWritePaths")
+                .iter()
+                .map(|p| p.trim_start_matches('-').to_string()),
+        );
+        let conf = std::fs::read_to_string(packaging.join("dop.conf")).unwrap();
+        let suggested: Vec<&str> = conf
+            .lines()
+            .filter_map(|l| l.strip_prefix("# hiera_dir:"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(suggested, ["/var/lib/dop-hiera"], "{conf}");
+        for dir in suggested {
+            assert!(
+                writable
+                    .iter()
+                    .any(|w| std::path::Path::new(dir).starts_with(w)),
+                "{dir} is read-only for the service: {writable:?}"
+            );
+        }
+    }
+
     #[test]
     fn requires_are_read_from_the_binary() {
         // This test's own executable links glibc: rpm's generator must say so, with versions.

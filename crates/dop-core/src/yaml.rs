@@ -15,6 +15,16 @@ use yaml_rust2::scanner::TScalarStyle;
 pub const MAX_DEPTH: usize = 128;
 /// Most values a document may hold once aliases are expanded (guards against "billion laughs").
 pub const MAX_VALUES: usize = 5_000_000;
+/// Most bytes of scalar text a document may hold once aliases are expanded. Counting values is
+/// not enough: an alias of a 1 MiB scalar is one value, and every alias is a deep copy.
+pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
+
+/// What a value brings into the document when it is copied: values and bytes of scalar text.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    values: usize,
+    bytes: usize,
+}
 
 /// A position in the text that was parsed: 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -235,8 +245,9 @@ fn fingerprint(key: &Value) -> Option<String> {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, (Yaml, usize)>,
-    values: usize,
+    anchors: HashMap<usize, (Yaml, Size)>,
+    /// The document so far, aliases expanded.
+    size: Size,
     duplicate_keys: Vec<DuplicateKey>,
     root: Option<Yaml>,
     documents: usize,
@@ -279,7 +290,11 @@ impl Builder {
                     } else {
                         Value::Str(text)
                     };
-                    self.push(Yaml { value, mark }, anchor, 1)?;
+                    let added = Size {
+                        values: 1,
+                        bytes: text_bytes(&value),
+                    };
+                    self.push(Yaml { value, mark }, anchor, added)?;
                 }
                 Event::SequenceStart(anchor, _) => {
                     self.open(Open::Seq {
@@ -298,13 +313,17 @@ impl Builder {
                 }
                 Event::SequenceEnd | Event::MappingEnd => self.close()?,
                 Event::Alias(id) => {
-                    let Some((value, size)) = self.anchors.get(&id).cloned() else {
+                    let Some((_, size)) = self.anchors.get(&id) else {
                         return Err(YamlError {
                             message: "an alias refers to an anchor that is not defined".into(),
                             mark: Some(mark),
                         });
                     };
-                    self.push(value, 0, size)?;
+                    // Within the limits before the copy is made: the copy is what costs.
+                    let size = *size;
+                    self.count(size, mark)?;
+                    let value = self.anchors[&id].0.clone();
+                    self.push(value, 0, Size::default())?;
                 }
                 Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
             }
@@ -371,24 +390,49 @@ impl Builder {
             value.mark = first;
         }
         // Its scalars were counted as they arrived; the collection itself counts as one.
-        self.push(value, anchor, 1)
+        self.push(
+            value,
+            anchor,
+            Size {
+                values: 1,
+                bytes: 0,
+            },
+        )
     }
 
-    /// Adds a finished value to the collection being built. `added` is how many values it
-    /// brings into the document (an alias brings a whole copy).
-    fn push(&mut self, value: Yaml, anchor: usize, added: usize) -> Result<(), YamlError> {
-        self.values += added;
-        if self.values > MAX_VALUES {
+    /// Counts what a value brings into the document, refusing it (at `mark`) beyond the limits.
+    fn count(&mut self, added: Size, mark: Mark) -> Result<(), YamlError> {
+        self.size.values += added.values;
+        self.size.bytes += added.bytes;
+        if self.size.values > MAX_VALUES {
             return Err(YamlError {
                 message: format!(
                     "the document expands to more than {MAX_VALUES} values (are aliases \
                      referring to aliases?)"
                 ),
-                mark: Some(value.mark),
+                mark: Some(mark),
             });
         }
+        if self.size.bytes > MAX_EXPANDED_BYTES {
+            return Err(YamlError {
+                message: format!(
+                    "the document expands to more than {} MiB of text once aliases are \
+                     expanded (every alias is a full copy; this one repeats {} bytes)",
+                    MAX_EXPANDED_BYTES >> 20,
+                    added.bytes
+                ),
+                mark: Some(mark),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a finished value to the collection being built. `added` is what it brings into the
+    /// document besides what was counted already (an alias is counted before it is copied).
+    fn push(&mut self, value: Yaml, anchor: usize, added: Size) -> Result<(), YamlError> {
+        self.count(added, value.mark)?;
         if anchor != 0 {
-            let size = count_values(&value);
+            let size = size_of(&value);
             self.anchors.insert(anchor, (value.clone(), size));
         }
         match self.stack.last_mut() {
@@ -484,12 +528,22 @@ impl MapBuilder {
     }
 }
 
-fn count_values(value: &Yaml) -> usize {
+/// The bytes of text a scalar holds (strings and symbols; numbers and the like are small).
+fn text_bytes(value: &Value) -> usize {
+    match value {
+        Value::Str(s) | Value::Sym(s) => s.len(),
+        _ => 0,
+    }
+}
+
+/// What a copy of `value` brings into the document.
+fn size_of(value: &Yaml) -> Size {
     // Iterative so that a deep tree cannot exhaust the stack.
-    let mut count = 0;
+    let mut size = Size::default();
     let mut todo = vec![value];
     while let Some(v) = todo.pop() {
-        count += 1;
+        size.values += 1;
+        size.bytes += text_bytes(&v.value);
         match &v.value {
             Value::Seq(items) => todo.extend(items),
             Value::Map(entries) => {
@@ -501,7 +555,7 @@ fn count_values(value: &Yaml) -> usize {
             _ => {}
         }
     }
-    count
+    size
 }
 
 /// Resolves a plain scalar with the YAML 1.1 rules Psych applies. A string keeps the text
@@ -715,6 +769,29 @@ mod tests {
         }
         let err = parse(&text).unwrap_err();
         assert!(err.message.contains("expands to more than"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_of_large_scalars_are_bounded_in_bytes() {
+        // 1 MiB scalars repeated by aliases: few values, gigabytes of copies if expanded.
+        let big = "x".repeat(1 << 20);
+        let mut text = format!("big: &big {big}\nmany:\n");
+        for _ in 0..100_000 {
+            text.push_str("  - *big\n");
+        }
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("MiB of text"), "{err:?}");
+        assert!(err.message.contains("repeats 1048576 bytes"), "{err:?}");
+        // The alias past the limit is named: the scalar, its two keys and 62 copies fit; the
+        // 63rd copy (on line 2 + 63) would pass 64 MiB.
+        assert_eq!(err.mark.unwrap().line, 2 + 63, "{err:?}");
+        // Below the limit the aliases are expanded as before.
+        let small = format!("big: &big {big}\nmany: [*big, *big]\n");
+        let doc = parse(&small).unwrap();
+        let Value::Seq(many) = &doc.root.get("many").unwrap().value else {
+            panic!("a sequence: {doc:?}");
+        };
+        assert_eq!(many[1].as_str().map(str::len), Some(1 << 20));
     }
 
     #[test]

@@ -111,17 +111,21 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// `?a=1&b=2` of the pairs that have a value; empty when none has.
+/// `?a=1&b=2` of the pairs that have a value, each value form-encoded (a node named `a&b`, a
+/// `+` or a `#` in a filter would otherwise end the value, add a parameter or cut the query);
+/// empty when none has a value.
 fn query(pairs: &[(&str, Option<&str>)]) -> String {
-    let set: Vec<String> = pairs
+    // reqwest's URL type carries the form serializer, so no crate of its own is needed for it.
+    let mut url = reqwest::Url::parse("http://query.invalid/").expect("a valid URL");
+    let set: Vec<(&str, &str)> = pairs
         .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
         .collect();
     if set.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", set.join("&"))
+        return String::new();
     }
+    url.query_pairs_mut().extend_pairs(set);
+    format!("?{}", url.query().unwrap_or_default())
 }
 
 /// A client.
@@ -344,7 +348,8 @@ impl Client {
 
     /// `GET /plans/{name}`.
     pub async fn plan(&self, name: &str, version: Option<u64>) -> Result<PlanText, ClientError> {
-        let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        let version = version.map(|v| v.to_string());
+        let query = query(&[("version", version.as_deref())]);
         self.call(
             reqwest::Method::GET,
             &format!("/plans/{name}{query}"),
@@ -694,5 +699,23 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query;
+
+    #[test]
+    fn query_values_are_form_encoded() {
+        assert_eq!(
+            query(&[
+                ("node", Some("a b&c=d#e+f/%")),
+                ("level", None),
+                ("x", Some("1"))
+            ]),
+            "?node=a+b%26c%3Dd%23e%2Bf%2F%25&x=1"
+        );
+        assert_eq!(query(&[("node", None)]), "");
     }
 }

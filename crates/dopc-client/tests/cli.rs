@@ -277,3 +277,25 @@ fn state_drift_monitor_and_refusals_arrive_typed() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].nodes[0].sync.held_back, Vec::<NeededFlag>::new());
 }
+
+/// A query value reaches the server as the caller wrote it: `&`, `=`, `#` and `+` in it are
+/// encoded instead of ending the value, adding a parameter or cutting the query.
+#[test]
+fn query_values_are_sent_encoded() {
+    let server = Server::start();
+    let client = dopc_client::client::Client::new(dopc_client::client::ClientConfig {
+        url: server.url.clone(),
+        token: Some(server.token.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let page = dopc_client::api::ExecutionPage::default();
+    // Unencoded, the server read `plan=laptop` and `limit=0` (out of range: 422).
+    for plan in ["laptop&limit=0", "a b+c#d"] {
+        let listed = server
+            .runtime
+            .block_on(client.executions(Some(plan), None, &page))
+            .unwrap_or_else(|e| panic!("{plan}: {e}"));
+        assert!(listed.is_empty(), "{plan}: {listed:?}");
+    }
+}

@@ -360,7 +360,16 @@ fn file_replace_takes_the_replacement_literally() {
     let testbed = w.testbed(&options);
     let dir = w.node_dir("node-files");
     let file = dir.join("app.conf");
-    std::fs::write(&file, "url = http://old/path\nurl = http://old/other\n").unwrap();
+    let pwned = dir.join("pwned");
+    // A pattern that escaped only `/` ended sed's regex at `a\\` and made the rest flags:
+    // `e` ran the line as a command (`touch …pwned`). It must match its own text instead.
+    let hostile = format!("^a\\/touch {} #\\/e;#", pwned.display());
+    let hostile_line = format!("a/touch {} #/e;#", pwned.display());
+    std::fs::write(
+        &file,
+        format!("url = http://old/path\nurl = http://old/other\na\\b\n{hostile_line}\nx/e\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
     let steps = format!(
         "  - name: replace
@@ -372,6 +381,24 @@ fn file_replace_takes_the_replacement_literally() {
       replacement: 'https://new/a&b\\\\c/'
       credentials: login
       port: {port}
+  - name: hostile
+    nodes: all
+    command:
+      plugin: ssh/file_replace
+      file: {file}
+      pattern: '{hostile}'
+      replacement: 'matched literally'
+      credentials: login
+      port: {port}
+  - name: slash
+    nodes: all
+    command:
+      plugin: ssh/file_replace
+      file: {file}
+      pattern: 'x/e'
+      replacement: 'y'
+      credentials: login
+      port: {port}
 ",
         file = file.display(),
         port = options.port
@@ -381,8 +408,10 @@ fn file_replace_takes_the_replacement_literally() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
-        "url = https://new/a&b\\\\c/path\nurl = https://new/a&b\\\\c/other\n"
+        "url = https://new/a&b\\\\c/path\nurl = https://new/a&b\\\\c/other\na\\b\n\
+         matched literally\ny\n"
     );
+    assert!(!pwned.exists(), "the pattern ran a command on the node");
 }
 
 #[test]

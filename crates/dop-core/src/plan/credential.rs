@@ -248,6 +248,41 @@ fn parse_content(c: &mut Collector<'_>, v: &Yaml, path: &str, what: &str) -> Opt
     }
 }
 
+/// Checks a name that becomes a login on a machine dop makes (the local provider's nodes): a
+/// POSIX portable user name, `[a-z_][a-z0-9_-]*` of at most 32 characters, as `useradd` takes
+/// it. Such a name is safe as a file name (`authorized_keys/<name>`), in a line of
+/// `chpasswd`'s input and in a shell word.
+pub fn check_login_name(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let rest_ok =
+        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if first_ok && rest_ok && name.len() <= 32 {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a POSIX user name: a lower-case letter or '_', then lower-case letters, \
+             digits, '_' or '-', at most 32 characters",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// A username with a control character (a newline above all) would start another line in
+/// every file and command that names it.
+fn check_username(name: &str) -> Result<(), String> {
+    if name.chars().any(char::is_control) {
+        Err(format!(
+            "the username '{}' holds a control character; a username is one line of text",
+            name.escape_debug()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// True for a regular file with an execute bit.
 pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -299,6 +334,13 @@ pub(crate) fn parse(c: &mut Collector<'_>, name: &str, v: &Yaml, path: &str) -> 
         found
     };
     let text = |c: &mut Collector<'_>, x: &Yaml, key: &str, numbers: bool| match &x.value {
+        Value::Str(s) if key == "username" => match check_username(s) {
+            Ok(()) => Some(s.clone()),
+            Err(e) => {
+                c.error(x, &join(path, key), e);
+                None
+            }
+        },
         Value::Str(s) => Some(s.clone()),
         Value::Int(i) if numbers => Some(i.to_string()),
         _ => {

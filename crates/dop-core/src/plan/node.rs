@@ -8,7 +8,7 @@ use super::check::{
     boolean, field, integer, mapping, named_mappings, non_empty_string, string, string_list,
     warn_unknown_keys,
 };
-use super::credential::{Credential, CredentialKind};
+use super::credential::{check_login_name, Credential, CredentialKind};
 use super::infrastructure::{Gateway, Infrastructure, ProviderKind};
 use super::jump::{self, JumpHost};
 use crate::datasize::DataSize;
@@ -429,7 +429,7 @@ pub(crate) fn parse(
     });
 
     let credentials = field(v, "credentials")
-        .map(|cr| parse_node_credentials(c, cr, &join(path, "credentials"), ctx))
+        .map(|cr| parse_node_credentials(c, cr, &join(path, "credentials"), ctx, provider))
         .unwrap_or_default();
 
     let dns = match v.get("dns") {
@@ -746,6 +746,7 @@ fn parse_node_credentials(
     v: &Yaml,
     path: &str,
     ctx: &NodeContext<'_>,
+    provider: Option<ProviderKind>,
 ) -> Vec<String> {
     let items: Vec<&Yaml> = match &v.value {
         Value::Str(_) | Value::Sym(_) => vec![v],
@@ -791,6 +792,22 @@ fn parse_node_credentials(
                 item,
                 &p,
                 format!("the ssh_key credential '{name}' needs a 'public_key' to be put on a node"),
+            );
+            continue;
+        }
+        // The local provider makes each login a file name and a line of chpasswd's input.
+        let login = match kind {
+            Some(CredentialKind::SshKey { username, .. })
+            | Some(CredentialKind::UsernamePassword { username, .. }) => Some(username),
+            _ => None,
+        };
+        if let (Some(ProviderKind::Local), Some(Err(e))) =
+            (provider, login.map(|u| check_login_name(u)))
+        {
+            c.error(
+                item,
+                &p,
+                format!("the credential '{name}' cannot log in to a local node: {e}"),
             );
             continue;
         }

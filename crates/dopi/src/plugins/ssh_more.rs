@@ -534,12 +534,8 @@ fn replace_command(options: &CommandOptions) -> Result<String, String> {
         .get("global")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(true);
-    let pattern = pattern.replace('/', "\\/");
-    let replacement = replacement
-        .replace('\\', "\\\\")
-        .replace('/', "\\/")
-        .replace('&', "\\&")
-        .replace('\n', "\\n");
+    let pattern = sed_pattern(pattern)?;
+    let replacement = sed_replacement(replacement);
     let expression = format!(
         "s/{pattern}/{replacement}/{}",
         if global { "g" } else { "" }
@@ -551,6 +547,48 @@ fn replace_command(options: &CommandOptions) -> Result<String, String> {
     ))
 }
 
+/// `pattern` as the regex part of sed's `s/…/…/`: every `/` that is not escaped gets a
+/// backslash, and an escape is kept whole, so nothing in the pattern can end the regex early
+/// and add flags such as `e` (run the line) or `w FILE` (write it). A newline (sed reads lines,
+/// and an escaped one starts another command) and a final lone backslash (it would escape the
+/// closing `/`) are refused.
+fn sed_pattern(pattern: &str) -> Result<String, String> {
+    let mut escaped = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => return Err("'pattern' must be one line: sed matches within a line".into()),
+            '\\' => match chars.next() {
+                Some('\n') => {
+                    return Err("'pattern' must be one line: sed matches within a line".into())
+                }
+                Some(next) => {
+                    escaped.push('\\');
+                    escaped.push(next);
+                }
+                None => {
+                    return Err(
+                        "'pattern' ends in a lone backslash; write '\\\\' for a backslash".into(),
+                    )
+                }
+            },
+            '/' => escaped.push_str("\\/"),
+            other => escaped.push(other),
+        }
+    }
+    Ok(escaped)
+}
+
+/// `replacement` as literal text in sed's `s/…/…/`: the backslash first (so the escapes added
+/// after it stay escapes), then the delimiter, `&` (the match) and newlines.
+fn sed_replacement(replacement: &str) -> String {
+    replacement
+        .replace('\\', "\\\\")
+        .replace('/', "\\/")
+        .replace('&', "\\&")
+        .replace('\n', "\\n")
+}
+
 #[async_trait]
 impl Plugin for FileReplace {
     fn name(&self) -> &'static str {
@@ -558,6 +596,13 @@ impl Plugin for FileReplace {
     }
     fn check(&self, options: &CommandOptions) -> Vec<ParamProblem> {
         let mut p = problems(options, &["file", "pattern", "replacement", "global"]);
+        if let Some(Err(e)) = options
+            .get("pattern")
+            .and_then(|v| v.as_str())
+            .map(sed_pattern)
+        {
+            p.push(ParamProblem::error("pattern", e));
+        }
         if options.get("replacement").is_some_and(|v| !v.is_string()) {
             p.push(ParamProblem::error(
                 "replacement",
@@ -580,5 +625,53 @@ impl Plugin for FileReplace {
     }
     async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         run_check(ctx, replace_command(ctx.options)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replace(pattern: &str) -> CommandOptions {
+        serde_json::json!({"file": "/etc/app.conf", "pattern": pattern, "replacement": "r"})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    fn pattern_problems(pattern: &str) -> Vec<String> {
+        FileReplace
+            .check(&replace(pattern))
+            .into_iter()
+            .filter(|p| p.key == "pattern")
+            .map(|p| p.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_pattern_cannot_end_the_sed_regex() {
+        // An escaped slash stays one escape; an unescaped one gets its backslash; either way
+        // the regex ends at the `/` the plugin writes, so `e` and `w` stay text.
+        assert_eq!(
+            replace_command(&replace("^a\\/b/e;#")).unwrap(),
+            "sed -i -e 's/^a\\/b\\/e;#/r/g' -- '/etc/app.conf'"
+        );
+        assert!(pattern_problems("a\\/b/w /tmp/x").is_empty());
+    }
+
+    #[test]
+    fn patterns_sed_cannot_hold_are_refused_at_check() {
+        let lone = pattern_problems("ends in \\");
+        assert_eq!(
+            lone,
+            ["'pattern' ends in a lone backslash; write '\\\\' for a backslash"]
+        );
+        for multi_line in ["a\nw /tmp/x", "a\\\nw /tmp/x"] {
+            assert_eq!(
+                pattern_problems(multi_line),
+                ["'pattern' must be one line: sed matches within a line"],
+                "{multi_line:?}"
+            );
+        }
     }
 }

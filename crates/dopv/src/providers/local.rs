@@ -195,6 +195,10 @@ impl Local {
     /// Writes what the node boots with: hardware, hostname, sshd configuration, credentials,
     /// resolver, scripts.
     fn write_boot_files(&self, dir: &Path, spec: &NodeSpec) -> Result<NodeConfig> {
+        // Checked with the plan already; again here, where the names become paths and lines.
+        for user in users(spec) {
+            dop_core::plan::check_login_name(&user).map_err(ProviderError::new)?;
+        }
         let config = self.config(spec)?;
         let control = dir.join("control");
         mkdir(&control.join("authorized_keys"))?;
@@ -231,6 +235,14 @@ impl Local {
                     let secret = password.load().map_err(|e| {
                         ProviderError::new(format!("credential '{}': {e}", credential.name))
                     })?;
+                    // chpasswd reads `user:password` lines: a newline would set another user's.
+                    if secret.contains(['\n', '\r']) {
+                        return Err(ProviderError::new(format!(
+                            "credential '{}': the password holds a line break, which a local \
+                             node cannot take (chpasswd reads one password per line)",
+                            credential.name
+                        )));
+                    }
                     passwords.push_str(&format!("{username}:{secret}\n"));
                 }
                 CredentialKind::Kerberos { .. } => {}
@@ -485,6 +497,11 @@ impl Provider for Local {
                  listens there), e.g. interfaces: {eth0: {network: lo, ip: 127.0.10.11}}"
                     .to_string(),
             );
+        }
+        for user in users(spec) {
+            if let Err(e) = dop_core::plan::check_login_name(&user) {
+                problems.push(format!("a local node's logins become file names: {e}"));
+            }
         }
         if users(spec).is_empty() {
             problems.push(
@@ -879,3 +896,89 @@ echo "the node goes down for $action now"
 ( sleep 1; kill -TERM 1 ) </dev/null >/dev/null 2>&1 &
 exit 0
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dop_core::plan::{ContentSource, Credential};
+
+    /// A local node of a valid plan, with `credentials` put on it as a library caller (or a
+    /// plan stored before the plan check) could hand them in.
+    fn spec_with(credentials: Vec<CredentialKind>) -> NodeSpec {
+        let text = "name: p\ninfrastructures: {lab: {type: local, networks: {lo: {ip_pool: \
+                    {from: 127.0.90.1, to: 127.0.90.250}, ip_netmask: 255.255.255.0, \
+                    ip_defgw: false}}}}\nnodes:\n  n1: {infrastructure: lab, interfaces: \
+                    {eth0: {network: lo, ip: 127.0.90.11}}}\n";
+        let loaded = dop_core::load_str(text, None, &dop_core::LookupSettings::default());
+        let plan = loaded
+            .plan
+            .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+        NodeSpec {
+            plan: "p".into(),
+            node: plan.nodes[0].clone(),
+            ssh_port: 2290,
+            credentials: credentials
+                .into_iter()
+                .enumerate()
+                .map(|(i, kind)| Credential {
+                    name: format!("c{i}"),
+                    kind,
+                })
+                .collect(),
+        }
+    }
+
+    fn key_for(username: &str) -> CredentialKind {
+        CredentialKind::SshKey {
+            username: username.into(),
+            public_key: Some(ContentSource::Literal("ssh-ed25519 AAAA x".into())),
+            private_key: None,
+        }
+    }
+
+    #[test]
+    fn logins_that_are_not_user_names_are_refused_before_any_file_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Local::new(root.path(), "p");
+        let spec = spec_with(vec![key_for("../../../escaped")]);
+        let problems = local.check_node(&spec);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("'../../../escaped' is not a POSIX user name")),
+            "{problems:?}"
+        );
+        let dir = root.path().join("nodes/p/n1");
+        let err = local.write_boot_files(&dir, &spec).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a POSIX user name"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "nothing was written");
+        assert!(!root.path().join("escaped").exists());
+        // A name that is one passes both.
+        let fine = spec_with(vec![key_for("deploy_user-2")]);
+        assert!(
+            local.check_node(&fine).is_empty(),
+            "{:?}",
+            local.check_node(&fine)
+        );
+    }
+
+    #[test]
+    fn a_password_with_a_line_break_is_refused_not_fed_to_chpasswd() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Local::new(root.path(), "p");
+        let spec = spec_with(vec![CredentialKind::UsernamePassword {
+            username: "me".into(),
+            password: ContentSource::Literal("secret\nroot:owned".into()),
+        }]);
+        let dir = root.path().join("nodes/p/n1");
+        let err = local.write_boot_files(&dir, &spec).unwrap_err();
+        assert!(
+            err.to_string().contains("the password holds a line break"),
+            "{err}"
+        );
+        assert!(!dir.join("control/passwords").exists());
+    }
+}

@@ -215,6 +215,31 @@ struct Token {
     endpoints: Vec<(String, String, String)>,
 }
 
+/// Redirects are followed only within the origin (scheme, host and port) of the request
+/// that was redirected. reqwest drops `Authorization` on a redirect to another host, but not
+/// `X-Auth-Token`, and it sends a login's body (the password) again on a 307: a cloud, or
+/// whoever answers for it, could send both to any server.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from = attempt.previous().last().map(reqwest::Url::origin);
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if from.as_ref() == Some(&attempt.url().origin()) {
+            attempt.follow()
+        } else {
+            let to = attempt.url().to_string();
+            attempt.error(format!(
+                "it redirects to {to}, another origin; dopv does not follow, so that the token \
+                 and password go only where the plan says (put that URL in the plan's endpoint \
+                 if it is the cloud's)"
+            ))
+        }
+    })
+}
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+
 /// An authenticated connection for one login.
 pub struct Session {
     http: reqwest::Client,
@@ -229,6 +254,7 @@ impl Session {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ApiError::Unreachable {
                 service: "the HTTP client".into(),
@@ -425,7 +451,8 @@ impl Session {
                 Err(e) => {
                     let error = self.transport(&service.to_string(), &method, &url, &e);
                     tracing::debug!(%service, %method, %url, attempt, %error, "openstack: no answer");
-                    if attempt < attempts {
+                    // A redirect refused is the same answer next time.
+                    if attempt < attempts && !e.is_redirect() {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -539,6 +566,96 @@ mod tests {
         assert!(
             e.contains("refused user 'demo' for project 'demo'") && e.contains("HTTP 401"),
             "{e}"
+        );
+    }
+
+    /// A loopback HTTP server that answers every request with `answer` and keeps what it was
+    /// sent (request line and headers, lower case). Runs until the test's runtime ends.
+    async fn http_server(
+        answer: impl Fn(u16) -> String + Send + Sync + 'static,
+    ) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = conn.write_all(answer(port).as_bytes()).await;
+                let _ = conn.shutdown().await;
+            }
+        });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn no_token_or_password_follows_a_redirect_to_another_origin() {
+        // The elsewhere server would take anything; the cloud sends everything there.
+        let (elsewhere, reached) = http_server(|_| {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+             connection: close\r\n\r\n{}"
+                .to_string()
+        })
+        .await;
+        let (cloud, asked) = http_server(move |_| {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{elsewhere}/x\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        })
+        .await;
+        let login = Login {
+            tokens_url: format!("http://127.0.0.1:{cloud}/v3/auth/tokens"),
+            user: "demo".into(),
+            password: "the-password".into(),
+            project: "demo".into(),
+            domain: "default".into(),
+            interface: "public".into(),
+        };
+        let session = Session::new(login, Duration::from_secs(10)).unwrap();
+        // The login (its body holds the password) is redirected: refused, not resent.
+        let e = session.authenticate().await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "redirects to http://127.0.0.1:{elsewhere}/x, another origin"
+            )),
+            "{e}"
+        );
+        // A call with a token (as if the login had worked) is redirected: refused as well.
+        *session.token.lock().await = Some(Token {
+            value: "the-token".into(),
+            issued: Instant::now(),
+            project_id: "p".into(),
+            endpoints: vec![(
+                "compute".into(),
+                "public".into(),
+                format!("http://127.0.0.1:{cloud}/compute/v2.1"),
+            )],
+        });
+        let e = session
+            .call(Service::Compute, Method::GET, "/flavors", &[], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another origin"), "{e}");
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked[1].contains("x-auth-token: the-token"), "{asked:?}");
+        assert!(
+            reached.lock().unwrap().is_empty(),
+            "the other origin was sent: {:?}",
+            reached.lock().unwrap()
         );
     }
 
