@@ -95,6 +95,18 @@ pub struct ChallengeRecord {
     pub signed_at: Option<String>,
 }
 
+/// Where a Puppet agent reads the attributes it puts into its certificate request.
+pub const CSR_ATTRIBUTES_PATH: &str = "/etc/puppetlabs/puppet/csr_attributes.yaml";
+
+/// Puppet's `csr_attributes.yaml` carrying `challenge` as the request's `challengePassword`
+/// (quoted: a hex string of digits only would be read as a number).
+pub fn csr_attributes(challenge: &str) -> String {
+    format!(
+        "# Written by dopv: this node's one-time Puppet autosign challenge.\n---\n\
+         custom_attributes:\n  1.2.840.113549.1.9.7: \"{challenge}\"\n"
+    )
+}
+
 /// The directory of the challenges under the Hiera data directory.
 pub fn challenge_dir(hiera_dir: &Path) -> PathBuf {
     hiera_dir.join("autosign")
