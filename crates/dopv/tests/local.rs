@@ -575,6 +575,36 @@ fn files_containing(dir: &Path, secret: &str) -> Vec<PathBuf> {
     found
 }
 
+/// A certificate request for `cn` carrying `challenge` (openssl), in `dir`.
+fn csr(dir: &Path, cn: &str, challenge: &str) -> Vec<u8> {
+    let config = dir.join("csr.cnf");
+    std::fs::write(
+        &config,
+        format!(
+            "[req]\nprompt = no\ndistinguished_name = dn\nattributes = attrs\n[dn]\nCN = {cn}\n\
+             [attrs]\nchallengePassword = {challenge}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-keyout"])
+        .arg(dir.join("csr.key"))
+        .arg("-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    out.stdout
+}
+
 #[test]
 fn a_created_node_gets_its_puppet_challenge_and_dop_keeps_only_its_hash() {
     if !local_nodes_available() {
@@ -630,6 +660,17 @@ fn a_created_node_gets_its_puppet_challenge_and_dop_keeps_only_its_hash() {
             "the clear challenge is kept"
         );
     }
+    // Puppet's autosign signs the node's request with it, once (the plan's Hiera data was
+    // written when dopv added it).
+    let autosign = |challenge: &str| {
+        let policy = dop_puppet::Policy {
+            data_dir: &hiera,
+            mode: dop_puppet::Mode::NodeChallenge,
+        };
+        dop_puppet::decide(&policy, "agent", &csr(lab.path(), "agent", challenge))
+    };
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Sign { .. }));
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Refuse(_)));
 
     // A redeploy issues a new challenge for the new machine.
     lab.plan(&plan(&format!("{p}.2")));
@@ -637,6 +678,11 @@ fn a_created_node_gets_its_puppet_challenge_and_dop_keeps_only_its_hash() {
     let second = handed_over(&format!("{p}.2"));
     assert_ne!(first, second);
     assert!(hashed(&second) > first_generation);
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Refuse(_)));
+    assert!(matches!(
+        autosign(&second),
+        dop_puppet::Verdict::Sign { .. }
+    ));
 
     // Undeployed, it has none: no request is signed for it.
     lab.expect(&["undeploy", "puppet"], 0);
