@@ -127,8 +127,8 @@ pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
                 let _ = writeln!(
                     io.err,
                     "put it on {node} as /etc/puppetlabs/puppet/csr_attributes.yaml (mode 0600): \
-                     `custom_attributes: {{1.2.840.113549.1.9.7: <challenge>}}`; it signs one \
-                     certificate request"
+                     `custom_attributes: {{1.2.840.113549.1.9.7: \"<challenge>\"}}` (quoted: \
+                     YAML reads digits as a number); it signs one certificate request"
                 );
                 EXIT_OK
             }
