@@ -22,8 +22,13 @@ pub struct Cli {
     /// /var/lib/dop/hiera].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Refuse nodes of plans that have no `autosign` credential (no challenge password).
+    /// Decide as the original did: sign any node name of a stored plan (with its plan's
+    /// `autosign` credential password when it has one), deployed or not, any number of times.
+    /// Unsafe: any machine that knows a node name gets its certificate. Warned on every run.
     #[arg(long)]
+    pub compat_original: bool,
+    /// With --compat-original: refuse nodes of plans that have no `autosign` credential.
+    #[arg(long, requires = "compat_original")]
     pub require_challenge: bool,
     /// Append each decision (JSON, one line) here [default: <log_dir>/autosign.log; `-`: none].
     #[arg(long, value_name = "FILE")]
@@ -31,5 +36,7 @@ pub struct Cli {
 }
 
 pub const AFTER_HELP: &str = "It signs only a well-formed request whose subject CN is the \
-certname, for a node of a stored plan, carrying the plan's `autosign` credential password as its \
-challengePassword when the plan has one. Exit status: 0 signed, 1 refused, 64 usage error.";
+certname, for a node of a stored plan that dopv deployed (or that was issued a challenge as a \
+pre-provisioned machine: `dopi hiera challenge NODE`), carrying the node's challenge as its \
+challengePassword; a challenge signs one request, until dopv redeploys the node. Exit status: 0 \
+signed, 1 refused, 64 usage error.";

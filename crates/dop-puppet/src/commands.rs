@@ -14,7 +14,8 @@ use dop_store::Store;
 use serde_json::json;
 
 use crate::app::Cli;
-use crate::autosign::{decide, Policy, Verdict};
+use crate::autosign::{decide, Mode, Policy, Proof, Verdict};
+use crate::challenge::{self, Origin};
 use crate::hiera::{self, hiera_yaml};
 
 /// Puppet sends a request of a few kilobytes; more is not one.
@@ -74,6 +75,13 @@ pub enum HieraCommand {
     /// Print a Hiera 5 `hiera.yaml` that reads the data (for Puppet's environment or global
     /// hierarchy).
     Config,
+    /// Issue a pre-provisioned node (one on a `baremetal` infrastructure, a machine dopv does
+    /// not make) the challenge its certificate request must carry, and print it: this is the
+    /// only time it is shown. It signs one request; issuing again replaces it.
+    Challenge {
+        /// The node (its name, Puppet's certname).
+        node: String,
+    },
 }
 
 /// Runs a `hiera` command; returns the exit status.
@@ -113,6 +121,19 @@ pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
                 EXIT_FAILURE
             }
         }
+        HieraCommand::Challenge { node } => match issue_pre_provisioned(config, node, io) {
+            Ok(challenge) => {
+                let _ = writeln!(io.out, "{challenge}");
+                let _ = writeln!(
+                    io.err,
+                    "put it on {node} as /etc/puppetlabs/puppet/csr_attributes.yaml (mode 0600): \
+                     `custom_attributes: {{1.2.840.113549.1.9.7: \"<challenge>\"}}` (quoted: \
+                     YAML reads digits as a number); it signs one certificate request"
+                );
+                EXIT_OK
+            }
+            Err(status) => status,
+        },
         HieraCommand::Show { node, json } => match hiera::node_data(&dir, node) {
             Err(e) => {
                 let _ = writeln!(io.err, "error: {e}");
@@ -148,6 +169,67 @@ pub fn hiera(command: &HieraCommand, config: &Config, io: &mut Io<'_>) -> u8 {
     }
 }
 
+/// Issues a challenge to a node on a `baremetal` infrastructure of a stored plan; the error
+/// is said on `io.err` and its status returned.
+fn issue_pre_provisioned(config: &Config, node: &str, io: &mut Io<'_>) -> Result<String, u8> {
+    let store = open(config, io)?;
+    let mut fail = |message: String| {
+        let _ = writeln!(io.err, "error: {message}");
+        EXIT_FAILURE
+    };
+    let plans = store.list().map_err(|e| fail(e.to_string()))?;
+    let mut found = None;
+    for entry in plans {
+        let iteration = store
+            .iteration(&entry.name, None)
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(n) = iteration.plan.nodes.iter().find(|n| n.name == node) {
+            let provider = iteration
+                .plan
+                .infrastructure(&n.infrastructure)
+                .map(|i| i.provider);
+            found = Some((entry.name.clone(), n.infrastructure.clone(), provider));
+            break;
+        }
+    }
+    let Some((plan, infrastructure, provider)) = found else {
+        return Err(fail(format!(
+            "{node} is not a node of any stored plan: add its plan first"
+        )));
+    };
+    if provider != Some(dop_core::plan::ProviderKind::Baremetal) {
+        return Err(fail(format!(
+            "{node} is on infrastructure '{infrastructure}' of plan '{plan}', which dopv deploys: \
+             dopv issues its challenge when it creates the node (a redeploy issues a new one); \
+             only nodes on a baremetal infrastructure are pre-provisioned"
+        )));
+    }
+    challenge::issue(
+        &config.hiera_dir(),
+        &plan,
+        node,
+        now_ms(),
+        Origin::PreProvisioned,
+    )
+    .map_err(|e| fail(e.to_string()))
+}
+
+/// What a signed request proved, for the decision line.
+fn said(proof: &Proof) -> String {
+    match proof {
+        Proof::NodeChallenge {
+            origin: Origin::Dopv,
+            generation,
+        } => format!(", its challenge of deployment {generation} checked and used"),
+        Proof::NodeChallenge {
+            origin: Origin::PreProvisioned,
+            ..
+        } => ", its pre-provisioned challenge checked and used".to_string(),
+        Proof::PlanPassword => ", challenge password checked (--compat-original)".to_string(),
+        Proof::NodeName => ", by name only (--compat-original)".to_string(),
+    }
+}
+
 /// `dop-puppet-autosign`: decides on the request in `input`, says why on `err` and in the
 /// decision log; returns the exit status Puppet reads (0 sign, 1 refuse).
 pub fn autosign(cli: &Cli, input: &mut dyn Read, err: &mut dyn Write) -> u8 {
@@ -168,12 +250,25 @@ pub fn autosign(cli: &Cli, input: &mut dyn Read, err: &mut dyn Write) -> u8 {
         }
     };
     let data_dir = cli.data_dir.clone().unwrap_or_else(|| config.hiera_dir());
+    let mode = if cli.compat_original {
+        let _ = writeln!(
+            err,
+            "dop-puppet-autosign: warning: --compat-original signs any node name of a stored \
+             plan, deployed or not, as often as asked: a machine that knows a node name (and its \
+             plan's `autosign` password) gets its certificate"
+        );
+        Mode::CompatOriginal {
+            require_challenge: cli.require_challenge,
+        }
+    } else {
+        Mode::NodeChallenge
+    };
     let mut csr = Vec::new();
     let verdict = match input.take(MAX_REQUEST).read_to_end(&mut csr) {
         Ok(_) => decide(
             &Policy {
                 data_dir: &data_dir,
-                require_challenge: cli.require_challenge,
+                mode,
             },
             &cli.certname,
             &csr,
@@ -181,15 +276,13 @@ pub fn autosign(cli: &Cli, input: &mut dyn Read, err: &mut dyn Write) -> u8 {
         Err(e) => Verdict::Refuse(format!("cannot read the request on standard input: {e}")),
     };
     let line = match &verdict {
-        Verdict::Sign { plan, challenged } => format!(
-            "signed {} (node of plan '{plan}'{})",
-            cli.certname,
-            if *challenged {
-                ", challenge password checked"
-            } else {
-                ""
-            }
-        ),
+        Verdict::Sign { plan, proof } => {
+            format!(
+                "signed {} (node of plan '{plan}'{})",
+                cli.certname,
+                said(proof)
+            )
+        }
         Verdict::Refuse(reason) => format!("refused {}: {reason}", cli.certname),
     };
     let _ = writeln!(err, "dop-puppet-autosign: {line}");

@@ -1,17 +1,20 @@
 //! `dop-puppet-autosign` as Puppet runs it: the real binary, real certificate requests made by
-//! openssl, the Hiera data of a real store.
+//! openssl, the Hiera data of a real store, challenges issued as dopv and the operator issue
+//! them (dopv's own issue and hand-over on a real local node: `crates/dopv/tests/local.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use dop_core::LookupSettings;
+use dop_puppet::challenge::{self, Origin};
 use dop_store::Store;
 
 const SHOP: &str = "name: shop
-infrastructures: {lab: {type: baremetal}}
+infrastructures: {lab: {type: baremetal}, cloud: {type: local}}
 nodes:
   web01.example.com: {infrastructure: lab}
+  app01.example.com: {infrastructure: cloud}
 ";
 
 const BANK: &str = "name: bank
@@ -43,6 +46,37 @@ impl World {
     }
     fn data(&self) -> PathBuf {
         self.dir.path().join("hiera")
+    }
+    /// Settings with this world's store and Hiera data.
+    fn config(&self) -> dop_core::Config {
+        dop_core::Config {
+            store_dir: self.dir.path().join("store"),
+            hiera_dir: Some(self.data()),
+            ..dop_core::Config::defaults(&dop_core::Environment::default())
+        }
+    }
+    /// A challenge as dopv issues it when it (re)deploys a node.
+    fn deploy(&self, plan: &str, node: &str, generation: u64) -> String {
+        challenge::issue(&self.data(), plan, node, generation, Origin::Dopv).unwrap()
+    }
+    /// `dopi hiera challenge NODE`: its status, standard output and error.
+    fn issue_pre_provisioned(&self, node: &str) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let status = dop_puppet::commands::hiera(
+            &dop_puppet::commands::HieraCommand::Challenge {
+                node: node.to_string(),
+            },
+            &self.config(),
+            &mut dop_cli::store::Io {
+                out: &mut out,
+                err: &mut err,
+            },
+        );
+        (
+            status,
+            String::from_utf8(out).unwrap().trim().to_string(),
+            String::from_utf8(err).unwrap().trim().to_string(),
+        )
     }
     fn log(&self) -> PathBuf {
         self.dir.path().join("autosign.log")
@@ -94,7 +128,8 @@ impl World {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(csr).unwrap();
+        // A usage error exits before reading the request: the pipe may be closed.
+        let _ = child.stdin.take().unwrap().write_all(csr);
         let out = child.wait_with_output().unwrap();
         (
             out.status.code().unwrap(),
@@ -109,24 +144,64 @@ fn refused(answer: (i32, String), why: &str) {
 }
 
 #[test]
-fn only_nodes_of_stored_plans_with_their_plans_challenge_are_signed() {
+fn only_a_deployed_node_with_its_own_unused_challenge_is_signed() {
     let w = World::new();
-    let web = w.csr("web01.example.com", None);
-    assert_eq!(
-        w.ask("web01.example.com", &web, &[]),
-        (
-            0,
-            "dop-puppet-autosign: signed web01.example.com (node of plan 'shop')".to_string()
-        )
-    );
+    let app = "app01.example.com";
     refused(
         w.ask(
             "stranger.example.com",
-            &w.csr("stranger.example.com", None),
+            &w.csr("stranger.example.com", Some("anything")),
             &[],
         ),
         "stranger.example.com is not a node of any stored plan",
     );
+    // In a stored plan but never deployed: the original would sign it.
+    refused(
+        w.ask(app, &w.csr(app, None), &[]),
+        "app01.example.com has no autosign challenge: dopv has not deployed it",
+    );
+
+    let first = w.deploy("shop", app, 1);
+    refused(
+        w.ask(app, &w.csr(app, None), &[]),
+        "the request carries no challengePassword, and app01.example.com needs the one it was issued",
+    );
+    refused(
+        w.ask(app, &w.csr(app, Some("guess")), &[]),
+        "the request's challengePassword is not the one app01.example.com was issued",
+    );
+    // Another node's challenge does not sign this one.
+    let other = w.deploy("bank", "vault01.example.com", 1);
+    refused(
+        w.ask(app, &w.csr(app, Some(&other)), &[]),
+        "is not the one app01.example.com was issued",
+    );
+    let (status, said) = w.ask(app, &w.csr(app, Some(&first)), &[]);
+    assert_eq!(status, 0, "{said}");
+    assert_eq!(
+        said,
+        "dop-puppet-autosign: signed app01.example.com (node of plan 'shop', its challenge of deployment 1 checked and used)"
+    );
+    // A second request with the same challenge (a new key, as a stranger that read the file
+    // would make) is refused until dopv redeploys the node.
+    refused(
+        w.ask(app, &w.csr(app, Some(&first)), &[]),
+        "a challenge signs one request; redeploy app01.example.com with dopv to issue it a new one",
+    );
+    let second = w.deploy("shop", app, 2);
+    refused(
+        w.ask(app, &w.csr(app, Some(&first)), &[]),
+        "is not the one app01.example.com was issued",
+    );
+    let (status, said) = w.ask(app, &w.csr(app, Some(&second)), &[]);
+    assert_eq!(status, 0, "{said}");
+    assert!(
+        said.ends_with("its challenge of deployment 2 checked and used)"),
+        "{said}"
+    );
+
+    // The request itself is checked first, as before.
+    let web = w.csr("web01.example.com", None);
     refused(
         w.ask("vault01.example.com", &web, &[]),
         "the request's subject CN is \"web01.example.com\", not the certname \"vault01.example.com\"",
@@ -148,48 +223,121 @@ fn only_nodes_of_stored_plans_with_their_plans_challenge_are_signed() {
         "is not a certname dop can have a node for",
     );
 
-    // bank has an `autosign` credential: its password is the challenge.
-    refused(
-        w.ask(
-            "vault01.example.com",
-            &w.csr("vault01.example.com", None),
-            &[],
-        ),
-        "plan 'bank' requires a challenge password and the request carries none",
-    );
-    refused(
-        w.ask(
-            "vault01.example.com",
-            &w.csr("vault01.example.com", Some("guess")),
-            &[],
-        ),
-        "challenge password is not plan 'bank''s",
-    );
-    let (status, said) = w.ask(
-        "vault01.example.com",
-        &w.csr("vault01.example.com", Some("s3cret")),
-        &[],
-    );
-    assert_eq!(status, 0, "{said}");
-    assert!(
-        said.ends_with("(node of plan 'bank', challenge password checked)"),
-        "{said}"
-    );
-    // --require-challenge: shop has no credential, so nothing of it is signed.
-    refused(
-        w.ask("web01.example.com", &web, &["--require-challenge"]),
-        "plan 'shop' has no `autosign` credential and a challenge password is required",
-    );
-
-    // Every decision is logged, one JSON line each.
+    // Every decision is logged, one JSON line each, and no challenge is ever said.
     let log = std::fs::read_to_string(w.log()).unwrap();
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 10, "{log}");
+    assert_eq!(lines.len(), 13, "{log}");
     assert_eq!(lines.iter().filter(|l| l["signed"] == true).count(), 2);
-    assert!(!log.contains("s3cret"), "the challenge is never logged");
+    for secret in [&first, &second, &other] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a challenge in the log: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_pre_provisioned_node_is_signed_with_the_challenge_the_operator_issued() {
+    let w = World::new();
+    let web = "web01.example.com";
+    refused(
+        w.ask(web, &w.csr(web, None), &[]),
+        "gets one with `dopi hiera challenge web01.example.com`",
+    );
+    let (status, challenge, said) = w.issue_pre_provisioned(web);
+    assert_eq!(status, 0, "{said}");
+    assert_eq!(challenge.len(), 64, "{challenge}");
+    assert!(said.contains("csr_attributes.yaml"), "{said}");
+    assert!(!said.contains(&challenge), "shown once, on standard output");
+    let (status, said) = w.ask(web, &w.csr(web, Some(&challenge)), &[]);
+    assert_eq!(status, 0, "{said}");
+    assert!(
+        said.ends_with("its pre-provisioned challenge checked and used)"),
+        "{said}"
+    );
+    refused(
+        w.ask(web, &w.csr(web, Some(&challenge)), &[]),
+        "a challenge signs one request; issue it a new one with `dopi hiera challenge web01.example.com`",
+    );
+
+    // Only nodes dopv does not make are pre-provisioned, and only nodes of stored plans.
+    let (status, out, said) = w.issue_pre_provisioned("app01.example.com");
+    assert_eq!((status, out.as_str()), (1, ""));
+    assert_eq!(
+        said,
+        "error: app01.example.com is on infrastructure 'cloud' of plan 'shop', which dopv deploys: \
+         dopv issues its challenge when it creates the node (a redeploy issues a new one); only \
+         nodes on a baremetal infrastructure are pre-provisioned"
+    );
+    let (status, _, said) = w.issue_pre_provisioned("stranger.example.com");
+    assert_eq!(status, 1);
+    assert_eq!(
+        said,
+        "error: stranger.example.com is not a node of any stored plan: add its plan first"
+    );
+    assert!(challenge::read(&w.data(), "app01.example.com")
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn compat_original_signs_node_names_as_the_original_did_and_says_so() {
+    let w = World::new();
+    let compat = ["--compat-original"];
+    let warning = "dop-puppet-autosign: warning: --compat-original signs any node name of a stored plan, deployed or not";
+    // Never deployed, no challenge, and twice: signed.
+    let app = "app01.example.com";
+    for _ in 0..2 {
+        let (status, said) = w.ask(app, &w.csr(app, None), &compat);
+        assert_eq!(status, 0, "{said}");
+        assert!(said.starts_with(warning), "{said}");
+        assert!(
+            said.ends_with(
+                "signed app01.example.com (node of plan 'shop', by name only (--compat-original))"
+            ),
+            "{said}"
+        );
+    }
+    refused(
+        w.ask(
+            "stranger.example.com",
+            &w.csr("stranger.example.com", None),
+            &compat,
+        ),
+        "stranger.example.com is not a node of any stored plan",
+    );
+    // bank has an `autosign` credential: its one password is every node's challenge.
+    let vault = "vault01.example.com";
+    refused(
+        w.ask(vault, &w.csr(vault, None), &compat),
+        "plan 'bank' requires a challenge password and the request carries none",
+    );
+    refused(
+        w.ask(vault, &w.csr(vault, Some("guess")), &compat),
+        "challenge password is not plan 'bank''s",
+    );
+    let (status, said) = w.ask(vault, &w.csr(vault, Some("s3cret")), &compat);
+    assert_eq!(status, 0, "{said}");
+    assert!(
+        said.ends_with("(node of plan 'bank', challenge password checked (--compat-original))"),
+        "{said}"
+    );
+    refused(
+        w.ask(
+            app,
+            &w.csr(app, None),
+            &["--compat-original", "--require-challenge"],
+        ),
+        "plan 'shop' has no `autosign` credential and a challenge password is required",
+    );
+    // --require-challenge belongs to the compatibility mode.
+    let (status, said) = w.ask(app, &w.csr(app, None), &["--require-challenge"]);
+    assert_eq!(status, 64, "{said}");
+    assert!(said.contains("--compat-original"), "{said}");
+    assert!(!std::fs::read_to_string(w.log()).unwrap().contains("s3cret"));
 }
 
 #[test]

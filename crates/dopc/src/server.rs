@@ -281,6 +281,7 @@ pub async fn serve(
     let providers = dopv::provider::ProviderOptions {
         api_timeout: std::time::Duration::from_secs(config.provider_api_timeout_secs.max(1)),
         wait_timeout: std::time::Duration::from_secs(config.provider_wait_timeout_secs.max(1)),
+        puppet_hiera_dir: config.hiera.as_ref().map(|(dir, _)| dir.clone()),
         ..dopv::provider::ProviderOptions::new(local_dir)
     };
     // The server reads the catalog, iterations and its records with every request and run.

@@ -42,7 +42,7 @@ pub enum Command {
     /// Forget the recorded SSH host key of nodes (after they were rebuilt outside dopv).
     ForgetHostKey(ForgetHostKeyArgs),
     /// The Hiera data Puppet reads from the stored plans: write it, show a node's, print the
-    /// hiera.yaml that reads it.
+    /// hiera.yaml that reads it; issue a pre-provisioned node its autosign challenge.
     #[command(subcommand)]
     Hiera(dop_puppet::commands::HieraCommand),
     /// The execution logs of dopi and dopv runs: remove old ones (`logs prune`).

@@ -114,12 +114,15 @@ pub struct ShowArgs {
 }
 
 fn provider_options(config: &Config, local_dir: &Option<PathBuf>) -> ProviderOptions {
-    ProviderOptions::new(
-        local_dir
-            .clone()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or_else(|| config.store_dir.join("local")),
-    )
+    ProviderOptions {
+        puppet_hiera_dir: Some(config.hiera_dir()),
+        ..ProviderOptions::new(
+            local_dir
+                .clone()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or_else(|| config.store_dir.join("local")),
+        )
+    }
 }
 
 /// Runs one of the acting commands.

@@ -37,6 +37,10 @@ pub struct NodeSpec {
     pub ssh_port: u16,
     /// The plan credentials the node names, for the provider to install.
     pub credentials: Vec<Credential>,
+    /// The node's Puppet autosign challenge in the clear, set only for a create: the provider
+    /// hands it to the node as Puppet's `csr_attributes.yaml` and keeps it nowhere else
+    /// (`dop_puppet::challenge` keeps only its hash).
+    pub puppet_challenge: Option<String>,
 }
 
 /// A provider operation that failed.
@@ -101,6 +105,13 @@ pub trait Provider: Send + Sync {
     /// driver's, through the disk operations below.
     async fn apply(&self, spec: &NodeSpec, field: &str, log: &NodeLog) -> Result<()>;
 
+    /// False for providers that cannot give a node a file at its first boot (`baremetal`):
+    /// dopv then issues no autosign challenge for it (the operator does, for a pre-provisioned
+    /// machine).
+    fn hands_over_puppet_challenge(&self) -> bool {
+        true
+    }
+
     /// False for providers whose nodes' disks dopv does not manage (the plan's `disks` are
     /// then only recorded).
     fn manages_disks(&self) -> bool {
@@ -130,6 +141,10 @@ pub struct ProviderOptions {
     /// How long to wait for a cloud resource to reach a status (a server `ACTIVE`, a volume
     /// attached) before the node fails with the resource's last status.
     pub wait_timeout: Duration,
+    /// Where dopv issues the created nodes' Puppet autosign challenges (the Hiera data
+    /// directory, `dop_puppet::challenge`); `None`: nodes are created without one, and
+    /// `dop-puppet-autosign` signs none of them.
+    pub puppet_hiera_dir: Option<PathBuf>,
 }
 
 impl ProviderOptions {
@@ -144,6 +159,7 @@ impl ProviderOptions {
             local_dir,
             api_timeout: Self::API_TIMEOUT,
             wait_timeout: Self::WAIT_TIMEOUT,
+            puppet_hiera_dir: None,
         }
     }
 }

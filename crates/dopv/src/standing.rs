@@ -145,6 +145,7 @@ pub fn spec_for(plan: &Plan, plan_name: &str, node: &dop_core::plan::Node, port:
             .iter()
             .filter_map(|c| plan.credential(c).cloned())
             .collect(),
+        puppet_challenge: None,
     }
 }
 

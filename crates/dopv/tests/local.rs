@@ -548,8 +548,145 @@ fn baremetal_nodes_are_recorded_and_left_alone() {
         m1["actual"]["ssh"],
         serde_json::json!({"address": "10.9.0.1", "port": 2222})
     );
+    // dopv cannot hand a machine it does not make a challenge: it issues none (the operator
+    // does, `dopi hiera challenge`).
+    let hiera = lab.store_dir().join("hiera");
+    assert_eq!(dop_puppet::challenge::read(&hiera, "m1").unwrap(), None);
     let undeployed = lab.json(&["undeploy", "metal"], 0);
     assert_eq!(undeployed["outcomes"].as_array().unwrap().len(), 2);
+}
+
+/// Every file under `dir` that contains `secret`.
+fn files_containing(dir: &Path, secret: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A certificate request for `cn` carrying `challenge` (openssl), in `dir`.
+fn csr(dir: &Path, cn: &str, challenge: &str) -> Vec<u8> {
+    let config = dir.join("csr.cnf");
+    std::fs::write(
+        &config,
+        format!(
+            "[req]\nprompt = no\ndistinguished_name = dn\nattributes = attrs\n[dn]\nCN = {cn}\n\
+             [attrs]\nchallengePassword = {challenge}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-keyout"])
+        .arg(dir.join("csr.key"))
+        .arg("-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn a_created_node_gets_its_puppet_challenge_and_dop_keeps_only_its_hash() {
+    if !local_nodes_available() {
+        return;
+    }
+    let lab = Lab::new();
+    let (p, port) = ("127.0.78", 2348);
+    let plan = |ip: &str| plan_text("puppet", p, port, &[node("agent", ip, "")]);
+    let hiera = lab.store_dir().join("hiera");
+    // What the node's Puppet agent reads: its mode, and the challenge.
+    let handed_over = |ip: &str| {
+        let text = lab.ssh(
+            ip,
+            port,
+            "stat -c %a /etc/puppetlabs/puppet/csr_attributes.yaml; \
+             cat /etc/puppetlabs/puppet/csr_attributes.yaml",
+        );
+        let (mode, yaml) = text.split_once('\n').unwrap();
+        assert_eq!(mode, "600", "{text}");
+        let challenge = yaml
+            .split("1.2.840.113549.1.9.7: \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no challengePassword in {yaml}"));
+        assert_eq!(challenge.len(), 64, "{yaml}");
+        challenge.to_string()
+    };
+    let hashed = |challenge: &str| {
+        let record = dop_puppet::challenge::read(&hiera, "agent")
+            .unwrap()
+            .expect("a challenge record");
+        let generation = lab.shown_node("puppet", "agent")["generation"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(record.generation, generation, "{record:?}");
+        assert_eq!(record.origin, dop_puppet::challenge::Origin::Dopv);
+        assert_eq!(
+            record.sha256,
+            dop_puppet::challenge::challenge_hash("puppet", "agent", generation, challenge)
+        );
+        assert_eq!(record.signed_at, None);
+        generation
+    };
+
+    lab.plan(&plan(&format!("{p}.1")));
+    lab.expect(&["deploy", "puppet"], 0);
+    let first = handed_over(&format!("{p}.1"));
+    let first_generation = hashed(&first);
+    for dir in [lab.store_dir(), lab.log_dir()] {
+        assert_eq!(
+            files_containing(&dir, &first),
+            Vec::<PathBuf>::new(),
+            "the clear challenge is kept"
+        );
+    }
+    // Puppet's autosign signs the node's request with it, once (the plan's Hiera data was
+    // written when dopv added it).
+    let autosign = |challenge: &str| {
+        let policy = dop_puppet::Policy {
+            data_dir: &hiera,
+            mode: dop_puppet::Mode::NodeChallenge,
+        };
+        dop_puppet::decide(&policy, "agent", &csr(lab.path(), "agent", challenge))
+    };
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Sign { .. }));
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Refuse(_)));
+
+    // A redeploy issues a new challenge for the new machine.
+    lab.plan(&plan(&format!("{p}.2")));
+    lab.expect(&["sync", "puppet", "--destructive"], 0);
+    let second = handed_over(&format!("{p}.2"));
+    assert_ne!(first, second);
+    assert!(hashed(&second) > first_generation);
+    assert!(matches!(autosign(&first), dop_puppet::Verdict::Refuse(_)));
+    assert!(matches!(
+        autosign(&second),
+        dop_puppet::Verdict::Sign { .. }
+    ));
+
+    // Undeployed, it has none: no request is signed for it.
+    lab.expect(&["undeploy", "puppet"], 0);
+    assert_eq!(dop_puppet::challenge::read(&hiera, "agent").unwrap(), None);
 }
 
 #[test]

@@ -225,6 +225,8 @@ struct Ctx {
     log: Arc<ExecutionLog>,
     state: Option<StateSession>,
     disks: BTreeMap<String, Vec<DiskRecord>>,
+    /// Where created nodes' Puppet autosign challenges are issued, if anywhere.
+    puppet_hiera_dir: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
@@ -336,6 +338,7 @@ impl<'a> Run<'a> {
             log,
             state: lock.as_ref().map(|l| store.state_session(l)),
             disks: state.disks,
+            puppet_hiera_dir: opts.providers.puppet_hiera_dir.clone(),
         });
         if let Some(h) = lock.as_ref().and_then(|l| l.took_over_from()) {
             ctx.event(

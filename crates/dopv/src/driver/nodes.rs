@@ -15,6 +15,7 @@ use crate::hooks::{self, Hook};
 use crate::planner::{self, Action, ActionKind};
 use crate::provider::{ChangeKind, NodeSpec, Provider};
 use crate::state::{node_change, NodeRecord, Status};
+use dop_puppet::challenge::Origin;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn execute(
@@ -137,6 +138,12 @@ async fn create(
     let record = fresh_record(ctx, spec, Status::Creating, old);
     ctx.write(vec![node_change(&spec.node.name, Some(&record))])
         .await?;
+    // Issued before the provider is asked: the node may ask Puppet for its certificate as soon
+    // as it boots, before dopv sees it up.
+    let spec = &NodeSpec {
+        puppet_challenge: issue_challenge(ctx, spec, &record, provider).await?,
+        ..spec.clone()
+    };
     match build(ctx, spec, provider, log).await {
         Ok(actual) => {
             let done = NodeRecord {
@@ -157,6 +164,7 @@ async fn create(
             if let Err(r) = provider.destroy(spec, log).await {
                 log.line(&format!("rollback failed too: {r}"));
             }
+            revoke_challenge(ctx, &spec.node.name, log).await;
             let failed = with_status(&record, Status::Failed, Some(e.clone()));
             ctx.write(vec![node_change(&spec.node.name, Some(&failed))])
                 .await?;
@@ -233,8 +241,55 @@ async fn destroy(
             .await
             .map_err(|e| e.to_string())?;
     }
+    revoke_challenge(ctx, name, log).await;
     ctx.write(vec![node_change(name, None)]).await?;
     run_hook(ctx, Hook::PostDestroy, spec, exists, log).await
+}
+
+/// A new Puppet autosign challenge for the node being created (generation `record`'s), when
+/// its provider can hand it over; only its hash is kept (`dop_puppet::challenge`).
+async fn issue_challenge(
+    ctx: &Ctx,
+    spec: &NodeSpec,
+    record: &NodeRecord,
+    provider: &dyn Provider,
+) -> Result<Option<String>, String> {
+    let Some(dir) = ctx.puppet_hiera_dir.clone() else {
+        return Ok(None);
+    };
+    if !provider.hands_over_puppet_challenge() {
+        return Ok(None);
+    }
+    let (plan, node, generation) = (
+        ctx.plan_name.clone(),
+        spec.node.name.clone(),
+        record.generation,
+    );
+    dop_run::blocking::off_workers(move || {
+        dop_puppet::challenge::issue(&dir, &plan, &node, generation, Origin::Dopv)
+    })
+    .await
+    .map(Some)
+    .map_err(|e| format!("cannot issue the node's Puppet autosign challenge: {e}"))
+}
+
+/// Takes back the challenge dopv issued the node (gone, or never made): no request signs with
+/// it any more. A failure is said and does not stop the destroy (the challenge is with the
+/// gone node only).
+async fn revoke_challenge(ctx: &Ctx, node: &str, log: &NodeLog) {
+    let Some(dir) = ctx.puppet_hiera_dir.clone() else {
+        return;
+    };
+    let node_name = node.to_string();
+    let revoked = dop_run::blocking::off_workers(move || {
+        dop_puppet::challenge::revoke(&dir, &node_name, Origin::Dopv)
+    })
+    .await;
+    if let Err(e) = revoked {
+        log.line(&format!(
+            "warning: the Puppet autosign challenge was not taken back: {e}"
+        ));
+    }
 }
 
 /// The deployed entry after an update: the old one with the fields the update applied taken

@@ -80,6 +80,10 @@ impl Provider for Baremetal {
         false
     }
 
+    fn hands_over_puppet_challenge(&self) -> bool {
+        false
+    }
+
     async fn add_disk(&self, _spec: &NodeSpec, disk: &DataDisk) -> Result<DiskRecord> {
         Err(ProviderError::new(format!(
             "baremetal: dopv does not manage the disk '{}'",

@@ -77,9 +77,24 @@ pub fn cloud_config(spec: &NodeSpec) -> Result<String, String> {
         config.insert("manage_resolv_conf".into(), json!(true));
         config.insert("resolv_conf".into(), Value::Object(resolv));
     }
+    if let Some(file) = puppet_csr_attributes(spec) {
+        config.insert("write_files".into(), json!([file]));
+    }
     // JSON is YAML: cloud-init reads it as it reads any cloud-config.
     let body = serde_json::to_string_pretty(&Value::Object(config)).map_err(|e| e.to_string())?;
     Ok(format!("#cloud-config\n{body}\n"))
+}
+
+/// The `write_files` entry that gives the node its Puppet autosign challenge (Puppet's
+/// `csr_attributes.yaml`, root's only), when dopv issued one.
+fn puppet_csr_attributes(spec: &NodeSpec) -> Option<Value> {
+    let challenge = spec.puppet_challenge.as_deref()?;
+    Some(json!({
+        "path": dop_puppet::challenge::CSR_ATTRIBUTES_PATH,
+        "owner": "root:root",
+        "permissions": "0600",
+        "content": dop_puppet::challenge::csr_attributes(challenge),
+    }))
 }
 
 /// The NoCloud `meta-data`: the instance id (a new one makes cloud-init run its first-boot
@@ -210,6 +225,7 @@ mod tests {
             node: plan.nodes[0].clone(),
             ssh_port: 22,
             credentials,
+            puppet_challenge: None,
         };
         (plan, spec)
     }
@@ -252,6 +268,30 @@ mod tests {
             ],
         );
         insta::assert_snapshot!(cloud_config(&spec).unwrap());
+    }
+
+    #[test]
+    fn the_puppet_challenge_is_written_for_root_only_when_dopv_issued_one() {
+        let text =
+            "name: p\ninfrastructures: {lab: {type: local}}\nnodes: {n: {infrastructure: lab}}\n";
+        let (_, spec) = first_node(text, Vec::new());
+        assert!(!cloud_config(&spec).unwrap().contains("write_files"));
+        let spec = NodeSpec {
+            puppet_challenge: Some("0123456789".into()),
+            ..spec
+        };
+        let config = cloud_config(&spec).unwrap();
+        let parsed: Value =
+            serde_json::from_str(config.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(
+            parsed["write_files"],
+            json!([{
+                "path": "/etc/puppetlabs/puppet/csr_attributes.yaml",
+                "owner": "root:root",
+                "permissions": "0600",
+                "content": "# Written by dopv: this node's one-time Puppet autosign challenge.\n---\ncustom_attributes:\n  1.2.840.113549.1.9.7: \"0123456789\"\n",
+            }])
+        );
     }
 
     #[test]

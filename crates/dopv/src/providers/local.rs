@@ -306,6 +306,29 @@ impl Local {
         Ok(config)
     }
 
+    /// Puppet's `csr_attributes.yaml` with the node's autosign challenge, where its agent reads
+    /// it: `/etc/puppetlabs/puppet/` inside the node (its `/etc` overlay); without namespaces
+    /// the node shares this host's `/etc`, so it goes into the node's directory instead.
+    fn hand_over_puppet_challenge(&self, dir: &Path, spec: &NodeSpec) -> Result<()> {
+        let Some(challenge) = &spec.puppet_challenge else {
+            return Ok(());
+        };
+        let path = if self.namespaces {
+            let relative = dop_puppet::challenge::CSR_ATTRIBUTES_PATH.trim_start_matches("/etc/");
+            dir.join("etc/upper").join(relative)
+        } else {
+            dir.join("csr_attributes.yaml")
+        };
+        if let Some(parent) = path.parent() {
+            mkdir(parent)?;
+        }
+        write(
+            &path,
+            &dop_puppet::challenge::csr_attributes(challenge),
+            0o600,
+        )
+    }
+
     fn start(&self, dir: &Path, config: &NodeConfig, log: &NodeLog) -> Result<()> {
         if self.supervisor(dir).is_some() {
             return Ok(());
@@ -660,6 +683,7 @@ impl Provider for Local {
                 )));
             }
             self.write_boot_files(&dir, spec)?;
+            self.hand_over_puppet_challenge(&dir, spec)?;
             log.line(&format!("local: created the node in {}", dir.display()));
             Ok(())
         })

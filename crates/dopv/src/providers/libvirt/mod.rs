@@ -1174,6 +1174,7 @@ mod tests {
                 node: n.clone(),
                 ssh_port: 22,
                 credentials: Vec::new(),
+                puppet_challenge: None,
             })
             .collect();
         (provider, specs)

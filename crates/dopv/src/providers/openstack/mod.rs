@@ -134,6 +134,7 @@ impl OpenStack {
                 node: node.clone(),
                 ssh_port: 22,
                 credentials: Vec::new(),
+                puppet_challenge: None,
             };
             if let Ok(s) = scope(&spec) {
                 if !scopes.contains(&s) {
@@ -1103,6 +1104,7 @@ mod tests {
             node: plan.nodes[0].clone(),
             ssh_port: 22,
             credentials: Vec::new(),
+            puppet_challenge: None,
         };
         let problems = provider.check_node(&spec);
         assert_eq!(problems.len(), 1, "{problems:?}");
