@@ -80,6 +80,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Stop requests from the caller (dopc's cancel): any level starts no new node.
     pub stop: Option<tokio::sync::watch::Receiver<dop_run::Stop>>,
+    /// The hooks' time and output limits (`hook_timeout`, `max_program_output` in dop.conf).
+    pub limits: dop_core::ProgramLimits,
     /// Write into this execution log instead of a new one (dopc: one log per execution).
     pub log: Option<Arc<ExecutionLog>>,
 }
@@ -225,6 +227,8 @@ struct Ctx {
     log: Arc<ExecutionLog>,
     state: Option<StateSession>,
     disks: BTreeMap<String, Vec<DiskRecord>>,
+    /// The hooks' time and output limits.
+    limits: dop_core::ProgramLimits,
 }
 
 impl Ctx {
@@ -336,6 +340,7 @@ impl<'a> Run<'a> {
             log,
             state: lock.as_ref().map(|l| store.state_session(l)),
             disks: state.disks,
+            limits: opts.limits,
         });
         if let Some(h) = lock.as_ref().and_then(|l| l.took_over_from()) {
             ctx.event(

@@ -102,6 +102,7 @@ async fn run_hook(
         &ctx.plan_name,
         &spec.node,
         changed,
+        ctx.limits,
         log,
     )
     .await?;
