@@ -174,7 +174,9 @@ impl Budget {
     }
 
     fn pass(&mut self, stream: Stream, data: &[u8], on_output: &mut impl FnMut(Stream, &[u8])) {
-        let allowed = usize::try_from(self.left).unwrap_or(usize::MAX).min(data.len());
+        let allowed = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         if allowed > 0 {
             on_output(stream, &data[..allowed]);
         }
@@ -366,14 +368,20 @@ mod tests {
             |_, _| {},
         ))
         .unwrap();
-        assert!(ended.timed_out && !ended.stopped && !ended.truncated, "{ended:?}");
+        assert!(
+            ended.timed_out && !ended.stopped && !ended.truncated,
+            "{ended:?}"
+        );
         assert!(!ended.status.success(), "{ended:?}");
         let sleeper: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        assert!(wait_gone(sleeper), "the program's child went with its group");
+        assert!(
+            wait_gone(sleeper),
+            "the program's child went with its group"
+        );
     }
 
     #[test]
@@ -438,13 +446,7 @@ mod tests {
         };
         let ended = block_on(async {
             let mut sleeper = shell("trap '' TERM; sleep 3600");
-            let run = run_limited(
-                &mut sleeper,
-                limits,
-                Overflow::Discard,
-                Some(rx),
-                |_, _| {},
-            );
+            let run = run_limited(&mut sleeper, limits, Overflow::Discard, Some(rx), |_, _| {});
             tokio::pin!(run);
             // Graceful asks nothing of a running program.
             tx.send(Stop::Graceful).unwrap();
@@ -459,4 +461,3 @@ mod tests {
         assert!(ended.stopped && !ended.timed_out, "{ended:?}");
     }
 }
-

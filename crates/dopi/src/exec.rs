@@ -120,9 +120,13 @@ pub async fn run(
         max_output: program.max_output,
     };
     let mut lines = Lines::default();
-    let ended = run_limited(&mut cmd, limits, Overflow::Discard, Some(stop), |stream, data| {
-        lines.push(stream, data, &mut on_line)
-    })
+    let ended = run_limited(
+        &mut cmd,
+        limits,
+        Overflow::Discard,
+        Some(stop),
+        |stream, data| lines.push(stream, data, &mut on_line),
+    )
     .await?;
     let mut tail = lines.finish(&mut on_line);
     if ended.truncated {

@@ -1074,9 +1074,8 @@ fn hooks_are_stopped_at_their_timeout_and_their_output_is_capped() {
         .find(|(path, _, _)| path.file_name().is_some_and(|n| n == "m1.log"))
         .expect("the node's log");
     assert!(
-        node_log
-            .2
-            .contains("post_destroy_vm ") && node_log.2.contains("… output truncated after 65536 bytes"),
+        node_log.2.contains("post_destroy_vm ")
+            && node_log.2.contains("… output truncated after 65536 bytes"),
         "{}",
         node_log.2
     );

@@ -404,7 +404,9 @@ async fn content_of_program(
         ));
     }
     if ended.stopped {
-        return Err(format!("{which} was stopped by the run; nothing was deployed"));
+        return Err(format!(
+            "{which} was stopped by the run; nothing was deployed"
+        ));
     }
     if !ended.status.success() {
         let said = String::from_utf8_lossy(&stderr);

@@ -1063,9 +1063,12 @@ impl SshPool {
         stop: watch::Receiver<Stop>,
         on_line: &mut (dyn FnMut(Stream, &str) + Send),
     ) -> Result<Finished, SshError> {
-        let connection =
-            until_terminate(stop.clone(), "connecting to the node", self.connection(target))
-                .await??;
+        let connection = until_terminate(
+            stop.clone(),
+            "connecting to the node",
+            self.connection(target),
+        )
+        .await??;
         let opening = "opening a session on the node";
         let permit = if input.is_none() && shell::suits(command) {
             match until_terminate(stop.clone(), opening, self.shell(&connection, &target.node))
@@ -1229,4 +1232,3 @@ async fn asked(mut stop: watch::Receiver<Stop>, at_least: Stop) {
         std::future::pending::<()>().await;
     }
 }
-
