@@ -55,4 +55,4 @@ pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};
 pub use plan::{check_plan_name, Plan, PlanSummary};
-pub use settings::{Config, ConfigError, Environment, Level};
+pub use settings::{Config, ConfigError, Environment, Level, ProgramLimits};

@@ -82,6 +82,53 @@ pub struct Config {
     pub max_ssh_connections: Option<usize>,
     /// Where the Hiera data for Puppet is written (`hiera_dir`; default `<store_dir>/hiera`).
     pub hiera_dir: Option<PathBuf>,
+    /// How long the programs a run starts on this host may take and how much they may say.
+    pub limits: ProgramLimits,
+}
+
+/// The limits of the programs a run starts on the dopi/dopv host: dopv's hooks, the
+/// `content.exec` programs of `file_deploy`, and (for their output) dopi's local commands,
+/// whose time limit is the command's own `plugin_timeout`. Nothing a plan starts here runs or
+/// writes without an end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramLimits {
+    /// Seconds a hook program may run before it is stopped with its process group
+    /// (`hook_timeout`).
+    pub hook_timeout: u64,
+    /// Seconds a `content.exec` program may run (`content_exec_timeout`).
+    pub content_exec_timeout: u64,
+    /// Bytes of output (both streams together) a hook or local command logs, and the most a
+    /// `content.exec` program may give (`max_program_output`).
+    pub max_output: u64,
+}
+
+impl ProgramLimits {
+    /// Ten minutes for a hook.
+    pub const HOOK_TIMEOUT: u64 = 600;
+    /// A minute for a `content.exec` program.
+    pub const CONTENT_EXEC_TIMEOUT: u64 = 60;
+    /// 16 MiB of output.
+    pub const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+
+    /// How long a hook may run.
+    pub fn hook_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hook_timeout)
+    }
+
+    /// How long a `content.exec` program may run.
+    pub fn content_exec_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.content_exec_timeout)
+    }
+}
+
+impl Default for ProgramLimits {
+    fn default() -> ProgramLimits {
+        ProgramLimits {
+            hook_timeout: ProgramLimits::HOOK_TIMEOUT,
+            content_exec_timeout: ProgramLimits::CONTENT_EXEC_TIMEOUT,
+            max_output: ProgramLimits::MAX_OUTPUT,
+        }
+    }
 }
 
 /// Facts about the process the defaults depend on.
@@ -192,6 +239,7 @@ impl Config {
             connection_check_timeout: 5,
             max_ssh_connections: None,
             hiera_dir: None,
+            limits: ProgramLimits::default(),
         }
     }
 
@@ -250,6 +298,13 @@ impl Config {
                 _ => Err(invalid(line, format!("'{name}' must be a string"))),
             };
             let level = |v: &Yaml| text(v)?.parse::<Level>().map_err(|e| invalid(line, e));
+            let seconds = |v: &Yaml| match v.value {
+                Value::Int(n) if n > 0 => Ok(n.unsigned_abs()),
+                _ => Err(invalid(
+                    line,
+                    format!("'{name}' must be a positive number of seconds"),
+                )),
+            };
             match name.as_str() {
                 "store_dir" | "plan_store_dir" => self.store_dir = PathBuf::from(text(value)?),
                 "log_dir" => self.log_dir = PathBuf::from(text(value)?),
@@ -290,6 +345,24 @@ impl Config {
                         ))
                     }
                 },
+                "hook_timeout" => self.limits.hook_timeout = seconds(value)?,
+                "content_exec_timeout" => self.limits.content_exec_timeout = seconds(value)?,
+                "max_program_output" => {
+                    self.limits.max_output = match &value.value {
+                        Value::Int(n) if *n > 0 => Ok(n.unsigned_abs()),
+                        Value::Str(s) => crate::DataSize::parse(s).map(|d| d.bytes()),
+                        _ => Err(crate::DataSizeError::Type(key.key_text())),
+                    }
+                    .map_err(|e| {
+                        invalid(
+                            line,
+                            format!(
+                                "'max_program_output' must be a number of bytes or a size \
+                                 such as 16M: {e}"
+                            ),
+                        )
+                    })?
+                }
                 // Settings of the original that dop does not use (Hiera, MCollective, tracing).
                 "trace" | "use_hiera" | "hiera_yaml" | "load_facts" | "facts_dir"
                 | "mco_config" | "mco_dopi_logger" | "config_file" => {}
@@ -381,6 +454,53 @@ mod tests {
         let config = Config::load(&user(), Some(&file)).unwrap_or_else(|e| panic!("{e}\n{on}"));
         assert_eq!(config.hiera_dir(), Path::new("/var/lib/dop-hiera"), "{on}");
         assert_eq!(config.connection_check_timeout, 10);
+    }
+
+    #[test]
+    fn program_limits_have_defaults_and_are_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        std::fs::write(&file, "log_dir: /x\n").unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(config.limits, ProgramLimits::default());
+        assert_eq!(config.limits.hook_timeout().as_secs(), 600);
+        assert_eq!(config.limits.content_exec_timeout().as_secs(), 60);
+        assert_eq!(config.limits.max_output, 16 * 1024 * 1024);
+        std::fs::write(
+            &file,
+            "hook_timeout: 5\ncontent_exec_timeout: 7\nmax_program_output: 1M\n",
+        )
+        .unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(
+            config.limits,
+            ProgramLimits {
+                hook_timeout: 5,
+                content_exec_timeout: 7,
+                max_output: 1024 * 1024,
+            }
+        );
+        std::fs::write(&file, "max_program_output: 4096\n").unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(config.limits.max_output, 4096);
+        for (text, expected) in [
+            (
+                "hook_timeout: 0\n",
+                "dop.conf:1: 'hook_timeout' must be a positive number of seconds",
+            ),
+            (
+                "log_dir: /x\ncontent_exec_timeout: soon\n",
+                "dop.conf:2: 'content_exec_timeout' must be a positive number of seconds",
+            ),
+            (
+                "max_program_output: lots\n",
+                "dop.conf:1: 'max_program_output' must be a number of bytes or a size such as 16M",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(&user(), Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut d
         );
         let _ = out.flush();
         settings.hiera = Some((config.hiera_dir(), config.lookup.clone()));
+        settings.limits = config.limits;
         crate::server::serve(listener, store, log_dir, &settings, stop_signal()).await
     });
     match result {

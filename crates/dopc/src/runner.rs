@@ -43,6 +43,8 @@ pub struct RunnerConfig {
     pub providers: dopv::provider::ProviderOptions,
     /// Seconds dopi waits for a node's SSH server.
     pub connect_timeout: u64,
+    /// The time and output limits of the programs executions start on this host (`dop.conf`).
+    pub limits: dop_core::ProgramLimits,
 }
 
 struct Running {
@@ -623,6 +625,7 @@ impl Part<'_> {
             echo: Echo::Quiet,
             providers: self.config.providers.clone(),
             expect_serial: None,
+            limits: self.config.limits,
             handle_signals: false,
             stop: Some(self.stop.clone()),
             log: Some(self.log.clone()),
@@ -667,6 +670,7 @@ impl Part<'_> {
             handle_signals: false,
             connect_timeout: self.config.connect_timeout,
             max_connections: None,
+            limits: self.config.limits,
             // dopc orchestrates both tools: a node dopv redeployed runs its steps again.
             redeployed: dopi::Redeployed::Reset,
             stop: Some(self.stop.clone()),

@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// (from `dop.conf`, not `dopc.toml`); `None`: not written.
     #[serde(skip)]
     pub hiera: Option<(PathBuf, dop_core::LookupSettings)>,
+    /// The time and output limits of hooks, `content.exec` programs and local commands (from
+    /// `dop.conf`, as dopi and dopv read them).
+    #[serde(skip)]
+    pub limits: dop_core::ProgramLimits,
 }
 
 /// `[tls]` of `dopc.toml`.
@@ -71,6 +75,7 @@ impl Default for ServeConfig {
             monitor: std::collections::BTreeMap::new(),
             retention: crate::retention::Retention::default(),
             hiera: None,
+            limits: dop_core::ProgramLimits::default(),
         }
     }
 }
@@ -292,6 +297,7 @@ pub async fn serve(
             log_dir: log_dir.clone(),
             providers: providers.clone(),
             connect_timeout: config.connect_timeout_secs,
+            limits: config.limits,
         },
         metrics.clone(),
     )

@@ -212,6 +212,7 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         handle_signals: true,
         connect_timeout: config.connection_check_timeout,
         max_connections: config.max_ssh_connections,
+        limits: config.limits,
         redeployed: match args.redeployed {
             RedeployedArg::Refuse => Redeployed::Refuse,
             RedeployedArg::Reset => Redeployed::Reset,

@@ -1,16 +1,16 @@
-//! Running a local program for a command: its own process group, a clean environment, a
-//! timeout, escalation on signals, and output read in bounded pieces so that a command printing
-//! megabytes (or binary) neither blocks the run nor fills memory.
+//! Running a local program for a command (through [`dop_run::process::run_limited`]): its own
+//! process group, a clean environment, a timeout, escalation on signals, and output read in
+//! bounded pieces so that a command printing megabytes (or binary) neither blocks the run nor
+//! fills memory, and capped (`max_program_output`) so that it does not fill the log either.
 
-use dop_run::process::signal_group;
 use std::collections::VecDeque;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use dop_run::process::{run_limited, truncation_marker, Limits, Overflow};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+pub use dop_run::process::Stream;
 pub use dop_run::Stop;
 
 /// The `PATH` commands run with, as in the original.
@@ -19,8 +19,6 @@ pub const EXEC_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 pub const TAIL_LINES: usize = 20;
 /// Longest line kept whole; longer lines are split (and binary output is shown lossily).
 pub const MAX_LINE: usize = 8 * 1024;
-/// How long a terminated command gets before it is killed.
-pub const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 /// Splits a byte stream into lines of at most `MAX_LINE` bytes and keeps the last
 /// `TAIL_LINES` of them: shared by local and remote commands.
@@ -72,15 +70,6 @@ impl Lines {
     }
 }
 
-/// Which stream a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output.
-    Stdout = 0,
-    /// Standard error.
-    Stderr = 1,
-}
-
 /// How a process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finished {
@@ -102,97 +91,53 @@ pub struct Program<'a> {
     pub env: &'a [(String, String)],
     /// Stopped (terminated, then killed) after this long.
     pub timeout: Duration,
+    /// Bytes of output (both streams) passed to the lines; the rest is dropped, and a
+    /// [`truncation_marker`] line ends the output (`max_program_output`).
+    pub max_output: u64,
 }
 
-/// Runs the program; every output line goes to `on_line` (for logs and patterns).
+/// Runs the program; every output line goes to `on_line` (for logs and patterns). Output
+/// beyond the program's `max_output` is dropped and ends in the marker line (on the stream
+/// that went beyond it); the program runs on to its end or timeout.
 pub async fn run(
     program: &Program<'_>,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
     mut on_line: impl FnMut(Stream, &str) + Send,
 ) -> std::io::Result<Finished> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(program.shell_command)
         .env_clear()
-        .env("PATH", EXEC_PATH)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .env("PATH", EXEC_PATH);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.env("HOME", home);
     }
     for (k, v) in program.env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let mut lines = Lines::default();
-    let (mut out_open, mut err_open) = (true, true);
-    let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-    let deadline = tokio::time::sleep(program.timeout);
-    tokio::pin!(deadline);
-    let (mut timed_out, mut stopped) = (false, false);
-    let mut kill_at: Option<tokio::time::Instant> = None;
-
-    let status = loop {
-        let kill_sleep = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            n = stdout.read(&mut buf_out), if out_open => match n {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => lines.push(Stream::Stdout, &buf_out[..n], &mut on_line),
-            },
-            n = stderr.read(&mut buf_err), if err_open => match n {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => lines.push(Stream::Stderr, &buf_err[..n], &mut on_line),
-            },
-            status = child.wait(), if !out_open && !err_open => break status?,
-            () = &mut deadline, if !timed_out => {
-                timed_out = true;
-                signal_group(pid, libc::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + TERMINATE_GRACE);
-            }
-            () = kill_sleep => {
-                signal_group(pid, libc::SIGKILL);
-                kill_at = None;
-            }
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    // The run went away: nobody will ask again; keep going until the end.
-                    continue;
-                }
-                match *stop.borrow() {
-                    Stop::Terminate => {
-                        stopped = true;
-                        signal_group(pid, libc::SIGTERM);
-                    }
-                    Stop::Kill => {
-                        stopped = true;
-                        signal_group(pid, libc::SIGKILL);
-                    }
-                    Stop::No | Stop::Graceful => {}
-                }
-            }
-        }
+    let limits = Limits {
+        timeout: program.timeout,
+        max_output: program.max_output,
     };
-    let tail = lines.finish(&mut on_line);
-    // A command that was stopped or timed out takes whatever it left in its group with it; a
-    // command that ended by itself may have started background work on purpose.
-    if timed_out || stopped {
-        signal_group(pid, libc::SIGKILL);
+    let mut lines = Lines::default();
+    let ended = run_limited(
+        &mut cmd,
+        limits,
+        Overflow::Discard,
+        Some(stop),
+        |stream, data| lines.push(stream, data, &mut on_line),
+    )
+    .await?;
+    let mut tail = lines.finish(&mut on_line);
+    if ended.truncated {
+        let marker = truncation_marker(program.max_output);
+        on_line(Stream::Stderr, &marker);
+        tail.push(marker);
     }
     Ok(Finished {
-        exit_status: status.code(),
-        timed_out,
-        stopped,
+        exit_status: ended.status.code(),
+        timed_out: ended.timed_out,
+        stopped: ended.stopped,
         tail,
     })
 }

@@ -63,6 +63,8 @@ pub struct CommandContext<'a> {
     pub ssh: Arc<crate::ssh::SshPool>,
     /// Where nodes listen (what dopv recorded, the infrastructures' SSH ports).
     pub reach: &'a Reach,
+    /// The limits of the programs a command starts on this host (`dop.conf`).
+    pub limits: dop_core::ProgramLimits,
 }
 
 /// Where the plan's nodes are reached: the address and port dopv recorded when it deployed
@@ -119,6 +121,7 @@ impl CommandContext<'_> {
             nodes: self.nodes,
             ssh: self.ssh.clone(),
             reach: self.reach,
+            limits: self.limits,
         }
     }
 }

@@ -937,6 +937,7 @@ steps:
         handle_signals: false,
         connect_timeout: 10,
         max_connections: None,
+        limits: dop_core::ProgramLimits::default(),
         redeployed: dopi::Redeployed::Refuse,
         stop: None,
         log: None,
@@ -963,4 +964,129 @@ steps:
     assert!(!message.contains("damaged"), "{message}");
     // Nothing ran that could not be recorded as started.
     assert!(w.lines("ran").is_empty());
+}
+
+/// `dopi <args>` with `dop.conf` text `conf`.
+fn dopi_with_conf(w: &World, conf: &str, args: &[&str]) -> std::process::Output {
+    let file = w.path().join("dop.conf");
+    std::fs::write(&file, conf).unwrap();
+    w.command(args).env("DOP_CONFIG", &file).output().unwrap()
+}
+
+/// The text of a node's log of the plan's only execution.
+fn node_log(w: &World, plan: &str, node: &str) -> (u64, String) {
+    let executions = w.path().join("logs").join(plan);
+    let execution = std::fs::read_dir(&executions)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("an execution log")
+        .path();
+    let file = execution.join(format!("{node}.log"));
+    let size = std::fs::metadata(&file).unwrap().len();
+    (size, std::fs::read_to_string(&file).unwrap())
+}
+
+/// A local command flooding its output has only `max_program_output` bytes of it logged, then
+/// a marker line; it runs to its end, and its end is judged as always (exit status 0: done).
+#[test]
+fn a_local_command_flooding_its_output_is_cut_in_the_log() {
+    let w = World::new();
+    w.add(
+        "flood",
+        "name: flood
+infrastructures: {lab: {type: local}}
+nodes:
+  n1.lab: {infrastructure: lab}
+steps:
+  - name: flood
+    nodes: all
+    command: {plugin: custom, exec: 'yes | head -c 104857600; echo end > WORK/ended'}
+",
+    );
+    let out = dopi_with_conf(&w, "max_program_output: 64K\n", &["run", "flood"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    assert_eq!(w.lines("ended"), ["end"], "the command ran to its end");
+    let (size, log) = node_log(&w, "flood", "n1.lab");
+    assert!(
+        log.contains("… output truncated after 65536 bytes"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    assert_eq!(log.matches("stdout: y").count(), 32768);
+    // 64 KiB of two-byte lines with their frame: a few MiB, not the 52 million lines of all.
+    assert!(size < 8 * 1024 * 1024, "{size} bytes");
+}
+
+/// A `content.exec` program of `file_deploy` that runs past `content_exec_timeout` is stopped
+/// with its process group, and one that gives more than `max_program_output` is stopped too;
+/// either fails the command with the program, step, node and limit named, before anything is
+/// sent to the node (which does not even listen here).
+#[test]
+fn content_exec_programs_are_stopped_at_their_timeout_and_their_output_limit() {
+    let w = World::new();
+    dop_testbed::generate_key(&w.path().join("key"), "content").unwrap();
+    let sleeper = w.work().join("sleeper.pid");
+    for (name, program) in [
+        (
+            "slow",
+            format!(
+                "[/bin/sh, -c, 'sleep 3600 & echo $! > {}; wait']",
+                sleeper.display()
+            ),
+        ),
+        ("flood", "[/usr/bin/yes]".to_string()),
+    ] {
+        w.add(
+            name,
+            &format!(
+                "name: {name}
+infrastructures: {{lab: {{type: baremetal}}}}
+credentials:
+  login: {{type: ssh_key, username: root, private_key: {{file: {key}}}}}
+nodes:
+  {name}1: {{infrastructure: lab, fqdn: 127.0.0.1}}
+steps:
+  - name: deploy
+    nodes: all
+    command: {{plugin: ssh/file_deploy, credentials: login, port: 1, file: /tmp/dop-never, content: {{exec: {program}}}}}
+",
+                key = w.path().join("key").display()
+            ),
+        );
+    }
+    let conf = "content_exec_timeout: 1\nmax_program_output: 64K\n";
+    let out = dopi_with_conf(&w, conf, &["run", "slow"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    let message = common::node_message(&w.show_json("slow"), 0, "slow1");
+    assert!(
+        message.contains(
+            "the content.exec program /bin/sh of step 'deploy' for slow1 did not end within 1 s \
+             (content_exec_timeout in dop.conf) and was stopped; nothing was deployed"
+        ),
+        "{message}"
+    );
+    let pid: i32 = std::fs::read_to_string(&sleeper)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = || unsafe { libc::kill(pid, 0) == 0 };
+    assert!(
+        dop_testbed::wait_for(Duration::from_secs(10), || !alive()).is_ok(),
+        "the program's background sleep went with its group"
+    );
+
+    let out = dopi_with_conf(&w, conf, &["run", "flood"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    let message = common::node_message(&w.show_json("flood"), 0, "flood1");
+    assert!(
+        message.contains(
+            "the content.exec program /usr/bin/yes of step 'deploy' for flood1 gave more than 65536 \
+             bytes of output (max_program_output in dop.conf) and was stopped; content that \
+             would be cut is not deployed"
+        ),
+        "{message}"
+    );
 }

@@ -151,6 +151,7 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
             ..provider_options(config, &args.local_dir)
         },
         expect_serial: args.expect_serial,
+        limits: config.limits,
         handle_signals: true,
         stop: None,
         log: None,

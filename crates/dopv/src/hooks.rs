@@ -6,12 +6,15 @@
 //! `DOP_NODE_FQDN` and `DOP_HOOK`. A hook that exits non-zero is logged as a warning and does
 //! not stop the run (as in the original); one that cannot be started fails the node's action
 //! before anything changes when it is a `pre_` hook.
-
-use dop_run::process::GroupGuard;
-use std::process::Stdio;
+//!
+//! Each program runs within limits (`dop.conf`): after `hook_timeout` it is stopped with its
+//! whole process group (TERM, then KILL), and only the first `max_program_output` bytes of its
+//! output are logged, then a marker line; either is a warning like a non-zero exit.
 
 use dop_core::plan::{Hooks, Node};
+use dop_core::ProgramLimits;
 use dop_run::logs::NodeLog;
+use dop_run::process::{run_limited, truncation_marker, Limits, Overflow, Stream};
 
 /// The six hook points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,13 +54,15 @@ impl Hook {
 }
 
 /// Runs the programs of one hook point, in order, and returns the warnings (programs that
-/// ended non-zero). An error means a program could not be started.
+/// ended non-zero, ran past their time or said too much). An error means a program could not
+/// be started.
 pub async fn run(
     hooks: &Hooks,
     hook: Hook,
     plan: &str,
     node: &Node,
     changed: bool,
+    limits: ProgramLimits,
     log: &NodeLog,
 ) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
@@ -74,34 +79,58 @@ pub async fn run(
             .env("DOP_PLAN", plan)
             .env("DOP_NODE_NAME", &node.name)
             .env("DOP_NODE_FQDN", &node.fqdn)
-            .env("DOP_HOOK", hook.key())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a run stopped at once takes the hook's children along.
-            .process_group(0)
-            .kill_on_drop(true);
+            .env("DOP_HOOK", hook.key());
         if let Some(home) = std::env::var_os("HOME") {
             command.env("HOME", home);
         }
-        let cannot_run =
-            |e: std::io::Error| format!("the {} hook {program} cannot run: {e}", hook.key());
-        let child = command.spawn().map_err(cannot_run)?;
-        let mut group = GroupGuard::new(child.id());
-        let output = child.wait_with_output().await.map_err(cannot_run)?;
-        // It ended: what it left running on purpose (`nohup … &`) is its business.
-        group.disarm();
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let program_limits = Limits {
+            timeout: limits.hook_timeout(),
+            max_output: limits.max_output,
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        // A run stopped at once drops this future: the hook's group goes with it.
+        let ended = run_limited(
+            &mut command,
+            program_limits,
+            Overflow::Discard,
+            None,
+            |stream, data| match stream {
+                Stream::Stdout => stdout.extend_from_slice(data),
+                Stream::Stderr => stderr.extend_from_slice(data),
+            },
+        )
+        .await
+        .map_err(|e| format!("the {} hook {program} cannot run: {e}", hook.key()))?;
+        for line in String::from_utf8_lossy(&stdout).lines() {
             log.line(&format!("{} {program}: {line}", hook.key()));
         }
-        for line in String::from_utf8_lossy(&output.stderr).lines() {
+        for line in String::from_utf8_lossy(&stderr).lines() {
             log.line(&format!("{} {program} (stderr): {line}", hook.key()));
         }
-        if !output.status.success() {
+        let which = format!("the {} hook {program} for {}", hook.key(), node.name);
+        if ended.truncated {
+            log.line(&format!(
+                "{} {program}: {}",
+                hook.key(),
+                truncation_marker(limits.max_output)
+            ));
+            warnings.push(format!(
+                "{which} wrote more than {} bytes (max_program_output in dop.conf); the rest was \
+                 not logged",
+                limits.max_output
+            ));
+        }
+        if ended.timed_out {
+            warnings.push(format!(
+                "{which} did not end within {} s (hook_timeout in dop.conf) and was stopped with \
+                 its process group; the run goes on",
+                limits.hook_timeout
+            ));
+        } else if !ended.status.success() {
             warnings.push(format!(
                 "the {} hook {program} ended with {}; the run goes on",
                 hook.key(),
-                output.status
+                ended.status
             ));
         }
     }

@@ -1118,3 +1118,107 @@ fn chaos_sigkill_at_many_moments_of_syncs_leaves_nothing_half_built() {
     println!("dopv chaos: {killed} kills, {rounds} syncs run to the end between them");
     lab.expect(&["undeploy", "chaos", "--rmdisk"], 0);
 }
+
+/// Every file of the lab's execution logs, by path (small ones whole; a test reads them).
+fn execution_logs(lab: &Lab) -> Vec<(PathBuf, u64, String)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![lab.log_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let size = entry.metadata().map_or(0, |m| m.len());
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                found.push((path, size, text));
+            }
+        }
+    }
+    found
+}
+
+/// A hook past `hook_timeout` is stopped with its whole process group (what it started in the
+/// background too), and a hook flooding its output has only `max_program_output` bytes of it
+/// logged, then a marker line; both are warnings, and the node is undeployed (a baremetal
+/// node: its record goes, the machine is left alone; its destroy hooks run).
+#[test]
+fn hooks_are_stopped_at_their_timeout_and_their_output_is_capped() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let sleeper = lab.path().join("sleeper.pid");
+    let slow = lab.path().join("slow.sh");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 3600 &\necho $! > {}\nwait\n",
+            sleeper.display()
+        ),
+    )
+    .unwrap();
+    let flood = lab.path().join("flood.sh");
+    // 100 MiB of lines, then a word on standard error.
+    std::fs::write(&flood, "#!/bin/sh\nyes | head -c 104857600\necho end >&2\n").unwrap();
+    for hook in [&slow, &flood] {
+        std::fs::set_permissions(hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let conf = lab.path().join("dop.conf");
+    std::fs::write(&conf, "hook_timeout: 1\nmax_program_output: 64K\n").unwrap();
+    lab.plan(&format!(
+        "name: hooked\ninfrastructures:\n  dc: {{type: baremetal}}\nnodes:\n  m1: {{infrastructure: dc}}\n\
+         hooks:\n  pre_destroy_vm: [{}]\n  post_destroy_vm: [{}]\n",
+        slow.display(),
+        flood.display()
+    ));
+    lab.expect(&["deploy", "hooked"], 0);
+    let out = lab
+        .command(&["undeploy", "hooked", "--json"])
+        .env("DOP_CONFIG", &conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(&sleeper)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = || unsafe { libc::kill(pid, 0) == 0 };
+    assert!(
+        dop_testbed::wait_for(std::time::Duration::from_secs(10), || !alive()).is_ok(),
+        "the hook's background sleep went with its group"
+    );
+    let logs = execution_logs(&lab);
+    let all: String = logs.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert!(
+        all.contains(&format!(
+            "the pre_destroy_vm hook {} for m1 did not end within 1 s (hook_timeout in dop.conf) \
+             and was stopped with its process group",
+            slow.display()
+        )),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "the post_destroy_vm hook {} for m1 wrote more than 65536 bytes (max_program_output \
+             in dop.conf)",
+            flood.display()
+        )),
+        "{all}"
+    );
+    let node_log = logs
+        .iter()
+        .find(|(path, _, _)| path.file_name().is_some_and(|n| n == "m1.log"))
+        .expect("the node's log");
+    assert!(
+        node_log.2.contains("post_destroy_vm ")
+            && node_log.2.contains("… output truncated after 65536 bytes"),
+        "{}",
+        node_log.2
+    );
+    // 64 KiB of two-byte lines is 32 768 log lines with their frame (time, node, hook): a few
+    // MiB, where the whole output would have made 52 million lines.
+    assert!(node_log.1 < 8 * 1024 * 1024, "{} bytes", node_log.1);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcomes"][0]["result"], "done", "{report:#}");
+}

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub connect_timeout: u64,
     /// Node connections kept open at once (`max_ssh_connections`; `None`: the default).
     pub max_connections: Option<usize>,
+    /// The time and output limits of programs started on this host (`dop.conf`).
+    pub limits: dop_core::ProgramLimits,
     /// What to do with the state of nodes dopv redeployed since dopi last ran on them.
     pub redeployed: Redeployed,
     /// Stop requests from the caller (dopc's cancel), with the levels of the signals.
@@ -223,6 +225,7 @@ pub async fn run(
         stop: run_stop.subscribe(),
         _stop: run_stop.clone(),
         state,
+        limits: opts.limits,
     });
     if opts.handle_signals {
         run_stop.escalate_on_signals(SIGNALS, log.clone());
@@ -364,6 +367,8 @@ struct Ctx {
     ssh: Arc<crate::ssh::SshPool>,
     /// Where nodes listen, from dopv's state and the plan.
     reach: crate::plugin::Reach,
+    /// The limits of programs started on this host.
+    limits: dop_core::ProgramLimits,
 }
 
 /// The node a record key (`set/step/node`) is about.

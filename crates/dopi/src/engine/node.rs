@@ -113,6 +113,7 @@ impl NodeRun<'_> {
             nodes: &ctx.plan.nodes,
             ssh: ctx.ssh.clone(),
             reach: &ctx.reach,
+            limits: ctx.limits,
         };
         plugin.run(&cc).await
     }

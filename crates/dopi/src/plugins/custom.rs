@@ -108,6 +108,7 @@ impl Plugin for Custom {
             shell_command: &line,
             env: &env,
             timeout: ctx.timeout,
+            max_output: ctx.limits.max_output,
         };
         let finished = exec::run(&program, ctx.stop.clone(), |stream, text| {
             let tag = match stream {

@@ -333,9 +333,10 @@ impl Plugin for Reboot {
 pub struct FileDeploy;
 
 /// The bytes to deploy: a string as written, or the exact bytes of a local file (`{file:
-/// path}`) or of a program's standard output (`{exec: [program, args…]}`).
-fn deploy_content(options: &CommandOptions) -> Result<Vec<u8>, String> {
-    match options.get("content") {
+/// path}`) or of a program's standard output (`{exec: [program, args…]}`, within
+/// `content_exec_timeout` and `max_program_output`: content that would be cut is refused).
+async fn deploy_content(ctx: &CommandContext<'_>) -> Result<Vec<u8>, String> {
+    match ctx.options.get("content") {
         Some(serde_json::Value::String(s)) => Ok(s.clone().into_bytes()),
         Some(serde_json::Value::Object(m)) if m.len() == 1 => {
             if let Some(path) = m.get("file").and_then(|p| p.as_str()) {
@@ -345,14 +346,7 @@ fn deploy_content(options: &CommandOptions) -> Result<Vec<u8>, String> {
             if let Some(serde_json::Value::Array(argv)) = m.get("exec") {
                 let argv: Vec<&str> = argv.iter().filter_map(|a| a.as_str()).collect();
                 let (program, args) = argv.split_first().ok_or("'content.exec' needs a program")?;
-                let out = std::process::Command::new(program)
-                    .args(args)
-                    .output()
-                    .map_err(|e| format!("cannot run {program}: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!("{program} failed with {}", out.status));
-                }
-                return Ok(out.stdout);
+                return content_of_program(ctx, program, args).await;
             }
             Err("'content' must be a string, {file: path} or {exec: [program, args…]}".into())
         }
@@ -361,6 +355,65 @@ fn deploy_content(options: &CommandOptions) -> Result<Vec<u8>, String> {
         }
         None => Err("'content' is required".into()),
     }
+}
+
+/// The standard output of a `content.exec` program, whole, or why there is none: it failed, ran
+/// past `content_exec_timeout` or gave more than `max_program_output` (it is stopped with its
+/// process group then), or the run stopped it.
+async fn content_of_program(
+    ctx: &CommandContext<'_>,
+    program: &str,
+    args: &[&str],
+) -> Result<Vec<u8>, String> {
+    use dop_run::process::{run_limited, Limits, Overflow};
+    let limits = Limits {
+        timeout: ctx.limits.content_exec_timeout(),
+        max_output: ctx.limits.max_output,
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    let ended = run_limited(
+        &mut command,
+        limits,
+        Overflow::Kill,
+        Some(ctx.stop.clone()),
+        |stream, data| match stream {
+            crate::exec::Stream::Stdout => stdout.extend_from_slice(data),
+            crate::exec::Stream::Stderr => stderr.extend_from_slice(data),
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot run the content.exec program {program}: {e}"))?;
+    let which = format!(
+        "the content.exec program {program} of step '{}' for {}",
+        ctx.step, ctx.node.name
+    );
+    if ended.timed_out {
+        return Err(format!(
+            "{which} did not end within {} s (content_exec_timeout in dop.conf) and was \
+             stopped; nothing was deployed",
+            limits.timeout.as_secs()
+        ));
+    }
+    if ended.truncated {
+        return Err(format!(
+            "{which} gave more than {} bytes of output (max_program_output in dop.conf) and was \
+             stopped; content that would be cut is not deployed",
+            limits.max_output
+        ));
+    }
+    if ended.stopped {
+        return Err(format!(
+            "{which} was stopped by the run; nothing was deployed"
+        ));
+    }
+    if !ended.status.success() {
+        let said = String::from_utf8_lossy(&stderr);
+        let said: String = said.trim().chars().take(512).collect();
+        return Err(format!("{which} failed with {}: {said}", ended.status));
+    }
+    Ok(stdout)
 }
 
 fn mode_of(options: &CommandOptions) -> Result<Option<String>, String> {
@@ -430,16 +483,18 @@ impl Plugin for FileDeploy {
     }
     async fn run(&self, ctx: &CommandContext<'_>) -> CommandOutcome {
         use sha2::Digest;
-        let prepared = (|| {
+        let prepared = async {
             Ok::<_, String>((
                 absolute_file(ctx.options)?.to_string(),
-                deploy_content(ctx.options)?,
                 mode_of(ctx.options)?,
                 owner_of(ctx.options)?,
                 target(ctx)?,
+                // The content last: its program runs only for a command that can go ahead.
+                deploy_content(ctx).await?,
             ))
-        })();
-        let (file, content, mode, owner, target) = match prepared {
+        }
+        .await;
+        let (file, mode, owner, target, content) = match prepared {
             Ok(p) => p,
             Err(e) => return CommandOutcome::failed(e),
         };

@@ -72,6 +72,40 @@ impl Watch {
         }
     }
 
+    /// Waits for `step` of starting the command (the exec request, its input, the line sent to
+    /// a shell session) under the same deadline and stop requests as the command itself: a
+    /// node that stops reading holds neither. `Err(signal)` when the deadline passed or the run
+    /// asked first: the command (if it started) is to be signalled and its channel closed, and
+    /// [`Watch::next`] then gives up after the grace.
+    pub async fn starting<T>(
+        &mut self,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, Sig> {
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                done = &mut step => return Ok(done),
+                () = &mut self.deadline, if !self.timed_out => {
+                    self.timed_out = true;
+                    self.start_closing();
+                    return Err(Sig::TERM);
+                }
+                changed = self.stop.changed(), if !self.stop_gone => {
+                    if changed.is_err() {
+                        self.stop_gone = true;
+                        continue;
+                    }
+                    let level = *self.stop.borrow();
+                    if level >= Stop::Terminate {
+                        self.stopped = true;
+                        self.start_closing();
+                        return Err(if level == Stop::Kill { Sig::KILL } else { Sig::TERM });
+                    }
+                }
+            }
+        }
+    }
+
     /// The next thing to act on.
     pub async fn next(&mut self, channel: &mut Channel<Msg>) -> Event {
         loop {
@@ -101,6 +135,14 @@ impl Watch {
     }
 }
 
+/// Signals the command on `channel` and closes it, each within [`CLOSE_GRACE`]: on a node that
+/// stopped reading, the messages wait behind data that will never be taken, and a stop must
+/// not wait with them.
+pub async fn signal_and_close(channel: &Channel<Msg>, signal: Sig) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, channel.signal(signal)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, channel.close()).await;
+}
+
 /// Runs `command` on a channel of its own (the node's login shell runs it, as `ssh node
 /// command` does), with `input` on its standard input, or none (an immediate end of file).
 /// `Err(NoExitStatus)` when the channel ended without saying how the command did.
@@ -112,16 +154,22 @@ pub async fn on_channel(
     stop: watch::Receiver<Stop>,
     on_line: &mut (dyn FnMut(Stream, &str) + Send),
 ) -> Result<Finished, SshError> {
-    channel.exec(true, command).await?;
-    if let Some(input) = input {
-        channel.data(input).await?;
+    let mut watch = Watch::new(timeout, stop);
+    let start = async {
+        channel.exec(true, command).await?;
+        if let Some(input) = input {
+            channel.data(input).await?;
+        }
+        // A command that reads its standard input sees its end instead of waiting for it until
+        // its timeout (and reads the same as in a shell session, where it is /dev/null).
+        channel.eof().await
+    };
+    match watch.starting(start).await {
+        Ok(started) => started?,
+        Err(sig) => signal_and_close(&channel, sig).await,
     }
-    // A command that reads its standard input sees its end instead of waiting for it until
-    // its timeout (and reads the same as in a shell session, where it is /dev/null).
-    channel.eof().await?;
     let mut lines = Lines::default();
     let (mut exit_status, mut signalled) = (None, false);
-    let mut watch = Watch::new(timeout, stop);
     loop {
         match watch.next(&mut channel).await {
             Event::Message(Some(ChannelMsg::Data { data })) => {
@@ -136,10 +184,7 @@ pub async fn on_channel(
             Event::Message(Some(ChannelMsg::ExitSignal { .. })) => signalled = true,
             Event::Message(Some(_)) => {}
             Event::Message(None) | Event::GiveUp => break,
-            Event::Signal(sig) => {
-                let _ = channel.signal(sig).await;
-                let _ = channel.close().await;
-            }
+            Event::Signal(sig) => signal_and_close(&channel, sig).await,
         }
     }
     let tail = lines.finish(on_line);

@@ -56,6 +56,15 @@ const NEXT_ADDRESS_DELAY: Duration = Duration::from_millis(250);
 /// The longest pause between two attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
+/// How long a connection may be silent before it is given up: no packet received or sent,
+/// keepalives aside. Keepalives (every 15 s, 3 unanswered close it) watch a logged-in
+/// connection; this bounds what they do not: the handshake and authentication, and writes into
+/// a node that stopped reading (its input, a command line).
+pub const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a command whose run asked for a kill may take to end before its node is given up
+/// on (the command signalled and its channel closed take [`command::CLOSE_GRACE`] each at most).
+pub const FORCED_END: Duration = Duration::from_secs(8);
+
 /// How long the SSH handshake and authentication may take once the connection is accepted: six
 /// connect timeouts, at least 30 s (sshd's own `LoginGraceTime` is 120 s).
 pub fn login_deadline(connect_timeout: Duration) -> Duration {
@@ -119,6 +128,18 @@ pub enum SshError {
         hop: String,
         /// Why.
         reason: String,
+    },
+    /// The run was stopped (terminate or kill) before the command started, or a node that
+    /// did not answer was given up on at a kill.
+    #[error("the run was stopped while {0}; the command did not run to its end")]
+    Stopped(&'static str),
+    /// The node did not answer a request in time (a channel open).
+    #[error("the node did not {what} within {} s", within.as_secs())]
+    NoAnswer {
+        /// What was asked.
+        what: &'static str,
+        /// How long it was given.
+        within: Duration,
     },
     /// The command ended without an exit status.
     #[error("the command ended without an exit status (the connection dropped?)")]
@@ -486,7 +507,7 @@ impl SshPool {
             config: Arc::new(client::Config {
                 keepalive_interval: Some(Duration::from_secs(15)),
                 keepalive_max: 3,
-                inactivity_timeout: None,
+                inactivity_timeout: Some(INACTIVITY_TIMEOUT),
                 nodelay: true,
                 ..Default::default()
             }),
@@ -1005,7 +1026,11 @@ impl SshPool {
     /// size is not limited by the command line); output lines go to `on_line`. Commands without
     /// input run in one of the connection's [`shell`] sessions where the node gives one, else
     /// on a channel of their own; both report the same.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// Every phase has an end: connecting and opening a session stop when the run asks to
+    /// terminate or kill (the command has not started), the command's start, input and run
+    /// are under its timeout and the run's stop requests, and once the run asks for a kill
+    /// the whole call ends within [`FORCED_END`], whatever the node does.
     pub async fn exec(
         &self,
         target: &Target,
@@ -1015,9 +1040,40 @@ impl SshPool {
         stop: watch::Receiver<Stop>,
         on_line: &mut (dyn FnMut(Stream, &str) + Send),
     ) -> Result<Finished, SshError> {
-        let connection = self.connection(target).await?;
+        let work = self.exec_phases(target, command, input, timeout, stop.clone(), on_line);
+        match ended_by_kill(stop, work).await {
+            Some(result) => result,
+            None => {
+                tracing::debug!(node = %target.node, "ssh: given up on at a kill");
+                // What the node's connection is doing now is unknown: the next command connects
+                // again.
+                self.forget(&target.node).await;
+                Err(SshError::Stopped("waiting for the node after a kill"))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_phases(
+        &self,
+        target: &Target,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+        stop: watch::Receiver<Stop>,
+        on_line: &mut (dyn FnMut(Stream, &str) + Send),
+    ) -> Result<Finished, SshError> {
+        let connection = until_terminate(
+            stop.clone(),
+            "connecting to the node",
+            self.connection(target),
+        )
+        .await??;
+        let opening = "opening a session on the node";
         let permit = if input.is_none() && shell::suits(command) {
-            match self.shell(&connection, &target.node).await? {
+            match until_terminate(stop.clone(), opening, self.shell(&connection, &target.node))
+                .await??
+            {
                 Ok(mut session) => {
                     let ran = session.run(command, timeout, stop, on_line).await;
                     return match ran {
@@ -1041,9 +1097,14 @@ impl SshPool {
                 Err(permit) => permit,
             }
         } else {
-            connection.place().await?
+            until_terminate(stop.clone(), opening, connection.place()).await??
         };
-        let channel = self.open_channel(&connection, &target.node).await?;
+        let channel = until_terminate(
+            stop.clone(),
+            opening,
+            self.open_channel(&connection, &target.node),
+        )
+        .await??;
         let ran = command::on_channel(channel, command, input, timeout, stop, on_line).await;
         drop(permit);
         if let Err(e) = &ran {
@@ -1099,8 +1160,22 @@ impl SshPool {
         connection: &Connection,
         node: &str,
     ) -> Result<russh::Channel<client::Msg>, SshError> {
+        let within = login_deadline(self.connect_timeout);
         for attempt in 0..60u64 {
-            match connection.handle.channel_open_session().await {
+            let opened = tokio::time::timeout(within, connection.handle.channel_open_session())
+                .await
+                .map_err(|_| SshError::NoAnswer {
+                    what: "open a session channel",
+                    within,
+                });
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    self.forget(node).await;
+                    return Err(e);
+                }
+            };
+            match opened {
                 Ok(c) => return Ok(c),
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
                     tracing::debug!(
@@ -1121,5 +1196,39 @@ impl SshPool {
             }
         }
         Err(SshError::Ssh("the node kept refusing new sessions".into()))
+    }
+}
+
+/// `work`, or `Err(Stopped(phase))` as soon as the run asks to terminate or kill (`work` is
+/// dropped: it must not have started the command yet).
+async fn until_terminate<T>(
+    stop: watch::Receiver<Stop>,
+    phase: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, SshError> {
+    tokio::select! {
+        done = work => Ok(done),
+        () = asked(stop, Stop::Terminate) => Err(SshError::Stopped(phase)),
+    }
+}
+
+/// `work`'s result, or `None` when the run asked for a kill and `work` did not end within
+/// [`FORCED_END`] after.
+async fn ended_by_kill<T>(
+    stop: watch::Receiver<Stop>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return Some(done),
+        () = asked(stop, Stop::Kill) => {}
+    }
+    tokio::time::timeout(FORCED_END, work).await.ok()
+}
+
+/// Ends once the run's stop level is at least `at_least`; never when nobody can raise it.
+async fn asked(mut stop: watch::Receiver<Stop>, at_least: Stop) {
+    if !dop_run::reached(&mut stop, at_least).await {
+        std::future::pending::<()>().await;
     }
 }

@@ -32,7 +32,7 @@ use russh::client::Msg;
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::command::{Event, Watch};
+use super::command::{signal_and_close, Event, Watch};
 use super::SshError;
 use crate::exec::{Finished, Lines, Stop, Stream};
 use crate::plugins::ssh_custom::shell_quote;
@@ -218,7 +218,8 @@ impl Shell {
 
     /// Closes the session (its driver ends with its standard input).
     pub async fn close(self) {
-        let _ = self.channel.close().await;
+        // Within a grace: a node that stopped reading must not hold the caller.
+        let _ = tokio::time::timeout(super::command::CLOSE_GRACE, self.channel.close()).await;
     }
 
     /// Whether the session is quiet, as an idle one must be: anything it sent since its last
@@ -252,11 +253,14 @@ impl Shell {
         self.serial += 1;
         let serial = self.serial;
         let line = format!("__dop_run {serial} {}\n", shell_quote(command));
-        self.channel.data(line.as_bytes()).await?;
+        let mut watch = Watch::new(timeout, stop);
+        match watch.starting(self.channel.data(line.as_bytes())).await {
+            Ok(sent) => sent?,
+            Err(sig) => signal_and_close(&self.channel, forwarded(sig)).await,
+        }
         let mut lines = Lines::default();
         let mut out = Framed::new(format!("{} {serial} ", self.token).into_bytes());
         let mut err = Framed::new(format!("{} {serial}\n", self.token).into_bytes());
-        let mut watch = Watch::new(timeout, stop);
         while !(out.ended() && err.ended()) {
             match watch.next(&mut self.channel).await {
                 Event::Message(Some(ChannelMsg::Data { data })) => out.push(&data, &mut |bytes| {
@@ -268,16 +272,7 @@ impl Shell {
                     }),
                 Event::Message(Some(_)) => {}
                 Event::Message(None) | Event::GiveUp => break,
-                Event::Signal(sig) => {
-                    // The driver forwards TERM; it cannot trap KILL, so a kill is asked for
-                    // with USR1.
-                    let forwarded = match sig {
-                        Sig::KILL => Sig::USR1,
-                        other => other,
-                    };
-                    let _ = self.channel.signal(forwarded).await;
-                    let _ = self.channel.close().await;
-                }
+                Event::Signal(sig) => signal_and_close(&self.channel, forwarded(sig)).await,
             }
         }
         // What was held back as the possible start of a marker that never came is output.
@@ -309,6 +304,15 @@ impl Shell {
             )),
             _ => Err(SshError::NoExitStatus),
         }
+    }
+}
+
+/// The signal the driver is sent for `sig`: it forwards TERM; it cannot trap KILL, so a kill
+/// is asked for with USR1.
+fn forwarded(sig: Sig) -> Sig {
+    match sig {
+        Sig::KILL => Sig::USR1,
+        other => other,
     }
 }
 

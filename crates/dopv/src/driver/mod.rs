@@ -80,6 +80,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Stop requests from the caller (dopc's cancel): any level starts no new node.
     pub stop: Option<tokio::sync::watch::Receiver<dop_run::Stop>>,
+    /// The hooks' time and output limits (`hook_timeout`, `max_program_output` in dop.conf).
+    pub limits: dop_core::ProgramLimits,
     /// Write into this execution log instead of a new one (dopc: one log per execution).
     pub log: Option<Arc<ExecutionLog>>,
 }
@@ -227,6 +229,8 @@ struct Ctx {
     disks: BTreeMap<String, Vec<DiskRecord>>,
     /// Where created nodes' Puppet autosign challenges are issued, if anywhere.
     puppet_hiera_dir: Option<std::path::PathBuf>,
+    /// The hooks' time and output limits.
+    limits: dop_core::ProgramLimits,
 }
 
 impl Ctx {
@@ -339,6 +343,7 @@ impl<'a> Run<'a> {
             state: lock.as_ref().map(|l| store.state_session(l)),
             disks: state.disks,
             puppet_hiera_dir: opts.providers.puppet_hiera_dir.clone(),
+            limits: opts.limits,
         });
         if let Some(h) = lock.as_ref().and_then(|l| l.took_over_from()) {
             ctx.event(

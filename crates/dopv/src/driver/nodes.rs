@@ -103,6 +103,7 @@ async fn run_hook(
         &ctx.plan_name,
         &spec.node,
         changed,
+        ctx.limits,
         log,
     )
     .await?;

@@ -22,6 +22,7 @@ pub fn dopi_run(
         handle_signals: false,
         connect_timeout,
         max_connections: None,
+        limits: dop_core::ProgramLimits::default(),
         redeployed,
         stop: None,
         log: None,
