@@ -1,0 +1,414 @@
+//! dopc's bounds and races, end to end against the real `dopc serve` on an ephemeral port:
+//! many racing requests (bounded in count and time) that must not start an execution twice,
+//! bring a finished one back to `running`, or change a plan under a running execution; and
+//! request fields that must not overflow. Plans here have baremetal nodes and `custom` steps,
+//! which run on the server's machine: no node, no traffic beyond 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use dop_testbed::dopc::DopcServer;
+use serde_json::{json, Value};
+
+/// A server with an HTTP client.
+struct Server {
+    dopc: DopcServer,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start() -> Server {
+        Server {
+            dopc: DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "tests"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.dopc.url()))
+            .bearer_auth(self.dopc.token());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn execute(&self, plan: &str, task: &str, options: Value) -> u64 {
+        let (status, body) = self
+            .post(
+                "/executions",
+                json!({"plan": plan, "task": task, "options": options}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    }
+
+    /// Waits (up to 60 s) until the execution has finished; returns it.
+    async fn wait(&self, id: u64) -> Value {
+        let t = Instant::now();
+        loop {
+            let (_, e) = self.get(&format!("/executions/{id}")).await;
+            if is_final(&e) {
+                return e;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "execution {id} did not finish: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_status(&self, id: u64, status: &str) {
+        let t = Instant::now();
+        loop {
+            let (_, e) = self.get(&format!("/executions/{id}")).await;
+            if e["status"] == status {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "execution {id} never became {status}: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The execution's events (all of them).
+    async fn events(&self, id: u64) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/executions/{id}/log?since=0")).await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The iteration numbers the execution's parts said they run.
+    async fn iterations_run(&self, id: u64) -> Vec<u64> {
+        self.events(id)
+            .await
+            .iter()
+            .filter_map(|ev| ev["fields"]["iteration"].as_u64())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.dopc.kill();
+    }
+}
+
+fn is_final(e: &Value) -> bool {
+    ["done", "failed", "cancelled"].contains(&e["status"].as_str().unwrap_or(""))
+}
+
+/// A plan of baremetal nodes whose one step runs `exec` on the server's machine.
+fn plan(name: &str, exec: &str) -> String {
+    format!(
+        "name: {name}\ninfrastructures: {{l: {{type: baremetal}}}}\nnodes:\n  a: {{infrastructure: l}}\n\
+         steps:\n  default:\n    - {{name: one, nodes: all, command: {{plugin: custom, exec: '{exec}'}}}}\n"
+    )
+}
+
+async fn add_plan(server: &Server, text: &str) {
+    let (status, body) = server
+        .post("/plans", json!({"text": text, "force": true}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_age_that_overflows_is_refused_and_removes_nothing() {
+    let server = Server::start();
+    add_plan(&server, &plan("age", "true")).await;
+    let id = server.execute("age", "reset", json!({"force": true})).await;
+    assert_eq!(server.wait(id).await["status"], "done");
+
+    // In milliseconds this wraps: (u64::MAX / 1000 + 1) * 1000 mod 2^64 is 616 ms, so every
+    // finished execution was old enough.
+    let age = u64::MAX / 1000 + 1;
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/executions",
+            Some(json!({"statuses": ["done"], "age": age})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`age`") && message.contains(&(u64::MAX / 1000).to_string()),
+        "{message}"
+    );
+    assert_eq!(server.get(&format!("/executions/{id}")).await.0, 200);
+
+    // The largest age that fits is accepted, and nothing is that old.
+    let (status, removed) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/executions",
+            Some(json!({"statuses": ["done"], "age": u64::MAX / 1000})),
+        )
+        .await;
+    assert_eq!((status, removed), (200, json!([])));
+    assert_eq!(server.get(&format!("/executions/{id}")).await.0, 200);
+}
+
+/// Racing submits and cancels: each execution starts at most once (one `execution_started`
+/// event, none for one cancelled before it started), none goes back to `running` after it
+/// finished, and the plan can be removed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_submits_and_cancels_start_each_execution_once_and_never_revive_one() {
+    const EXECUTIONS: usize = 50;
+    let server = std::sync::Arc::new(Server::start());
+    add_plan(&server, &plan("race", "true")).await;
+
+    let mut racers = tokio::task::JoinSet::new();
+    for n in 0..EXECUTIONS {
+        let server = server.clone();
+        racers.spawn(async move {
+            // Resets end at once, runs a moment later: ends race with submits and cancels.
+            let task = if n % 2 == 0 { "reset" } else { "run" };
+            let id = server.execute("race", task, json!({"force": true})).await;
+            if n % 3 != 0 {
+                for _ in 0..2 {
+                    let (status, body) = server
+                        .post(&format!("/executions/{id}/cancel"), json!({}))
+                        .await;
+                    assert!(status == 200 || status == 409, "{status} {body}");
+                }
+            }
+            id
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = racers.join_next().await {
+        ids.push(id.unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids.len(), EXECUTIONS);
+
+    let mut ended = Vec::new();
+    for &id in &ids {
+        ended.push(server.wait(id).await);
+    }
+    // Nothing that ended is running again a moment later (a late cancel wrote `running` back).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (id, before) in ids.iter().zip(&ended) {
+        let (_, now) = server.get(&format!("/executions/{id}")).await;
+        assert_eq!(now["status"], before["status"], "execution {id}: {now}");
+        let started = server
+            .events(*id)
+            .await
+            .iter()
+            .filter(|ev| ev["kind"] == "execution_started")
+            .count();
+        let expected = usize::from(now["started_at"].is_string());
+        assert_eq!(
+            started, expected,
+            "execution {id} started {started} times: {now}"
+        );
+        if now["status"] == "done" {
+            assert_eq!(
+                started, 1,
+                "execution {id} is done without having run: {now}"
+            );
+        }
+    }
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, "/plans/race", None)
+        .await;
+    assert_eq!(status, 200, "the plan is not left busy: {body}");
+}
+
+/// `POST /plans` with `force` is an update: refused while an execution of the plan runs, and
+/// the running execution's iteration stays the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_add_does_not_replace_a_plan_under_a_running_execution() {
+    let server = Server::start();
+    add_plan(&server, &plan("forced", "sleep 3")).await;
+    let id = server.execute("forced", "run", json!({})).await;
+    server.wait_status(id, "running").await;
+    let (status, body) = server
+        .post(
+            "/plans",
+            json!({"text": plan("forced", "echo replaced"), "force": true}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("running execution"),
+        "{body}"
+    );
+    let (_, versions) = server.get("/plans/forced/versions").await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    assert_eq!(server.wait(id).await["status"], "done");
+    assert_eq!(server.iterations_run(id).await, vec![1]);
+    // Once it has ended, the same request is an update.
+    let (status, body) = server
+        .post(
+            "/plans",
+            json!({"text": plan("forced", "echo replaced"), "force": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (201, Some("updated")),
+        "{body}"
+    );
+}
+
+/// The run lock is the execution's from before dopv's part reads the plan to after dopi's
+/// part: its holder names the dopc execution while dopi's step runs (before, dopv and dopi
+/// each took and released it, and a plan update could come between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_setup_holds_its_plan_across_the_dopv_and_dopi_parts() {
+    let server = Server::start();
+    add_plan(&server, &plan("held", "sleep 3")).await;
+    let id = server.execute("held", "setup", json!({})).await;
+    server.wait_status(id, "running").await;
+    let store = dop_store::Store::open(&server.dopc.path().join("store")).unwrap();
+    let t = Instant::now();
+    let holder = loop {
+        // dopi's step has started once its node's command is under way.
+        let (_, log) = server.get(&format!("/executions/{id}/log?since=0")).await;
+        let running = log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ev| ev["kind"] == "command_started");
+        if running {
+            break store.lock_holder("held");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "dopi never ran: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let holder = holder.expect("the plan's run lock is held while dopi runs");
+    assert_eq!(
+        holder.command,
+        format!("dopc execution {id} (setup)"),
+        "{holder:?}"
+    );
+    assert_eq!(server.wait(id).await["status"], "done");
+    assert!(store.lock_holder("held").is_none(), "released at the end");
+}
+
+/// Plan updates racing setups: every setup's dopi part runs the iteration its dopv part
+/// deployed, and an update is either refused (409) or stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_updates_racing_setups_never_split_an_execution_across_iterations() {
+    const SETUPS: usize = 12;
+    const UPDATES: usize = 60;
+    let server = std::sync::Arc::new(Server::start());
+    add_plan(&server, &plan("split", "true")).await;
+    let updater = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut stored = 0;
+            for n in 0..UPDATES {
+                let text = plan("split", &format!("echo {n}"));
+                let (status, body) = if n % 2 == 0 {
+                    server
+                        .post("/plans", json!({"text": text, "force": true}))
+                        .await
+                } else {
+                    server
+                        .call(
+                            reqwest::Method::PUT,
+                            "/plans/split",
+                            Some(json!({"text": text})),
+                        )
+                        .await
+                };
+                match status {
+                    200 | 201 => stored += 1,
+                    409 => {}
+                    other => panic!("update {n}: {other} {body}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stored
+        })
+    };
+    let mut setups = Vec::new();
+    for _ in 0..SETUPS {
+        setups.push(server.execute("split", "setup", json!({})).await);
+    }
+    let stored = updater.await.unwrap();
+    for id in setups {
+        let e = server.wait(id).await;
+        assert_eq!(e["status"], "done", "{e}");
+        let iterations = server.iterations_run(id).await;
+        assert_eq!(
+            iterations.len(),
+            2,
+            "dopv's and dopi's start: {iterations:?}"
+        );
+        assert_eq!(
+            iterations[0], iterations[1],
+            "execution {id}: dopv deployed iteration {} and dopi ran {}",
+            iterations[0], iterations[1]
+        );
+    }
+    let (_, versions) = server.get("/plans/split/versions").await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        stored + 1,
+        "every accepted update is one iteration: {versions}"
+    );
+}
+
+/// A preview (`noop`) deploy takes the plan's run lock too: with another process holding it,
+/// the preview fails and says who holds it (before, it read the plan under another writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_noop_deploy_takes_the_run_lock() {
+    let server = Server::start();
+    add_plan(&server, &plan("preview", "true")).await;
+    let store = dop_store::Store::open(&server.dopc.path().join("store")).unwrap();
+    let held = store.lock("preview", "a test holding the plan").unwrap();
+    let id = server
+        .execute("preview", "deploy", json!({"noop": true}))
+        .await;
+    let e = server.wait(id).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("a test holding the plan"),
+        "{e}"
+    );
+    drop(held);
+    let id = server
+        .execute("preview", "deploy", json!({"noop": true}))
+        .await;
+    assert_eq!(server.wait(id).await["status"], "done");
+}
