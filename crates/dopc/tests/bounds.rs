@@ -412,3 +412,138 @@ async fn a_noop_deploy_takes_the_run_lock() {
         .await;
     assert_eq!(server.wait(id).await["status"], "done");
 }
+
+/// The server's open file descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Connections that send nothing, `LIMIT + 50` of them: the server keeps at most `LIMIT`
+/// (its descriptors stay bounded), closes the others at once and the kept ones when no
+/// request head came within the header-read timeout. Within the limit, an authenticated
+/// request is served while idle connections are open; after a flood, at once again.
+async fn idle_connections_are_bounded_and_closed(server: &Server, tls: bool) {
+    const LIMIT: usize = 16;
+    let address: std::net::SocketAddr = server
+        .dopc
+        .url()
+        .rsplit_once("://")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let pid = server.dopc.pid();
+    assert_eq!(server.get("/plans").await.0, 200);
+    let before = open_fds(pid);
+
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT + 50 {
+        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // Give the server a moment to accept (and refuse) them all: its descriptors are bounded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = open_fds(pid);
+    assert!(
+        during <= before + LIMIT + 4,
+        "{during} descriptors open with {} idle connections (before: {before}, limit {LIMIT})",
+        idle.len()
+    );
+    // Every one of them ends: refused at once or timed out (2 s), well within 30 s.
+    let t = Instant::now();
+    let mut closed = tokio::task::JoinSet::new();
+    for mut c in idle {
+        closed.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        });
+    }
+    while let Some(ended) = closed.join_next().await {
+        assert!(ended.unwrap(), "an idle connection was kept beyond 30 s");
+    }
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        server.get("/plans").await.0,
+        200,
+        "served again after a flood"
+    );
+
+    // Within the limit, idle connections do not keep an authenticated request out.
+    let mut some = Vec::new();
+    for _ in 0..LIMIT / 2 {
+        some.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = server.get("/plans").await;
+    assert_eq!(status, 200, "tls {tls}: {body}");
+    drop(some);
+}
+
+const BOUNDS: &str = "max_connections = 16\nheader_read_timeout_secs = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_are_bounded_and_closed_over_http() {
+    let server = Server {
+        dopc: DopcServer::start_with_config(env!("CARGO_BIN_EXE_dopc"), "tests", BOUNDS),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    };
+    idle_connections_are_bounded_and_closed(&server, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_are_bounded_and_closed_over_https() {
+    let certs = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .current_dir(certs.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = certs.path().display();
+    let config = format!("{BOUNDS}[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n");
+    let ca = std::fs::read(certs.path().join("server.pem")).unwrap();
+    let server = Server {
+        dopc: DopcServer::start_with_config(env!("CARGO_BIN_EXE_dopc"), "tests", &config),
+        http: reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    };
+    assert!(
+        server.dopc.url().starts_with("https://"),
+        "{}",
+        server.dopc.url()
+    );
+    idle_connections_are_bounded_and_closed(&server, true).await;
+}
