@@ -547,3 +547,141 @@ async fn idle_connections_are_bounded_and_closed_over_https() {
     );
     idle_connections_are_bounded_and_closed(&server, true).await;
 }
+
+/// A 50 MB log and a 50 MB events file: the whole log, events after a number (a page of them)
+/// and a websocket catch-up are served with the server's peak memory growing far less than
+/// the files (before, each request read its whole file into memory, and the answer again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_logs_are_streamed_and_events_found_without_reading_the_file() {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    const SIZE: usize = 50 * 1024 * 1024;
+    let server = Server::start();
+    add_plan(&server, &plan("big", "true")).await;
+    let id = server.execute("big", "reset", json!({"force": true})).await;
+    assert_eq!(server.wait(id).await["status"], "done");
+    let dir = server
+        .dopc
+        .path()
+        .join("logs")
+        .join("big")
+        .join(format!("dopc-{id}"));
+
+    // The execution's files, replaced by large ones.
+    let line = |n: usize| {
+        format!(
+            "2026-12-07T00:00:00Z INFO a: line {n:08} {}\n",
+            "x".repeat(80)
+        )
+    };
+    let mut text = String::with_capacity(SIZE + 200);
+    let mut n = 0;
+    while text.len() < SIZE {
+        text.push_str(&line(n));
+        n += 1;
+    }
+    std::fs::write(dir.join("all.log"), &text).unwrap();
+    let mut events =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("events.jsonl")).unwrap());
+    let (mut written, mut last) = (0, 0u64);
+    while written < SIZE {
+        last += 1;
+        let ev = json!({"seq": last, "time_ms": last, "level": "info", "kind": "message",
+                        "node": "a", "message": "y".repeat(400)});
+        let l = format!("{ev}\n");
+        written += l.len();
+        events.write_all(l.as_bytes()).unwrap();
+    }
+    events.flush().unwrap();
+    drop(events);
+
+    let pid = server.dopc.pid();
+    let peak_before = dop_testbed::process::peak_rss_kib(pid);
+    // The whole log, read as a stream by the client too.
+    let res = server
+        .http
+        .get(format!("{}/api/v1/executions/{id}/log", server.dopc.url()))
+        .bearer_auth(server.dopc.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut res = res;
+    let mut body = Vec::with_capacity(SIZE + 1024);
+    while let Some(piece) = res.chunk().await.unwrap() {
+        body.extend_from_slice(&piece);
+    }
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["execution"], id);
+    assert!(
+        answer["log"].as_str().unwrap() == text,
+        "the log's text differs"
+    );
+    drop((body, answer));
+
+    // Exactly the events after a number, and a page of the first ones.
+    let (status, tail) = server
+        .get(&format!("/executions/{id}/log?since={}", last - 10))
+        .await;
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = tail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, ((last - 9)..=last).collect::<Vec<_>>());
+    assert_eq!(tail["last_seq"], last);
+    let (_, page) = server
+        .get(&format!("/executions/{id}/log?since=0&limit=5"))
+        .await;
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!((seqs, &page["last_seq"]), (vec![1, 2, 3, 4, 5], &json!(5)));
+
+    // A websocket that resumes near the end gets the last events and the end.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!(
+            "{}/api/v1/executions/{id}/log/stream?since={}",
+            server.dopc.url().replacen("http://", "ws://", 1),
+            last - 3
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", server.dopc.token()).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut got = Vec::new();
+        let t = Instant::now();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("the stream goes on")
+        {
+            let msg = msg.unwrap();
+            if !msg.is_text() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            if v["kind"] == "end" {
+                assert_eq!(v["last_seq"], last);
+                break;
+            }
+            got.push(v["seq"].as_u64().unwrap());
+            assert!(t.elapsed() < Duration::from_secs(30));
+        }
+        assert_eq!(got, vec![last - 2, last - 1, last]);
+    }
+
+    let grown_kib = dop_testbed::process::peak_rss_kib(pid).saturating_sub(peak_before);
+    assert!(
+        grown_kib * 1024 < (SIZE / 2) as u64,
+        "the server's peak memory grew by {grown_kib} KiB serving a {} MiB log",
+        SIZE >> 20
+    );
+}
