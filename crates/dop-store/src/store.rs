@@ -103,11 +103,13 @@ pub struct StateRecords {
     pub records: BTreeMap<String, serde_json::Value>,
 }
 
-/// Proof that this process holds a plan's run lock; state writes need one.
-#[derive(Debug)]
+/// Proof that this process holds a plan's run lock; state writes need one. A clone shares the
+/// lock (dopc holds it across the dopv and dopi parts of one execution and hands each a
+/// clone); it is released when the last clone is dropped.
+#[derive(Clone, Debug)]
 pub struct PlanLock {
     plan: String,
-    lock: RunLock,
+    lock: std::sync::Arc<RunLock>,
 }
 
 impl PlanLock {
@@ -222,7 +224,7 @@ impl Store {
         let lock = RunLock::acquire(&self.layout.run_lock(plan), plan, command)?;
         Ok(PlanLock {
             plan: plan.to_string(),
-            lock,
+            lock: std::sync::Arc::new(lock),
         })
     }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod book;
 pub mod commands;
+pub mod connections;
 pub mod error;
 pub mod metrics;
 pub mod monitor;

@@ -11,13 +11,16 @@ use std::sync::{Arc, Mutex};
 use dop_core::LookupSettings;
 use dop_core::{EventKind, Level};
 use dop_run::{Echo, ExecutionLog, Masker, Stop};
-use dop_store::{now_ms, rfc3339, Store};
+use dop_store::{now_ms, rfc3339, PlanLock, Store};
 use dopc_client::api::{DopiOutcome, DopiSummary, DopvSummary, ExecutionResult};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::execution::{Execution, Status, Task};
+
+/// How long an execution waits for its plan's run lock held by another writer.
+const PLAN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What to run, and who asks.
 #[derive(Clone, Debug)]
@@ -73,6 +76,11 @@ pub struct Runner {
     book: crate::book::ExecutionBook,
     config: RunnerConfig,
     inner: Mutex<Inner>,
+    /// Taken by every decision that changes an execution's status (start, cancel, finish),
+    /// which is made on the execution as the book has it under this lock: two kicks cannot
+    /// start one execution twice, and a cancel cannot write `running` back over the final
+    /// status a finish wrote (both read and wrote without a common lock before).
+    transitions: Mutex<()>,
     /// Tells waiters (shutdown) that an execution ended.
     ended: tokio::sync::Notify,
     /// Counts executions started, so that a stream of a waiting one follows it live at once.
@@ -84,7 +92,7 @@ pub struct Runner {
     changes: std::sync::atomic::AtomicU64,
 }
 
-fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -128,6 +136,7 @@ impl Runner {
                 tasks: 0,
                 ..Inner::default()
             }),
+            transitions: Mutex::new(()),
             ended: tokio::sync::Notify::new(),
             started: watch::channel(0).0,
             finished: tokio::sync::broadcast::channel(256).0,
@@ -253,30 +262,18 @@ impl Runner {
     }
 
     /// Starts what can start: per plan without a running execution, its oldest waiting one.
+    /// The waiting executions are read under the transitions lock, so each is started once.
     pub fn kick(self: &Arc<Self>) {
+        let _turn = lock(&self.transitions);
         let waiting = self
             .book
             .list(|e| matches!(e.status, Status::New | Status::Queued));
         for mut e in waiting {
-            let start = {
-                let mut inner = lock(&self.inner);
-                if !inner.accepting || inner.running.contains_key(&e.plan) {
-                    false
-                } else {
-                    let (stop, _) = watch::channel(Stop::No);
-                    inner.running.insert(
-                        e.plan.clone(),
-                        Running {
-                            id: e.id,
-                            stop,
-                            shutdown: false,
-                        },
-                    );
-                    true
-                }
-            };
-            if start {
-                self.clone().launch(e);
+            if let Some(stop) = self.claim(&e) {
+                e.status = Status::Running;
+                e.started_at = Some(rfc3339(now_ms()));
+                self.save(&e);
+                self.clone().launch(e, stop);
             } else if e.status == Status::New {
                 e.status = Status::Queued;
                 self.save(&e);
@@ -284,38 +281,116 @@ impl Runner {
         }
     }
 
-    fn launch(self: Arc<Self>, mut e: Execution) {
-        let stop = lock(&self.inner)
-            .running
-            .get(&e.plan)
-            .map(|r| r.stop.subscribe());
-        let Some(stop) = stop else { return };
+    /// Makes `e` its plan's running execution, unless the plan has one or the server stops;
+    /// the stop channel its run follows.
+    fn claim(&self, e: &Execution) -> Option<watch::Receiver<Stop>> {
+        let mut inner = lock(&self.inner);
+        if !inner.accepting || inner.running.contains_key(&e.plan) {
+            return None;
+        }
+        let (stop, follow) = watch::channel(Stop::No);
+        inner.running.insert(
+            e.plan.clone(),
+            Running {
+                id: e.id,
+                stop,
+                shutdown: false,
+            },
+        );
+        inner.tasks += 1;
+        Some(follow)
+    }
+
+    /// Runs a claimed execution as a task; everything that can fail or panic in it ends as
+    /// the execution's status, and the plan is given back in every case.
+    fn launch(self: Arc<Self>, e: Execution, stop: watch::Receiver<Stop>) {
+        let runner = self.clone();
+        self.runtime.spawn(async move {
+            // Its own task, so that a panic anywhere in a run fails the execution instead of
+            // leaving it running for ever.
+            let (status, result, error) = guarded(runner.clone().execute(e.clone(), stop)).await;
+            // Saving the record and starting what waited are store work: off the workers.
+            let ending = runner.clone();
+            dop_run::off_workers(move || ending.finish(e, status, result, error)).await;
+            lock(&runner.inner).tasks -= 1;
+            runner.ended.notify_waiters();
+        });
+    }
+
+    /// Takes the plan's run lock for the whole execution, opens its log and runs its parts.
+    async fn execute(
+        self: Arc<Self>,
+        e: Execution,
+        stop: watch::Receiver<Stop>,
+    ) -> (Status, ExecutionResult, Option<String>) {
+        let opened = {
+            let runner = self.clone();
+            let e = e.clone();
+            dop_run::off_workers(move || runner.open(&e)).await
+        };
+        let (plan_lock, log) = match opened {
+            Ok(opened) => opened,
+            Err(message) => return (Status::Failed, ExecutionResult::default(), Some(message)),
+        };
+        log.event_with(
+            Level::Info,
+            EventKind::ExecutionStarted,
+            None,
+            None,
+            format!(
+                "execution {} started: {} of plan '{}' (by {})",
+                e.id,
+                e.task.name(),
+                e.plan,
+                e.created_by
+            ),
+            json!({"execution": e.id, "task": e.task}),
+        );
+        let (status, result, error) =
+            run_task(&self.store, &self.config, &e, &log, stop, &plan_lock).await;
+        log.event_with(
+            if status == Status::Done {
+                Level::Info
+            } else {
+                Level::Error
+            },
+            EventKind::ExecutionFinished,
+            None,
+            None,
+            format!("execution {} {}", e.id, status.name()),
+            json!({"execution": e.id, "status": status}),
+        );
+        // Released (an fsync) before the execution is finished, so that the next one of the
+        // plan can take it.
+        dop_run::off_workers(move || drop(plan_lock)).await;
+        (status, result, error)
+    }
+
+    /// The plan's run lock, held from before the first part reads the plan to after the last
+    /// (a plan update cannot come between dopv's part and dopi's, and a preview holds it too),
+    /// and the execution's log, live for streams.
+    fn open(&self, e: &Execution) -> Result<(PlanLock, Arc<ExecutionLog>), String> {
+        let plan_lock = self
+            .take_plan(e)
+            .map_err(|err| format!("cannot take plan '{}': {err}", e.plan))?;
         let masker = self
             .store
             .iteration(&e.plan, None)
             .map(|i| Masker::for_plan(&i.plan))
             .unwrap_or_default();
-        let log = match ExecutionLog::create(
+        let log = ExecutionLog::create(
             &self.config.log_dir,
             &e.plan,
             &e.log_id,
             Echo::Quiet,
             masker,
-        ) {
-            Ok(l) => l,
-            Err(err) => {
-                self.finish(
-                    e,
-                    Status::Failed,
-                    ExecutionResult::default(),
-                    Some(format!(
-                        "cannot write the logs under {}: {err}",
-                        self.config.log_dir.display()
-                    )),
-                );
-                return;
-            }
-        };
+        )
+        .map_err(|err| {
+            format!(
+                "cannot write the logs under {}: {err}",
+                self.config.log_dir.display()
+            )
+        })?;
         let metrics = self.metrics.clone();
         log.observe(Box::new(move |event| {
             if event.kind == EventKind::CommandFinished {
@@ -331,75 +406,55 @@ impl Runner {
         }));
         lock(&self.inner).logs.insert(e.id, log.clone());
         self.started.send_modify(|n| *n += 1);
-        e.status = Status::Running;
-        e.started_at = Some(rfc3339(now_ms()));
-        self.save(&e);
-        log.event_with(
-            Level::Info,
-            EventKind::ExecutionStarted,
-            None,
-            None,
-            format!(
-                "execution {} started: {} of plan '{}' (by {})",
-                e.id,
-                e.task.name(),
-                e.plan,
-                e.created_by
-            ),
-            json!({"execution": e.id, "task": e.task}),
-        );
-        let runner = self.clone();
-        lock(&self.inner).tasks += 1;
-        self.runtime.spawn(async move {
-            // Its own task, so that a panic in a run fails the execution instead of leaving it
-            // running for ever.
-            let (store, config, task, task_log) = (
-                runner.store.clone(),
-                runner.config.clone(),
-                e.clone(),
-                log.clone(),
-            );
-            let run =
-                tokio::spawn(
-                    async move { run_task(&store, &config, &task, &task_log, stop).await },
-                );
-            let (status, result, error) = run.await.unwrap_or_else(|failed| {
-                (
-                    Status::Failed,
-                    ExecutionResult::default(),
-                    Some(format!(
-                        "internal error: the execution's task ended abnormally ({failed}); \
-                         the plan's state records what finished"
-                    )),
-                )
-            });
-            log.event_with(
-                if status == Status::Done {
-                    Level::Info
-                } else {
-                    Level::Error
-                },
-                EventKind::ExecutionFinished,
-                None,
-                None,
-                format!("execution {} {}", e.id, status.name()),
-                json!({"execution": e.id, "status": status}),
-            );
-            // Saving the record and starting what waited are store work: off the workers.
-            let ending = runner.clone();
-            dop_run::off_workers(move || ending.finish(e, status, result, error)).await;
-            lock(&runner.inner).tasks -= 1;
-            runner.ended.notify_waiters();
-        });
+        Ok((plan_lock, log))
     }
 
+    /// The plan's run lock for the execution. A plan write (an upload, a reset by the API)
+    /// holds it for a moment: waited for, up to [`PLAN_LOCK_WAIT`]; a holder that keeps it
+    /// longer (a `dopi run` on the command line) fails the execution, naming the holder.
+    fn take_plan(&self, e: &Execution) -> Result<PlanLock, dop_store::StoreError> {
+        let command = format!("dopc execution {} ({})", e.id, e.task.name());
+        let deadline = std::time::Instant::now() + PLAN_LOCK_WAIT;
+        loop {
+            match self.store.lock(&e.plan, &command) {
+                Err(dop_store::StoreError::Locked { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                taken => return taken,
+            }
+        }
+    }
+
+    /// Records how an execution ended, gives its plan back and starts what waits.
     fn finish(
         self: &Arc<Self>,
-        mut e: Execution,
+        e: Execution,
         status: Status,
         result: ExecutionResult,
         error: Option<String>,
     ) {
+        let e = self.record_end(e, status, result, error);
+        self.changed();
+        if e.status.is_final() {
+            let _ = self.finished.send(e.clone());
+        }
+        self.ended.notify_waiters();
+        self.kick();
+    }
+
+    /// The end of an execution in the book, and the plan no longer running it: one step under
+    /// the transitions lock, so that no kick sees the plan free with the execution running, and
+    /// no cancel writes over the end.
+    fn record_end(
+        &self,
+        e: Execution,
+        status: Status,
+        result: ExecutionResult,
+        error: Option<String>,
+    ) -> Execution {
+        let _turn = lock(&self.transitions);
         let handed_back = {
             let mut inner = lock(&self.inner);
             inner.logs.remove(&e.id);
@@ -412,10 +467,8 @@ impl Runner {
             }
             shutdown && status == Status::Cancelled
         };
-        // Re-read: a cancel may have counted requests meanwhile.
-        if let Some(stored) = self.book.get(e.id) {
-            e.cancel_requests = stored.cancel_requests;
-        }
+        // As the book has it: a cancel may have counted requests meanwhile.
+        let mut e = self.book.get(e.id).unwrap_or(e);
         if handed_back {
             e.status = Status::Queued;
             e.error = Some(
@@ -434,18 +487,16 @@ impl Runner {
         }
         e.result = result;
         self.save(&e);
-        self.changed();
-        if e.status.is_final() {
-            let _ = self.finished.send(e.clone());
-        }
-        self.ended.notify_waiters();
-        self.kick();
+        e
     }
 
     /// Cancels an execution: a waiting one at once; a running one is asked to stop, more
     /// firmly with every request (1: start nothing new, 2: terminate running commands, 3: kill
     /// them); `force` goes straight to terminate.
+    /// Decided on the execution as the book has it under the transitions lock: a cancel racing
+    /// the execution's end either counts before it or is refused after it.
     pub fn cancel(self: &Arc<Self>, id: u64, force: bool) -> Result<Execution, ApiError> {
+        let _turn = lock(&self.transitions);
         let mut e: Execution = self
             .book
             .get(id)
@@ -518,6 +569,23 @@ impl Runner {
     }
 }
 
+/// Awaits an execution on a task of its own: a panic in it becomes a failed execution (with
+/// why), never an execution left running with its plan busy.
+async fn guarded(
+    run: impl std::future::Future<Output = (Status, ExecutionResult, Option<String>)> + Send + 'static,
+) -> (Status, ExecutionResult, Option<String>) {
+    tokio::spawn(run).await.unwrap_or_else(|failed| {
+        (
+            Status::Failed,
+            ExecutionResult::default(),
+            Some(format!(
+                "internal error: the execution's task ended abnormally ({failed}); \
+                 the plan's state records what finished"
+            )),
+        )
+    })
+}
+
 /// Runs the task's parts in order; returns the status, per part a summary, and the error.
 async fn run_task(
     store: &Arc<Store>,
@@ -525,6 +593,7 @@ async fn run_task(
     e: &Execution,
     log: &Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
+    plan_lock: &PlanLock,
 ) -> (Status, ExecutionResult, Option<String>) {
     let filter = match e.options.filter() {
         Ok(f) => f,
@@ -542,6 +611,7 @@ async fn run_task(
         e,
         log,
         stop,
+        plan_lock,
         filter,
         settings: LookupSettings::default(),
     };
@@ -610,6 +680,8 @@ struct Part<'a> {
     e: &'a Execution,
     log: &'a Arc<ExecutionLog>,
     stop: watch::Receiver<Stop>,
+    /// The execution's hold on the plan, handed to each part.
+    plan_lock: &'a PlanLock,
     filter: dop_core::NodeFilter,
     settings: LookupSettings,
 }
@@ -629,6 +701,7 @@ impl Part<'_> {
             handle_signals: false,
             stop: Some(self.stop.clone()),
             log: Some(self.log.clone()),
+            lock: Some(self.plan_lock.clone()),
         };
         let report = dopv::run(self.store.clone(), &self.e.plan, &opts)
             .await
@@ -675,6 +748,7 @@ impl Part<'_> {
             redeployed: dopi::Redeployed::Reset,
             stop: Some(self.stop.clone()),
             log: Some(self.log.clone()),
+            lock: Some(self.plan_lock.clone()),
         };
         let report = dopi::run(
             self.store.clone(),
@@ -710,14 +784,15 @@ impl Part<'_> {
             filter: self.filter.clone(),
             force,
         };
-        let (store, plan, settings) = (
+        let (store, plan_lock, settings) = (
             self.store.clone(),
-            self.e.plan.clone(),
+            self.plan_lock.clone(),
             self.settings.clone(),
         );
-        let n = dop_run::off_workers(move || dopi::reset(&store, &plan, &opts, &settings))
-            .await
-            .map_err(|err| (Status::Failed, err.to_string()))?;
+        let n =
+            dop_run::off_workers(move || dopi::reset_holding(&store, &plan_lock, &opts, &settings))
+                .await
+                .map_err(|err| (Status::Failed, err.to_string()))?;
         self.log.event_with(
             Level::Info,
             EventKind::Message,
@@ -730,5 +805,29 @@ impl Part<'_> {
             reset: Some(n),
             ..DopiSummary::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_an_execution_fails_it_with_why() {
+        let (status, result, error) = guarded(async { panic!("a bug in a part") }).await;
+        assert_eq!(status, Status::Failed);
+        assert_eq!(result, ExecutionResult::default());
+        let error = error.unwrap();
+        assert!(
+            error.starts_with("internal error: the execution's task ended abnormally")
+                && error.contains("a bug in a part"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_execution_that_returns_keeps_its_status() {
+        let ended = guarded(async { (Status::Cancelled, ExecutionResult::default(), None) }).await;
+        assert_eq!(ended, (Status::Cancelled, ExecutionResult::default(), None));
     }
 }

@@ -13,6 +13,10 @@ use axum::Router;
 use dop_store::Store;
 use serde::Deserialize;
 
+use axum_server::accept::DefaultAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+
+use crate::connections::Limited;
 use crate::runner::{Runner, RunnerConfig};
 
 /// The server's settings (`dopc.toml`, then environment, then flags).
@@ -23,6 +27,12 @@ pub struct ServeConfig {
     pub bind: SocketAddr,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Connections open at once (streams included); one more is closed as soon as it is
+    /// accepted, before anything is read from it.
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's head (its first, and the next on a
+    /// kept-alive connection) before it is closed; a TLS handshake gets as long.
+    pub header_read_timeout_secs: u64,
     /// How long a shutdown waits for running executions to stop.
     pub shutdown_timeout_secs: u64,
     /// The `local` provider's directory (default `<store>/local`).
@@ -66,6 +76,8 @@ impl Default for ServeConfig {
         ServeConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8780)),
             max_body_bytes: 8 * 1024 * 1024,
+            max_connections: 512,
+            header_read_timeout_secs: 10,
             shutdown_timeout_secs: 30,
             local_dir: None,
             connect_timeout_secs: 10,
@@ -84,6 +96,13 @@ impl ServeConfig {
     /// Reads a `dopc.toml`; unknown keys are an error naming them.
     pub fn from_toml(text: &str) -> Result<ServeConfig, String> {
         let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.max_connections == 0 || config.header_read_timeout_secs == 0 {
+            return Err(
+                "max_connections and header_read_timeout_secs must be at least 1 (0 would \
+                 refuse every connection)"
+                    .into(),
+            );
+        }
         for (plan, settings) in &config.monitor {
             settings
                 .check()
@@ -269,6 +288,44 @@ async fn keep_history(
     }
 }
 
+/// HTTP/1.1 only (the API and its websockets need nothing else; the clients speak nothing
+/// else), with the header-read timeout: hyper closes a connection whose request head has not
+/// arrived in time, idle kept-alive ones included.
+fn bounded<A: axum_server::Address>(
+    server: axum_server::Server<A>,
+    header_timeout: Duration,
+) -> axum_server::Server<A> {
+    let mut server = server;
+    let builder = server.http_builder();
+    *builder = builder.clone().http1_only();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    server
+}
+
+/// The certificate and key, for HTTP/1.1 only (ALPN offers nothing else).
+async fn rustls_config(tls: &TlsConfig) -> std::io::Result<RustlsConfig> {
+    // ring, as everywhere in dop (no C crypto build); set once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let loaded = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "TLS: cannot use {} and {}: {e}",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+            )
+        })?;
+    let mut config = (*loaded.get_inner()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
+}
+
 /// Serves until `shutdown` resolves, then stops taking requests and hands running executions
 /// back (see [`Runner::shutdown`]).
 pub async fn serve(
@@ -334,38 +391,39 @@ pub async fn serve(
         tracing::info!("stopping: no new requests; streams are closed");
         closing_tx.send_replace(true);
     };
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(None);
+    });
+    let address = listener.local_addr()?;
+    let header_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
+    let app = app.into_make_service();
     match &config.tls {
         None => {
-            tracing::info!(address = %listener.local_addr()?, "dopc serving (HTTP)");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
+            tracing::info!(%address, "dopc serving (HTTP)");
+            let plain = Limited::new(DefaultAcceptor, config.max_connections, header_timeout);
+            bounded(axum_server::from_tcp(listener.into_std()?)?, header_timeout)
+                .acceptor(plain)
+                .handle(handle)
+                .serve(app)
                 .await?;
         }
         Some(tls) => {
-            // ring, as everywhere in dop (no C crypto build); set once per process.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "TLS: cannot use {} and {}: {e}",
-                            tls.cert.display(),
-                            tls.key.display()
-                        ),
-                    )
-                })?;
-            tracing::info!(address = %listener.local_addr()?, "dopc serving (HTTPS)");
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopper.graceful_shutdown(None);
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+            let rustls = rustls_config(tls).await?;
+            tracing::info!(%address, "dopc serving (HTTPS)");
+            // The connection is counted from its accept, before its handshake, which gets as
+            // long as a request head.
+            let acceptor = Limited::new(
+                RustlsAcceptor::new(rustls).handshake_timeout(header_timeout),
+                config.max_connections,
+                header_timeout,
+            );
+            bounded(axum_server::from_tcp(listener.into_std()?)?, header_timeout)
+                .acceptor(acceptor)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app)
                 .await?;
         }
     }
@@ -398,5 +456,21 @@ mod config_tests {
         );
         let typo = ServeConfig::from_toml("provider_api_timeout = 5\n").unwrap_err();
         assert!(typo.contains("provider_api_timeout"), "{typo}");
+    }
+
+    #[test]
+    fn connection_bounds_are_read_and_zero_is_refused() {
+        let default = ServeConfig::default();
+        assert_eq!(
+            (default.max_connections, default.header_read_timeout_secs),
+            (512, 10)
+        );
+        let set =
+            ServeConfig::from_toml("max_connections = 16\nheader_read_timeout_secs = 2\n").unwrap();
+        assert_eq!((set.max_connections, set.header_read_timeout_secs), (16, 2));
+        for zero in ["max_connections = 0\n", "header_read_timeout_secs = 0\n"] {
+            let refused = ServeConfig::from_toml(zero).unwrap_err();
+            assert!(refused.contains("at least 1"), "{refused}");
+        }
     }
 }

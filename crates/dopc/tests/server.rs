@@ -147,6 +147,27 @@ impl Server {
         }
     }
 
+    /// Waits until a command of the execution has started (`running` comes first: the
+    /// execution holds its plan from then on, and its parts start after that).
+    async fn wait_command_started(&self, id: u64) {
+        self.wait_status(id, "running").await;
+        let t = Instant::now();
+        loop {
+            let (_, log) = self.get(&format!("/executions/{id}/log?since=0")).await;
+            let started = log["events"]
+                .as_array()
+                .is_some_and(|evs| evs.iter().any(|ev| ev["kind"] == "command_started"));
+            if started {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "execution {id} never started a command: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn ws(
         &self,
         path: &str,
@@ -720,7 +741,7 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
 
     // One running execution per plan: the second waits.
     let first = server.execute("q", "run", json!({})).await;
-    server.wait_status(first, "running").await;
+    server.wait_command_started(first).await;
     let second = server.execute("q", "run", json!({})).await;
     server.wait_status(second, "queued").await;
     // A waiting one is cancelled at once; a running one gracefully, then forcefully.
@@ -760,7 +781,7 @@ async fn executions_queue_per_plan_cancel_and_survive_a_restart() {
     let stubborn = server
         .execute("q", "run", json!({"step_set": "stubborn"}))
         .await;
-    server.wait_status(stubborn, "running").await;
+    server.wait_command_started(stubborn).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
     for n in 1..=2 {

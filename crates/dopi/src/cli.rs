@@ -220,6 +220,7 @@ pub fn run(args: &RunArgs, config: &Config, io: &mut Io<'_>) -> u8 {
         },
         stop: None,
         log: None,
+        lock: None,
     };
     let progress = opts.echo == Echo::Progress;
     let runtime = match dop_run::blocking::runtime() {

@@ -2,7 +2,7 @@
 //! set, one step (by name or number) and some nodes.
 
 use dop_core::{LookupSettings, NodeFacts, NodeFilter, Resolver};
-use dop_store::{App, Store, StoreError};
+use dop_store::{App, PlanLock, Store, StoreError};
 
 use crate::state::{record_key, step_hash, step_keys, NodeStepState, PlanState, RunState};
 
@@ -38,6 +38,18 @@ pub fn reset(
     settings: &LookupSettings,
 ) -> Result<usize, ResetError> {
     let lock = store.lock(plan_name, "dopi reset")?;
+    reset_holding(store, &lock, opts, settings)
+}
+
+/// Resets the plan whose run lock the caller holds (dopc: its execution's, taken before the
+/// execution's first part, so that no other writer comes between the parts).
+pub fn reset_holding(
+    store: &Store,
+    lock: &PlanLock,
+    opts: &ResetOptions,
+    settings: &LookupSettings,
+) -> Result<usize, ResetError> {
+    let plan_name = lock.plan();
     let plan = store.iteration(plan_name, None)?.plan;
     let sets: Vec<&dop_core::plan::StepSet> = match (&opts.step_set, &opts.step) {
         (Some(name), _) => vec![plan.step_set(name).ok_or_else(|| {
@@ -123,7 +135,7 @@ pub fn reset(
     }
     let count = changes.len();
     if !changes.is_empty() {
-        store.write_state(&lock, App::Dopi, &changes, None)?;
+        store.write_state(lock, App::Dopi, &changes, None)?;
     }
     Ok(count)
 }

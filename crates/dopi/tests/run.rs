@@ -941,6 +941,7 @@ steps:
         redeployed: dopi::Redeployed::Refuse,
         stop: None,
         log: None,
+        lock: None,
     };
     let err = dop_run::blocking::runtime()
         .unwrap()

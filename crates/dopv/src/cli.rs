@@ -155,6 +155,7 @@ pub fn run(operation: Operation, args: &RunArgs, config: &Config, io: &mut Io<'_
         handle_signals: true,
         stop: None,
         log: None,
+        lock: None,
     };
     let runtime = match dop_run::blocking::runtime() {
         Ok(r) => r,

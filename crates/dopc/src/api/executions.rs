@@ -125,7 +125,7 @@ pub async fn remove(
 }
 
 /// `DELETE /executions`: removes finished executions by status (and plan, age), with logs.
-#[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearRequest, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, or a status that is not final", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearRequest, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, a status that is not final, or an `age` too large", body = crate::openapi::ErrorBody)))]
 pub async fn clear(
     State(s): State<AppState>,
     Body(body): Body<ClearRequest>,
@@ -145,17 +145,31 @@ pub async fn clear(
             ),
         ));
     }
+    // Checked: an age that overflows in milliseconds wrapped to a small one in release builds
+    // and removed every finished execution of the statuses.
+    let min_age_ms = match body.age {
+        None => None,
+        Some(age) => Some(age.checked_mul(1000).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_body",
+                format!(
+                    "`age` {age} is too large: give at most {} seconds",
+                    u64::MAX / 1000
+                ),
+            )
+        })?),
+    };
     let state = s.clone();
     blocking(move || {
         let now = now_ms();
         let removed: Vec<Execution> = state.runner.book().list(|e| {
-            let old_enough = body.age.is_none_or(|age| {
+            let old_enough = min_age_ms.is_none_or(|min_age_ms| {
                 let finished = e
                     .finished_at
                     .as_deref()
                     .and_then(dop_store::parse_rfc3339)
                     .unwrap_or(now);
-                now.saturating_sub(finished) >= age * 1000
+                now.saturating_sub(finished) >= min_age_ms
             });
             body.statuses.contains(&e.status)
                 && body.plan.as_ref().is_none_or(|p| *p == e.plan)

@@ -1,18 +1,19 @@
 //! Execution logs, served from the files dopi and dopv wrote: the whole log, one node's, by
 //! level, events after a sequence number, and a live websocket stream that resumes from one.
 
-use std::io::{BufRead, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::Json;
-use dopc_client::api::{Event, Level, LogEvents, LogText, StreamEnd};
+
+use dopc_client::api::{Level, LogEvents, LogText, StreamEnd};
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
+use super::log_files::{self, seq_of};
 use crate::error::ApiError;
 use crate::execution::Execution;
 use crate::server::AppState;
@@ -21,13 +22,14 @@ use crate::server::AppState;
 /// resumes with `?since=` from the last sequence number it got).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `?node=&level=&since=`.
+/// `?node=&level=&since=&limit=`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     node: Option<String>,
     level: Option<String>,
     since: Option<u64>,
+    limit: Option<usize>,
 }
 
 /// A level word of the `level` filter or of a log line (any case). Levels order from `error`
@@ -57,19 +59,6 @@ fn dir(state: &AppState, e: &Execution) -> PathBuf {
     state.log_dir.join(&e.plan).join(&e.log_id)
 }
 
-/// Reads the events with a sequence number above `since`.
-fn events_after(path: &std::path::Path, since: u64) -> Vec<Event> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    std::io::BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Event>(&l).ok())
-        .filter(|e| e.seq > since)
-        .collect()
-}
-
 /// `GET /executions/{id}/log`: the text, or with `since` the events.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -81,12 +70,12 @@ pub enum LogAnswer {
 }
 
 /// `GET /executions/{id}/log`.
-#[utoipa::path(get, path = "/api/v1/executions/{id}/log", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("node" = Option<String>, Query, description = "One node's log"), ("level" = Option<String>, Query, description = "debug, info, warn or error: that level and above"), ("since" = Option<u64>, Query, description = "Events after this sequence number, as JSON")), responses((status = 200, description = "`{execution, status, log}`, or with `since` `{execution, status, events, last_seq}`", body = LogAnswer), (status = 404, description = "No such execution or node log", body = crate::openapi::ErrorBody), (status = 422, description = "Unknown level", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}/log", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("node" = Option<String>, Query, description = "One node's log"), ("level" = Option<String>, Query, description = "debug, info, warn or error: that level and above"), ("since" = Option<u64>, Query, description = "Events after this sequence number, as JSON"), ("limit" = Option<usize>, Query, description = "With `since`: at most this many events (continue from `last_seq`)")), responses((status = 200, description = "`{execution, status, log}`, or with `since` `{execution, status, events, last_seq}`; streamed from the files, so a log of any size is served in little memory", body = LogAnswer), (status = 404, description = "No such execution or node log", body = crate::openapi::ErrorBody), (status = 422, description = "Unknown level, a limit of 0, or a limit without since", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Result<Json<LogAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let min = match &q.level {
         Some(l) => Some(level_of(l).ok_or_else(|| {
             ApiError::invalid(
@@ -96,28 +85,38 @@ pub async fn get(
         })?),
         None => None,
     };
+    match (q.since, q.limit) {
+        (_, Some(0)) => {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "`limit` must be at least 1",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "`limit` pages events: give `since` too (0 for the first page)",
+            ))
+        }
+        _ => {}
+    }
     let state = s.clone();
-    blocking(move || {
+    let body = blocking(move || {
         let e = execution(&state, &id)?;
         let dir = dir(&state, &e);
         if let Some(since) = q.since {
-            let mut events = events_after(&dir.join("events.jsonl"), since);
-            if let Some(node) = &q.node {
-                events.retain(|ev| ev.node.as_deref() == Some(node.as_str()));
-            }
-            if let Some(min) = min {
-                events.retain(|ev| ev.level <= min);
-            }
-            let last = events.last().map_or(since, |ev| ev.seq);
-            let answer = LogEvents {
-                execution: e.id,
-                status: e.status,
-                events,
-                last_seq: last,
+            let path = dir.join("events.jsonl");
+            let file = log_files::open(&path).map_err(|err| cannot_read(&path, err))?;
+            let filter = log_files::EventFilter {
+                node: q.node,
+                min,
+                limit: q.limit,
             };
-            return Ok(Json(LogAnswer::Events(answer)));
+            return Ok(log_files::events_answer(
+                e.id, e.status, file, since, filter,
+            ));
         }
-        let file = match &q.node {
+        let path = match &q.node {
             Some(node) => {
                 if node.is_empty() || node.contains('/') || node.starts_with('.') {
                     return Err(ApiError::invalid(
@@ -129,46 +128,37 @@ pub async fn get(
             }
             None => dir.join("all.log"),
         };
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if q.node.is_some() {
-                    return Err(ApiError::not_found(format!(
-                        "execution {} has no log of node '{}'",
-                        e.id,
-                        q.node.unwrap_or_default()
-                    )));
-                }
-                String::new()
+        let file = log_files::open(&path).map_err(|err| cannot_read(&path, err))?;
+        if file.is_none() {
+            if let Some(node) = &q.node {
+                return Err(ApiError::not_found(format!(
+                    "execution {} has no log of node '{node}'",
+                    e.id
+                )));
             }
-            Err(err) => {
-                return Err(ApiError::internal(format!(
-                    "cannot read {}: {err}",
-                    file.display()
-                )))
-            }
-        };
-        let text = match min {
-            None => text,
-            Some(min) => text
-                .lines()
-                .filter(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(level_of)
-                        .is_some_and(|level| level <= min)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-        };
-        let answer = LogText {
-            execution: e.id,
-            status: e.status,
-            log: text,
-        };
-        Ok(Json(LogAnswer::Text(answer)))
+        }
+        let filter = min.map(|min| -> log_files::LineFilter {
+            Box::new(move |line: &str| {
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(level_of)
+                    .is_some_and(|level| level <= min)
+            })
+        });
+        Ok(log_files::text_answer(e.id, e.status, file, filter))
     })
-    .await
+    .await?;
+    Ok(Response::builder()
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )
+        .body(body)
+        .unwrap_or_default())
+}
+
+fn cannot_read(path: &std::path::Path, err: std::io::Error) -> ApiError {
+    ApiError::internal(format!("cannot read {}: {err}", path.display()))
 }
 
 /// `?since=SEQ` for the stream.
@@ -230,28 +220,51 @@ static FILE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4)
 /// A stream's reading position in `events.jsonl`.
 struct Tail {
     path: PathBuf,
-    offset: u64,
-    partial: String,
+    /// Where the next read starts; `None` until the first read has found the first event
+    /// after `last` (a binary search, not a read from the start).
+    offset: Option<u64>,
+    /// Bytes of a line (or a character) not complete yet.
+    partial: Vec<u8>,
     last: u64,
+    /// The last read reached the end of the file.
+    at_end: bool,
 }
 
 impl Tail {
-    /// The complete events written since the last call with a sequence number above `last`.
+    fn new(path: PathBuf, since: u64) -> Tail {
+        Tail {
+            path,
+            offset: None,
+            partial: Vec::new(),
+            last: since,
+            at_end: false,
+        }
+    }
+
+    /// The complete events of the next piece of the file (at most [`log_files::CHUNK`]
+    /// bytes) with a sequence number above `last`; `at_end` says whether more is there now.
     async fn read(&mut self) -> Vec<String> {
-        let (path, start) = (self.path.clone(), self.offset);
+        let (path, start, since) = (self.path.clone(), self.offset, self.last);
         // A hundred streams catching up at once would each take a thread of the blocking pool
         // for a moment; a few at a time read as fast and keep the server's threads few.
         let Ok(_turn) = FILE_READS.acquire().await else {
             return Vec::new();
         };
-        let (text, offset) = tokio::task::spawn_blocking(move || read_from(&path, start))
+        let read = tokio::task::spawn_blocking(move || read_from(&path, start, since))
             .await
-            .unwrap_or((String::new(), start));
-        self.offset = offset;
-        self.partial.push_str(&text);
+            .ok()
+            .flatten();
+        let Some((bytes, offset)) = read else {
+            self.at_end = true;
+            return Vec::new();
+        };
+        self.at_end = bytes.len() < log_files::CHUNK;
+        self.offset = Some(offset);
+        self.partial.extend_from_slice(&bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=end).collect();
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
             if let Some(line) = self.fresh(line.trim_end()) {
                 out.push(line);
             }
@@ -269,34 +282,19 @@ impl Tail {
     }
 }
 
-/// The sequence number of an event line: events are written with `seq` first, so it is read
-/// without parsing the line (every subscriber does this for every event).
-fn seq_of(line: &str) -> Option<u64> {
-    match line.strip_prefix("{\"seq\":") {
-        Some(rest) => rest
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|d| d.parse().ok()),
-        None => serde_json::from_str::<Event>(line).ok().map(|e| e.seq),
-    }
-}
-
 async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
     let _counted = s.metrics.subscriber(crate::metrics::Stream::Log);
-    let mut tail = Tail {
-        path: dir(&s, &e).join("events.jsonl"),
-        offset: 0,
-        partial: String::new(),
-        last: since,
-    };
+    let mut tail = Tail::new(dir(&s, &e).join("events.jsonl"), since);
     let mut closing = s.closing.clone();
     // Subscribed before the file is read, so nothing falls between the two.
     let mut live = s.runner.live_log(e.id).map(|log| log.subscribe());
-    macro_rules! deliver {
-        ($lines:expr) => {
-            for line in $lines {
-                if !send(&mut socket, line).await {
-                    // A client that does not read is dropped; it resumes from what it got.
+    // Everything in the file after `tail.last`, a piece at a time (never the whole file in
+    // memory), each piece in one write.
+    macro_rules! catch_up {
+        () => {
+            loop {
+                let lines = tail.read().await;
+                if !lines.is_empty() && !send_all(&mut socket, lines).await {
                     close(
                         &mut socket,
                         4000,
@@ -305,10 +303,13 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                     .await;
                     return;
                 }
+                if tail.at_end {
+                    break;
+                }
             }
         };
     }
-    deliver!(tail.read().await);
+    catch_up!();
     if let Some(rx) = live.as_mut() {
         loop {
             tokio::select! {
@@ -328,7 +329,7 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                         }
                     }
                     // Too far behind the live feed: catch up from the file, then go on.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => deliver!(tail.read().await),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => catch_up!(),
                     // The execution's log is closed: it has ended.
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
@@ -348,7 +349,7 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
     // execution's record says how it ended, or (it started meanwhile) the live feed again.
     let mut started = s.runner.subscribe_started();
     loop {
-        deliver!(tail.read().await);
+        catch_up!();
         let id = e.id;
         let current = s.runner.book().get(id);
         match current {
@@ -368,7 +369,7 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                 }
             }
             other => {
-                deliver!(tail.read().await);
+                catch_up!();
                 let end = StreamEnd {
                     kind: "end".into(),
                     status: other.map(|c| c.status),
@@ -382,15 +383,17 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
     }
 }
 
-/// The text from byte `offset` to the end, and the new offset.
-fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (String::new(), offset);
-    };
-    if file.seek(SeekFrom::Start(offset)).is_err() {
-        return (String::new(), offset);
-    }
-    let mut text = String::new();
-    let n = std::io::Read::read_to_string(&mut file, &mut text).unwrap_or(0);
-    (text, offset + n as u64)
+/// Up to [`log_files::CHUNK`] bytes from `offset` (first: from the line the search finds
+/// for events after `since`), and the offset after them; `None` while there is no file.
+fn read_from(path: &std::path::Path, offset: Option<u64>, since: u64) -> Option<(Vec<u8>, u64)> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let offset = offset.unwrap_or_else(|| log_files::offset_after(&file, since));
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(log_files::CHUNK as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let next = offset + bytes.len() as u64;
+    Some((bytes, next))
 }

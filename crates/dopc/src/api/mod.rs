@@ -1,6 +1,7 @@
 //! The endpoints, by resource.
 
 pub mod executions;
+pub mod log_files;
 pub mod logs;
 pub mod mirror;
 pub mod monitor;

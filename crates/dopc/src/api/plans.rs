@@ -129,21 +129,34 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<PlanList>, ApiError>
 }
 
 /// `POST /plans`.
-#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), or a node belongs to another plan", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), a node belongs to another plan, or (with `force`) the plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
 pub async fn add(
     State(s): State<AppState>,
     Body(body): Body<PlanUpload>,
 ) -> Result<(StatusCode, Json<PlanStored>), ApiError> {
     let text = plan_text(&body)?;
     let store = s.store.clone();
+    let runner = s.runner.clone();
     let force = body.force;
     let value = blocking(move || {
         let plan = load(&text)?;
+        // `force` replaces a stored plan: as an update, never under a running execution (the
+        // execution's run lock refuses it too, the moment it has the plan).
+        if force && runner.plan_busy(&plan.name) {
+            return Err(running_execution(&plan.name));
+        }
         let stored = store.add(&text, &plan, None, force)?;
         Ok(stored_answer(&stored, &plan.name))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(value)))
+}
+
+/// 409 for a plan change while an execution of the plan runs.
+fn running_execution(plan: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "plan '{plan}' has a running execution; update it when it ends"
+    ))
 }
 
 fn update_with(
@@ -164,10 +177,7 @@ fn update_with(
                 ));
             }
             if runner.plan_busy(&plan.name) {
-                return Err(ApiError::conflict(format!(
-                    "plan '{}' has a running execution; update it when it ends",
-                    plan.name
-                )));
+                return Err(running_execution(&plan.name));
             }
             let stored = store.update(&text, &plan, None)?;
             let mut answer = stored_answer(&stored, &plan.name);

@@ -62,6 +62,10 @@ pub struct RunOptions {
     pub stop: Option<watch::Receiver<Stop>>,
     /// Write into this execution log instead of a new one (dopc: one log per execution).
     pub log: Option<Arc<ExecutionLog>>,
+    /// The plan's run lock, already held by the caller (dopc holds it across the parts of one
+    /// execution, so that nothing changes the plan between dopv's part and dopi's); `None`:
+    /// the run takes it. A lock of another plan is not used.
+    pub lock: Option<PlanLock>,
 }
 
 /// What a run does with nodes dopv redeployed since their step state was written.
@@ -294,14 +298,18 @@ fn preflight(
     opts: &RunOptions,
     registry: &Registry,
 ) -> Result<(PlanLock, Iteration), RunError> {
-    let lock = store.lock(
-        plan_name,
-        if opts.noop {
-            "dopi run --noop"
-        } else {
-            "dopi run"
-        },
-    )?;
+    let held = opts.lock.as_ref().filter(|l| l.plan() == plan_name);
+    let lock = match held {
+        Some(held) => held.clone(),
+        None => store.lock(
+            plan_name,
+            if opts.noop {
+                "dopi run --noop"
+            } else {
+                "dopi run"
+            },
+        )?,
+    };
     let iteration = store.iteration(plan_name, None)?;
     let plan = &iteration.plan;
     let Some(set) = plan.step_set(&opts.step_set) else {

@@ -84,6 +84,10 @@ pub struct RunOptions {
     pub limits: dop_core::ProgramLimits,
     /// Write into this execution log instead of a new one (dopc: one log per execution).
     pub log: Option<Arc<ExecutionLog>>,
+    /// The plan's run lock, already held by the caller (dopc holds it across the parts of one
+    /// execution, previews too); `None`: the run takes it (a preview does not). A lock of
+    /// another plan is not used.
+    pub lock: Option<PlanLock>,
 }
 
 /// How one node's action came out.

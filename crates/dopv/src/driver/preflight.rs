@@ -45,7 +45,8 @@ pub(super) async fn preflight(
             command.clone(),
             opts.noop,
         );
-        dop_run::off_workers(move || read_plan(&store, &name, &command, noop)).await?
+        let held = opts.lock.clone().filter(|l| l.plan() == plan_name);
+        dop_run::off_workers(move || read_plan(&store, &name, &command, noop, held)).await?
     };
     let plan = iteration.plan;
     if let Some(expected) = opts.expect_serial.filter(|e| *e != state.serial) {
@@ -103,18 +104,19 @@ pub(super) async fn preflight(
     })
 }
 
-/// Takes the plan (unless a preview: it writes nothing) and reads it and its dopv state; store
-/// work, so the caller runs it off the async workers.
+/// Takes the plan (unless the caller holds it, or a preview: it writes nothing) and reads it
+/// and its dopv state; store work, so the caller runs it off the async workers.
 fn read_plan(
     store: &Store,
     plan_name: &str,
     command: &str,
     noop: bool,
+    held: Option<PlanLock>,
 ) -> Result<(Option<PlanLock>, Iteration, DopvState), DopvError> {
-    let lock = if noop {
-        None
-    } else {
-        Some(store.lock(plan_name, command)?)
+    let lock = match held {
+        Some(held) => Some(held),
+        None if noop => None,
+        None => Some(store.lock(plan_name, command)?),
     };
     let iteration = store.iteration(plan_name, None)?;
     let records = store.state(plan_name, App::Dopv)?;

@@ -26,6 +26,7 @@ pub fn dopi_run(
         redeployed,
         stop: None,
         log: None,
+        lock: None,
     };
     dop_run::blocking::runtime().unwrap().block_on(dopi::run(
         store,
