@@ -44,7 +44,8 @@ impl Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        // `pad`, so that `{:<8}` lines up `token list`.
+        f.pad(self.name())
     }
 }
 
