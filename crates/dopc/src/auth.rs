@@ -237,8 +237,8 @@ pub struct Caller {
 /// How often an open websocket stream checks that its token was not revoked.
 pub const STREAM_RECHECK: Duration = Duration::from_secs(2);
 
-/// The close code a stream ends with when its token was revoked (documented in docs/api.md).
-pub const CLOSE_REVOKED: u16 = 4401;
+/// The close code a stream ends with when its token was revoked (the wire's, docs/api.md).
+pub const CLOSE_REVOKED: u16 = dopc_client::api::CLOSE_TOKEN_REVOKED;
 
 /// Resolves once the caller's token is revoked (looked at every [`STREAM_RECHECK`]); a stream
 /// selects on it and closes with [`CLOSE_REVOKED`].

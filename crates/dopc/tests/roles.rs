@@ -4,10 +4,12 @@
 //! revoked. Plans are baremetal with `custom` steps on this host (no root, no nodes); the
 //! server is stopped by pid when a test ends.
 
+use std::io::BufRead;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dop_testbed::dopc::DopcServer;
-use dop_testbed::process::text;
+use dop_testbed::process::{text, Running};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -517,6 +519,35 @@ async fn streams_of_a_revoked_token_are_closed_with_4401() {
         .await
         .unwrap();
     assert!(matches!(first, Some(Ok(m)) if m.is_text()));
+    // And the client commands that follow them, each seen printing before the token goes.
+    let id = running.to_string();
+    let mut clients = Vec::new();
+    for args in [
+        vec!["plan", "state", "web1", "--watch", "--json"],
+        vec!["execution", "log", &id, "--follow"],
+    ] {
+        let mut command = bed.dopc.command(&args);
+        command
+            .env("DOPC_URL", bed.dopc.url())
+            .env("DOPC_TOKEN", &watcher)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut client = Running::spawn(&mut command);
+        let stdout = client.0.stdout.take().unwrap();
+        let first = tokio::task::spawn_blocking(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next();
+            // Drained to the end, so that the client never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            first
+        });
+        let first = tokio::time::timeout(Duration::from_secs(30), first).await;
+        assert!(
+            matches!(first, Ok(Ok(Some(Ok(_))))),
+            "dopc {args:?} printed nothing"
+        );
+        clients.push((args, client));
+    }
     let out = bed
         .dopc
         .command(&["token", "revoke", "watcher"])
@@ -531,6 +562,29 @@ async fn streams_of_a_revoked_token_are_closed_with_4401() {
         close_of(&mut state).await,
         (4401, "token revoked".to_string())
     );
+    for (args, mut client) in clients {
+        let mut status = None;
+        for _ in 0..300 {
+            status = client.0.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status =
+            status.unwrap_or_else(|| panic!("dopc {args:?} still runs 30 s after the revocation"));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut client.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(6),
+            "dopc {args:?}: the token refused: {stderr}"
+        );
+        assert!(
+            stderr.contains("the server refused the token"),
+            "dopc {args:?}: {stderr}"
+        );
+    }
     // The execution itself goes on; the admin's token still works.
     let (_, e) = bed
         .admin("GET", &format!("/executions/{running}"), None)
