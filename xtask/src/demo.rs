@@ -253,7 +253,8 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     let store =
         std::sync::Arc::new(dop_store::Store::open(&dir.join("store")).map_err(|e| e.to_string())?);
     println!("\n$ dopc token create demo");
-    let token = dopc::auth::create(&store, "demo").map_err(|e| e.to_string())?;
+    let token = dopc::auth::create(&store, "demo", dopc::access::Role::Admin, &[])
+        .map_err(|e| e.to_string())?;
     println!("(a token, shown once; the demo keeps it)");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -642,6 +642,7 @@ impl Client {
             while let Some(msg) = ws.next().await {
                 let Ok(msg) = msg else { break };
                 if msg.is_close() {
+                    revoked(&msg)?;
                     break;
                 }
                 // Only text frames carry documents; pings and pongs are the transport's.
@@ -682,6 +683,7 @@ impl Client {
             .await?;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
+                revoked(&msg)?;
                 break;
             }
             let Message::Text(text) = msg else { continue };
@@ -699,6 +701,20 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// A stream closed because its token was revoked is refused, not resumed: reconnecting would
+/// only be refused again.
+fn revoked(close: &Message) -> Result<(), ClientError> {
+    match close {
+        Message::Close(Some(frame)) if u16::from(frame.code) == crate::api::CLOSE_TOKEN_REVOKED => {
+            Err(ClientError::Unauthorized(format!(
+                "the stream was closed: {}",
+                frame.reason
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -19,7 +19,7 @@ impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(dop_store::Store::open(&dir.path().join("store")).unwrap());
-        let token = dopc::auth::create(&store, "laptop").unwrap();
+        let token = dopc::auth::create(&store, "laptop", dopc::access::Role::Admin, &[]).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

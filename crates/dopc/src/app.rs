@@ -75,8 +75,17 @@ pub enum TokenCommand {
     Create {
         /// Who or what uses it.
         name: String,
+        /// What it may do: metrics (only `/metrics`), read (plans with secrets masked, state,
+        /// logs, executions, metrics), operate (read, and start, cancel and reset
+        /// executions) or admin (everything).
+        #[arg(long, value_name = "ROLE", default_value = "admin")]
+        role: crate::access::Role,
+        /// Only these plans (comma-separated names or `/regex/`); the others are answered as
+        /// missing [default: every plan].
+        #[arg(long, value_name = "PLANS")]
+        plans: Option<String>,
     },
-    /// List the tokens (names and times; never the tokens); `--json` for JSON.
+    /// List the tokens (names, roles, plans and times; never the tokens); `--json` for JSON.
     List,
     /// Revoke the tokens of a name: requests with them are refused from now on.
     Revoke {

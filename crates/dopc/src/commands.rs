@@ -93,6 +93,31 @@ pub fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut d
     }
 }
 
+/// `--plans a,b,/web.*/` as patterns (a comma inside a `/regex/` does not split it; `all` or
+/// nothing: every plan).
+fn plan_patterns(list: Option<&str>) -> Result<Vec<String>, crate::auth::TokenError> {
+    let selector = dop_core::Selector::parse_cli_list(list.unwrap_or(""))?;
+    Ok(selector.patterns().iter().map(|p| p.to_string()).collect())
+}
+
+/// One token in `token list`: name, role, plans, times.
+fn token_line(t: &crate::auth::TokenRecord) -> String {
+    let plans = match t.plans.is_empty() {
+        true => "all plans".to_string(),
+        false => format!("plans {}", t.plans.join(",")),
+    };
+    format!(
+        "{:<24} {:<8} {:<24} created {}{}",
+        t.name,
+        t.role,
+        plans,
+        dop_store::rfc3339(t.created_ms),
+        t.revoked_ms
+            .map(|r| format!(", revoked {}", dop_store::rfc3339(r)))
+            .unwrap_or_default()
+    )
+}
+
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
@@ -125,27 +150,21 @@ pub fn token(
         }
     };
     let result = match command {
-        TokenCommand::Create { name } => crate::auth::create(&store, name).map(|t| {
-            let _ = writeln!(out, "{t}");
-            let _ = writeln!(
-                err,
-                "token '{name}' created; it is shown only now: keep it safe"
-            );
-        }),
+        TokenCommand::Create { name, role, plans } => plan_patterns(plans.as_deref())
+            .and_then(|plans| crate::auth::create(&store, name, *role, &plans))
+            .map(|t| {
+                let _ = writeln!(out, "{t}");
+                let _ = writeln!(
+                    err,
+                    "token '{name}' ({role}) created; it is shown only now: keep it safe"
+                );
+            }),
         TokenCommand::List => crate::auth::list(&store).map(|tokens| {
             if json {
                 cli::print_json(out, &tokens);
             } else {
                 for t in tokens {
-                    let _ = writeln!(
-                        out,
-                        "{:<24} created {}{}",
-                        t.name,
-                        dop_store::rfc3339(t.created_ms),
-                        t.revoked_ms
-                            .map(|r| format!(", revoked {}", dop_store::rfc3339(r)))
-                            .unwrap_or_default()
-                    );
+                    let _ = writeln!(out, "{}", token_line(&t));
                 }
             }
         }),

@@ -34,6 +34,17 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 404 for an execution that is not there (or that the caller may not see: the same body,
+    /// so that a token learns nothing of plans outside its scope).
+    pub fn no_execution(id: u64) -> ApiError {
+        ApiError::not_found(format!("no execution {id}"))
+    }
+
+    /// 404 for a plan that is not there (or that the caller may not see: the same body).
+    pub fn no_plan(name: &str) -> ApiError {
+        ApiError::from(dop_store::StoreError::NoSuchPlan(name.to_string()))
+    }
+
     /// 400: the request is malformed.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)

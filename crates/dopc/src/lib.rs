@@ -5,6 +5,7 @@
 //! syncs what drifted; `/metrics` serves its numbers to Prometheus. See `docs/api.md`.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -236,5 +236,21 @@ impl Metrics {
     }
 }
 
+/// A scrape without the samples labelled with a plan that `allows` refuses (for a token limited
+/// to some plans, whose names stay hidden). Plan names cannot hold a quote, so the label's
+/// value ends at the next one.
+pub fn only_plans(text: &str, allows: impl Fn(&str) -> bool) -> String {
+    text.lines()
+        .filter(|line| {
+            let plan = line
+                .split_once("plan=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(name, _)| name);
+            line.starts_with('#') || plan.is_none_or(&allows)
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect()
+}
+
 /// The content type of [`Metrics::scrape`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -67,6 +67,15 @@ struct Inner {
     tasks: usize,
 }
 
+/// The answer to a request to run a plan that is not stored (or that the caller may not see:
+/// the same body, so that a token learns nothing of plans outside its scope).
+pub fn no_plan_to_run(name: &str) -> ApiError {
+    ApiError::invalid(
+        "no_such_plan",
+        format!("there is no plan '{name}' in the store; add it first"),
+    )
+}
+
 /// The queue and its running executions.
 pub struct Runner {
     store: Arc<Store>,
@@ -215,12 +224,7 @@ impl Runner {
             .map_err(|e| ApiError::invalid("invalid_name", format!("plan name '{name}': {e}")))?;
         let plan = match self.store.iteration(&name, None) {
             Ok(it) => it.plan,
-            Err(dop_store::StoreError::NoSuchPlan(_)) => {
-                return Err(ApiError::invalid(
-                    "no_such_plan",
-                    format!("there is no plan '{name}' in the store; add it first"),
-                ))
-            }
+            Err(dop_store::StoreError::NoSuchPlan(_)) => return Err(no_plan_to_run(&name)),
             Err(e) => return Err(e.into()),
         };
         options

@@ -6,6 +6,10 @@ use dop_core::Event;
 
 use super::Status;
 
+/// The close code of a websocket stream (log or state) whose token was revoked while it was
+/// open; the reason is `token revoked`.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4401;
+
 /// The last message of a live stream: the execution ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

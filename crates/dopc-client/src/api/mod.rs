@@ -16,7 +16,7 @@ pub use execution::{
     CancelRequest, ClearRequest, ExecOptions, Execution, ExecutionPage, ExecutionRequest, Status,
     Task,
 };
-pub use logs::{LogEvents, LogText, StreamEnd};
+pub use logs::{LogEvents, LogText, StreamEnd, CLOSE_TOKEN_REVOKED};
 pub use monitor::{
     AutoSync, MonitorDocument, MonitorFinding, MonitorSettings, MonitorSource, MonitorStatus,
 };

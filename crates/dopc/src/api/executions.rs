@@ -20,8 +20,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
 }
 
 fn load(book: &crate::book::ExecutionBook, id: u64) -> Result<Execution, ApiError> {
-    book.get(id)
-        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
+    book.get(id).ok_or_else(|| ApiError::no_execution(id))
 }
 
 /// `POST /executions`: checks the plan, the step set and the options before anything is queued.
@@ -31,13 +30,16 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     Body(body): Body<ExecutionRequest>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
+    if !caller.scope.allows(&body.plan) {
+        return Err(crate::runner::no_plan_to_run(&body.plan));
+    }
     let runner = s.runner.clone();
     let execution = blocking(move || {
         runner.submit(crate::runner::Request {
             plan: body.plan,
             task: body.task,
             options: body.options,
-            created_by: caller.0.clone(),
+            created_by: caller.name.clone(),
             reason: None,
         })
     })
@@ -60,6 +62,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("plan" = Option<String>, Query, description = "Only this plan's"), ("status" = Option<Status>, Query, description = "Only those with this status"), ExecutionPage), responses((status = 200, description = "Executions, oldest first (a bare array, as the original); with `limit`, one page of them", body = Vec<Execution>), (status = 422, description = "A limit out of range", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<Execution>>, ApiError> {
     let page = ExecutionPage {
@@ -71,7 +74,9 @@ pub async fn list(
         return Err(ApiError::invalid("invalid_query", problem));
     }
     let matching = s.runner.book().list(|e| {
-        q.plan.as_ref().is_none_or(|p| *p == e.plan) && q.status.is_none_or(|st| st == e.status)
+        caller.scope.allows(&e.plan)
+            && q.plan.as_ref().is_none_or(|p| *p == e.plan)
+            && q.status.is_none_or(|st| st == e.status)
     });
     Ok(Json(page.select(matching, |e| e.id)))
 }
@@ -128,6 +133,7 @@ pub async fn remove(
 #[utoipa::path(delete, path = "/api/v1/executions", tag = "executions", request_body = ClearRequest, responses((status = 200, description = "The removed executions (logs removed too)", body = Vec<Execution>), (status = 422, description = "No status, a status that is not final, or an `age` too large", body = crate::openapi::ErrorBody)))]
 pub async fn clear(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(body): Body<ClearRequest>,
 ) -> Result<Json<Vec<Execution>>, ApiError> {
     if body.statuses.is_empty() {
@@ -171,7 +177,8 @@ pub async fn clear(
                     .unwrap_or(now);
                 now.saturating_sub(finished) >= min_age_ms
             });
-            body.statuses.contains(&e.status)
+            caller.scope.allows(&e.plan)
+                && body.statuses.contains(&e.status)
                 && body.plan.as_ref().is_none_or(|p| *p == e.plan)
                 && old_enough
         });

@@ -8,12 +8,13 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-
+use axum::Extension;
 use dopc_client::api::{Level, LogEvents, LogText, StreamEnd};
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
 use super::log_files::{self, seq_of};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::execution::Execution;
 use crate::server::AppState;
@@ -52,7 +53,7 @@ fn execution(state: &AppState, id: &str) -> Result<Execution, ApiError> {
         .runner
         .book()
         .get(n)
-        .ok_or_else(|| ApiError::not_found(format!("no execution {n}")))
+        .ok_or_else(|| ApiError::no_execution(n))
 }
 
 fn dir(state: &AppState, e: &Execution) -> PathBuf {
@@ -171,16 +172,17 @@ pub struct StreamQuery {
 
 /// `GET /executions/{id}/log/stream` (websocket): every event after `since`, live until the
 /// execution ends, then `{"kind": "end", "status"}` and a normal close.
-#[utoipa::path(get, path = "/api/v1/executions/{id}/log/stream", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("since" = Option<u64>, Query, description = "Start after this sequence number (default 0)")), responses((status = 101, description = "Websocket: one JSON event per message, live, then `{kind: end, status, last_seq}` and a close. A client that does not read for 10 s is closed with code 4000 and the sequence number to resume from")))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}/log/stream", tag = "logs", params(("id" = u64, Path, description = "The execution"), ("since" = Option<u64>, Query, description = "Start after this sequence number (default 0)")), responses((status = 101, description = "Websocket: one JSON event per message, live, then `{kind: end, status, last_seq}` and a close. A client that does not read for 10 s is closed with code 4000 and the sequence number to resume from; one whose token is revoked, within 2 s with code 4401 `token revoked`")))]
 pub async fn stream(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // The book is in memory: no store work, nothing to take off the workers.
     let e = execution(&s, &id)?;
-    Ok(ws.on_upgrade(move |socket| follow(s, e, q.since, socket)))
+    Ok(ws.on_upgrade(move |socket| follow(s, caller, e, q.since, socket)))
 }
 
 async fn send(socket: &mut WebSocket, text: String) -> bool {
@@ -282,8 +284,10 @@ impl Tail {
     }
 }
 
-async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
+async fn follow(s: AppState, caller: Caller, e: Execution, since: u64, mut socket: WebSocket) {
     let _counted = s.metrics.subscriber(crate::metrics::Stream::Log);
+    let revoked = crate::auth::revoked(s.clone(), caller.clone());
+    tokio::pin!(revoked);
     let mut tail = Tail::new(dir(&s, &e).join("events.jsonl"), since);
     let mut closing = s.closing.clone();
     // Subscribed before the file is read, so nothing falls between the two.
@@ -337,6 +341,10 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                     close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={}", tail.last)).await;
                     return;
                 }
+                () = &mut revoked => {
+                    close(&mut socket, crate::auth::CLOSE_REVOKED, "token revoked".into()).await;
+                    return;
+                }
                 msg = socket.recv() => {
                     if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
                         return;
@@ -356,7 +364,7 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
             Some(c) if !c.status.is_final() => {
                 if live.is_none() && s.runner.live_log(id).is_some() {
                     // It was waiting in the queue and runs now.
-                    return Box::pin(follow(s.clone(), e.clone(), tail.last, socket)).await;
+                    return Box::pin(follow(s.clone(), caller, e.clone(), tail.last, socket)).await;
                 }
                 // Woken when an execution starts (or, for an ending one, now and then).
                 tokio::select! {
@@ -364,6 +372,10 @@ async fn follow(s: AppState, e: Execution, since: u64, mut socket: WebSocket) {
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = closing.changed() => {
                         close(&mut socket, 1001, format!("the server is stopping: reconnect with ?since={}", tail.last)).await;
+                        return;
+                    }
+                    () = &mut revoked => {
+                        close(&mut socket, crate::auth::CLOSE_REVOKED, "token revoked".into()).await;
                         return;
                     }
                 }

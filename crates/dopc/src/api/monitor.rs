@@ -4,10 +4,11 @@
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use dopc_client::api::MonitorDocument;
 
 use super::blocking;
+use crate::auth::Caller;
 use crate::error::{ApiError, Body};
 use crate::monitor::MonitorSettings;
 use crate::server::AppState;
@@ -63,12 +64,19 @@ pub async fn remove(
 
 /// `GET /metrics`: Prometheus text (OpenMetrics) with the server's numbers.
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "monitor", responses((status = 200, description = "Prometheus text: dopc_executions{task,status}, dopc_queue_length, dopc_execution_duration_seconds{task,status}, dopc_nodes{plan,state}, dopc_dopi_commands_total{result}, dopc_websocket_subscribers{stream}, dopc_monitor_refreshes_skipped_total{plan}, dopc_monitor_auto_syncs_total{plan}", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let text = blocking(move || {
         s.metrics
             .scrape(&s.store, s.runner.book(), &s.providers)
             .map_err(|e| ApiError::internal(format!("cannot read the metrics: {e}")))
     })
     .await?;
+    let text = match caller.scope.is_all() {
+        true => text,
+        false => crate::metrics::only_plans(&text, |plan| caller.scope.allows(plan)),
+    };
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

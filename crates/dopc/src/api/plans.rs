@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use dop_core::{LookupSettings, Severity};
 use dop_run::Masker;
@@ -14,6 +14,7 @@ use dopc_client::api::{
 use serde::Deserialize;
 
 use super::blocking;
+use crate::auth::Caller;
 use crate::error::{ApiError, Body, OptionalBody};
 use crate::server::AppState;
 
@@ -111,12 +112,16 @@ fn stored_answer(stored: &Stored, name: &str) -> PlanStored {
 
 /// `GET /plans`.
 #[utoipa::path(get, path = "/api/v1/plans", tag = "plans", responses((status = 200, description = "The stored plans: `{plans: [{name, latest, nodes, created_at, updated_at}]}`", body = PlanList), (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
-pub async fn list(State(s): State<AppState>) -> Result<Json<PlanList>, ApiError> {
+pub async fn list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<PlanList>, ApiError> {
     let store = s.store.clone();
     let plans = blocking(move || Ok(store.list()?)).await?;
     Ok(Json(PlanList {
         plans: plans
             .iter()
+            .filter(|p| caller.scope.allows(&p.name))
             .map(|p| PlanSummary {
                 name: p.name.clone(),
                 latest: p.latest,
@@ -132,6 +137,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<PlanList>, ApiError>
 #[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 201, description = "Stored: `{name, status: added|updated|unchanged, iteration}`", body = PlanStored), (status = 409, description = "The plan exists (use `force`), a node belongs to another plan, or (with `force`) the plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan: `details` lists every finding with its path and line", body = crate::openapi::ErrorBody)))]
 pub async fn add(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(body): Body<PlanUpload>,
 ) -> Result<(StatusCode, Json<PlanStored>), ApiError> {
     let text = plan_text(&body)?;
@@ -140,6 +146,9 @@ pub async fn add(
     let force = body.force;
     let value = blocking(move || {
         let plan = load(&text)?;
+        if !caller.scope.allows(&plan.name) {
+            return Err(ApiError::no_plan(&plan.name));
+        }
         // `force` replaces a stored plan: as an update, never under a running execution (the
         // execution's run lock refuses it too, the moment it has the plan).
         if force && runner.plan_busy(&plan.name) {
@@ -161,6 +170,7 @@ fn running_execution(plan: &str) -> ApiError {
 
 fn update_with(
     s: &AppState,
+    caller: Caller,
     name: Option<String>,
     body: PlanUpload,
 ) -> impl std::future::Future<Output = Result<Json<PlanStored>, ApiError>> + Send + 'static {
@@ -170,6 +180,9 @@ fn update_with(
         let text = plan_text(&body)?;
         let value = blocking(move || {
             let plan = load(&text)?;
+            if !caller.scope.allows(&plan.name) {
+                return Err(ApiError::no_plan(&plan.name));
+            }
             if let Some(name) = name.filter(|n| *n != plan.name) {
                 return Err(ApiError::invalid(
                     "invalid_body",
@@ -201,19 +214,21 @@ fn update_with(
 #[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanUpload, params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "Stored as the next iteration (with its `diff`), or unchanged", body = PlanStored), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "Not a valid plan, or another plan's name", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Body(body): Body<PlanUpload>,
 ) -> Result<Json<PlanStored>, ApiError> {
-    update_with(&s, Some(name), body).await
+    update_with(&s, caller, Some(name), body).await
 }
 
 /// `PUT /plans` (the original's form: the name comes from the plan).
 #[utoipa::path(put, path = "/api/v1/plans", tag = "plans", request_body = PlanUpload, responses((status = 200, description = "As `PUT /plans/{name}`, the name taken from the plan (the original's form)", body = PlanStored)))]
 pub async fn update_original(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(body): Body<PlanUpload>,
 ) -> Result<Json<PlanStored>, ApiError> {
-    update_with(&s, None, body).await
+    update_with(&s, caller, None, body).await
 }
 
 /// `?version=N`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use dop_core::{LookupSettings, NodeFacts, Resolver};
 use dop_store::{App, Store};
 use dopc_client::api::{
@@ -16,6 +17,7 @@ use dopc_client::api::{
 };
 
 use super::{blocking, mirror};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -195,19 +197,22 @@ pub async fn get(
 }
 
 /// `GET /plans/{name}/state/stream` (websocket): the state now, then again after every change.
-#[utoipa::path(get, path = "/api/v1/plans/{name}/state/stream", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 101, description = "Websocket: the state document now, then again on every change")))]
+#[utoipa::path(get, path = "/api/v1/plans/{name}/state/stream", tag = "state", params(("name" = String, Path, description = "The plan")), responses((status = 101, description = "Websocket: the state document now, then again on every change; a stream whose token is revoked is closed within 2 s with code 4401 `token revoked`")))]
 pub async fn stream(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (store, n, p) = (s.store.clone(), name.clone(), s.providers.clone());
     let first = blocking(move || combined(&store, &n, &p)).await?;
-    Ok(ws.on_upgrade(move |socket| push(s, name, first, socket)))
+    Ok(ws.on_upgrade(move |socket| push(s, caller, name, first, socket)))
 }
 
-async fn push(s: AppState, name: String, first: PlanState, mut socket: WebSocket) {
+async fn push(s: AppState, caller: Caller, name: String, first: PlanState, mut socket: WebSocket) {
     let _counted = s.metrics.subscriber(crate::metrics::Stream::State);
+    let revoked = crate::auth::revoked(s.clone(), caller);
+    tokio::pin!(revoked);
     let mut closing = s.closing.clone();
     let (mut serial, mut iteration) = (first.serial, first.iteration);
     if tokio::time::timeout(
@@ -223,6 +228,18 @@ async fn push(s: AppState, name: String, first: PlanState, mut socket: WebSocket
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
             _ = closing.changed() => return,
+            () = &mut revoked => {
+                let frame = axum::extract::ws::CloseFrame {
+                    code: crate::auth::CLOSE_REVOKED,
+                    reason: "token revoked".into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+                return;
+            }
             msg = socket.recv() => {
                 if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
                     return;
