@@ -46,7 +46,7 @@ pub mod yaml;
 pub use configuration::{HieraLevel, LookupSettings, Resolver, NO_ROLE};
 pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};
-pub use diff::{Change, ChangeKind, FieldChange, PlanDiff};
+pub use diff::{Change, ChangeKind, FieldChange, PlanDiff, SECRET_CHANGED, SECRET_SHOWN};
 pub use event::{Event, EventKind};
 pub use filter::{
     ConfigSelector, FilterError, FilterFlags, Matches, NodeFacts, NodeFilter, Selection,
