@@ -314,7 +314,7 @@ fn challenge_of(plan: &dop_core::Plan) -> Option<Value> {
     let credential = plan.credential(AUTOSIGN_CREDENTIAL)?;
     Some(match &credential.kind {
         dop_core::plan::CredentialKind::UsernamePassword { password, .. } => {
-            match password.load() {
+            match password.load_unless_exec() {
                 Ok(p) => json!({ "sha256": challenge_hash(&plan.name, &p) }),
                 Err(e) => {
                     json!({ "error": format!("credentials.{AUTOSIGN_CREDENTIAL}.password: {e}") })
