@@ -454,6 +454,28 @@ configuration:
     }
 
     #[test]
+    fn an_exec_challenge_is_never_run_by_a_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let dir = tmp.path().join("hiera");
+        let marker = tmp.path().join("ran");
+        let plan = format!(
+            "{PLAN}credentials:\n  autosign: {{type: username_password, username: puppet, \
+             password: {{exec: ['/usr/bin/touch', '{}']}}}}\n",
+            marker.display()
+        );
+        add(&store, &plan);
+        sync(&store, &dir, &LookupSettings::default()).unwrap();
+        assert!(!marker.exists(), "the sync ran the plan's program");
+        let autosign: Value = serde_json::from_slice(
+            &std::fs::read(dir.join("current/autosign.json")).unwrap(),
+        )
+        .unwrap();
+        let error = autosign.to_string();
+        assert!(error.contains("runs only inside an execution"), "{error}");
+    }
+
+    #[test]
     fn a_reader_never_sees_a_partial_file_while_the_data_changes() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("store")).unwrap();
