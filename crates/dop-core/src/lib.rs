@@ -39,6 +39,7 @@ mod include;
 mod load;
 mod pattern;
 pub mod plan;
+mod secret_text;
 mod settings;
 pub mod time;
 pub mod yaml;
@@ -55,4 +56,5 @@ pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};
 pub use plan::{check_plan_name, Plan, PlanSummary};
+pub use secret_text::{mask_secret_scalars, MASKED_SCALAR};
 pub use settings::{Config, ConfigError, Environment, Level};

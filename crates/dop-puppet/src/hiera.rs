@@ -467,10 +467,9 @@ configuration:
         add(&store, &plan);
         sync(&store, &dir, &LookupSettings::default()).unwrap();
         assert!(!marker.exists(), "the sync ran the plan's program");
-        let autosign: Value = serde_json::from_slice(
-            &std::fs::read(dir.join("current/autosign.json")).unwrap(),
-        )
-        .unwrap();
+        let autosign: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("current/autosign.json")).unwrap())
+                .unwrap();
         let error = autosign.to_string();
         assert!(error.contains("runs only inside an execution"), "{error}");
     }

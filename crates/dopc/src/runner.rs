@@ -288,11 +288,10 @@ impl Runner {
             .get(&e.plan)
             .map(|r| r.stop.subscribe());
         let Some(stop) = stop else { return };
-        let masker = self
-            .store
-            .iteration(&e.plan, None)
-            .map(|i| Masker::for_plan(&i.plan))
-            .unwrap_or_default();
+        // The plan's literal secrets now; those from files and programs are resolved inside
+        // the execution's task (below), off the queue's path.
+        let plan = self.store.iteration(&e.plan, None).ok().map(|i| i.plan);
+        let masker = plan.as_ref().map(Masker::for_literals).unwrap_or_default();
         let log = match ExecutionLog::create(
             &self.config.log_dir,
             &e.plan,
@@ -357,18 +356,25 @@ impl Runner {
                 e.clone(),
                 log.clone(),
             );
-            let run =
-                tokio::spawn(
-                    async move { run_task(&store, &config, &task, &task_log, stop).await },
-                );
+            let run = tokio::spawn(async move {
+                if let Some(plan) = plan {
+                    let masker = task_log.masker().clone();
+                    dop_run::off_workers(move || masker.learn_sources(&plan)).await;
+                }
+                run_task(&store, &config, &task, &task_log, stop).await
+            });
             let (status, result, error) = run.await.unwrap_or_else(|failed| {
                 (
                     Status::Failed,
                     ExecutionResult::default(),
-                    Some(format!(
-                        "internal error: the execution's task ended abnormally ({failed}); \
-                         the plan's state records what finished"
-                    )),
+                    Some(
+                        log.masker()
+                            .mask(&format!(
+                                "internal error: the execution's task ended abnormally \
+                                 ({failed}); the plan's state records what finished"
+                            ))
+                            .into_owned(),
+                    ),
                 )
             });
             log.event_with(
@@ -588,6 +594,8 @@ async fn run_task(
     match outcome {
         Ok(()) => (Status::Done, result, None),
         Err((status, message)) => {
+            // It may quote a command line or a program's output: never a secret in clear.
+            let message = log.masker().mask(&message).into_owned();
             log.event_with(
                 Level::Error,
                 EventKind::Message,

@@ -190,17 +190,13 @@ impl ContentSource {
 
     /// Reads the secret within `limits`.
     pub fn load_within(&self, limits: SecretLimits) -> Result<String, ContentError> {
-        let mut value = match self {
+        let from = match self {
             ContentSource::Literal(s) => return Ok(s.clone()),
-            ContentSource::File(path) => {
-                String::from_utf8(read_bounded(path, limits.max_bytes)?)
-                    .map_err(|_| ContentError::NotText(path.display().to_string()))?
-            }
-            ContentSource::Exec(argv) => {
-                let stdout = run_bounded(argv, limits)?;
-                String::from_utf8(stdout).map_err(|_| ContentError::NotText(argv[0].clone()))?
-            }
+            ContentSource::File(path) => path.display().to_string(),
+            ContentSource::Exec(argv) => argv[0].clone(),
         };
+        let mut value = String::from_utf8(self.load_bytes_within(limits)?)
+            .map_err(|_| ContentError::NotText(from))?;
         if value.ends_with('\n') {
             value.pop();
             if value.ends_with('\r') {
@@ -208,6 +204,15 @@ impl ContentSource {
             }
         }
         Ok(value)
+    }
+
+    /// The secret's bytes as its source gives them (a keytab is binary), within `limits`.
+    pub fn load_bytes_within(&self, limits: SecretLimits) -> Result<Vec<u8>, ContentError> {
+        match self {
+            ContentSource::Literal(s) => Ok(s.clone().into_bytes()),
+            ContentSource::File(path) => read_bounded(path, limits.max_bytes),
+            ContentSource::Exec(argv) => run_bounded(argv, limits),
+        }
     }
 }
 
