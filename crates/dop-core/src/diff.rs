@@ -7,7 +7,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::plan::Plan;
+use crate::plan::{Credential, Plan};
+
+/// What a diff shows in place of a secret written in the plan: never its value.
+pub const SECRET_SHOWN: &str = "(secret)";
+/// What a diff shows in place of a secret whose value changed: neither the old nor the new one.
+pub const SECRET_CHANGED: &str = "(changed)";
+
+/// The fields of a credential that hold a secret (a content source).
+const SECRET_FIELDS: [&str; 3] = ["password", "keytab", "private_key"];
 
 /// What happened to a named part of a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,8 +122,15 @@ impl PlanDiff {
                 ),
             ),
             credentials: compare(
-                keyed(old.credentials.iter().map(|c| (c.name.clone(), to_json(c)))),
-                keyed(new.credentials.iter().map(|c| (c.name.clone(), to_json(c)))),
+                keyed(
+                    old.credentials
+                        .iter()
+                        .map(|c| (c.name.clone(), masked_credential(c, None))),
+                ),
+                keyed(new.credentials.iter().map(|c| {
+                    let before = old.credentials.iter().find(|o| o.name == c.name);
+                    (c.name.clone(), masked_credential(c, before))
+                })),
             ),
             nodes: compare(
                 keyed(old.nodes.iter().map(|n| (n.name.clone(), to_json(n)))),
@@ -142,6 +157,32 @@ impl PlanDiff {
 /// A part of a plan as JSON (serialising these types cannot fail).
 fn to_json(value: &impl Serialize) -> Json {
     serde_json::to_value(value).unwrap_or(Json::Null)
+}
+
+/// A credential as JSON with every secret written in the plan replaced: by [`SECRET_SHOWN`],
+/// or on the new side (`before` is the old plan's credential of that name) by
+/// [`SECRET_CHANGED`] when the value differs from the old one, so that a password change is
+/// seen without either password. A `file` path or an `exec` program is not the secret and is
+/// shown as it is.
+fn masked_credential(c: &Credential, before: Option<&Credential>) -> Json {
+    let mut json = to_json(c);
+    let old_json = before.map(to_json);
+    for field in SECRET_FIELDS {
+        let pointer = format!("/{field}/literal");
+        let Some(value) = json.pointer_mut(&pointer) else {
+            continue;
+        };
+        let changed = old_json
+            .as_ref()
+            .and_then(|o| o.pointer(&pointer))
+            .is_some_and(|old| old != value);
+        *value = Json::from(if changed {
+            SECRET_CHANGED
+        } else {
+            SECRET_SHOWN
+        });
+    }
+    json
 }
 
 /// Each step set with the keys of its steps in order.

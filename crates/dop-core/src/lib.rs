@@ -39,6 +39,7 @@ mod include;
 mod load;
 mod pattern;
 pub mod plan;
+mod secret_text;
 mod settings;
 pub mod time;
 pub mod yaml;
@@ -46,7 +47,7 @@ pub mod yaml;
 pub use configuration::{HieraLevel, LookupSettings, Resolver, NO_ROLE};
 pub use datasize::{DataSize, DataSizeError};
 pub use diagnostic::{Diagnostic, Severity};
-pub use diff::{Change, ChangeKind, FieldChange, PlanDiff};
+pub use diff::{Change, ChangeKind, FieldChange, PlanDiff, SECRET_CHANGED, SECRET_SHOWN};
 pub use event::{Event, EventKind};
 pub use filter::{
     ConfigSelector, FilterError, FilterFlags, Matches, NodeFacts, NodeFilter, Selection,
@@ -55,4 +56,5 @@ pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};
 pub use plan::{check_plan_name, Plan, PlanSummary};
+pub use secret_text::{mask_secret_scalars, MASKED_SCALAR};
 pub use settings::{Config, ConfigError, Environment, Level, ProgramLimits};

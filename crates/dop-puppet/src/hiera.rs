@@ -314,7 +314,7 @@ fn challenge_of(plan: &dop_core::Plan) -> Option<Value> {
     let credential = plan.credential(AUTOSIGN_CREDENTIAL)?;
     Some(match &credential.kind {
         dop_core::plan::CredentialKind::UsernamePassword { password, .. } => {
-            match password.load() {
+            match password.load_unless_exec() {
                 Ok(p) => json!({ "sha256": challenge_hash(&plan.name, &p) }),
                 Err(e) => {
                     json!({ "error": format!("credentials.{AUTOSIGN_CREDENTIAL}.password: {e}") })
@@ -451,6 +451,27 @@ configuration:
         assert!(node_data(&dir, "web01.example.com").unwrap().is_empty());
         let generations = std::fs::read_dir(dir.join("generations")).unwrap().count();
         assert_eq!(generations, 1 + KEEP);
+    }
+
+    #[test]
+    fn an_exec_challenge_is_never_run_by_a_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let dir = tmp.path().join("hiera");
+        let marker = tmp.path().join("ran");
+        let plan = format!(
+            "{PLAN}credentials:\n  autosign: {{type: username_password, username: puppet, \
+             password: {{exec: ['/usr/bin/touch', '{}']}}}}\n",
+            marker.display()
+        );
+        add(&store, &plan);
+        sync(&store, &dir, &LookupSettings::default()).unwrap();
+        assert!(!marker.exists(), "the sync ran the plan's program");
+        let autosign: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("current/autosign.json")).unwrap())
+                .unwrap();
+        let error = autosign.to_string();
+        assert!(error.contains("runs only inside an execution"), "{error}");
     }
 
     #[test]

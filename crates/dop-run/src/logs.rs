@@ -107,6 +107,8 @@ pub struct NodeLog {
     path: PathBuf,
     verbose: bool,
     masker: Arc<Masker>,
+    /// The node's output is inside a private key block (its lines are masked up to the end).
+    in_private_key: Mutex<bool>,
     /// Open while the node writes (at most [`OPEN_NODE_FILES`] of an execution are).
     file: Mutex<Option<File>>,
     /// The execution's handle on `all.log` for node lines.
@@ -293,6 +295,7 @@ impl ExecutionLog {
                     path: self.dir.join(format!("{node}.log")),
                     verbose: self.echo == Echo::Verbose,
                     masker: self.masker.clone(),
+                    in_private_key: Mutex::new(false),
                     file: Mutex::new(None),
                     all: self.all_for_nodes.clone(),
                     lost: self.lost.clone(),
@@ -358,7 +361,13 @@ fn format_line(time_ms: u64, level: Level, node: Option<&str>, message: &str) ->
 impl NodeLog {
     /// Writes a line (command output, details) to the node's file and to `all.log`.
     pub fn line(&self, text: &str) {
-        let text = self.masker.mask(text);
+        let text = {
+            let mut in_key = self
+                .in_private_key
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.masker.mask_line(text, &mut in_key)
+        };
         let line = format_line(now_ms(), Level::Debug, Some(&self.node), &text);
         if self.verbose {
             eprint!(

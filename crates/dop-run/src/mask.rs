@@ -1,53 +1,158 @@
-//! Secrets out of log text: the plan's passwords and any private key block become `****`.
+//! Secrets out of log text: the plan's secrets and any private key block become `****`.
 
-/// Replaces secrets in log text with `****`: the plan's passwords (literal or from a file;
-/// programs are not run just for this). Secrets shorter than 4 characters are not masked: the
-/// original masked them and garbled every log line that contained their letters.
+use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use dop_core::plan::{ContentSource, CredentialKind, SecretLimits};
+
+/// Replaces secrets in log text with `****`. Secrets shorter than 4 characters are not masked:
+/// the original masked them and garbled every log line that contained their letters.
+///
+/// A secret of several lines (a private key, a keytab's base64) is also masked line by line,
+/// since a log holds one line of output at a time; a keytab is masked in its base64 forms
+/// (one line, and wrapped as `base64` and `openssl base64` print it). Clones share what they
+/// mask, so a secret learnt during an execution is masked in every log of it from then on.
 #[derive(Clone, Debug, Default)]
 pub struct Masker {
-    secrets: Vec<String>,
+    secrets: Arc<RwLock<Vec<String>>>,
 }
 
 /// Shortest secret that is masked.
 pub const MIN_MASKED: usize = 4;
 
+/// Line widths a base64 tool wraps at: coreutils `base64` (76) and `openssl base64` (64).
+const BASE64_WRAPS: [usize; 2] = [76, 64];
+
 impl Masker {
-    /// The masker for a plan's credentials.
-    pub fn for_plan(plan: &dop_core::Plan) -> Masker {
-        use dop_core::plan::{ContentSource, CredentialKind};
-        let mut secrets: Vec<String> = plan
-            .credentials
-            .iter()
-            .filter_map(|c| match &c.kind {
-                CredentialKind::UsernamePassword { password, .. } => match password {
-                    ContentSource::Literal(_) | ContentSource::File(_) => password.load().ok(),
-                    ContentSource::Exec(_) => None,
-                },
-                _ => None,
-            })
-            .filter(|s| s.chars().count() >= MIN_MASKED)
-            .collect();
-        // Longer secrets first, so one that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Masker { secrets }
+    /// The masker of the secrets written in the plan itself: nothing is read or run, so it
+    /// serves outside an execution (reading a plan).
+    pub fn for_literals(plan: &dop_core::Plan) -> Masker {
+        let masker = Masker::default();
+        for (source, _) in secret_sources(plan) {
+            if let ContentSource::Literal(value) = source {
+                masker.learn(value);
+            }
+        }
+        masker
     }
 
-    /// The text with every secret replaced: the plan's passwords, and any private key block
+    /// The masker of an execution: every secret source of the plan resolved, files read and
+    /// programs run as the execution's user, each within [`SecretLimits`]. Only an execution
+    /// (dopi run, dopv, dopc's runner) calls this. A source that cannot be read is left out
+    /// here; the step or provider that needs it reports why.
+    pub fn for_execution(plan: &dop_core::Plan) -> Masker {
+        let masker = Masker::default();
+        masker.learn_sources(plan);
+        masker
+    }
+
+    /// Resolves and learns every secret source of the plan (see [`Self::for_execution`]).
+    pub fn learn_sources(&self, plan: &dop_core::Plan) {
+        for (source, binary) in secret_sources(plan) {
+            let Ok(bytes) = source.load_bytes_within(SecretLimits::default()) else {
+                continue;
+            };
+            if binary {
+                self.learn_binary(&bytes);
+            }
+            if let Ok(text) = String::from_utf8(bytes) {
+                self.learn(text.trim_end_matches(['\r', '\n']));
+            }
+        }
+    }
+
+    /// Masks `secret` from now on: whole, and each of its lines (PEM markers, `-----…`, are
+    /// not secret and stay readable).
+    pub fn learn(&self, secret: &str) {
+        let mut forms = vec![secret.to_string()];
+        if secret.contains('\n') {
+            forms.extend(
+                secret
+                    .lines()
+                    .map(|l| l.trim_end_matches('\r').trim())
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_string),
+            );
+        }
+        let mut secrets = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        for form in forms {
+            if form.chars().count() >= MIN_MASKED && !secrets.contains(&form) {
+                secrets.push(form);
+            }
+        }
+        // Longer secrets first, so one that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// Masks a binary secret (a keytab) in the forms it can take in a log line: its base64,
+    /// on one line and wrapped.
+    fn learn_binary(&self, bytes: &[u8]) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        for width in BASE64_WRAPS {
+            let wrapped: Vec<&str> = encoded
+                .as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                .collect();
+            self.learn(&wrapped.join("\n"));
+        }
+        self.learn(&encoded);
+    }
+
+    /// The longest secret masked, in bytes (0 without any).
+    pub fn longest(&self) -> usize {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        secrets.first().map_or(0, String::len)
+    }
+
+    /// The text with every secret replaced, and any private key block
     /// (`-----BEGIN … PRIVATE KEY-----` to its `-----END … PRIVATE KEY-----`, however it is
     /// indented or quoted).
-    pub fn mask<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for secret in &self.secrets {
+    pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        for secret in secrets.iter() {
             if out.contains(secret.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "****"));
+                out = Cow::Owned(out.replace(secret.as_str(), "****"));
             }
         }
         if out.contains("PRIVATE KEY-----") {
-            out = std::borrow::Cow::Owned(mask_private_keys(&out));
+            out = Cow::Owned(mask_private_keys(&out));
         }
         out
     }
+
+    /// One line of a stream of lines masked; `in_key` carries, from line to line, that a
+    /// private key block began (any key, not only the plan's: `cat` of a key file prints it one
+    /// line at a time) and every line up to its END marker is masked whole.
+    pub fn mask_line<'a>(&self, line: &'a str, in_key: &mut bool) -> Cow<'a, str> {
+        if *in_key {
+            if line.contains("-----END ") {
+                *in_key = false;
+                return Cow::Borrowed(line);
+            }
+            return Cow::Borrowed("****");
+        }
+        let masked = self.mask(line);
+        if let Some(begin) = masked.rfind("-----BEGIN ") {
+            let rest = &masked[begin..];
+            *in_key = rest.contains("PRIVATE KEY-----") && !rest.contains("-----END ");
+        }
+        masked
+    }
+}
+
+/// Every secret source of the plan's credentials, each with whether it is binary (a keytab).
+fn secret_sources(plan: &dop_core::Plan) -> Vec<(&ContentSource, bool)> {
+    plan.credentials
+        .iter()
+        .filter_map(|c| match &c.kind {
+            CredentialKind::UsernamePassword { password, .. } => Some((password, false)),
+            CredentialKind::Kerberos { keytab, .. } => keytab.as_ref().map(|k| (k, true)),
+            CredentialKind::SshKey { private_key, .. } => private_key.as_ref().map(|k| (k, false)),
+        })
+        .collect()
 }
 
 /// Replaces the body of every private key block with `****`, keeping its markers.
@@ -86,25 +191,32 @@ fn mask_private_keys(text: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn secrets_are_masked_but_short_ones_are_not() {
-        let masker = Masker {
-            secrets: vec!["hunter2secret".into(), "hunter2".into()],
-        };
-        assert_eq!(
-            masker.mask("pw=hunter2secret and hunter2"),
-            "pw=**** and ****"
-        );
-        let plan = dop_core::load_str(
-            "name: p\ninfrastructures: {l: {type: local}}\nnodes: {n: {infrastructure: l}}\n\
-             credentials:\n  a: {type: username_password, username: u, password: 'sesame-42'}\n  \
-             b: {type: username_password, username: u, password: 'p'}\n",
+    fn plan(credentials: &str) -> dop_core::Plan {
+        dop_core::load_str(
+            &format!(
+                "name: p\ninfrastructures: {{l: {{type: local}}}}\nnodes: {{n: {{infrastructure: l}}}}\n\
+                 credentials:\n{credentials}"
+            ),
             None,
             &dop_core::LookupSettings::default(),
         )
         .plan
-        .unwrap();
-        let masker = Masker::for_plan(&plan);
+        .expect("a valid plan")
+    }
+
+    #[test]
+    fn secrets_are_masked_but_short_ones_are_not() {
+        let masker = Masker::default();
+        masker.learn("hunter2");
+        masker.learn("hunter2secret");
+        assert_eq!(
+            masker.mask("pw=hunter2secret and hunter2"),
+            "pw=**** and ****"
+        );
+        let masker = Masker::for_literals(&plan(
+            "  a: {type: username_password, username: u, password: 'sesame-42'}\n  \
+             b: {type: username_password, username: u, password: 'p'}\n",
+        ));
         assert_eq!(masker.mask("open sesame-42 please"), "open **** please");
         assert_eq!(masker.mask("a plain p"), "a plain p");
         let key = "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----\n  b3BlbnNzaC1rZXk\n  -----END OPENSSH PRIVATE KEY-----\nafter";
@@ -112,5 +224,88 @@ mod tests {
             masker.mask(key),
             "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----****-----END OPENSSH PRIVATE KEY-----\nafter"
         );
+    }
+
+    #[test]
+    fn a_literal_masker_reads_no_file_and_runs_no_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let plan = plan(&format!(
+            "  a: {{type: username_password, username: u, password: {{exec: ['/usr/bin/touch', '{}']}}}}\n",
+            marker.display()
+        ));
+        Masker::for_literals(&plan);
+        assert!(!marker.exists());
+        // Inside an execution the program runs (as the execution's user, within limits).
+        Masker::for_execution(&plan);
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn an_executions_secrets_from_files_and_programs_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let masker = Masker::for_execution(&plan(&format!(
+            "  a: {{type: username_password, username: u, password: {{file: '{}'}}}}\n  \
+             b: {{type: username_password, username: u, password: {{exec: ['/bin/echo', 'from-a-program']}}}}\n",
+            file.display()
+        )));
+        assert_eq!(masker.mask("from-a-file from-a-program"), "**** ****");
+    }
+
+    #[test]
+    fn a_private_key_printed_line_by_line_is_masked() {
+        let body = [
+            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ",
+            "AAAAMwAAAAtzc2gtZWQyNTUxOQAAACDx",
+        ];
+        let key = format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n{}\n-----END OPENSSH PRIVATE KEY-----",
+            body[0], body[1]
+        );
+        // The plan's key: each line masked on its own.
+        let masker = Masker::default();
+        masker.learn(&key);
+        assert_eq!(masker.mask(body[1]), "****");
+        // Any key: the lines after BEGIN are masked up to END.
+        let masker = Masker::default();
+        let mut in_key = false;
+        let shown: Vec<String> = key
+            .lines()
+            .chain(["after"])
+            .map(|l| masker.mask_line(l, &mut in_key).into_owned())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                // A BEGIN without its END in the same text: the rest of it is masked.
+                "-----BEGIN OPENSSH PRIVATE KEY-----****",
+                "****",
+                "****",
+                "-----END OPENSSH PRIVATE KEY-----",
+                "after"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_keytab_is_masked_in_its_base64_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let keytab = dir.path().join("krb5.keytab");
+        let bytes: Vec<u8> = (0..200u32).map(|i| (i * 37 % 256) as u8).collect();
+        std::fs::write(&keytab, &bytes).unwrap();
+        let masker = Masker::for_execution(&plan(&format!(
+            "  k: {{type: kerberos, realm: EXAMPLE.COM, keytab: {{file: '{}'}}}}\n",
+            keytab.display()
+        )));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert_eq!(masker.mask(&format!("x {encoded} y")), "x **** y");
+        for width in BASE64_WRAPS {
+            for line in encoded.as_bytes().chunks(width) {
+                let line = std::str::from_utf8(line).unwrap();
+                assert_eq!(masker.mask(line), "****", "a line {width} wide");
+            }
+        }
     }
 }

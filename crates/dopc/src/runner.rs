@@ -377,11 +377,10 @@ impl Runner {
         let plan_lock = self
             .take_plan(e)
             .map_err(|err| format!("cannot take plan '{}': {err}", e.plan))?;
-        let masker = self
-            .store
-            .iteration(&e.plan, None)
-            .map(|i| Masker::for_plan(&i.plan))
-            .unwrap_or_default();
+        // The plan's literal secrets now; those from files and programs are resolved below,
+        // inside the execution (secret programs run nowhere else), before anything is logged.
+        let plan = self.store.iteration(&e.plan, None).ok().map(|i| i.plan);
+        let masker = plan.as_ref().map(Masker::for_literals).unwrap_or_default();
         let log = ExecutionLog::create(
             &self.config.log_dir,
             &e.plan,
@@ -395,6 +394,9 @@ impl Runner {
                 self.config.log_dir.display()
             )
         })?;
+        if let Some(plan) = &plan {
+            log.masker().learn_sources(plan);
+        }
         let metrics = self.metrics.clone();
         log.observe(Box::new(move |event| {
             if event.kind == EventKind::CommandFinished {
@@ -664,6 +666,8 @@ async fn run_task(
     match outcome {
         Ok(()) => (Status::Done, result, None),
         Err((status, message)) => {
+            // It may quote a command line or a program's output: never a secret in clear.
+            let message = log.masker().mask(&message).into_owned();
             log.event_with(
                 Level::Error,
                 EventKind::Message,

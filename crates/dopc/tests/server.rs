@@ -1818,3 +1818,107 @@ async fn old_executions_go_with_their_logs_as_the_retention_says() {
         .collect();
     assert_eq!(ids, vec![second]);
 }
+
+/// The plan text of the secrets test: a password spelled otherwise than its value, a secret
+/// from a program that leaves a mark when it runs, and a step whose login credential comes
+/// from a program that fails quoting that secret (a careless script: its error is reported).
+fn secret_plan(password_yaml: &str, marker: &Path) -> String {
+    format!(
+        "name: hush
+infrastructures:
+  lab:
+    type: baremetal
+    networks: {{lo: {{ip_pool: {{from: 127.0.76.1, to: 127.0.76.9}}, ip_netmask: 255.255.255.0, ip_defgw: false}}}}
+credentials:
+  db: {{type: username_password, username: admin, password: {password_yaml}}}
+  api: {{type: username_password, username: svc, password: {{exec: ['/bin/sh', '-c', 'touch {}; printf Exec-%s 7c6b5a4d']}}}}
+  broken: {{type: username_password, username: svc, password: {{exec: ['/bin/sh', '-c', 'printf \"no vault for Exec-%s\" 7c6b5a4d >&2; exit 2']}}}}
+nodes:
+  hush01: {{infrastructure: lab, interfaces: {{eth0: {{network: lo, ip: 127.0.76.1}}}}}}
+steps:
+  default:
+    - name: careless
+      nodes: all
+      command: {{plugin: ssh/custom, exec: 'true', credentials: broken}}
+",
+        marker.display()
+    )
+}
+
+/// Secrets never leave in clear through the plan doors (a password change in the diff and the
+/// PUT answer, the text with its YAML spelling), a program secret runs only inside an
+/// execution, and the execution's error and log never quote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_masked_in_diffs_plan_text_and_execution_errors() {
+    let server = Server::start().await;
+    let marker = server.path().join("exec-ran");
+    // Values `it's-Old-5e4d` and `New-9a8b"7c`, written with YAML escapes.
+    server.plan(&secret_plan("'it''s-Old-5e4d'", &marker)).await;
+    let (status, put) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/hush",
+            Some(json!({"text": secret_plan(r#""New-9a8b\"7\u0063""#, &marker)})),
+        )
+        .await;
+    assert_eq!(status, 200, "{put}");
+    let (_, diff) = server.get("/plans/hush/diff").await;
+    let (_, text) = server.get("/plans/hush?version=1").await;
+    let (_, text2) = server.get("/plans/hush").await;
+    for (place, body) in [
+        ("PUT", &put),
+        ("diff", &diff),
+        ("text 1", &text),
+        ("text 2", &text2),
+    ] {
+        let body = body.to_string();
+        for secret in [
+            "it's-Old-5e4d",
+            "it''s-Old-5e4d",
+            "Old-5e4d",
+            "New-9a8b",
+            "Exec-7c6b5a4d",
+        ] {
+            assert!(!body.contains(secret), "{secret} in {place}: {body}");
+        }
+    }
+    insta::assert_json_snapshot!(diff["changes"]["credentials"]);
+    assert!(
+        text2["text"].as_str().unwrap().contains("password: '****'"),
+        "{text2}"
+    );
+    assert!(
+        !marker.exists(),
+        "reading and storing the plan ran its program"
+    );
+    // A source that could hang a reader is refused when the plan is read, at once.
+    let dev_zero = secret_plan("{file: /dev/zero}", &marker);
+    let (status, refused) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/hush",
+            Some(json!({"text": dev_zero})),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("/dev/zero is not a regular file"),
+        "{refused}"
+    );
+
+    // Inside an execution the program runs; what it gave is masked in the error and the log.
+    let id = server.execute("hush", "run", json!({})).await;
+    let e = server.wait(id).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(marker.exists(), "the execution resolved its secrets");
+    assert!(
+        e["error"].as_str().unwrap().contains("no vault for ****"),
+        "{e}"
+    );
+    let (_, log) = server.get(&format!("/executions/{id}/log")).await;
+    for (place, body) in [("execution", e.to_string()), ("log", log.to_string())] {
+        assert!(!body.contains("Exec-7c6b5a4d"), "in the {place}: {body}");
+    }
+}

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use credential::{check_login_name, ContentError, ContentSource, Credential, CredentialKind};
+pub use credential::{
+    check_login_name, ContentError, ContentSource, Credential, CredentialKind, SecretLimits,
+};
 pub use hooks::Hooks;
 pub use infrastructure::{AffinityGroup, Gateway, Infrastructure, Network, ProviderKind};
 pub use jump::{host_port, JumpHost};

@@ -247,7 +247,12 @@ pub async fn get(
 ) -> Result<Json<PlanText>, ApiError> {
     let store = s.store.clone();
     let it = blocking(move || Ok(store.iteration(&name, q.version)?)).await?;
-    let text = Masker::for_plan(&it.plan).mask(&it.text).into_owned();
+    // By position in the YAML (any spelling of a secret), then by value (a secret repeated
+    // elsewhere in the text); nothing is read or run for it.
+    let by_position = dop_core::mask_secret_scalars(&it.text);
+    let text = Masker::for_literals(&it.plan)
+        .mask(by_position.as_deref().unwrap_or(&it.text))
+        .into_owned();
     Ok(Json(PlanText {
         name: it.plan.name.clone(),
         iteration: iteration(&it.info),

@@ -338,7 +338,7 @@ fn open_log(
         &opts.log_dir,
         plan_name,
         opts.echo,
-        || dop_run::Masker::for_plan(plan),
+        || dop_run::Masker::for_execution(plan),
     )
     .map_err(|source| RunError::Logs {
         path: opts.log_dir.clone(),

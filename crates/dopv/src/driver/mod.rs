@@ -333,7 +333,7 @@ impl<'a> Run<'a> {
             &opts.log_dir,
             plan_name,
             opts.echo,
-            || Masker::for_plan(&plan),
+            || Masker::for_execution(&plan),
         )
         .map_err(|source| DopvError::Logs {
             path: opts.log_dir.clone(),

@@ -22,7 +22,6 @@ pub fn cloud_config(spec: &NodeSpec) -> Result<String, String> {
     config.insert("hostname".into(), json!(hostname));
     config.insert("fqdn".into(), json!(fqdn));
     config.insert("manage_etc_hosts".into(), json!(true));
-    config.insert("ssh_pwauth".into(), json!(true));
     let mut keys: Vec<String> = Vec::new();
     let mut password = None;
     for credential in &spec.credentials {
@@ -52,6 +51,9 @@ pub fn cloud_config(spec: &NodeSpec) -> Result<String, String> {
             _ => {}
         }
     }
+    // Password logins over SSH only for a node whose plan gives root a password (the original
+    // allowed them on every node, keys only or not).
+    config.insert("ssh_pwauth".into(), json!(password.is_some()));
     if let Some(p) = password {
         config.insert(
             "chpasswd".into(),
@@ -292,6 +294,27 @@ mod tests {
                 "content": "# Written by dopv: this node's one-time Puppet autosign challenge.\n---\ncustom_attributes:\n  1.2.840.113549.1.9.7: \"0123456789\"\n",
             }])
         );
+    }
+
+    #[test]
+    fn a_node_with_root_keys_only_refuses_password_logins() {
+        let text = "name: p\ninfrastructures: {kvm: {type: libvirt, endpoint: 'qemu:///system', networks: {front: {ip_pool: {from: 10.0.2.10, to: 10.0.2.99}, ip_netmask: 255.255.255.0, ip_defgw: 10.0.2.2}}}}\n\
+            nodes:\n  web01:\n    fqdn: web01.example.com\n    infrastructure: kvm\n    image: img\n\
+            \x20   interfaces: {eth0: {network: front, ip: 10.0.2.11}}\n";
+        let (_, spec) = first_node(
+            text,
+            vec![Credential {
+                name: "key".into(),
+                kind: CredentialKind::SshKey {
+                    username: "root".into(),
+                    private_key: None,
+                    public_key: Some(ContentSource::Literal("ssh-ed25519 AAAA test@dop".into())),
+                },
+            }],
+        );
+        let config = cloud_config(&spec).unwrap();
+        assert!(config.contains("\"ssh_pwauth\": false"), "{config}");
+        assert!(!config.contains("chpasswd"), "{config}");
     }
 
     #[test]
