@@ -949,6 +949,7 @@ mod tests {
                     kind,
                 })
                 .collect(),
+            puppet_challenge: None,
         }
     }
 
