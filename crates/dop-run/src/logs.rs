@@ -359,6 +359,11 @@ fn format_line(time_ms: u64, level: Level, node: Option<&str>, message: &str) ->
 }
 
 impl NodeLog {
+    /// The execution's secret masker (shared with the execution's log).
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
     /// Writes a line (command output, details) to the node's file and to `all.log`.
     pub fn line(&self, text: &str) {
         let text = {

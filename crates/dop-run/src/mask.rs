@@ -16,6 +16,9 @@ use dop_core::plan::{ContentSource, CredentialKind, SecretLimits};
 #[derive(Clone, Debug, Default)]
 pub struct Masker {
     secrets: Arc<RwLock<Vec<String>>>,
+    /// The text secrets resolved by [`Self::learn_sources`], so that a tool that needs one
+    /// during the execution takes it from here instead of running its program again.
+    resolved: Arc<RwLock<Vec<(ContentSource, String)>>>,
 }
 
 /// Shortest secret that is masked.
@@ -56,10 +59,39 @@ impl Masker {
             if binary {
                 self.learn_binary(&bytes);
             }
-            if let Ok(text) = String::from_utf8(bytes) {
-                self.learn(text.trim_end_matches(['\r', '\n']));
+            if let Ok(mut text) = String::from_utf8(bytes) {
+                // As `ContentSource::load` gives it: one trailing newline removed.
+                if text.ends_with('\n') {
+                    text.pop();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                }
+                self.learn(&text);
+                if !matches!(source, ContentSource::Literal(_)) {
+                    let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+                    resolved.push((source.clone(), text));
+                }
             }
         }
+    }
+
+    /// The secret of `source` as this execution resolved it; else loaded now (within the
+    /// default limits) and masked from now on. A program runs once per execution this way.
+    pub fn load(&self, source: &ContentSource) -> Result<String, dop_core::plan::ContentError> {
+        let known = {
+            let resolved = self.resolved.read().unwrap_or_else(|p| p.into_inner());
+            resolved
+                .iter()
+                .find(|(s, _)| s == source)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(value) = known {
+            return Ok(value);
+        }
+        let value = source.load()?;
+        self.learn(&value);
+        Ok(value)
     }
 
     /// Masks `secret` from now on: whole, and each of its lines (PEM markers, `-----…`, are
@@ -236,9 +268,16 @@ mod tests {
         ));
         Masker::for_literals(&plan);
         assert!(!marker.exists());
-        // Inside an execution the program runs (as the execution's user, within limits).
-        Masker::for_execution(&plan);
+        // Inside an execution the program runs (as the execution's user, within limits), once:
+        // a tool that needs the secret later takes what it gave.
+        let masker = Masker::for_execution(&plan);
         assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        let CredentialKind::UsernamePassword { password, .. } = &plan.credentials[0].kind else {
+            unreachable!("a username_password credential")
+        };
+        assert_eq!(masker.load(password).unwrap(), "");
+        assert!(!marker.exists(), "the program ran again");
     }
 
     #[test]

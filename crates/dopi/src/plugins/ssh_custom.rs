@@ -84,13 +84,14 @@ fn login(
     pool: &SshPool,
     credentials: &[dop_core::plan::Credential],
     names: &[String],
+    masker: &dop_run::Masker,
 ) -> Result<(String, Login), String> {
     for name in names {
         let credential = credentials
             .iter()
             .find(|c| c.name == *name)
             .ok_or_else(|| format!("the credential '{name}' does not exist in the plan"))?;
-        if let Some(made) = pool.login_of(name, || login_of(credential))? {
+        if let Some(made) = pool.login_of(name, || login_of(credential, masker))? {
             return Ok(made);
         }
     }
@@ -101,7 +102,10 @@ fn login(
 }
 
 /// The user and login of one credential; `None` for a kind that gives no ssh login.
-fn login_of(credential: &dop_core::plan::Credential) -> Result<Option<(String, Login)>, String> {
+fn login_of(
+    credential: &dop_core::plan::Credential,
+    masker: &dop_run::Masker,
+) -> Result<Option<(String, Login)>, String> {
     let name = &credential.name;
     {
         match &credential.kind {
@@ -110,8 +114,8 @@ fn login_of(credential: &dop_core::plan::Credential) -> Result<Option<(String, L
                 private_key: Some(key),
                 ..
             } => {
-                let text = key
-                    .load()
+                let text = masker
+                    .load(key)
                     .map_err(|e| format!("credential '{name}': {e}"))?;
                 let key = russh::keys::decode_secret_key(&text, None).map_err(|e| {
                     format!("credential '{name}': the private key is not usable: {e}")
@@ -130,8 +134,8 @@ fn login_of(credential: &dop_core::plan::Credential) -> Result<Option<(String, L
                 return Ok(Some((username.clone(), Login::Agent)));
             }
             CredentialKind::UsernamePassword { username, password } => {
-                let password = password
-                    .load()
+                let password = masker
+                    .load(password)
                     .map_err(|e| format!("credential '{name}': {e}"))?;
                 return Ok(Some((username.clone(), Login::Password(password))));
             }
@@ -160,11 +164,16 @@ pub fn target_for(ctx: &CommandContext<'_>, node: &Node) -> Result<Target, Strin
     if names.is_empty() {
         return Err("no 'credentials' for the ssh login (set them on the command or with set_plugin_defaults)".into());
     }
-    let (user, login) = login(&ctx.ssh, ctx.credentials, &names)?;
+    let (user, login) = login(&ctx.ssh, ctx.credentials, &names, ctx.log.masker())?;
     let mut jumps = Vec::new();
     for hop in &node.jump_hosts {
         let (user, login) = match &hop.credentials {
-            Some(name) => self::login(&ctx.ssh, ctx.credentials, std::slice::from_ref(name)),
+            Some(name) => self::login(
+                &ctx.ssh,
+                ctx.credentials,
+                std::slice::from_ref(name),
+                ctx.log.masker(),
+            ),
             None => Ok((user.clone(), login.clone())),
         }
         .map_err(|e| format!("jump host {}: {e}", hop.label()))?;
