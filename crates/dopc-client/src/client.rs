@@ -128,6 +128,13 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
     format!("?{}", url.query().unwrap_or_default())
 }
 
+/// `/plans/NAME` of a name that is a plan name: any other text (`../executions/5`, `a?b`) would
+/// be read as another path or a query, and reach another endpoint than the one asked for.
+fn plan_root(name: &str) -> Result<String, ClientError> {
+    dop_core::check_plan_name(name).map_err(ClientError::Config)?;
+    Ok(format!("/plans/{name}"))
+}
+
 /// A client.
 #[derive(Clone)]
 pub struct Client {
@@ -340,7 +347,7 @@ impl Client {
     pub async fn update_plan(&self, name: &str, text: &str) -> Result<PlanStored, ClientError> {
         self.call(
             reqwest::Method::PUT,
-            &format!("/plans/{name}"),
+            &plan_root(name)?,
             Some(&PlanUpload::text(text, false)),
         )
         .await
@@ -352,7 +359,7 @@ impl Client {
         let query = query(&[("version", version.as_deref())]);
         self.call(
             reqwest::Method::GET,
-            &format!("/plans/{name}{query}"),
+            &format!("{}{query}", plan_root(name)?),
             NO_BODY,
         )
         .await
@@ -362,7 +369,7 @@ impl Client {
     pub async fn versions(&self, name: &str) -> Result<Versions, ClientError> {
         self.call(
             reqwest::Method::GET,
-            &format!("/plans/{name}/versions"),
+            &format!("{}/versions", plan_root(name)?),
             NO_BODY,
         )
         .await
@@ -380,7 +387,7 @@ impl Client {
         let query = query(&[("from", from.as_deref()), ("to", to.as_deref())]);
         self.call(
             reqwest::Method::GET,
-            &format!("/plans/{name}/diff{query}"),
+            &format!("{}/diff{query}", plan_root(name)?),
             NO_BODY,
         )
         .await
@@ -388,7 +395,7 @@ impl Client {
 
     /// `DELETE /plans/{name}`.
     pub async fn delete_plan(&self, name: &str) -> Result<PlanRemoved, ClientError> {
-        self.call(reqwest::Method::DELETE, &format!("/plans/{name}"), NO_BODY)
+        self.call(reqwest::Method::DELETE, &plan_root(name)?, NO_BODY)
             .await
     }
 
@@ -396,7 +403,7 @@ impl Client {
     pub async fn reset(&self, name: &str, force: bool) -> Result<PlanReset, ClientError> {
         self.call(
             reqwest::Method::PUT,
-            &format!("/plans/{name}/reset"),
+            &format!("{}/reset", plan_root(name)?),
             Some(&ResetRequest { force }),
         )
         .await
@@ -406,7 +413,7 @@ impl Client {
     pub async fn state(&self, name: &str) -> Result<PlanState, ClientError> {
         self.call(
             reqwest::Method::GET,
-            &format!("/plans/{name}/state"),
+            &format!("{}/state", plan_root(name)?),
             NO_BODY,
         )
         .await
@@ -416,7 +423,7 @@ impl Client {
     pub async fn monitor(&self, name: &str) -> Result<MonitorDocument, ClientError> {
         self.call(
             reqwest::Method::GET,
-            &format!("/plans/{name}/monitor"),
+            &format!("{}/monitor", plan_root(name)?),
             NO_BODY,
         )
         .await
@@ -428,7 +435,7 @@ impl Client {
         name: &str,
         settings: Option<&MonitorSettings>,
     ) -> Result<MonitorDocument, ClientError> {
-        let path = format!("/plans/{name}/monitor");
+        let path = format!("{}/monitor", plan_root(name)?);
         match settings {
             Some(s) => self.call(reqwest::Method::PUT, &path, Some(s)).await,
             None => self.call(reqwest::Method::DELETE, &path, NO_BODY).await,
@@ -679,7 +686,7 @@ impl Client {
         mut on_state: impl FnMut(&PlanState) -> bool,
     ) -> Result<(), ClientError> {
         let mut ws = self
-            .websocket(&format!("/plans/{name}/state/stream"))
+            .websocket(&format!("{}/state/stream", plan_root(name)?))
             .await?;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
@@ -733,5 +740,18 @@ mod tests {
             "?node=a+b%26c%3Dd%23e%2Bf%2F%25&x=1"
         );
         assert_eq!(query(&[("node", None)]), "");
+    }
+
+    #[test]
+    fn only_a_plan_name_becomes_a_plan_path() {
+        assert_eq!(super::plan_root("web-1").unwrap(), "/plans/web-1");
+        // The URL parser would make these `/executions/5` and a query: refused before sending.
+        for name in ["../executions/5", "a?b", "a/b", "", "a%2Fb"] {
+            let refused = super::plan_root(name).unwrap_err();
+            assert!(
+                matches!(&refused, super::ClientError::Config(m) if m.contains("plan name")),
+                "{name}: {refused}"
+            );
+        }
     }
 }
