@@ -132,10 +132,38 @@ impl Masker {
         self.learn(&encoded);
     }
 
-    /// The longest secret masked, in bytes (0 without any).
-    pub fn longest(&self) -> usize {
+    /// The longest secret of one line masked, in bytes (0 without any): how far past a cut in
+    /// a line a secret begun before the cut can reach. (A secret of several lines never spans
+    /// a cut whole: its lines are masked one by one.)
+    pub fn longest_on_one_line(&self) -> usize {
         let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
-        secrets.first().map_or(0, String::len)
+        secrets
+            .iter()
+            .find(|s| !s.contains('\n'))
+            .map_or(0, String::len)
+    }
+
+    /// Where to cut `text` at `at` or before so that the cut splits no secret: `at`, or the
+    /// start of the earliest secret that would cross it (0 when one starts at the beginning
+    /// and is longer than `at`). `text` must reach [`Self::longest_on_one_line`]` - 1` bytes
+    /// past `at`, or to the end of its line, for a secret crossing the cut to be seen. Each
+    /// piece is then masked on its own, so a secret cut in two would escape the masking.
+    pub fn cut_outside_secrets(&self, text: &[u8], at: usize) -> usize {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        let mut cut = at.min(text.len());
+        // Moving the cut back can make it cross another secret: again until none crosses.
+        loop {
+            let before = cut;
+            for secret in secrets.iter().map(String::as_bytes) {
+                let first = cut.saturating_sub(secret.len() - 1);
+                if let Some(start) = (first..cut).find(|&s| text[s..].starts_with(secret)) {
+                    cut = start;
+                }
+            }
+            if cut == before {
+                return cut;
+            }
+        }
     }
 
     /// The text with every secret replaced, and any private key block
@@ -256,6 +284,26 @@ mod tests {
             masker.mask(key),
             "k: |\n  -----BEGIN OPENSSH PRIVATE KEY-----****-----END OPENSSH PRIVATE KEY-----\nafter"
         );
+    }
+
+    #[test]
+    fn a_cut_is_moved_before_any_secret_it_would_split() {
+        let masker = Masker::default();
+        masker.learn("s3cret");
+        masker.learn("et-and-more");
+        masker.learn("two\nlines-long");
+        assert_eq!(masker.longest_on_one_line(), "et-and-more".len());
+        let text = b"0123456789s3cret-and-more";
+        // Clear of secrets: the cut stays.
+        assert_eq!(masker.cut_outside_secrets(text, 10), 10);
+        assert_eq!(masker.cut_outside_secrets(text, 5), 5);
+        // Inside `s3cret`: before it. Before `et-and-more` it would split `s3cret`, so the
+        // cut goes back before both.
+        assert_eq!(masker.cut_outside_secrets(text, 12), 10);
+        assert_eq!(masker.cut_outside_secrets(text, 20), 10);
+        // A secret at the start longer than the piece cannot be kept whole.
+        assert_eq!(masker.cut_outside_secrets(b"s3cret", 3), 0);
+        assert_eq!(Masker::default().cut_outside_secrets(text, 12), 12);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use dop_run::process::{run_limited, truncation_marker, Limits, Overflow};
+use dop_run::Masker;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -22,41 +23,77 @@ pub const MAX_LINE: usize = 8 * 1024;
 
 /// Splits a byte stream into lines of at most `MAX_LINE` bytes and keeps the last
 /// `TAIL_LINES` of them: shared by local and remote commands.
+///
+/// Each line is masked on its own later (in the node's log, in the state record's tail), so
+/// no cut here may split one of the execution's secrets: a line longer than `MAX_LINE` is cut
+/// before a secret that would cross the cut, and a tail line is shortened the same way.
+/// Bytes that arrive in several writes are joined before any of this.
 #[derive(Default)]
 pub struct Lines {
     pending: [Vec<u8>; 2],
     tail: VecDeque<String>,
+    masker: Masker,
 }
 
+/// Characters of a line kept in the tail.
+const TAIL_LINE_CHARS: usize = 512;
+
 impl Lines {
-    /// Adds bytes of one stream; calls `emit` for every complete line. A line longer than
-    /// `MAX_LINE` is cut every `MAX_LINE` bytes from its start, however the bytes arrived (in
-    /// one piece or many).
-    pub fn push(&mut self, stream: Stream, data: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
-        let which = stream as usize;
-        self.pending[which].extend_from_slice(data);
-        loop {
-            let pending = &self.pending[which];
-            let window = &pending[..pending.len().min(MAX_LINE)];
-            let end = match window.iter().position(|b| *b == b'\n') {
-                Some(at) => at + 1,
-                None if pending.len() >= MAX_LINE => MAX_LINE,
-                None => break,
-            };
-            let piece: Vec<u8> = self.pending[which].drain(..end).collect();
-            self.emit(stream, &piece, emit);
+    /// Lines whose cuts split none of `masker`'s secrets (it is shared: secrets it learns
+    /// later count from then on).
+    pub fn new(masker: Masker) -> Lines {
+        Lines {
+            masker,
+            ..Lines::default()
         }
+    }
+
+    /// Adds bytes of one stream; calls `emit` for every complete line. A line longer than
+    /// `MAX_LINE` is cut every `MAX_LINE` bytes from its start (earlier where a secret would
+    /// cross the cut), however the bytes arrived (in one piece or many).
+    pub fn push(&mut self, stream: Stream, data: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
+        self.pending[stream as usize].extend_from_slice(data);
+        self.emit_pieces(stream, false, emit);
     }
 
     /// Emits what is left of both streams and gives the tail.
     pub fn finish(mut self, emit: &mut dyn FnMut(Stream, &str)) -> Vec<String> {
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let rest = std::mem::take(&mut self.pending[stream as usize]);
-            if !rest.is_empty() {
-                self.emit(stream, &rest, emit);
-            }
+            self.emit_pieces(stream, true, emit);
         }
         self.tail.into_iter().collect()
+    }
+
+    fn emit_pieces(&mut self, stream: Stream, at_end: bool, emit: &mut dyn FnMut(Stream, &str)) {
+        let which = stream as usize;
+        while let Some(end) = self.piece_end(&self.pending[which], at_end) {
+            let piece: Vec<u8> = self.pending[which].drain(..end).collect();
+            self.emit(stream, &piece, emit);
+        }
+    }
+
+    /// Where the next piece of `pending` ends: after its newline, or at a cut; `None` while
+    /// what is still to come can change that (or nothing is pending).
+    fn piece_end(&self, pending: &[u8], at_end: bool) -> Option<usize> {
+        let window = &pending[..pending.len().min(MAX_LINE)];
+        if let Some(at) = window.iter().position(|b| *b == b'\n') {
+            return Some(at + 1);
+        }
+        if pending.len() < MAX_LINE {
+            return (at_end && !pending.is_empty()).then_some(pending.len());
+        }
+        // A cut at MAX_LINE: first the bytes that would complete a secret begun before it,
+        // unless the line or the stream ends sooner.
+        let reach = MAX_LINE + self.masker.longest_on_one_line().saturating_sub(1);
+        let seen = &pending[..pending.len().min(reach)];
+        if seen.len() < reach && !at_end && !seen[MAX_LINE..].contains(&b'\n') {
+            return None;
+        }
+        // A secret longer than a whole piece cannot be kept in one: cut at MAX_LINE.
+        Some(match self.masker.cut_outside_secrets(seen, MAX_LINE) {
+            0 => MAX_LINE,
+            cut => cut,
+        })
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8], emit: &mut dyn FnMut(Stream, &str)) {
@@ -66,7 +103,12 @@ impl Lines {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(line.chars().take(512).collect());
+        let shortened = match line.char_indices().nth(TAIL_LINE_CHARS) {
+            // On a char boundary: a secret's bytes start on one.
+            Some((at, _)) => &line[..self.masker.cut_outside_secrets(line.as_bytes(), at)],
+            None => line,
+        };
+        self.tail.push_back(shortened.to_string());
     }
 }
 
@@ -94,6 +136,8 @@ pub struct Program<'a> {
     /// Bytes of output (both streams) passed to the lines; the rest is dropped, and a
     /// [`truncation_marker`] line ends the output (`max_program_output`).
     pub max_output: u64,
+    /// The execution's secrets: no cut of an output line splits one.
+    pub masker: &'a Masker,
 }
 
 /// Runs the program; every output line goes to `on_line` (for logs and patterns). Output
@@ -119,7 +163,7 @@ pub async fn run(
         timeout: program.timeout,
         max_output: program.max_output,
     };
-    let mut lines = Lines::default();
+    let mut lines = Lines::new(program.masker.clone());
     let ended = run_limited(
         &mut cmd,
         limits,
@@ -147,14 +191,66 @@ mod tests {
     use super::*;
 
     fn lines_of(pieces: &[&[u8]]) -> Vec<String> {
-        let mut lines = Lines::default();
+        lines_and_tail(Masker::default(), pieces).0
+    }
+
+    /// The lines emitted, each masked as the node's log masks it, and the tail.
+    fn lines_and_tail(masker: Masker, pieces: &[&[u8]]) -> (Vec<String>, Vec<String>) {
+        let mut lines = Lines::new(masker.clone());
         let mut seen = Vec::new();
-        let mut emit = |_: Stream, line: &str| seen.push(line.to_string());
+        let mut emit = |_: Stream, line: &str| seen.push(masker.mask(line).into_owned());
         for piece in pieces {
             lines.push(Stream::Stdout, piece, &mut emit);
         }
-        lines.finish(&mut emit);
-        seen
+        let tail = lines.finish(&mut emit);
+        (seen, tail)
+    }
+
+    #[test]
+    fn no_cut_splits_a_secret_however_the_bytes_arrive() {
+        let masker = Masker::default();
+        masker.learn("s3cret-Pa55");
+        // The secret crosses the cut at MAX_LINE, in one write or in two around the cut, and
+        // at the very end of the output.
+        let mut text = vec![b'y'; MAX_LINE - 2];
+        text.extend_from_slice(b"s3cret-Pa55 after\n");
+        let mut at_the_end = vec![b'y'; MAX_LINE - 2];
+        at_the_end.extend_from_slice(b"s3cret-Pa55");
+        for output in [&text, &at_the_end] {
+            for split in [1, MAX_LINE - 1, MAX_LINE, MAX_LINE + 3, output.len()] {
+                let (lines, _) =
+                    lines_and_tail(masker.clone(), &[&output[..split], &output[split..]]);
+                assert!(lines.iter().all(|l| l.len() <= MAX_LINE));
+                assert_eq!(lines.len(), 2, "split at {split}");
+                assert!(
+                    lines
+                        .iter()
+                        .all(|l| !l.contains("Pa55") && !l.ends_with("s3")),
+                    "split at {split}: {:?}",
+                    lines
+                        .iter()
+                        .map(|l| &l[l.len().saturating_sub(20)..])
+                        .collect::<Vec<_>>()
+                );
+                assert!(
+                    lines[1].starts_with("****"),
+                    "split at {split}: {}",
+                    lines[1]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_tail_line_is_not_shortened_inside_a_secret() {
+        let masker = Masker::default();
+        masker.learn("s3cret-Pa55");
+        let line = format!("{}s3cret-Pa55\n", "y".repeat(TAIL_LINE_CHARS - 3));
+        let (_, tail) = lines_and_tail(masker.clone(), &[line.as_bytes()]);
+        assert_eq!(tail, ["y".repeat(TAIL_LINE_CHARS - 3)]);
+        // Without a secret there, a tail line keeps its first TAIL_LINE_CHARS characters.
+        let (_, tail) = lines_and_tail(masker, &["é".repeat(600).as_bytes()]);
+        assert_eq!(tail, ["é".repeat(TAIL_LINE_CHARS)]);
     }
 
     #[test]

@@ -977,7 +977,7 @@ fn commands_in_a_shell_session_report_exactly_as_on_a_channel_of_their_own() {
       command: {{plugin: ssh/custom, exec: 'head -c 20000 /dev/zero | tr \"\\\\0\" x; echo; printf \"\\\\377\\\\376 bin\\\\n\"'}}
     - name: masked
       nodes: all
-      command: {{plugin: ssh/custom, exec: 'echo the password is s3cret-Pa55 >&2'}}
+      command: {{plugin: ssh/custom, exec: 'echo the password is s3cret-Pa55 >&2; {{ head -c 8190 /dev/zero | tr \"\\\\0\" y; printf s3\"\"cr; sleep 0.2; printf \"et-Pa\"\"55\\\\n\"; }} >&2'}}
     - name: environment
       nodes: all
       command: {{plugin: ssh/custom, exec: 'echo \"$GREETING $DOP_NODE_NAME\"; export LEAK=1', env: {{GREETING: \"it's me\"}}}}
@@ -1076,6 +1076,13 @@ fn commands_in_a_shell_session_report_exactly_as_on_a_channel_of_their_own() {
             .any(|l| l.starts_with("stderr: the password is ") && !l.contains("s3cret")),
         "{stderr:#?}"
     );
+    // Printed in two writes across the cut at 8 KiB: the line is cut before it, and no part
+    // of it is in any log (the command line splits it with `""`, for the command shown).
+    assert!(stderr.contains(&"stderr: ****".to_string()), "{stderr:#?}");
+    for file in ["n01.log", "n02.log", "all.log", "events.jsonl"] {
+        let text = std::fs::read_to_string(logs.join(file)).unwrap();
+        assert!(!text.contains("Pa55") && !text.contains("s3cr"), "{file}");
+    }
     let show = w.show_json("ssh");
     let default = show["step_sets"]
         .as_array()

@@ -129,7 +129,12 @@ fn a_node_that_stalls_the_handshake_is_given_up_on_at_a_stop() {
     dop_testbed::generate_key(&dir.path().join("key"), "stall").unwrap();
     let login = key_login(&dir.path().join("key"));
     for level in [Stop::Kill, Stop::Terminate] {
-        let pool = SshPool::new(HashMap::new(), Duration::from_secs(2), None);
+        let pool = SshPool::new(
+            HashMap::new(),
+            Duration::from_secs(2),
+            None,
+            dop_run::Masker::default(),
+        );
         let stalled = target("stall", "127.0.0.1", server.port, "root", login.clone());
         let (result, took) = stopped_after(
             &runtime(),
@@ -166,7 +171,12 @@ fn a_node_that_stalls_authentication_is_given_up_on_at_a_kill() {
     let testbed = Testbed::start(&dir.path().join("testbed"), &options).expect("testbed");
     // A key the node's AuthorizedKeysFile does not list: sshd asks the command, which sleeps.
     dop_testbed::generate_key(&dir.path().join("unknown"), "unknown").unwrap();
-    let pool = SshPool::new(HashMap::new(), Duration::from_secs(2), None);
+    let pool = SshPool::new(
+        HashMap::new(),
+        Duration::from_secs(2),
+        None,
+        dop_run::Masker::default(),
+    );
     let node = target(
         "n01",
         &testbed.addresses[0].to_string(),
@@ -203,7 +213,12 @@ fn a_node_that_stops_reading_the_input_is_given_up_on_at_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let testbed =
         Testbed::start(&dir.path().join("testbed"), &Options::new(1, 2367, 231)).expect("testbed");
-    let pool = SshPool::new(HashMap::new(), Duration::from_secs(5), None);
+    let pool = SshPool::new(
+        HashMap::new(),
+        Duration::from_secs(5),
+        None,
+        dop_run::Masker::default(),
+    );
     let node = target(
         "n01",
         &testbed.addresses[0].to_string(),

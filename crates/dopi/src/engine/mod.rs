@@ -219,6 +219,7 @@ pub async fn run(
             known,
             Duration::from_secs(opts.connect_timeout),
             opts.max_connections,
+            log.masker().clone(),
         )),
         plan: iteration.plan,
         plan_name: plan_name.to_string(),

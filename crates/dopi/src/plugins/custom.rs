@@ -109,6 +109,7 @@ impl Plugin for Custom {
             env: &env,
             timeout: ctx.timeout,
             max_output: ctx.limits.max_output,
+            masker: ctx.log.masker(),
         };
         let finished = exec::run(&program, ctx.stop.clone(), |stream, text| {
             let tag = match stream {

@@ -145,13 +145,15 @@ pub async fn signal_and_close(channel: &Channel<Msg>, signal: Sig) {
 
 /// Runs `command` on a channel of its own (the node's login shell runs it, as `ssh node
 /// command` does), with `input` on its standard input, or none (an immediate end of file).
-/// `Err(NoExitStatus)` when the channel ended without saying how the command did.
+/// `Err(NoExitStatus)` when the channel ended without saying how the command did. No cut of
+/// an output line splits one of `masker`'s secrets.
 pub async fn on_channel(
     mut channel: Channel<Msg>,
     command: &str,
     input: Option<&[u8]>,
     timeout: Duration,
     stop: watch::Receiver<Stop>,
+    masker: &dop_run::Masker,
     on_line: &mut (dyn FnMut(Stream, &str) + Send),
 ) -> Result<Finished, SshError> {
     let mut watch = Watch::new(timeout, stop);
@@ -168,7 +170,7 @@ pub async fn on_channel(
         Ok(started) => started?,
         Err(sig) => signal_and_close(&channel, sig).await,
     }
-    let mut lines = Lines::default();
+    let mut lines = Lines::new(masker.clone());
     let (mut exit_status, mut signalled) = (None, false);
     loop {
         match watch.next(&mut channel).await {

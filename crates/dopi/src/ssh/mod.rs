@@ -413,6 +413,8 @@ pub struct SshPool {
     /// The node connections open now, by node, to choose which to close.
     open_nodes: Mutex<HashMap<String, Slot>>,
     clock: Arc<Clock>,
+    /// The execution's secrets: no cut of a command's output line splits one.
+    masker: dop_run::Masker,
 }
 
 /// Tries the keys of the ssh agent at `SSH_AUTH_SOCK`, in its order, until one is accepted.
@@ -496,11 +498,13 @@ enum Failure {
 }
 
 impl SshPool {
-    /// A pool that trusts the recorded host keys (`node → SHA256 fingerprint`).
+    /// A pool that trusts the recorded host keys (`node → SHA256 fingerprint`), for the
+    /// execution whose secrets `masker` holds.
     pub fn new(
         known: HashMap<String, String>,
         connect_timeout: Duration,
         max_connections: Option<usize>,
+        masker: dop_run::Masker,
     ) -> SshPool {
         let max_connections = limits::max_connections(max_connections);
         SshPool {
@@ -525,6 +529,7 @@ impl SshPool {
                 start: std::time::Instant::now(),
                 freed: tokio::sync::Notify::new(),
             }),
+            masker,
         }
     }
 
@@ -1075,7 +1080,9 @@ impl SshPool {
                 .await??
             {
                 Ok(mut session) => {
-                    let ran = session.run(command, timeout, stop, on_line).await;
+                    let ran = session
+                        .run(command, timeout, stop, &self.masker, on_line)
+                        .await;
                     return match ran {
                         Ok((finished, reusable)) => {
                             if reusable {
@@ -1105,7 +1112,16 @@ impl SshPool {
             self.open_channel(&connection, &target.node),
         )
         .await??;
-        let ran = command::on_channel(channel, command, input, timeout, stop, on_line).await;
+        let ran = command::on_channel(
+            channel,
+            command,
+            input,
+            timeout,
+            stop,
+            &self.masker,
+            on_line,
+        )
+        .await;
         drop(permit);
         if let Err(e) = &ran {
             // A broken connection (the node went away, or a command ended without a status):

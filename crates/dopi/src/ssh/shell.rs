@@ -248,6 +248,7 @@ impl Shell {
         command: &str,
         timeout: Duration,
         stop: watch::Receiver<Stop>,
+        masker: &dop_run::Masker,
         on_line: &mut (dyn FnMut(Stream, &str) + Send),
     ) -> Result<(Finished, bool), SshError> {
         self.serial += 1;
@@ -258,7 +259,7 @@ impl Shell {
             Ok(sent) => sent?,
             Err(sig) => signal_and_close(&self.channel, forwarded(sig)).await,
         }
-        let mut lines = Lines::default();
+        let mut lines = Lines::new(masker.clone());
         let mut out = Framed::new(format!("{} {serial} ", self.token).into_bytes());
         let mut err = Framed::new(format!("{} {serial}\n", self.token).into_bytes());
         while !(out.ended() && err.ended()) {

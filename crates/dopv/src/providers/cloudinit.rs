@@ -5,13 +5,36 @@
 //! `meta-data`, a version 2 `network-config` with the plan's addresses, and the FAT image
 //! labelled CIDATA that carries the three files.
 
-use std::io::{Cursor, Write as _};
+use std::io::{Cursor, Read as _, Write as _};
 use std::net::IpAddr;
 
 use dop_core::plan::{CredentialKind, Gateway, Infrastructure, IpSetting};
 use serde_json::{json, Value};
 
 use crate::provider::NodeSpec;
+
+/// Random bytes of a password hash's salt (16 characters of crypt's base64).
+const SALT_BYTES: usize = 12;
+
+/// `password` as SHA-512 crypt (`$6$rounds=5000$<salt>$<hash>`), with a salt from
+/// /dev/urandom.
+fn hashed_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; SALT_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .map_err(|e| {
+            format!("cannot read random bytes from /dev/urandom for the root password's salt: {e}")
+        })?;
+    sha512_crypt(password, &salt)
+}
+
+fn sha512_crypt(password: &str, salt: &[u8]) -> Result<String, String> {
+    use sha_crypt::PasswordHasher as _;
+    sha_crypt::ShaCrypt::SHA512
+        .hash_password_with_salt(password.as_bytes(), salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| format!("cannot hash the root password: {e}"))
+}
 
 /// The cloud-config text for a node. Secrets are loaded here, when the node is created.
 pub fn cloud_config(spec: &NodeSpec) -> Result<String, String> {
@@ -55,9 +78,13 @@ pub fn cloud_config(spec: &NodeSpec) -> Result<String, String> {
     // allowed them on every node, keys only or not).
     config.insert("ssh_pwauth".into(), json!(password.is_some()));
     if let Some(p) = password {
+        // Hashed: the user data is readable where the password is not meant to be (the cloud's
+        // metadata service, the seed image, the node's /var/lib/cloud). cloud-init hands a
+        // `list` value that looks like a crypt hash to `chpasswd -e` (since 0.7.9; the `users`
+        // form only since 22.3).
         config.insert(
             "chpasswd".into(),
-            json!({"expire": false, "list": format!("root:{p}")}),
+            json!({"expire": false, "list": format!("root:{}", hashed_password(&p)?)}),
         );
     }
     if !keys.is_empty() {
@@ -269,7 +296,45 @@ mod tests {
                 },
             ],
         );
-        insta::assert_snapshot!(cloud_config(&spec).unwrap());
+        let config = cloud_config(&spec).unwrap();
+        assert!(!config.contains("s3cret"), "{config}");
+        let parsed: Value =
+            serde_json::from_str(config.trim_start_matches("#cloud-config\n")).unwrap();
+        let list = parsed["chpasswd"]["list"].as_str().unwrap();
+        let hash = list.strip_prefix("root:").unwrap();
+        assert_verifies("s3cret", hash);
+        assert!(!verifies("not-root", hash));
+        // The salt is random: what else the snapshot shows stays the same.
+        let salt = hash.split('$').nth(3).unwrap();
+        assert_eq!(salt.len(), 16, "{hash}");
+        insta::assert_snapshot!(config.replace(hash, "<SHA-512 crypt of s3cret>"));
+        assert_ne!(cloud_config(&spec).unwrap(), config, "a new salt each time");
+    }
+
+    fn verifies(password: &str, hash: &str) -> bool {
+        use sha_crypt::PasswordVerifier as _;
+        let hash = sha_crypt::PasswordHashRef::new(hash).unwrap();
+        sha_crypt::ShaCrypt::SHA512
+            .verify_password(password.as_bytes(), hash)
+            .is_ok()
+    }
+
+    /// The crate's check, and glibc's crypt through `openssl passwd -6` where it is installed
+    /// (the hash `chpasswd -e` on the node will read).
+    fn assert_verifies(password: &str, hash: &str) {
+        assert!(verifies(password, hash), "{hash}");
+        let salt = hash.split('$').nth(3).unwrap();
+        match std::process::Command::new("openssl")
+            .args(["passwd", "-6", "-salt", salt, password])
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                let theirs = String::from_utf8(out.stdout).unwrap();
+                // openssl leaves out `rounds=5000`, the default.
+                assert_eq!(theirs.trim(), hash.replace("rounds=5000$", ""));
+            }
+            _ => eprintln!("no openssl passwd here: the hash checked by the crate only"),
+        }
     }
 
     #[test]
