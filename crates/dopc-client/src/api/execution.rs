@@ -257,23 +257,26 @@ impl ExecutionPage {
         }
     }
 
-    /// The page of `executions` (oldest first, as stored).
-    pub fn select<T>(&self, executions: Vec<T>, id: impl Fn(&T) -> u64) -> Vec<T> {
-        let inside: Vec<T> = executions
-            .into_iter()
-            .filter(|e| self.before.is_none_or(|b| id(e) < b))
-            .filter(|e| self.since.is_none_or(|s| id(e) > s))
-            .collect();
+    /// The page of `executions` (oldest first, as stored), oldest first. Only what the page
+    /// holds is taken from the iterator's far end: with a limit, a long history is not walked
+    /// (or cloned, by a caller that maps references) beyond the page.
+    pub fn select<T, I>(&self, executions: I, id: impl Fn(&T) -> u64) -> Vec<T>
+    where
+        I: DoubleEndedIterator<Item = T>,
+    {
+        let (before, since) = (self.before, self.since);
+        let inside = executions
+            .filter(|e| before.is_none_or(|b| id(e) < b))
+            .filter(|e| since.is_none_or(|s| id(e) > s));
         match self.limit {
-            None => inside,
+            None => inside.collect(),
             // Forward from `since`: the oldest ones after it.
-            Some(n) if self.since.is_some() && self.before.is_none() => {
-                inside.into_iter().take(n).collect()
-            }
+            Some(n) if since.is_some() && before.is_none() => inside.take(n).collect(),
             // Otherwise the newest ones, still oldest first.
             Some(n) => {
-                let skip = inside.len().saturating_sub(n);
-                inside.into_iter().skip(skip).collect()
+                let mut newest: Vec<T> = inside.rev().take(n).collect();
+                newest.reverse();
+                newest
             }
         }
     }
@@ -292,7 +295,7 @@ mod tests {
                 before,
                 since,
             }
-            .select(ids.clone(), |i| *i)
+            .select(ids.iter().copied(), |i| *i)
         };
         assert_eq!(
             page(None, None, None),

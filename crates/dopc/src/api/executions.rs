@@ -73,12 +73,15 @@ pub async fn list(
     if let Some(problem) = page.problem() {
         return Err(ApiError::invalid("invalid_query", problem));
     }
-    let matching = s.runner.book().list(|e| {
-        caller.scope.allows(&e.plan)
-            && q.plan.as_ref().is_none_or(|p| *p == e.plan)
-            && q.status.is_none_or(|st| st == e.status)
-    });
-    Ok(Json(page.select(matching, |e| e.id)))
+    let executions = s.runner.book().page(
+        |e| {
+            caller.scope.allows(&e.plan)
+                && q.plan.as_ref().is_none_or(|p| *p == e.plan)
+                && q.status.is_none_or(|st| st == e.status)
+        },
+        &page,
+    );
+    Ok(Json(executions))
 }
 
 /// `GET /executions/{id}`.
