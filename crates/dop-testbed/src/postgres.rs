@@ -223,7 +223,10 @@ impl PgCluster {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > deadline {
-                self.child = None;
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 return Err(setup(
                     "starting postgres",
                     format!(
