@@ -106,6 +106,17 @@ pub struct GlobalArgs {
         alias = "plan_store_dir"
     )]
     pub store_dir: Option<PathBuf>,
+    /// Keep the store in this PostgreSQL database instead of sled in the store directory
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE) [default: `store_url` in dop.conf, else
+    /// none].
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "DOP_STORE_URL",
+        hide_env_values = true
+    )]
+    pub store_url: Option<String>,
     /// Where execution logs go [default: /var/log/dop for root, else ~/.local/state/dop/log].
     #[arg(
         long,
@@ -135,6 +146,9 @@ impl GlobalArgs {
         let mut config = Config::load(&Environment::of_process(), self.config.as_deref())?;
         if let Some(dir) = &self.store_dir {
             config.store_dir.clone_from(dir);
+        }
+        if let Some(url) = self.store_url.as_ref().filter(|u| !u.is_empty()) {
+            config.store_url = Some(url.clone());
         }
         if let Some(dir) = &self.log_dir {
             config.log_dir.clone_from(dir);

@@ -160,9 +160,10 @@ fn json_out(io: &mut Io<'_>, value: &serde_json::Value) {
     print_json(io.out, value);
 }
 
-/// Opens the configured store, or reports why not.
+/// Opens the configured store (PostgreSQL when `store_url` is set, sled in `store_dir`
+/// otherwise), or reports why not.
 pub fn open(config: &Config, io: &mut Io<'_>) -> Result<Store, u8> {
-    Store::open(&config.store_dir).map_err(|e| fail(io, &e))
+    Store::open_at(&config.store_dir, config.store_url.as_deref()).map_err(|e| fail(io, &e))
 }
 
 /// What a tool does after a plan command changed the stored plans (the tools write Puppet's

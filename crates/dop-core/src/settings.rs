@@ -67,6 +67,11 @@ impl fmt::Display for Level {
 pub struct Config {
     /// The plan store directory (`--store-dir`, `DOP_STORE_DIR`).
     pub store_dir: PathBuf,
+    /// The PostgreSQL database holding the store instead of sled in `store_dir`
+    /// (`store_url: postgres://USER:PASSWORD@HOST:PORT/DATABASE`, `DOP_STORE_URL`,
+    /// `--store-url`); `None`: sled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
     /// The log directory (`--log-dir`, `DOP_LOG_DIR`).
     pub log_dir: PathBuf,
     /// The level of the diagnostics on standard error (connections, retries, provider API
@@ -146,6 +151,8 @@ pub struct Environment {
     pub xdg_state_home: Option<PathBuf>,
     /// `$DOP_STORE_DIR`.
     pub store_dir: Option<PathBuf>,
+    /// `$DOP_STORE_URL`.
+    pub store_url: Option<String>,
     /// `$DOP_LOG_DIR`.
     pub log_dir: Option<PathBuf>,
 }
@@ -167,6 +174,9 @@ impl Environment {
             xdg_data_home: var("XDG_DATA_HOME"),
             xdg_state_home: var("XDG_STATE_HOME"),
             store_dir: var("DOP_STORE_DIR"),
+            store_url: std::env::var("DOP_STORE_URL")
+                .ok()
+                .filter(|v| !v.is_empty()),
             log_dir: var("DOP_LOG_DIR"),
         }
     }
@@ -233,6 +243,7 @@ impl Config {
         };
         Config {
             store_dir,
+            store_url: None,
             log_dir,
             verbosity: Level::Info,
             lookup: LookupSettings::default(),
@@ -261,6 +272,9 @@ impl Config {
         }
         if let Some(dir) = &env.store_dir {
             config.store_dir.clone_from(dir);
+        }
+        if let Some(url) = &env.store_url {
+            config.store_url = Some(url.clone());
         }
         if let Some(dir) = &env.log_dir {
             config.log_dir.clone_from(dir);
@@ -307,6 +321,19 @@ impl Config {
             };
             match name.as_str() {
                 "store_dir" | "plan_store_dir" => self.store_dir = PathBuf::from(text(value)?),
+                "store_url" => {
+                    let url = text(value)?;
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                        return Err(invalid(
+                            line,
+                            "'store_url' must be a PostgreSQL URL \
+                             (postgres://USER:PASSWORD@HOST:PORT/DATABASE); remove it to keep \
+                             the store in store_dir"
+                                .into(),
+                        ));
+                    }
+                    self.store_url = Some(url);
+                }
                 "log_dir" => self.log_dir = PathBuf::from(text(value)?),
                 "hiera_dir" => self.hiera_dir = Some(PathBuf::from(text(value)?)),
                 // The original's level of its log files. dop's run logs keep every event (the
@@ -428,6 +455,36 @@ mod tests {
         assert_eq!(
             Config::load(&env, Some(&file)).unwrap().store_dir,
             Path::new("/env/store")
+        );
+    }
+
+    #[test]
+    fn the_store_url_comes_from_the_file_then_the_environment_and_must_be_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        std::fs::write(&file, "store_url: postgres://dop:pw@db:5432/dop\n").unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert_eq!(
+            config.store_url.as_deref(),
+            Some("postgres://dop:pw@db:5432/dop")
+        );
+        assert_eq!(Config::load(&user(), None).unwrap().store_url, None);
+        let env = Environment {
+            store_url: Some("postgres://other@db2/dop".into()),
+            ..user()
+        };
+        assert_eq!(
+            Config::load(&env, Some(&file))
+                .unwrap()
+                .store_url
+                .as_deref(),
+            Some("postgres://other@db2/dop")
+        );
+        std::fs::write(&file, "store_url: /var/lib/dop\n").unwrap();
+        let err = Config::load(&user(), Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains(":1: 'store_url' must be a PostgreSQL URL"),
+            "{err}"
         );
     }
 

@@ -9,6 +9,9 @@
 //! While it waits, a process holds a shared `flock` on `<database>.wait`. A run's state session
 //! (the one holder that keeps a database open for longer) checks that file before each write
 //! and closes the database while anyone waits.
+//!
+//! The PostgreSQL backend (`pg`) implements the same traits on shared tables, where
+//! nobody has to wait.
 
 use std::fs::File;
 
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, StoreError};
+use crate::lock::{Holder, RunLock};
 
 /// Writes applied together: all or nothing, durable when `commit` returns.
 #[derive(Debug, Default)]
@@ -38,6 +42,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// The writes, in order (`None`: a removal).
+    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
 }
 
 /// An open database.
@@ -52,12 +61,66 @@ pub trait Database {
     fn commit(&self, batch: Batch) -> Result<()>;
 }
 
-/// Opens databases by path.
+/// A held plan lock, released when dropped (see [`Backend::lock`]).
+pub trait HeldLock: Send + Sync + std::fmt::Debug {}
+
+impl<T: Send + Sync + std::fmt::Debug> HeldLock for T {}
+
+/// Opens databases by path, and keeps plans' run locks.
+///
+/// Everything but `open` has the sled store's behaviour by default (files beside the
+/// databases), so a backend that wraps the sled one only implements `open`; the PostgreSQL
+/// backend (`postgres`) implements them all.
 pub trait Backend: Send + Sync {
     /// Opens (creating if needed) the database at `path`, waiting while another process has it.
     /// The database may move between threads (a run's state session commits on the blocking
     /// pool) and be shared by them (a server holds its databases open, see `held`).
     fn open(&self, path: &Path) -> Result<Box<dyn Database + Send + Sync>>;
+
+    /// True when the database at `path` has been made (a plan's state before its first write
+    /// has not).
+    fn exists(&self, path: &Path) -> Result<bool> {
+        Ok(path.exists())
+    }
+
+    /// Removes the database at `path` and everything in it (nothing when there is none). The
+    /// caller has closed it.
+    fn destroy(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the run lock of `plan` for `command` (`file`: the sled store's lock file), or says
+    /// who holds it. Returns the lock and, when the previous holder died holding it, who that
+    /// was.
+    fn lock(
+        &self,
+        file: &Path,
+        plan: &str,
+        command: &str,
+    ) -> Result<(Box<dyn HeldLock>, Option<Holder>)> {
+        let lock = RunLock::acquire(file, plan, command)?;
+        let took_over_from = lock.took_over_from.clone();
+        Ok((Box::new(lock), took_over_from))
+    }
+
+    /// Who holds the run lock of `plan` now, if anyone.
+    fn lock_holder(&self, file: &Path, _plan: &str) -> Option<Holder> {
+        RunLock::holder(file)
+    }
+
+    /// True when another process waits for the database at `path`, which this one should then
+    /// close (sled: one process per database).
+    fn someone_waits(&self, path: &Path) -> bool {
+        someone_waits(path)
+    }
+
+    /// Waits (briefly) until the processes waiting for the database at `path` have had it.
+    fn let_waiters_in(&self, path: &Path) {
+        let_waiters_in(path)
+    }
 }
 
 /// The sled backend.

@@ -108,6 +108,60 @@ pub enum StoreError {
         /// The serial in the store.
         actual: u64,
     },
+    /// The store URL is not one dop can use.
+    #[error(
+        "the store URL '{url}' is not a PostgreSQL URL: {reason}; write it as \
+         postgres://USER:PASSWORD@HOST:PORT/DATABASE (store_url, DOP_STORE_URL or --store-url)"
+    )]
+    BadUrl {
+        /// The URL, its password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The PostgreSQL server cannot be reached.
+    #[error(
+        "cannot reach the PostgreSQL store {target}: {reason}; check that the server runs and \
+         that store_url names its host and port"
+    )]
+    Unreachable {
+        /// `user@host:port/database`.
+        target: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The PostgreSQL server refused the login.
+    #[error(
+        "the PostgreSQL store {target} refused the login: {reason}; check the user and password \
+         in store_url"
+    )]
+    LoginRefused {
+        /// `user@host:port/database`.
+        target: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database was migrated by a newer dop.
+    #[error(
+        "the PostgreSQL store {target} has schema version {found}, newer than the {known} this \
+         dop knows; use the dop that migrated it (or a newer one); nothing was changed"
+    )]
+    NewerSchema {
+        /// `user@host:port/database`.
+        target: String,
+        /// The schema version found.
+        found: u32,
+        /// The newest this dop knows.
+        known: u32,
+    },
+    /// A query on the PostgreSQL store failed.
+    #[error("the PostgreSQL store {target} failed: {reason}")]
+    Database {
+        /// `user@host:port/database`.
+        target: String,
+        /// The server's or the client's message.
+        reason: String,
+    },
     /// Import of an original store failed.
     #[error("cannot import {}: {reason}", path.display())]
     Import {

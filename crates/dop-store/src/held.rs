@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, Backend, Database};
+use crate::backend::{Backend, Database};
 use crate::error::Result;
 
 /// A database shared by the operations running on it.
@@ -90,9 +90,10 @@ impl Held {
         }
         *slots = Some(HashMap::new());
         let (weak, limits) = (Arc::downgrade(&self.slots), self.limits);
+        let backend = self.backend.clone();
         let started = std::thread::Builder::new()
             .name("dop-store-held".into())
-            .spawn(move || watch(weak, limits));
+            .spawn(move || watch(weak, limits, &*backend));
         if started.is_err() {
             // Without a watcher nobody would let other processes in: open per operation.
             *slots = None;
@@ -116,7 +117,7 @@ impl Held {
         }
         // The watcher may just have given it up for a waiting process: let that one in first,
         // or this open would take it back before it had its turn.
-        backend::let_waiters_in(path);
+        self.backend.let_waiters_in(path);
         let db: Shared = Arc::from(self.backend.open(path)?);
         slot.db = Some(db.clone());
         Ok(db)
@@ -176,7 +177,7 @@ impl Held {
 
 /// The watcher: every [`WATCH`], closes what another process waits for, what was not used for
 /// [`IDLE`], and the least recently used beyond [`MOST`]. Ends with the store.
-fn watch(slots: Weak<Mutex<Option<Slots>>>, limits: Limits) {
+fn watch(slots: Weak<Mutex<Option<Slots>>>, limits: Limits, backend: &dyn Backend) {
     loop {
         std::thread::sleep(WATCH);
         let Some(slots) = slots.upgrade() else {
@@ -199,7 +200,7 @@ fn watch(slots: Weak<Mutex<Option<Slots>>>, limits: Limits) {
         open.sort_by_key(|(_, _, used)| std::cmp::Reverse(*used));
         let now = Instant::now();
         for (rank, (path, slot, used)) in open.into_iter().enumerate() {
-            let waited_for = backend::someone_waits(&path);
+            let waited_for = backend.someone_waits(&path);
             if !(waited_for || rank >= limits.most || now.duration_since(used) >= limits.idle) {
                 continue;
             }

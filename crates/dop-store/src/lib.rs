@@ -42,15 +42,17 @@ mod held;
 mod import;
 mod layout;
 mod lock;
+mod pg;
 mod records;
 mod session;
 mod store;
 
-pub use backend::{Backend, Batch, Database, SledBackend};
+pub use backend::{Backend, Batch, Database, HeldLock, SledBackend};
 pub use error::{Result, StoreError};
 pub use import::{import_store, ImportReport};
 pub use layout::{check_name, Layout, MARKER};
 pub use lock::{Holder, RunLock};
+pub use pg::{PgBackend, SCHEMA_VERSION};
 pub use records::Records;
 pub use session::StateSession;
 pub use store::{

@@ -29,7 +29,7 @@ pub struct Holder {
 }
 
 impl Holder {
-    fn of_this_process(command: &str) -> Holder {
+    pub(crate) fn of_this_process(command: &str) -> Holder {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown-host".to_string());

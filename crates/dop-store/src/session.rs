@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::mpsc as queue;
 
-use crate::backend::{self, Backend, Database};
+use crate::backend::{Backend, Database};
 use crate::error::{Result, StoreError};
 use crate::held::{Held, Shared};
 use crate::store::{read_serial, read_state, write_batch, App, StateRecords};
@@ -274,11 +274,11 @@ async fn serve(held: Held, path: PathBuf, mut requests: queue::UnboundedReceiver
                     // Kept open for the run's next transition (a run waits on its nodes most
                     // of the time), unless another process waits for the database: then it
                     // is given up within IDLE. A probe is one open, flock and close.
-                    if backend::someone_waits(&path) {
-                        let waited = path.clone();
+                    if backend.someone_waits(&path) {
+                        let (waited, backend) = (path.clone(), backend.clone());
                         db = off_workers(move || {
                             drop(db);
-                            backend::let_waiters_in(&waited);
+                            backend.let_waiters_in(&waited);
                             None
                         })
                         .await;
@@ -327,9 +327,9 @@ fn serve_round(
     mut db: Open,
     batch: Vec<Request>,
 ) -> Open {
-    if db.is_some() && backend::someone_waits(path) {
+    if db.is_some() && backend.someone_waits(path) {
         db = None;
-        backend::let_waiters_in(path);
+        backend.let_waiters_in(path);
     }
     if db.is_none() {
         match backend.open(path) {

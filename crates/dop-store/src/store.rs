@@ -9,11 +9,11 @@ use dop_core::{Plan, PlanDiff};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, Batch, Database, SledBackend};
+use crate::backend::{Backend, Batch, Database, HeldLock, SledBackend};
 use crate::error::{Result, StoreError};
 use crate::held::{Held, Shared};
 use crate::layout::{check_name, Layout};
-use crate::lock::{Holder, RunLock};
+use crate::lock::Holder;
 use crate::session::StateSession;
 use dop_core::time::now_ms;
 
@@ -109,7 +109,9 @@ pub struct StateRecords {
 #[derive(Clone, Debug)]
 pub struct PlanLock {
     plan: String,
-    lock: std::sync::Arc<RunLock>,
+    /// Held for its release on drop (the last clone's).
+    _held: std::sync::Arc<dyn HeldLock>,
+    took_over_from: Option<Holder>,
 }
 
 impl PlanLock {
@@ -120,7 +122,7 @@ impl PlanLock {
 
     /// The holder of a lock this one took over from a process that died, if any.
     pub fn took_over_from(&self) -> Option<&Holder> {
-        self.lock.took_over_from.as_ref()
+        self.took_over_from.as_ref()
     }
 }
 
@@ -186,6 +188,20 @@ impl Store {
         Store::with_backend(root, Box::new(SledBackend::default()))
     }
 
+    /// Opens the store at `root`: on the PostgreSQL database `url` names when there is one
+    /// (`store_url`; the directory then keeps only the documents, see `records`), with sled in
+    /// the directory otherwise. A bad URL, an unreachable server, a refused login or a newer
+    /// schema is an error before anything is written.
+    pub fn open_at(root: &Path, url: Option<&str>) -> Result<Store> {
+        match url.filter(|u| !u.is_empty()) {
+            Some(url) => {
+                let backend = crate::pg::PgBackend::connect(url, root)?;
+                Store::with_backend(root, Box::new(backend))
+            }
+            None => Store::open(root),
+        }
+    }
+
     /// Opens the store at `root` with another backend.
     pub fn with_backend(root: &Path, backend: Box<dyn Backend>) -> Result<Store> {
         let layout = Layout::new(root);
@@ -221,16 +237,22 @@ impl Store {
     /// Takes a plan's run lock for `command`, or says who holds it.
     pub fn lock(&self, plan: &str, command: &str) -> Result<PlanLock> {
         check_name(plan)?;
-        let lock = RunLock::acquire(&self.layout.run_lock(plan), plan, command)?;
+        let (lock, took_over_from) =
+            self.held
+                .backend()
+                .lock(&self.layout.run_lock(plan), plan, command)?;
         Ok(PlanLock {
             plan: plan.to_string(),
-            lock: std::sync::Arc::new(lock),
+            _held: std::sync::Arc::from(lock),
+            took_over_from,
         })
     }
 
     /// Who holds a plan's run lock now, if anyone.
     pub fn lock_holder(&self, plan: &str) -> Option<Holder> {
-        RunLock::holder(&self.layout.run_lock(plan))
+        self.held
+            .backend()
+            .lock_holder(&self.layout.run_lock(plan), plan)
     }
 
     /// The catalog entry of a plan.
@@ -462,10 +484,7 @@ impl Store {
         batch.delete(format!("{PLAN_KEY}{plan}"));
         catalog.commit(batch)?;
         drop(catalog);
-        let remove_dir = |path: PathBuf| match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(path, e)),
-            _ => Ok(()),
-        };
+        let remove_dir = |path: PathBuf| self.held.backend().destroy(&path);
         self.held.release(&self.layout.iterations(plan));
         remove_dir(self.layout.iterations(plan))?;
         if !keep_state {
@@ -482,7 +501,7 @@ impl Store {
     pub fn state(&self, plan: &str, app: App) -> Result<StateRecords> {
         check_name(plan)?;
         let path = self.layout.state(plan);
-        if !path.exists() {
+        if !self.held.backend().exists(&path)? {
             return Ok(StateRecords::default());
         }
         if let Some(read) = self.live.read(&path, app) {

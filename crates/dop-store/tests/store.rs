@@ -1,5 +1,11 @@
-//! The store against a real sled directory: iterations, diffs, node ownership, locks between
-//! processes, and durability when a writer is killed with SIGKILL.
+//! The store against a real sled directory and a real PostgreSQL database (`common`): the
+//! tests of iterations, diffs, node ownership, locks between processes, durability when a
+//! writer is killed with SIGKILL and state sessions run on both backends
+//! ([`on_both_backends!`]); those of sled's own files (damage, torn snapshots, a full disk,
+//! databases held open and given up to another process) on sled alone.
+
+#[macro_use]
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,9 +37,13 @@ struct Helper {
 }
 
 impl Helper {
-    /// Runs this test binary again as a helper process doing `role` on the store at `dir`.
-    fn spawn(role: &str, dir: &Path, arg: &str) -> Helper {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+    /// Runs this test binary again as a helper process doing `role` on the store of `bed`.
+    fn spawn(role: &str, bed: &common::Bed, arg: &str) -> Helper {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(url) = bed.url() {
+            command.env("DOP_STORE_TEST_URL", url);
+        }
+        let mut child = command
             .args([
                 "--exact",
                 "child_process",
@@ -41,7 +51,7 @@ impl Helper {
                 "--test-threads=1",
             ])
             .env("DOP_STORE_TEST_ROLE", role)
-            .env("DOP_STORE_TEST_DIR", dir)
+            .env("DOP_STORE_TEST_DIR", bed.path())
             .env("DOP_STORE_TEST_ARG", arg)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -95,7 +105,8 @@ fn child_process() {
     };
     let dir = PathBuf::from(std::env::var("DOP_STORE_TEST_DIR").unwrap());
     let arg = std::env::var("DOP_STORE_TEST_ARG").unwrap();
-    let store = Store::open(&dir).unwrap();
+    let url = std::env::var("DOP_STORE_TEST_URL").ok();
+    let store = Store::open_at(&dir, url.as_deref()).unwrap();
     let say = |msg: String| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -168,10 +179,9 @@ fn child_process() {
 
 // ---- iterations ------------------------------------------------------------------------------
 
-#[test]
-fn add_update_versions_export_and_diff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn add_update_versions_export_and_diff(bed: &Bed) {
+    let store = bed.open();
     let (before_text, before) = plan("diff/before.yaml");
     let (after_text, after) = plan("diff/after.yaml");
 
@@ -219,12 +229,11 @@ fn add_update_versions_export_and_diff() {
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].name.as_str(), listed[0].latest), ("shop", 2));
     assert!(listed[0].nodes.contains(&"web04.example.com".to_string()));
-}
+}}
 
-#[test]
-fn node_names_are_unique_across_plans() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn node_names_are_unique_across_plans(bed: &Bed) {
+    let store = bed.open();
     let (text, simple) = plan("original/dop_common/spec/fixtures/simple_plan.yaml");
     store.add(&text, &simple, None, false).unwrap();
     let (other_text, other) = plan("original/dop_common/spec/fixtures/other_plan_same_nodes.yaml");
@@ -240,13 +249,12 @@ fn node_names_are_unique_across_plans() {
         store.add(&other_text, &other, None, false).unwrap(),
         Stored::New(_)
     ));
-    assert!(!dir.path().join("plans/simple_plan").exists());
-}
+    assert!(!bed.path().join("plans/simple_plan").exists());
+}}
 
-#[test]
-fn remove_keeps_or_refuses_deployed_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn remove_keeps_or_refuses_deployed_state(bed: &Bed) {
+    let store = bed.open();
     let (text, p) = plan("valid/minimal.yaml");
     store.add(&text, &p, None, false).unwrap();
     let lock = store.lock("minimal", "test").unwrap();
@@ -288,14 +296,13 @@ fn remove_keeps_or_refuses_deployed_state() {
         .unwrap()
         .records
         .is_empty());
-}
+}}
 
 // ---- state and serials -----------------------------------------------------------------------
 
-#[test]
-fn state_writes_move_the_serial_and_stale_writes_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn state_writes_move_the_serial_and_stale_writes_are_refused(bed: &Bed) {
+    let store = bed.open();
     let lock = store.lock("plan-a", "test").unwrap();
     let one = store
         .write_state(&lock, App::Dopi, &[("a".into(), Some(1.into()))], Some(0))
@@ -327,17 +334,16 @@ fn state_writes_move_the_serial_and_stale_writes_are_refused() {
     assert_eq!(state.serial, 2);
     assert_eq!(state.records.keys().collect::<Vec<_>>(), ["b"]);
     assert!(store.state("plan-a", App::Dopv).unwrap().records.is_empty());
-}
+}}
 
 // ---- locks between processes -----------------------------------------------------------------
 
-#[test]
-fn a_second_holder_is_refused_with_the_holders_name_and_readers_still_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn a_second_holder_is_refused_with_the_holders_name_and_readers_still_read(bed: &Bed) {
+    let store = bed.open();
     let (text, p) = plan("valid/minimal.yaml");
     store.add(&text, &p, None, false).unwrap();
-    let mut holder = Helper::spawn("holder", dir.path(), "minimal");
+    let mut holder = Helper::spawn("holder", bed, "minimal");
     assert_eq!(holder.read(|l| l == "locked"), ["locked"]);
 
     let err = store.lock("minimal", "test").unwrap_err();
@@ -373,16 +379,15 @@ fn a_second_holder_is_refused_with_the_holders_name_and_readers_still_read() {
     assert_eq!(lock.took_over_from().map(|h| h.pid), Some(holder.id()));
     drop(lock);
     assert_eq!(store.lock_holder("minimal"), None);
-}
+}}
 
-#[test]
-fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
-    let dir = tempfile::tempdir().unwrap();
-    Store::open(dir.path()).unwrap();
+on_both_backends! {
+fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run(bed: &Bed) {
+    bed.open();
     let mut racers: Vec<Helper> = (0..2)
-        .map(|_| Helper::spawn("racer", dir.path(), "same"))
+        .map(|_| Helper::spawn("racer", bed, "same"))
         .collect();
-    std::fs::write(dir.path().join("go"), "").unwrap();
+    std::fs::write(bed.path().join("go"), "").unwrap();
     let mut results: Vec<String> = racers
         .iter_mut()
         .map(|c| c.read(|_| true).pop().unwrap_or_default())
@@ -394,30 +399,29 @@ fn two_processes_racing_for_one_plan_one_wins_and_different_plans_both_run() {
         "{results:?}"
     );
 
-    std::fs::write(dir.path().join("release"), "").unwrap();
+    std::fs::write(bed.path().join("release"), "").unwrap();
     drop(racers);
 
     // Two plans: both racers hold their lock at the same time (neither releases before both
     // reported).
-    std::fs::remove_file(dir.path().join("release")).unwrap();
+    std::fs::remove_file(bed.path().join("release")).unwrap();
     let mut racers: Vec<Helper> = ["one", "two"]
         .iter()
-        .map(|p| Helper::spawn("racer", dir.path(), p))
+        .map(|p| Helper::spawn("racer", bed, p))
         .collect();
     for r in &mut racers {
         assert_eq!(r.read(|_| true), ["won"]);
     }
-    std::fs::write(dir.path().join("release"), "").unwrap();
-}
+    std::fs::write(bed.path().join("release"), "").unwrap();
+}}
 
 // ---- durability ------------------------------------------------------------------------------
 
+on_both_backends! {
 /// A writer is killed with SIGKILL at varying points, many times. After each kill the store
 /// opens, and every transition the writer reported done is there with its value.
-#[test]
-fn sigkill_loses_no_reported_transition() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn sigkill_loses_no_reported_transition(bed: &Bed) {
+    let store = bed.open();
     let mut next = 0u64;
     let mut previous_pid = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -425,7 +429,7 @@ fn sigkill_loses_no_reported_transition() {
         if Instant::now() > deadline {
             break;
         }
-        let mut writer = Helper::spawn("writer", dir.path(), &next.to_string());
+        let mut writer = Helper::spawn("writer", bed, &next.to_string());
         let first = writer.read(|l| l.starts_with("locked"));
         // Each writer takes over the lock its killed predecessor left.
         assert_eq!(first, [format!("locked {previous_pid}")]);
@@ -444,8 +448,8 @@ fn sigkill_loses_no_reported_transition() {
             "round {round}: {lines:?}"
         );
 
-        let state = Store::open(dir.path())
-            .unwrap()
+        let state = bed
+            .open()
             .state("crash", App::Dopi)
             .unwrap();
         for i in 0..=next + target {
@@ -462,27 +466,29 @@ fn sigkill_loses_no_reported_transition() {
     }
     assert!(next > 50, "only {next} transitions in the time given");
     let _ = store;
-}
+}}
 
+on_both_backends! {
 /// A run's state session keeps the database open while it writes, yet a reader in another
 /// process gets in (the session gives the database up while someone waits), the writes go on,
 /// and a SIGKILL loses no transition the session reported durable.
-#[test]
-fn a_state_session_lets_readers_in_and_loses_no_reported_transition() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut writer = Helper::spawn("session-writer", dir.path(), "");
+fn a_state_session_lets_readers_in_and_loses_no_reported_transition(bed: &Bed) {
+    let store = bed.open();
+    let mut writer = Helper::spawn("session-writer", bed, "");
     assert_eq!(writer.read(|l| l == "locked"), ["locked"]);
     writer.read(|l| l == "done 20");
     // The writer never pauses: without the session yielding, this reader would wait for the
     // whole of its patience (5 s) and fail with `Busy`.
-    let reader = Store::with_backend(
-        dir.path(),
-        Box::new(dop_store::SledBackend {
-            wait: Duration::from_secs(5),
-        }),
-    )
-    .unwrap();
+    let reader = match bed.url() {
+        Some(_) => bed.open(),
+        None => Store::with_backend(
+            bed.path(),
+            Box::new(dop_store::SledBackend {
+                wait: Duration::from_secs(5),
+            }),
+        )
+        .unwrap(),
+    };
     let mut seen = 0;
     for _ in 0..5 {
         let state = reader.state("crash", App::Dopi).expect("a reader gets in");
@@ -501,7 +507,7 @@ fn a_state_session_lets_readers_in_and_loses_no_reported_transition() {
     for i in 0..=last {
         assert_eq!(state.records[&format!("k{i:06}")]["i"], i, "k{i} lost");
     }
-}
+}}
 
 // ---- bad input -------------------------------------------------------------------------------
 
@@ -675,13 +681,12 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     assert_eq!(store.state("full", App::Dopi).unwrap().records["after"], 1);
 }
 
+on_both_backends! {
 /// Inside a runtime the session is a task of that runtime and its commits run on the runtime's
 /// blocking pool, not on a thread of its own (dopc runs many plans at once on one runtime);
 /// outside any runtime it still works, on a small runtime of its own thread.
-#[test]
-fn a_state_session_serves_on_the_callers_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+fn a_state_session_serves_on_the_callers_runtime(bed: &Bed) {
+    let store = std::sync::Arc::new(bed.open());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("callers-runtime")
@@ -718,7 +723,7 @@ fn a_state_session_serves_on_the_callers_runtime() {
         session.read(App::Dopi).unwrap().records["k"],
         serde_json::json!(2)
     );
-}
+}}
 
 /// Counts the databases a store opens.
 struct CountingBackend {

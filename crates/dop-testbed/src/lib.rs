@@ -6,6 +6,8 @@
 //!   client keys and a login whose shell is `/bin/sh`;
 //! * [`dopc::DopcServer`]: a real `dopc serve` on an ephemeral loopback port;
 //! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
+//! * [`postgres::PgCluster`]: a real PostgreSQL cluster (initdb in a temporary directory) on
+//!   `127.0.80.1`, for the store's PostgreSQL backend;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
 //!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
 //!   infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
@@ -28,6 +30,7 @@ pub mod dopv;
 pub mod fleet;
 pub mod libvirt;
 pub mod openstack;
+pub mod postgres;
 pub mod process;
 pub mod resolver;
 

@@ -44,7 +44,11 @@ pub fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut d
     }
     // The request log and the server's own messages: `cli::main_with` set up the diagnostics
     // at dop.conf's `verbosity` (info by default), `--verbosity` or `DOP_LOG`.
-    let store = match dop_store::Store::open(&config.store_dir) {
+    let url = config
+        .store_url
+        .as_deref()
+        .or(settings.store_url.as_deref());
+    let store = match dop_store::Store::open_at(&config.store_dir, url) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -142,7 +146,7 @@ pub fn token(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let store = match dop_store::Store::open(&config.store_dir) {
+    let store = match dop_store::Store::open_at(&config.store_dir, config.store_url.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub shutdown_timeout_secs: u64,
     /// The `local` provider's directory (default `<store>/local`).
     pub local_dir: Option<PathBuf>,
+    /// The PostgreSQL database of the store (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`),
+    /// when neither `--store-url`, `DOP_STORE_URL` nor dop.conf's `store_url` names one;
+    /// `None`: sled in the store directory.
+    pub store_url: Option<String>,
     /// Seconds dopi waits for a node's SSH server.
     pub connect_timeout_secs: u64,
     /// Seconds one cloud API request (OpenStack) of a dopv execution may take (dopv's
@@ -80,6 +84,7 @@ impl Default for ServeConfig {
             header_read_timeout_secs: 10,
             shutdown_timeout_secs: 30,
             local_dir: None,
+            store_url: None,
             connect_timeout_secs: 10,
             provider_api_timeout_secs: dopv::provider::ProviderOptions::API_TIMEOUT.as_secs(),
             provider_wait_timeout_secs: dopv::provider::ProviderOptions::WAIT_TIMEOUT.as_secs(),
@@ -102,6 +107,15 @@ impl ServeConfig {
                  refuse every connection)"
                     .into(),
             );
+        }
+        if let Some(url) = &config.store_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(
+                    "store_url must be a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/\
+                     DATABASE); remove it to keep the store in the store directory"
+                        .into(),
+                );
+            }
         }
         for (plan, settings) in &config.monitor {
             settings
@@ -472,5 +486,21 @@ mod config_tests {
             let refused = ServeConfig::from_toml(zero).unwrap_err();
             assert!(refused.contains("at least 1"), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_store_url_is_read_and_must_be_a_postgresql_url() {
+        assert_eq!(ServeConfig::default().store_url, None);
+        let set =
+            ServeConfig::from_toml("store_url = \"postgres://dop:pw@db:5432/dop\"\n").unwrap();
+        assert_eq!(
+            set.store_url.as_deref(),
+            Some("postgres://dop:pw@db:5432/dop")
+        );
+        let refused = ServeConfig::from_toml("store_url = \"/var/lib/dop\"\n").unwrap_err();
+        assert!(
+            refused.contains("store_url must be a PostgreSQL URL"),
+            "{refused}"
+        );
     }
 }
