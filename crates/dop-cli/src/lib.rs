@@ -169,6 +169,20 @@ pub struct LookupArgs {
     /// The role of nodes that have none in the configuration [default: dop.conf's, else `-`].
     #[arg(long, value_name = "ROLE", alias = "role_default")]
     pub role_default: Option<String>,
+    /// The site's Hiera 5 configuration, asked for roles before the plan's configuration
+    /// [default: dop.conf's `hiera_yaml`, else none].
+    #[arg(long, value_name = "FILE", alias = "hiera_yaml")]
+    pub hiera_yaml: Option<PathBuf>,
+    /// Look no roles up: every node has the default role (the original's --no-use_hiera).
+    #[arg(long, alias = "no-use_hiera")]
+    pub no_use_hiera: bool,
+    /// Feed the nodes' facts from the facts directory into the site Hiera's interpolations.
+    #[arg(long, alias = "load_facts")]
+    pub load_facts: bool,
+    /// The Puppet facts cache, `<fqdn>.yaml` per node [default: dop.conf's `facts_dir`, else
+    /// /var/lib/puppet/yaml/facts for root, ~/.puppet/var/yaml/facts otherwise].
+    #[arg(long, value_name = "DIR", alias = "facts_dir")]
+    pub facts_dir: Option<PathBuf>,
 }
 
 impl LookupArgs {
@@ -180,6 +194,18 @@ impl LookupArgs {
         }
         if let Some(d) = &self.role_default {
             settings.role_default = Some(d.clone());
+        }
+        if let Some(f) = &self.hiera_yaml {
+            settings.hiera_yaml = Some(f.clone());
+        }
+        if self.no_use_hiera {
+            settings.use_hiera = false;
+        }
+        if self.load_facts {
+            settings.load_facts = true;
+        }
+        if let Some(d) = &self.facts_dir {
+            settings.facts_dir = Some(d.clone());
         }
         settings
     }
@@ -325,7 +351,13 @@ pub fn plan_nodes(
         );
         return EXIT_FAILURE;
     };
-    let resolver = Resolver::new(plan, &settings);
+    let resolver = match Resolver::new(plan, &settings) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     let selection = filter.select(&resolver);
     for pattern in &selection.unmatched {
         let _ = writeln!(err, "warning: {pattern} does not match any node");

@@ -4,8 +4,16 @@
 //! variable is looked up in `configuration.nodes.<fqdn>`. This is the in-plan lookup the
 //! original used to validate plans before they were stored; serving the data to Puppet is the
 //! Hiera integration's job.
+//!
+//! With `hiera_yaml` set, a node's role is first looked up through the site's own Hiera 5
+//! configuration (`crate::hiera`), as the original's real Hiera lookup did; the plan's
+//! `configuration` and then `role_default` follow when it finds none.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::hiera::{HieraError, SiteHiera};
 
 use crate::filter::NodeFacts;
 use crate::plan::{Node, Plan};
@@ -20,6 +28,24 @@ pub struct LookupSettings {
     /// Hierarchy levels, most specific first; `%{::fqdn}`, `%{::clientcert}`,
     /// `%{::hostname}`, `%{::domain}` and `%{::role}` are interpolated (`%{name}` works too).
     pub hierarchy: Vec<String>,
+    /// `use_hiera`: look roles up at all. `false` (the original's `--no-use_hiera`): every
+    /// node has `role_default` (or `-`).
+    #[serde(default = "yes")]
+    pub use_hiera: bool,
+    /// `hiera_yaml`: the site's Hiera 5 configuration, asked for roles before the plan's
+    /// `configuration`. `None`: the plan's `configuration` only.
+    #[serde(default)]
+    pub hiera_yaml: Option<PathBuf>,
+    /// `load_facts`: the nodes' facts from `facts_dir` feed the site Hiera's interpolations.
+    #[serde(default)]
+    pub load_facts: bool,
+    /// `facts_dir`: the Puppet facts cache (`<fqdn>.yaml`); `None`: dop.conf's default.
+    #[serde(default)]
+    pub facts_dir: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for LookupSettings {
@@ -32,6 +58,10 @@ impl Default for LookupSettings {
                 "roles/%{::role}".to_string(),
                 "defaults".to_string(),
             ],
+            use_hiera: true,
+            hiera_yaml: None,
+            load_facts: false,
+            facts_dir: None,
         }
     }
 }
@@ -100,34 +130,66 @@ pub struct Resolver<'p> {
     roles: Vec<String>,
 }
 
+/// A found role value as text; `None` for what the original treated as no role (false,
+/// null).
+fn role_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Bool(false) | serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 impl<'p> Resolver<'p> {
-    /// Resolves every node's role.
-    pub fn new(plan: &'p Plan, settings: &'p LookupSettings) -> Resolver<'p> {
-        let roles = plan
-            .nodes
-            .iter()
-            .map(|node| {
-                lookup(
-                    &plan.configuration,
-                    settings,
-                    node,
-                    None,
-                    &settings.role_variable,
-                )
-                .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Bool(false) => None,
-                    other => Some(other.to_string()),
+    /// Resolves every node's role: the site's Hiera (`hiera_yaml`), then the plan's
+    /// `configuration`, then `role_default`, then [`NO_ROLE`]. Fails when the site's Hiera
+    /// cannot be evaluated (a file that does not parse, a backend or function dop cannot
+    /// evaluate): a role guessed past it could differ from the one Puppet gives the node.
+    pub fn new(plan: &'p Plan, settings: &'p LookupSettings) -> Result<Resolver<'p>, HieraError> {
+        let mut site = match (&settings.hiera_yaml, settings.use_hiera) {
+            (Some(file), true) => Some(SiteHiera::load(
+                file,
+                settings
+                    .load_facts
+                    .then_some(settings.facts_dir.as_deref())
+                    .flatten(),
+            )?),
+            _ => None,
+        };
+        let mut roles = Vec::with_capacity(plan.nodes.len());
+        for node in &plan.nodes {
+            let external = match &mut site {
+                Some(site) => site
+                    .lookup(node, &settings.role_variable)?
+                    .as_ref()
+                    .and_then(role_text),
+                None => None,
+            };
+            let role = external
+                .or_else(|| {
+                    settings
+                        .use_hiera
+                        .then(|| {
+                            lookup(
+                                &plan.configuration,
+                                settings,
+                                node,
+                                None,
+                                &settings.role_variable,
+                            )
+                        })
+                        .flatten()
+                        .and_then(role_text)
                 })
                 .or_else(|| settings.role_default.clone())
-                .unwrap_or_else(|| NO_ROLE.to_string())
-            })
-            .collect();
-        Resolver {
+                .unwrap_or_else(|| NO_ROLE.to_string());
+            roles.push(role);
+        }
+        Ok(Resolver {
             plan,
             settings,
             roles,
-        }
+        })
     }
 
     /// The plan.
@@ -236,7 +298,7 @@ configuration:
     fn a_nodes_levels_are_the_hierarchy_interpolated_with_its_role() {
         let plan = plan();
         let settings = LookupSettings::default();
-        let resolver = Resolver::new(&plan, &settings);
+        let resolver = Resolver::new(&plan, &settings).unwrap();
         let sources = |i: usize| -> Vec<String> {
             resolver.levels(i).into_iter().map(|l| l.source).collect()
         };
@@ -261,7 +323,7 @@ configuration:
     fn roles_come_from_the_most_specific_level() {
         let plan = plan();
         let settings = LookupSettings::default();
-        let r = Resolver::new(&plan, &settings);
+        let r = Resolver::new(&plan, &settings).unwrap();
         assert_eq!((r.role(0), r.role(1)), ("base", "db"));
         // `false` at the node level does not stop the search; the default wins.
         assert_eq!(r.role(2), "base");
@@ -271,7 +333,7 @@ configuration:
     fn other_variables_see_the_role_level() {
         let plan = plan();
         let settings = LookupSettings::default();
-        let r = Resolver::new(&plan, &settings);
+        let r = Resolver::new(&plan, &settings).unwrap();
         assert_eq!(r.config_of(1, "port"), Some(&serde_json::json!(5432)));
         assert_eq!(r.config_of(0, "port"), Some(&serde_json::json!(80)));
         // A node-level `false` is beaten by a truthy role-level value...
@@ -288,12 +350,15 @@ configuration:
             role_variable: "nothing_here".into(),
             ..LookupSettings::default()
         };
-        assert_eq!(Resolver::new(&plan, &bare).role(0), NO_ROLE);
+        assert_eq!(Resolver::new(&plan, &bare).unwrap().role(0), NO_ROLE);
         let with_default = LookupSettings {
             role_default: Some("fallback".into()),
             ..bare
         };
-        assert_eq!(Resolver::new(&plan, &with_default).role(0), "fallback");
+        assert_eq!(
+            Resolver::new(&plan, &with_default).unwrap().role(0),
+            "fallback"
+        );
     }
 
     #[test]

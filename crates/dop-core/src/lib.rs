@@ -35,6 +35,7 @@ mod diagnostic;
 mod diff;
 pub mod event;
 mod filter;
+mod hiera;
 mod include;
 mod load;
 mod pattern;
@@ -52,6 +53,7 @@ pub use event::{Event, EventKind};
 pub use filter::{
     ConfigSelector, FilterError, FilterFlags, Matches, NodeFacts, NodeFilter, Selection,
 };
+pub use hiera::{HieraError, SiteHiera};
 pub use include::{expand_file, Expanded, IncludeError, Location, SourceMap, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Loaded};
 pub use pattern::{Pattern, PatternError, Selector};

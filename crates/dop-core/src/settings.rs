@@ -241,12 +241,21 @@ impl Config {
                 env.xdg(&env.xdg_state_home, ".local/state").join("dop/log"),
             )
         };
+        // The original's facts cache: Puppet's for root, the user's otherwise.
+        let facts_dir = if env.root {
+            PathBuf::from("/var/lib/puppet/yaml/facts")
+        } else {
+            env.xdg(&None, ".puppet/var/yaml/facts")
+        };
         Config {
             store_dir,
             store_url: None,
             log_dir,
             verbosity: Level::Info,
-            lookup: LookupSettings::default(),
+            lookup: LookupSettings {
+                facts_dir: Some(facts_dir),
+                ..LookupSettings::default()
+            },
             connection_check_timeout: 5,
             max_ssh_connections: None,
             hiera_dir: None,
@@ -312,6 +321,10 @@ impl Config {
                 _ => Err(invalid(line, format!("'{name}' must be a string"))),
             };
             let level = |v: &Yaml| text(v)?.parse::<Level>().map_err(|e| invalid(line, e));
+            let boolean = |v: &Yaml| match v.value {
+                Value::Bool(b) => Ok(b),
+                _ => Err(invalid(line, format!("'{name}' must be true or false"))),
+            };
             let seconds = |v: &Yaml| match v.value {
                 Value::Int(n) if n > 0 => Ok(n.unsigned_abs()),
                 _ => Err(invalid(
@@ -390,9 +403,12 @@ impl Config {
                         )
                     })?
                 }
-                // Settings of the original that dop does not use (Hiera, MCollective, tracing).
-                "trace" | "use_hiera" | "hiera_yaml" | "load_facts" | "facts_dir"
-                | "mco_config" | "mco_dopi_logger" | "config_file" => {}
+                "use_hiera" => self.lookup.use_hiera = boolean(value)?,
+                "hiera_yaml" => self.lookup.hiera_yaml = Some(PathBuf::from(text(value)?)),
+                "load_facts" => self.lookup.load_facts = boolean(value)?,
+                "facts_dir" => self.lookup.facts_dir = Some(PathBuf::from(text(value)?)),
+                // Settings of the original that dop does not use (MCollective, tracing).
+                "trace" | "mco_config" | "mco_dopi_logger" | "config_file" => {}
                 _ => {
                     return Err(invalid(
                         line,
@@ -511,6 +527,46 @@ mod tests {
         let config = Config::load(&user(), Some(&file)).unwrap_or_else(|e| panic!("{e}\n{on}"));
         assert_eq!(config.hiera_dir(), Path::new("/var/lib/dop-hiera"), "{on}");
         assert_eq!(config.connection_check_timeout, 10);
+    }
+
+    #[test]
+    fn the_originals_hiera_settings_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dop.conf");
+        let defaults = Config::load(&user(), None).unwrap();
+        assert!(defaults.lookup.use_hiera && !defaults.lookup.load_facts);
+        assert_eq!(defaults.lookup.hiera_yaml, None);
+        assert_eq!(
+            defaults.lookup.facts_dir.as_deref(),
+            Some(Path::new("/home/op/.puppet/var/yaml/facts"))
+        );
+        std::fs::write(
+            &file,
+            ":use_hiera: false
+:hiera_yaml: /etc/puppet/hiera.yaml
+:load_facts: true
+facts_dir: /srv/facts
+",
+        )
+        .unwrap();
+        let config = Config::load(&user(), Some(&file)).unwrap();
+        assert!(!config.lookup.use_hiera && config.lookup.load_facts);
+        assert_eq!(
+            config.lookup.hiera_yaml.as_deref(),
+            Some(Path::new("/etc/puppet/hiera.yaml"))
+        );
+        assert_eq!(
+            config.lookup.facts_dir.as_deref(),
+            Some(Path::new("/srv/facts"))
+        );
+        std::fs::write(
+            &file,
+            "load_facts: maybe
+",
+        )
+        .unwrap();
+        let err = Config::load(&user(), Some(&file)).unwrap_err().to_string();
+        assert!(err.ends_with("'load_facts' must be true or false"), "{err}");
     }
 
     #[test]

@@ -56,7 +56,7 @@ proptest! {
     fn a_generated_plan_loads_to_the_nodes_and_roles_it_describes(nodes in nodes()) {
         let plan = load(&plan_text(&nodes, domain));
         let settings = LookupSettings::default();
-        let resolver = Resolver::new(&plan, &settings);
+        let resolver = Resolver::new(&plan, &settings).unwrap();
         prop_assert_eq!(resolver.len(), nodes.len());
         for i in 0..resolver.len() {
             let name = resolver.name(i);
@@ -115,7 +115,7 @@ proptest! {
     ) {
         let plan = load(&plan_text(&nodes, domain));
         let settings = LookupSettings::default();
-        let resolver = Resolver::new(&plan, &settings);
+        let resolver = Resolver::new(&plan, &settings).unwrap();
         let names: Vec<String> = nodes.keys().cloned().collect();
         let include: Vec<String> = include.iter().map(|i| i.get(&names).clone()).collect();
         let exclude: Vec<String> = exclude.iter().map(|i| i.get(&names).clone()).collect();

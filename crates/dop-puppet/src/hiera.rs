@@ -101,7 +101,7 @@ type Files = Vec<(String, String, Vec<u8>)>;
 
 /// The data files of a plan's nodes, or why Puppet could not use them.
 fn plan_files(plan: &dop_core::Plan, settings: &LookupSettings) -> Result<Files, String> {
-    let resolver = Resolver::new(plan, settings);
+    let resolver = Resolver::new(plan, settings).map_err(|e| e.to_string())?;
     let mut files = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
         if node.name.is_empty() || node.name.starts_with('.') || node.name.contains('/') {

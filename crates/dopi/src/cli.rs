@@ -398,7 +398,13 @@ fn render_show(args: &ShowArgs, config: &Config, store: &dop_store::Store, io: &
         let holder = store.lock_holder(&args.plan);
         let plan = &iteration.plan;
         let settings = args.lookup.settings(config);
-        let resolver = Resolver::new(plan, &settings);
+        let resolver = match Resolver::new(plan, &settings) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(io.err, "error: {e}");
+                return Ok(EXIT_FAILURE);
+            }
+        };
         let sets: Vec<_> = plan
             .step_sets
             .iter()

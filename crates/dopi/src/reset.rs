@@ -25,6 +25,9 @@ pub enum ResetError {
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The nodes' roles cannot be resolved through the site's Hiera: nothing was reset.
+    #[error("nothing was reset: {0}")]
+    Roles(#[from] dop_core::HieraError),
     /// No such step set or step.
     #[error("{0}")]
     NotFound(String),
@@ -69,7 +72,7 @@ pub fn reset_holding(
         })?],
         (None, None) => plan.step_sets.iter().collect(),
     };
-    let resolver = Resolver::new(&plan, settings);
+    let resolver = Resolver::new(&plan, settings)?;
     let wanted = opts.filter.select(&resolver);
     let mut wanted_nodes = vec![false; resolver.len()];
     for i in wanted.nodes {

@@ -252,7 +252,8 @@ pub(crate) fn parse_plan(
         configuration,
     };
     warn_steps_without_nodes(c, root, &plan, settings);
-    Some(plan)
+    // The site's Hiera may have refused the roles.
+    (c.error_count() == 0).then_some(plan)
 }
 
 fn parse_name(c: &mut Collector<'_>, root: &Yaml, fallback: Option<&str>) -> Option<String> {
@@ -567,7 +568,18 @@ fn warn_steps_without_nodes(
     plan: &Plan,
     settings: &LookupSettings,
 ) {
-    let resolver = Resolver::new(plan, settings);
+    let resolver = match Resolver::new(plan, settings) {
+        Ok(r) => r,
+        Err(e) => {
+            let at = root.get("nodes").unwrap_or(root);
+            c.error(
+                at,
+                "nodes",
+                format!("the nodes' roles cannot be resolved through the site's Hiera: {e}"),
+            );
+            return;
+        }
+    };
     // Steps repeat their patterns and roles: each is matched against the nodes once.
     let mut matches = crate::filter::Matches::new(&resolver);
     for set in &plan.step_sets {

@@ -39,7 +39,7 @@ pub fn combined(
     let dopi_records = store.state(name, App::Dopi)?;
     let dopi = dopi::PlanState::from_records(&dopi_records);
     let settings = LookupSettings::default();
-    let resolver = Resolver::new(plan, &settings);
+    let resolver = Resolver::new(plan, &settings).map_err(|e| ApiError::internal(e.to_string()))?;
     let step_sets = plan
         .step_sets
         .iter()

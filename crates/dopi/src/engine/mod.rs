@@ -119,6 +119,10 @@ pub enum RunError {
         /// The step sets it has.
         available: Vec<String>,
     },
+    /// The nodes' roles cannot be resolved through the site's Hiera (`hiera_yaml`): nothing
+    /// ran, since a step selecting roles could reach other nodes than Puppet's roles say.
+    #[error("nothing ran: {0}")]
+    Roles(#[from] dop_core::HieraError),
     /// Commands of the plan use unknown plugins or bad parameters.
     #[error("the plan's commands have problems:\n{}", .0.join("\n"))]
     Plugins(Vec<String>),

@@ -36,7 +36,7 @@ fn redeployments(
     log: &ExecutionLog,
 ) -> Result<(), RunError> {
     let generation_of = |node: &str| deployed.get(node).map(|d| d.generation);
-    let resolver = Resolver::new(plan, &opts.settings);
+    let resolver = Resolver::new(plan, &opts.settings)?;
     let selected: std::collections::HashSet<&str> = opts
         .filter
         .select(&resolver)

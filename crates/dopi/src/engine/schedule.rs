@@ -60,7 +60,7 @@ impl<'a> SetRun<'a> {
         opts: &'a RunOptions,
         set: &'a StepSet,
     ) -> Result<Self, RunError> {
-        let resolver = Resolver::new(&ctx.plan, &opts.settings);
+        let resolver = Resolver::new(&ctx.plan, &opts.settings)?;
         let selection = opts.filter.select(&resolver);
         for pattern in &selection.unmatched {
             ctx.event(

@@ -204,6 +204,9 @@ pub enum DopvError {
     /// A provider cannot be used, or cannot make a node: nothing was touched.
     #[error("nothing was changed, because:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Preflight(Vec<String>),
+    /// The nodes' roles cannot be resolved through the site's Hiera: nothing was touched.
+    #[error("nothing was changed: {0}")]
+    Roles(#[from] dop_core::HieraError),
     /// The log directory cannot be written.
     #[error("cannot write the logs under {path}: {source}")]
     Logs {

@@ -64,7 +64,7 @@ pub(super) async fn preflight(
             universe.nodes.push(record.desired.clone());
         }
     }
-    let resolver = Resolver::new(&universe, &opts.settings);
+    let resolver = Resolver::new(&universe, &opts.settings)?;
     let selection = opts.filter.select(&resolver);
 
     let mut checks = Checks {
