@@ -239,9 +239,14 @@ impl MonitorArgs {
 pub struct TaskArgs {
     /// The plan.
     pub plan: String,
-    /// dopi's step set.
+    /// dopi's step set (run, setup, sync: default `default`; reset: only this one, default
+    /// every step set).
     #[arg(long, short = 's')]
     pub stepset: Option<String>,
+    /// reset: only this step of the step set (--stepset, else `default`): its name, or its
+    /// number from 1.
+    #[arg(long)]
+    pub step: Option<String>,
     /// Nodes to include: names or /regex/, comma-separated.
     #[arg(long)]
     pub nodes: Option<String>,
@@ -287,6 +292,7 @@ impl TaskArgs {
             interruptive: self.interruptive,
             rmdisk: self.rmdisk,
             force: self.force,
+            step: self.step.clone(),
             ..ExecOptions::default()
         }
     }

@@ -245,6 +245,24 @@ impl Runner {
                 ),
             ));
         }
+        if task == Task::Reset {
+            let opts = dopi::ResetOptions {
+                step_set: options.step_set.clone(),
+                step: options.step.clone(),
+                ..dopi::ResetOptions::default()
+            };
+            dopi::chosen_steps(&plan, &opts).map_err(|e| {
+                ApiError::invalid("invalid_options", format!("reset of plan '{name}': {e}"))
+            })?;
+        } else if options.step.is_some() {
+            return Err(ApiError::invalid(
+                "invalid_options",
+                format!(
+                    "'step' is an option of 'reset' only, not of '{}': leave it out",
+                    task.name()
+                ),
+            ));
+        }
         let e = self.book.add(|id| Execution {
             id,
             plan: name.clone(),
@@ -644,7 +662,7 @@ async fn run_task(
                         .await?,
                 );
                 if !o.noop {
-                    r.dopi = Some(part.dopi_reset(true).await?);
+                    r.dopi = Some(part.dopi_reset(true, None, None).await?);
                 }
             }
             Task::Sync => {
@@ -657,7 +675,12 @@ async fn run_task(
                     r.dopi = Some(part.dopi_run().await?);
                 }
             }
-            Task::Reset => r.dopi = Some(part.dopi_reset(o.force).await?),
+            Task::Reset => {
+                r.dopi = Some(
+                    part.dopi_reset(o.force, o.step_set.clone(), o.step.clone())
+                        .await?,
+                )
+            }
             Task::Refresh => r.dopv = Some(part.dopv(dopv::Operation::Refresh).await?),
         }
         Ok(())
@@ -785,10 +808,17 @@ impl Part<'_> {
         }
     }
 
-    async fn dopi_reset(&self, force: bool) -> Result<DopiSummary, (Status, String)> {
+    /// Resets dopi's state of the selected nodes: of one step set, or one step of it, when
+    /// given (as `dopi reset --stepset S --step N`), else of every step set.
+    async fn dopi_reset(
+        &self,
+        force: bool,
+        step_set: Option<String>,
+        step: Option<String>,
+    ) -> Result<DopiSummary, (Status, String)> {
         let opts = dopi::ResetOptions {
-            step_set: None,
-            step: None,
+            step_set,
+            step,
             filter: self.filter.clone(),
             force,
         };

@@ -1922,3 +1922,122 @@ async fn secrets_are_masked_in_diffs_plan_text_and_execution_errors() {
         assert!(!body.contains("Exec-7c6b5a4d"), "in the {place}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_execution_resets_only_the_step_set_and_step_it_names() {
+    let server = Server::start().await;
+    server
+        .plan("name: granular\ninfrastructures: {l: {type: baremetal}}\nnodes: {g1: {infrastructure: l}, g2: {infrastructure: l}}\nsteps:\n  default:\n    - name: a\n      nodes: all\n      command: {plugin: custom, exec: 'true'}\n    - name: b\n      nodes: all\n      command: {plugin: custom, exec: 'true'}\n  other:\n    - name: c\n      nodes: all\n      command: {plugin: custom, exec: 'true'}\n")
+        .await;
+    for set in ["default", "other"] {
+        let id = server
+            .execute("granular", "run", json!({"step_set": set}))
+            .await;
+        assert_eq!(server.wait(id).await["status"], "done");
+    }
+    // Where each step stands on each node: `set/step/node` -> state.
+    let states = || async {
+        let (status, state) = server.get("/plans/granular/state").await;
+        assert_eq!(status, 200, "{state}");
+        let mut out = std::collections::BTreeMap::new();
+        for set in state["step_sets"].as_array().unwrap() {
+            for step in set["steps"].as_array().unwrap() {
+                for (node, record) in step["nodes"].as_object().unwrap() {
+                    out.insert(
+                        format!(
+                            "{}/{}/{node}",
+                            set["name"].as_str().unwrap(),
+                            step["name"].as_str().unwrap()
+                        ),
+                        record["state"].as_str().unwrap().to_string(),
+                    );
+                }
+            }
+        }
+        out
+    };
+    assert!(states().await.values().all(|s| s == "done"));
+    let reset = |options: Value| async {
+        let id = server.execute("granular", "reset", options).await;
+        let e = server.wait(id).await;
+        assert_eq!(e["status"], "done", "{e}");
+        e["result"]["dopi"]["reset"].as_u64().unwrap()
+    };
+    // One step (by number) of one step set, on one node.
+    let n = reset(json!({"step_set": "default", "step": "2", "nodes": "g1", "force": true})).await;
+    assert_eq!(n, 1);
+    let now = states().await;
+    let ready: Vec<&String> = now
+        .iter()
+        .filter(|(_, s)| *s != "done")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(ready, ["default/b/g1"], "{now:?}");
+    // A whole step set: the other keeps its state.
+    let n = reset(json!({"step_set": "other", "force": true})).await;
+    assert_eq!(n, 2);
+    let now = states().await;
+    for (key, state) in &now {
+        let expected = if key.starts_with("other/") || key == "default/b/g1" {
+            "ready"
+        } else {
+            "done"
+        };
+        assert_eq!(state, expected, "{key}: {now:?}");
+    }
+    // A step by name, through the client's command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dopc"))
+        .args([
+            "execution",
+            "reset",
+            "granular",
+            "--step",
+            "a",
+            "--force",
+            "--follow",
+        ])
+        .env("DOPC_URL", server.url())
+        .env("DOPC_TOKEN", server.token())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = states().await;
+    assert_eq!(now["default/a/g1"], "ready", "{now:?}");
+    assert_eq!(now["default/a/g2"], "ready", "{now:?}");
+    // Names the plan does not have are refused before anything is queued.
+    let (_, before) = server.get("/executions?plan=granular").await;
+    for (options, message) in [
+        (
+            json!({"step_set": "nope"}),
+            "reset of plan 'granular': plan 'granular' has no step set 'nope'; it has: default, other",
+        ),
+        (
+            json!({"step_set": "other", "step": "3"}),
+            "reset of plan 'granular': step set 'other' has no step '3' (give a name or a number from 1 to 1)",
+        ),
+    ] {
+        let (status, body) = server
+            .post("/executions", json!({"plan": "granular", "task": "reset", "options": options}))
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["message"], message, "{body}");
+    }
+    let (status, body) = server
+        .post(
+            "/executions",
+            json!({"plan": "granular", "task": "run", "options": {"step": "a"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "'step' is an option of 'reset' only, not of 'run': leave it out"
+    );
+    let (_, after) = server.get("/executions?plan=granular").await;
+    assert_eq!(before, after, "nothing was queued");
+}

@@ -31,7 +31,7 @@ pub use engine::{
 pub use plugin::{
     params, CommandContext, CommandOptions, CommandOutcome, ParamProblem, Plugin, Reach, Registry,
 };
-pub use reset::{reset, reset_holding, ResetError, ResetOptions};
+pub use reset::{chosen_steps, reset, reset_holding, ResetError, ResetOptions};
 pub use state::{
     record_key, step_hash, step_keys, CommandState, NodeStepState, PlanState, RunState,
 };

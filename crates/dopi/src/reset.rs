@@ -54,24 +54,7 @@ pub fn reset_holding(
 ) -> Result<usize, ResetError> {
     let plan_name = lock.plan();
     let plan = store.iteration(plan_name, None)?.plan;
-    let sets: Vec<&dop_core::plan::StepSet> = match (&opts.step_set, &opts.step) {
-        (Some(name), _) => vec![plan.step_set(name).ok_or_else(|| {
-            ResetError::NotFound(format!(
-                "plan '{plan_name}' has no step set '{name}'; it has: {}",
-                plan.step_sets
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?],
-        (None, Some(_)) => vec![plan.step_set("default").ok_or_else(|| {
-            ResetError::NotFound(
-                "--step needs --stepset: the plan has no step set 'default'".into(),
-            )
-        })?],
-        (None, None) => plan.step_sets.iter().collect(),
-    };
+    let sets = chosen_steps(&plan, opts)?;
     let resolver = Resolver::new(&plan, settings)?;
     let wanted = opts.filter.select(&resolver);
     let mut wanted_nodes = vec![false; resolver.len()];
@@ -80,26 +63,8 @@ pub fn reset_holding(
     }
     let state = PlanState::from_records(&store.state(plan_name, App::Dopi)?);
     let mut changes = Vec::new();
-    for set in sets {
+    for (set, chosen) in sets {
         let keys = step_keys(set);
-        let chosen: Vec<usize> = match &opts.step {
-            None => (0..set.steps.len()).collect(),
-            Some(which) => {
-                let by_name = keys.iter().position(|k| k == which);
-                let by_number = which
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=set.steps.len()).contains(n))
-                    .map(|n| n - 1);
-                vec![by_name.or(by_number).ok_or_else(|| {
-                    ResetError::NotFound(format!(
-                        "step set '{}' has no step '{which}' (give a name or a number from 1 to {})",
-                        set.name,
-                        set.steps.len()
-                    ))
-                })?]
-            }
-        };
         for s in chosen {
             let step = &set.steps[s];
             let hash = step_hash(step);
@@ -141,4 +106,55 @@ pub fn reset_holding(
         store.write_state(lock, App::Dopi, &changes, None)?;
     }
     Ok(count)
+}
+
+/// The step sets and steps (by index) a reset touches; an error names a step set or step the
+/// plan does not have. dopc checks an execution's options with it before it queues one.
+pub fn chosen_steps<'p>(
+    plan: &'p dop_core::Plan,
+    opts: &ResetOptions,
+) -> Result<Vec<(&'p dop_core::plan::StepSet, Vec<usize>)>, ResetError> {
+    let plan_name = &plan.name;
+    let sets: Vec<&dop_core::plan::StepSet> = match (&opts.step_set, &opts.step) {
+        (Some(name), _) => vec![plan.step_set(name).ok_or_else(|| {
+            ResetError::NotFound(format!(
+                "plan '{plan_name}' has no step set '{name}'; it has: {}",
+                plan.step_sets
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?],
+        (None, Some(_)) => vec![plan.step_set("default").ok_or_else(|| {
+            ResetError::NotFound(
+                "--step needs --stepset: the plan has no step set 'default'".into(),
+            )
+        })?],
+        (None, None) => plan.step_sets.iter().collect(),
+    };
+    let mut out = Vec::new();
+    for set in sets {
+        let keys = step_keys(set);
+        let chosen: Vec<usize> = match &opts.step {
+            None => (0..set.steps.len()).collect(),
+            Some(which) => {
+                let by_name = keys.iter().position(|k| k == which);
+                let by_number = which
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=set.steps.len()).contains(n))
+                    .map(|n| n - 1);
+                vec![by_name.or(by_number).ok_or_else(|| {
+                    ResetError::NotFound(format!(
+                        "step set '{}' has no step '{which}' (give a name or a number from 1 to {})",
+                        set.name,
+                        set.steps.len()
+                    ))
+                })?]
+            }
+        };
+        out.push((set, chosen));
+    }
+    Ok(out)
 }

@@ -125,6 +125,10 @@ pub struct ExecOptions {
     /// `reset`: done work too.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// `reset`: only this step of the step set (`step_set`, else `default`): its name, or its
+    /// number from 1. Without `step_set` and `step`, `reset` resets every step set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// `sync`: run dopi afterwards (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<bool>,
