@@ -7,9 +7,9 @@
 //! * [`dopc::DopcServer`]: a real `dopc serve` on an ephemeral loopback port;
 //! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
-//!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
-//!   infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
-//!   [`resolver::SilentResolver`]: a name server that never answers.
+//!   test starts; [`chaos`], [`libvirt`], [`openstack`] and [`vsphere`]: kill points and the
+//!   three infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login
+//!   floor; [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
 //! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
@@ -30,6 +30,7 @@ pub mod libvirt;
 pub mod openstack;
 pub mod process;
 pub mod resolver;
+pub mod vsphere;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
