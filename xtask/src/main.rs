@@ -13,6 +13,9 @@
 //! * `cargo xtask libvirt up|down|status` — a local libvirt (libvirtd and virtlogd by pid, QEMU
 //!   guests in software emulation, the storage pool `dop-test` holding the guest image) for the
 //!   libvirt provider's tests; `down` removes dopv's domains and volumes and stops the daemons.
+//! * `cargo xtask vsphere up|down|status` — VMware's vCenter simulator (vcsim and govc built
+//!   from Debian's govmomi packages, cached) on 127.0.82.1 by pid, for the vSphere provider's
+//!   tests.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +31,9 @@ mod libvirt;
 mod openstack;
 mod testbed;
 mod vm_image;
+mod vsphere;
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status | vsphere up|down|status>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("openstack") => openstack::run(&args[1..]),
         Some("vm-image") => vm_image::run(&args[1..]),
         Some("libvirt") => libvirt::run(&args[1..]),
+        Some("vsphere") => vsphere::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -1,6 +1,6 @@
-//! What the two infrastructure test beds ([`libvirt`](crate::libvirt) and
-//! [`openstack`](crate::openstack)) share: where a bed's directory is, and reading the
-//! `testbed.json` that `cargo xtask … up` writes there.
+//! What the infrastructure test beds ([`libvirt`](crate::libvirt),
+//! [`openstack`](crate::openstack) and [`vsphere`](crate::vsphere)) share: where a bed's
+//! directory is, and reading the `testbed.json` that `cargo xtask … up` writes there.
 
 use std::path::{Path, PathBuf};
 

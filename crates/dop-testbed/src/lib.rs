@@ -9,9 +9,9 @@
 //! * [`postgres::PgCluster`]: a real PostgreSQL cluster (initdb in a temporary directory) on
 //!   `127.0.80.1`, for the store's PostgreSQL backend;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
-//!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
-//!   infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
-//!   [`resolver::SilentResolver`]: a name server that never answers.
+//!   test starts; [`chaos`], [`libvirt`], [`openstack`] and [`vsphere`]: kill points and the
+//!   three infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login
+//!   floor; [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
 //! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
@@ -33,6 +33,7 @@ pub mod openstack;
 pub mod postgres;
 pub mod process;
 pub mod resolver;
+pub mod vsphere;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -303,6 +303,34 @@ mod tests {
     }
 
     #[test]
+    fn a_vsphere_plan_is_refused_until_the_provider_exists() {
+        // The plan loads (vSphere's required keys given); dopv has no vsphere provider yet.
+        let text = "name: p\ninfrastructures:\n  x:\n    type: vmware\n    endpoint: 'https://127.0.0.1:1/sdk'\n    \
+             credentials: c\n    networks:\n      n: {ip_pool: {from: 10.9.0.10, to: 10.9.0.20}, \
+             ip_netmask: 255.255.255.0, ip_defgw: 10.9.0.1}\n\
+             credentials:\n  c: {type: username_password, username: u, password: pw}\n\
+             nodes:\n  n1: {infrastructure: x, image: tpl, timezone: UTC, \
+             infrastructure_properties: {datacenter: DC0, cluster: DC0_C0}, \
+             interfaces: {eth0: {network: n, ip: 10.9.0.11}}}\n";
+        let loaded = dop_core::load_str(text, None, &dop_core::LookupSettings::default());
+        let diagnostics = format!("{:?}", loaded.diagnostics);
+        let plan = loaded.plan.expect(&diagnostics);
+        let refused = refusal(ProviderKind::Vsphere, &plan);
+        assert_eq!(
+            refused,
+            format!(
+                "infrastructure 'x': the vsphere provider is not available in this version of \
+                 dopv (available: {})",
+                available()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        );
+    }
+
+    #[test]
     fn the_build_lists_exactly_the_providers_it_has() {
         let kinds = available();
         assert_eq!(
