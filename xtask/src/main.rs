@@ -13,6 +13,9 @@
 //! * `cargo xtask libvirt up|down|status` — a local libvirt (libvirtd and virtlogd by pid, QEMU
 //!   guests in software emulation, the storage pool `dop-test` holding the guest image) for the
 //!   libvirt provider's tests; `down` removes dopv's domains and volumes and stops the daemons.
+//! * `cargo xtask puppet up|down|status` — a Puppet server (Debian's puppetserver by pid on
+//!   127.0.81.1:8140, its CA, code and Hiera data in `target/puppet`, dop's autosign policy) for
+//!   the Puppet tests; `down` stops it and removes its CA and data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,10 +29,11 @@ mod dist;
 mod host;
 mod libvirt;
 mod openstack;
+mod puppet;
 mod testbed;
 mod vm_image;
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status | puppet up|down|status>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("openstack") => openstack::run(&args[1..]),
         Some("vm-image") => vm_image::run(&args[1..]),
         Some("libvirt") => libvirt::run(&args[1..]),
+        Some("puppet") => puppet::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

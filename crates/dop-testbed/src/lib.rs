@@ -8,7 +8,7 @@
 //! * [`dopv::DopvLab`]: the `dopv` binary against a store of its own, with local nodes;
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
 //!   test starts; [`chaos`], [`libvirt`] and [`openstack`]: kill points and the two
-//!   infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
+//!   infrastructure test beds; [`puppet`]: the Puppet server bed; [`fleet`]: the many-nodes-on-port-22 bed and its login floor;
 //!   [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod libvirt;
 pub mod openstack;
 pub mod process;
+pub mod puppet;
 pub mod resolver;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
