@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
@@ -38,4 +38,52 @@ pub fn mkdir(dir: &Path) -> Result<(), String> {
 /// Writes a file.
 pub fn write(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Runs `apt-get <args>` non-interactively (waiting up to 10 minutes for the package lock), its
+/// output appended to `log`; on failure the error quotes the log's last lines.
+pub fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    let status = Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["-o", "DPkg::Lock::Timeout=600"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        Err(format!(
+            "apt-get {} failed ({status})\n--- {} (last 30 lines) ---\n{}",
+            args.join(" "),
+            log.display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        ))
+    }
+}
+
+/// Keeps the packages being installed from starting their services (a `policy-rc.d` that says
+/// no, removed when the guard is dropped) unless the machine has its own policy.
+pub fn no_service_starts(by: &str) -> Result<Option<RemoveOnDrop>, String> {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    if policy.exists() {
+        return Ok(None);
+    }
+    fs::write(policy, format!("#!/bin/sh\n# {by}\nexit 101\n"))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(policy, fs::Permissions::from_mode(0o755))
+        })
+        .map_err(|e| format!("{}: {e}", policy.display()))?;
+    Ok(Some(RemoveOnDrop(policy.to_path_buf())))
 }

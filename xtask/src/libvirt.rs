@@ -38,7 +38,7 @@ use dop_testbed::process::rss_kib;
 use dop_testbed::{signal, wait_for};
 use serde_json::json;
 
-use crate::host::{installed, mkdir, write, RemoveOnDrop};
+use crate::host::{apt, installed, mkdir, no_service_starts, write};
 use crate::vm_image;
 
 /// What `up` installs when missing (`.ci/install-deps` installs libvirt-dev and pkg-config,
@@ -143,18 +143,7 @@ impl Testbed {
             packages.push(format!("qemu-utils/{codename}"));
         }
         apt(&log, &["update", "-q"])?;
-        let policy = Path::new("/usr/sbin/policy-rc.d");
-        let _guard = if policy.exists() {
-            None
-        } else {
-            fs::write(policy, "#!/bin/sh\n# cargo xtask libvirt up\nexit 101\n")
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(policy, fs::Permissions::from_mode(0o755))
-                })
-                .map_err(|e| format!("{}: {e}", policy.display()))?;
-            Some(RemoveOnDrop(policy.to_path_buf()))
-        };
+        let _guard = no_service_starts("cargo xtask libvirt up")?;
         let mut args = vec![
             "install",
             "-y",
@@ -574,36 +563,6 @@ fn phase<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Stri
         start.elapsed().as_secs_f64()
     );
     result
-}
-
-fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = file.try_clone().map_err(|e| e.to_string())?;
-    let status = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["-o", "DPkg::Lock::Timeout=600"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .status()
-        .map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        Err(format!(
-            "apt-get {} failed ({status})\n--- {} (last 30 lines) ---\n{}",
-            args.join(" "),
-            log.display(),
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@
 //! * `cargo xtask vsphere up|down|status` — VMware's vCenter simulator (vcsim and govc built
 //!   from Debian's govmomi packages, cached) on 127.0.82.1 by pid, for the vSphere provider's
 //!   tests.
+//! * `cargo xtask puppet up|down|status` — a Puppet server (Debian's puppetserver by pid on
+//!   127.0.81.1:8140, its CA, code and Hiera data in `target/puppet`, dop's autosign policy) for
+//!   the Puppet tests; `down` stops it and removes its CA and data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,11 +32,12 @@ mod dist;
 mod host;
 mod libvirt;
 mod openstack;
+mod puppet;
 mod testbed;
 mod vm_image;
 mod vsphere;
 
-const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status | vsphere up|down|status>";
+const USAGE: &str = "usage: cargo xtask <demo [PLANFILE] | bench [parse|store|ssh|dopc|soak|fleet] | dist | docs | chaos [KILLS] [SEED] | testbed up N [DIR] | testbed down [DIR] | openstack up|down|status | vm-image | libvirt up|down|status | vsphere up|down|status | puppet up|down|status>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("vm-image") => vm_image::run(&args[1..]),
         Some("libvirt") => libvirt::run(&args[1..]),
         Some("vsphere") => vsphere::run(&args[1..]),
+        Some("puppet") => puppet::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -31,6 +31,7 @@ pub fn local_nodes_available() -> bool {
 pub struct DopvLab {
     bin: PathBuf,
     dir: tempfile::TempDir,
+    config: Option<PathBuf>,
 }
 
 impl DopvLab {
@@ -39,9 +40,19 @@ impl DopvLab {
         let lab = DopvLab {
             bin: bin.as_ref().to_path_buf(),
             dir: tempfile::tempdir().expect("a temporary directory"),
+            config: None,
         };
         crate::generate_key(&lab.key(), "dopv-lab").expect("a login key");
         lab
+    }
+
+    /// The lab with dop's settings `text` (`dop.conf` in the lab) instead of none, e.g. a
+    /// `hiera_dir` where a Puppet server reads the Hiera data.
+    pub fn with_config(mut self, text: &str) -> DopvLab {
+        let file = self.path().join("dop.conf");
+        std::fs::write(&file, text).expect("dop.conf can be written");
+        self.config = Some(file);
+        self
     }
 
     /// The lab's directory.
@@ -70,10 +81,11 @@ impl DopvLab {
     }
 
     /// `dopv <args>` on the lab's store, logs and local directory, with no configuration of
-    /// the machine.
+    /// the machine (only the lab's own settings, when it has them).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.env("DOP_CONFIG", "/dev/null")
+        let config = self.config.as_deref().unwrap_or(Path::new("/dev/null"));
+        c.env("DOP_CONFIG", config)
             .env("DOP_STORE_DIR", self.store_dir())
             .env("DOP_LOG_DIR", self.log_dir())
             .env("DOP_LOCAL_DIR", self.local_dir())

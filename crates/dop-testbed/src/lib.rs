@@ -11,7 +11,7 @@
 //! * [`cli`]: the command-line checks every binary shares; [`process::Running`]: a process a
 //!   test starts; [`chaos`], [`libvirt`], [`openstack`] and [`vsphere`]: kill points and the
 //!   three infrastructure test beds; [`fleet`]: the many-nodes-on-port-22 bed and its login
-//!   floor; [`resolver::SilentResolver`]: a name server that never answers.
+//!   floor; [`puppet`]: the Puppet server bed; [`resolver::SilentResolver`]: a name server that never answers.
 //!
 //! Every process a harness starts runs as a child of the process that started it and is
 //! stopped by pid when its value is dropped (or by `stop`), pass or fail. Nothing listens
@@ -32,6 +32,7 @@ pub mod libvirt;
 pub mod openstack;
 pub mod postgres;
 pub mod process;
+pub mod puppet;
 pub mod resolver;
 pub mod vsphere;
 
