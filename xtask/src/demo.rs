@@ -20,7 +20,8 @@ pub fn run(plan_file: Option<PathBuf>) -> Result<(), String> {
     let plan = loaded.plan.ok_or("the demo plan is not valid")?;
     println!("{}\n", plan.summary());
 
-    let resolver = Resolver::new(&plan, &settings);
+    let resolver =
+        Resolver::new(&plan, &settings).map_err(|e| format!("the demo plan's roles: {e}"))?;
     println!("== dopv would deploy");
     for infra in &plan.infrastructures {
         println!("infrastructure '{}' ({})", infra.name, infra.provider);
