@@ -43,33 +43,40 @@ pub fn write(path: &Path, text: &str) -> Result<(), String> {
 /// Runs `apt-get <args>` non-interactively (waiting up to 10 minutes for the package lock), its
 /// output appended to `log`; on failure the error quotes the log's last lines.
 pub fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
+    run_logged(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args),
+        log,
+        &format!("apt-get {}", args.join(" ")),
+    )
+}
+
+/// Runs a command with its output appended to `log`; its failure quotes the log's last lines.
+pub fn run_logged(command: &mut Command, log: &Path, what: &str) -> Result<(), String> {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("{}: {e}", log.display()))?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
-    let status = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["-o", "DPkg::Lock::Timeout=600"])
-        .args(args)
+    let status = command
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
         .status()
-        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if status.success() {
-        Ok(())
-    } else {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        Err(format!(
-            "apt-get {} failed ({status})\n--- {} (last 30 lines) ---\n{}",
-            args.join(" "),
-            log.display(),
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        ))
+        return Ok(());
     }
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    Err(format!(
+        "{what} failed ({status})\n--- {} (last 30 lines) ---\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    ))
 }
 
 /// Keeps the packages being installed from starting their services (a `policy-rc.d` that says

@@ -24,7 +24,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dop_testbed::libvirt::live_pid;
@@ -206,7 +206,7 @@ impl Testbed {
             apt(&log, &options, &["update", "-q"])?;
             let mut args = options.clone();
             args.extend(["source", "--download-only", "-q", SOURCE_PACKAGE]);
-            run_logged(
+            crate::host::run_logged(
                 Command::new("apt-get").args(&args).current_dir(&src),
                 &log,
                 "apt-get source --download-only",
@@ -218,7 +218,7 @@ impl Testbed {
                 src.display()
             )
         })?;
-        run_logged(
+        crate::host::run_logged(
             Command::new("tar")
                 .arg("-xf")
                 .arg(&tarball)
@@ -274,7 +274,7 @@ impl Testbed {
         for part in ["vcsim", "govc"] {
             // Built next to it, then renamed: a half-written binary is never reused.
             let tmp = self.bin(&format!(".{part}.tmp"));
-            run_logged(
+            crate::host::run_logged(
                 Command::new("go")
                     .args(["build", "-o"])
                     .arg(&tmp)
@@ -508,7 +508,7 @@ fn phase<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Stri
 }
 
 fn apt(log: &Path, options: &[&str], args: &[&str]) -> Result<(), String> {
-    run_logged(
+    crate::host::run_logged(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-o", "DPkg::Lock::Timeout=600"])
@@ -517,32 +517,6 @@ fn apt(log: &Path, options: &[&str], args: &[&str]) -> Result<(), String> {
         log,
         &format!("apt-get {}", args.join(" ")),
     )
-}
-
-/// Runs a command with its output appended to `log`; its failure shows the log's end.
-fn run_logged(command: &mut Command, log: &Path, what: &str) -> Result<(), String> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = file.try_clone().map_err(|e| e.to_string())?;
-    let status = command
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .status()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if status.success() {
-        return Ok(());
-    }
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    Err(format!(
-        "{what} failed ({status})\n--- {} (last 30 lines) ---\n{}",
-        log.display(),
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    ))
 }
 
 #[cfg(test)]
