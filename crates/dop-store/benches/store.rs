@@ -237,19 +237,24 @@ fn twenty_plans_at_once(store: &Store) -> (Duration, Duration) {
     let locks: Vec<_> = (0..PLANS_AT_ONCE)
         .map(|p| {
             let name = format!("busy{p:02}");
-            let text = plan_text().replacen("name: big", &format!("name: {name}"), 1);
+            // Plans may not share nodes: each busy plan has nodes of its own.
+            let text = plan_text()
+                .replacen("name: big", &format!("name: {name}"), 1)
+                .replace(".example.com", &format!(".{name}.example.com"));
             let plan = load_str(&text, None, &LookupSettings::default())
                 .plan
                 .expect("valid");
             store.add(&text, &plan, None, false).unwrap();
-            store.lock(&name, "bench").unwrap()
+            let lock = store.lock(&name, "bench").unwrap();
+            (name, lock)
         })
         .collect();
     let mut waits = runtime.block_on(async {
         let runs: Vec<_> = locks
             .iter()
-            .map(|lock| {
+            .map(|(name, lock)| {
                 let session = store.state_session(lock);
+                let name = name.clone();
                 tokio::spawn(async move {
                     let mut waits = Vec::with_capacity(100);
                     for i in 0..100 {
@@ -258,7 +263,7 @@ fn twenty_plans_at_once(store: &Store) -> (Duration, Duration) {
                             .write_async(
                                 App::Dopi,
                                 vec![(
-                                    format!("all/all/node{i:04}.example.com"),
+                                    format!("all/all/node{i:04}.{name}.example.com"),
                                     Some(serde_json::json!({"state": "done"})),
                                 )],
                             )
