@@ -241,7 +241,19 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let server = DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "soak");
+    // DOP_SOAK_KEEP_PER_PLAN: a retention that holds the history level within the run (the
+    // default of 1000 per plan is never reached in 10 minutes), applied every 10 s.
+    let keep: Option<usize> = std::env::var("DOP_SOAK_KEEP_PER_PLAN")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let server = match keep {
+        Some(n) => DopcServer::start_with_config(
+            env!("CARGO_BIN_EXE_dopc"),
+            "soak",
+            &format!("[retention]\nkeep_per_plan = {n}\ninterval_secs = 10\n"),
+        ),
+        None => DopcServer::start(env!("CARGO_BIN_EXE_dopc"), "soak"),
+    };
     let (pid, base, token) = (
         server.pid(),
         server.url().to_string(),
@@ -263,8 +275,10 @@ async fn main() {
     }
     println!(
         "dopc soak: {PLANS} plans x {NODES_PER_PLAN} nodes ({} nodes), 3 steps each, for {seconds} s; \
-         {READERS} API readers, {FOLLOWERS} websocket followers; 2 worker threads",
-        PLANS * NODES_PER_PLAN
+         {READERS} API readers, {FOLLOWERS} websocket followers; 2 worker threads; \
+         history kept per plan: {}",
+        PLANS * NODES_PER_PLAN,
+        keep.map_or("1000 (the default)".to_string(), |n| format!("{n}, every 10 s"))
     );
     println!(
         "  memory (RSS) with the plans stored, before any run: {:.1} MiB",
