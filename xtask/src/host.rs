@@ -43,10 +43,16 @@ pub fn write(path: &Path, text: &str) -> Result<(), String> {
 /// Runs `apt-get <args>` non-interactively (waiting up to 10 minutes for the package lock), its
 /// output appended to `log`; on failure the error quotes the log's last lines.
 pub fn apt(log: &Path, args: &[&str]) -> Result<(), String> {
+    apt_with(log, &[], args)
+}
+
+/// [`apt`] with `options` (such as `-o` settings) before `args`; the error names `args` only.
+pub fn apt_with(log: &Path, options: &[&str], args: &[&str]) -> Result<(), String> {
     run_logged(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(options)
             .args(args),
         log,
         &format!("apt-get {}", args.join(" ")),

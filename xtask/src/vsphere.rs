@@ -143,10 +143,10 @@ impl Testbed {
             missing.join(" "),
             log.display()
         );
-        apt(&log, &[], &["update", "-q"])?;
+        crate::host::apt(&log, &["update", "-q"])?;
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(missing.iter().copied());
-        apt(&log, &[], &args)
+        crate::host::apt(&log, &args)
     }
 
     /// Downloads the source package through the private apt configuration and unpacks its
@@ -203,7 +203,7 @@ impl Testbed {
             })
         };
         if tarball(&src).is_none() {
-            apt(&log, &options, &["update", "-q"])?;
+            crate::host::apt_with(&log, &options, &["update", "-q"])?;
             let mut args = options.clone();
             args.extend(["source", "--download-only", "-q", SOURCE_PACKAGE]);
             crate::host::run_logged(
@@ -505,18 +505,6 @@ fn phase<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Stri
         start.elapsed().as_secs_f64()
     );
     result
-}
-
-fn apt(log: &Path, options: &[&str], args: &[&str]) -> Result<(), String> {
-    crate::host::run_logged(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-o", "DPkg::Lock::Timeout=600"])
-            .args(options)
-            .args(args),
-        log,
-        &format!("apt-get {}", args.join(" ")),
-    )
 }
 
 #[cfg(test)]
