@@ -67,16 +67,22 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// The resident memory of process `pid` in KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
+    status_number(pid, "VmRSS:")
+}
+
+/// The threads of process `pid` now (0 when it cannot be read).
+pub fn threads(pid: u32) -> u64 {
+    status_number(pid, "Threads:")
 }
 
 /// The most resident memory process `pid` has had so far, in KiB (0 when it cannot be read):
 /// what a request cost at its peak, even when the memory was given back by the time it ended.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
+    status_number(pid, "VmHWM:")
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+/// The number after `field` in `/proc/<pid>/status`.
+fn status_number(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use dop_testbed::dopc::DopcServer;
+use dop_testbed::process::threads;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -146,18 +147,6 @@ fn now_ms() -> f64 {
         .unwrap()
         .as_secs_f64()
         * 1e3
-}
-
-/// The threads of process `pid` now.
-fn threads(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {

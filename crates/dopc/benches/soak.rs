@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dop_testbed::dopc::DopcServer;
-use dop_testbed::process::rss_kib;
+use dop_testbed::process::{rss_kib, threads};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -37,18 +37,6 @@ fn plan(p: usize) -> String {
         ));
     }
     t
-}
-
-/// The server's threads.
-fn threads(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn now_ms() -> f64 {
@@ -278,7 +266,11 @@ async fn main() {
          {READERS} API readers, {FOLLOWERS} websocket followers; 2 worker threads; \
          history kept per plan: {}",
         PLANS * NODES_PER_PLAN,
-        keep.map_or("1000 (the default)".to_string(), |n| format!("{n}, every 10 s"))
+        match (keep, dopc::retention::Retention::default().keep_per_plan) {
+            (Some(n), _) => format!("{n}, every 10 s"),
+            (None, Some(n)) => format!("{n} (the default)"),
+            (None, None) => "all (the default)".to_string(),
+        }
     );
     println!(
         "  memory (RSS) with the plans stored, before any run: {:.1} MiB",
