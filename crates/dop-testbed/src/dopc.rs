@@ -65,13 +65,27 @@ impl DopcServer {
         server
     }
 
+    /// Gives the server dop's settings `text` (`<dir>/dop.conf`, read by every later command
+    /// instead of none) and starts it again on a free port to read them.
+    pub fn set_dop_conf(&mut self, text: &str) {
+        std::fs::write(self.dir.path().join("dop.conf"), text).expect("dop.conf can be written");
+        self.kill();
+        self.launch("127.0.0.1:0");
+    }
+
     /// The dopc binary with this server's environment (its store, logs and local nodes, `HOME`
-    /// its directory, no configuration of the machine, no client settings): for commands that
-    /// work on the server's store, such as `token list`.
+    /// its directory, no configuration of the machine but `<dir>/dop.conf` when
+    /// [`set_dop_conf`](DopcServer::set_dop_conf) wrote one, no client settings): for commands
+    /// that work on the server's store, such as `token list`.
     pub fn command(&self, args: &[&str]) -> Command {
         let dir = self.dir.path();
+        let dop_conf = dir.join("dop.conf");
+        let dop_conf = match dop_conf.exists() {
+            true => dop_conf,
+            false => PathBuf::from("/dev/null"),
+        };
         let mut c = Command::new(&self.bin);
-        c.env("DOP_CONFIG", "/dev/null")
+        c.env("DOP_CONFIG", dop_conf)
             .env("DOP_STORE_DIR", dir.join("store"))
             .env("DOP_LOG_DIR", dir.join("logs"))
             .env("DOP_LOCAL_DIR", dir.join("local"))

@@ -10,8 +10,8 @@ use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
 use crate::api::{
-    Event, ExecOptions, ExecutionPage, MonitorDocument, NodeSync, PlanState, Status, SyncCounts,
-    Task,
+    Event, ExecOptions, ExecutionPage, MonitorDocument, NodeSync, PlanState, ResetRequest, Status,
+    SyncCounts, Task,
 };
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -160,13 +160,20 @@ pub enum PlanCommand {
         /// The plan.
         name: String,
     },
-    /// Put failed (with --force: all) step state back to ready.
+    /// Put failed (with --force: all) step state back to ready: every step set, one step set
+    /// (--stepset) or one step (--step).
     Reset {
         /// The plan.
         name: String,
         /// Done work too.
         #[arg(long)]
         force: bool,
+        /// Only this step set (default: every step set; with --step: `default`).
+        #[arg(long, short = 's')]
+        stepset: Option<String>,
+        /// Only this step of the step set: its name, or its number from 1.
+        #[arg(long)]
+        step: Option<String>,
     },
     /// Per node: in sync, pending (plan changed), drifted (changed behind dopv's back, with
     /// the fields) or unknown (the provider could not be asked), as of the last refresh.
@@ -683,11 +690,23 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
         PlanCommand::Delete { name } => s.client.delete_plan(name).await.map(|v| {
             show(s, &v, |_| format!("removed plan '{name}'\n"));
         }),
-        PlanCommand::Reset { name, force } => s.client.reset(name, *force).await.map(|v| {
-            show(s, &v, |v| {
-                format!("{} node record(s) put back to ready\n", v.reset)
-            });
-        }),
+        PlanCommand::Reset {
+            name,
+            force,
+            stepset,
+            step,
+        } => {
+            let request = ResetRequest {
+                force: *force,
+                step_set: stepset.clone(),
+                step: step.clone(),
+            };
+            s.client.reset(name, &request).await.map(|v| {
+                show(s, &v, |v| {
+                    format!("{} node record(s) put back to ready\n", v.reset)
+                });
+            })
+        }
         PlanCommand::Drift {
             name,
             detailed_exitcode,

@@ -399,12 +399,16 @@ impl Client {
             .await
     }
 
-    /// `PUT /plans/{name}/reset`.
-    pub async fn reset(&self, name: &str, force: bool) -> Result<PlanReset, ClientError> {
+    /// `PUT /plans/{name}/reset`: what `request` names (every step set, one, or one step).
+    pub async fn reset(
+        &self,
+        name: &str,
+        request: &ResetRequest,
+    ) -> Result<PlanReset, ClientError> {
         self.call(
             reqwest::Method::PUT,
             &format!("{}/reset", plan_root(name)?),
-            Some(&ResetRequest { force }),
+            Some(request),
         )
         .await
     }

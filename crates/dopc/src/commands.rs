@@ -84,7 +84,8 @@ pub fn serve(args: &ServeArgs, config: &Config, out: &mut dyn Write, err: &mut d
             listener.local_addr()?
         );
         let _ = out.flush();
-        settings.hiera = Some((config.hiera_dir(), config.lookup.clone()));
+        settings.hiera_dir = Some(config.hiera_dir());
+        settings.lookup = config.lookup.clone();
         settings.limits = config.limits;
         crate::server::serve(listener, store, log_dir, &settings, stop_signal()).await
     });

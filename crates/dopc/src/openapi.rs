@@ -175,7 +175,7 @@ mod tests {
             (
                 "put",
                 "/plans/{name}/reset",
-                client_answer(c.reset("p", false)),
+                client_answer(c.reset("p", &Default::default())),
                 false,
             ),
             (

@@ -48,6 +48,8 @@ pub struct RunnerConfig {
     pub connect_timeout: u64,
     /// The time and output limits of the programs executions start on this host (`dop.conf`).
     pub limits: dop_core::ProgramLimits,
+    /// How the nodes' roles resolve (`dop.conf`).
+    pub lookup: LookupSettings,
 }
 
 struct Running {
@@ -637,7 +639,7 @@ async fn run_task(
         stop,
         plan_lock,
         filter,
-        settings: LookupSettings::default(),
+        settings: config.lookup.clone(),
     };
     let o = &e.options;
     let mut result = ExecutionResult::default();

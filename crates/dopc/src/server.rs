@@ -55,10 +55,14 @@ pub struct ServeConfig {
     pub monitor: std::collections::BTreeMap<String, crate::monitor::MonitorSettings>,
     /// How much execution history is kept (`[retention]`).
     pub retention: crate::retention::Retention,
-    /// Where to write the Hiera data for Puppet after plan changes, and how roles resolve
-    /// (from `dop.conf`, not `dopc.toml`); `None`: not written.
+    /// How the nodes' roles resolve, for runs, resets, plan states and plan checks (from
+    /// `dop.conf`, as dopi and dopv read it, not `dopc.toml`).
     #[serde(skip)]
-    pub hiera: Option<(PathBuf, dop_core::LookupSettings)>,
+    pub lookup: dop_core::LookupSettings,
+    /// Where to write the Hiera data for Puppet after plan changes (from `dop.conf`);
+    /// `None`: not written.
+    #[serde(skip)]
+    pub hiera_dir: Option<PathBuf>,
     /// The time and output limits of hooks, `content.exec` programs and local commands (from
     /// `dop.conf`, as dopi and dopv read them).
     #[serde(skip)]
@@ -91,7 +95,8 @@ impl Default for ServeConfig {
             tls: None,
             monitor: std::collections::BTreeMap::new(),
             retention: crate::retention::Retention::default(),
-            hiera: None,
+            lookup: dop_core::LookupSettings::default(),
+            hiera_dir: None,
             limits: dop_core::ProgramLimits::default(),
         }
     }
@@ -147,8 +152,10 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What dopv's providers need (to tell each node's standing).
     pub providers: dopv::provider::ProviderOptions,
-    /// Where the Hiera data for Puppet goes, and how roles resolve.
-    pub hiera: Option<(PathBuf, dop_core::LookupSettings)>,
+    /// How the nodes' roles resolve.
+    pub lookup: Arc<dop_core::LookupSettings>,
+    /// Where the Hiera data for Puppet goes.
+    pub hiera_dir: Option<PathBuf>,
 }
 
 /// The API router (`/api/v1/...`).
@@ -232,8 +239,8 @@ async fn note_plan_writes(
     let response = next.run(req).await;
     if writes && response.status().is_success() {
         s.runner.changed();
-        if let (true, Some((dir, lookup))) = (plan_text, s.hiera.clone()) {
-            let store = s.store.clone();
+        if let (true, Some(dir)) = (plan_text, s.hiera_dir.clone()) {
+            let (store, lookup) = (s.store.clone(), s.lookup.clone());
             let written =
                 tokio::task::spawn_blocking(move || dop_puppet::hiera::sync(&store, &dir, &lookup))
                     .await;
@@ -357,7 +364,7 @@ pub async fn serve(
     let providers = dopv::provider::ProviderOptions {
         api_timeout: std::time::Duration::from_secs(config.provider_api_timeout_secs.max(1)),
         wait_timeout: std::time::Duration::from_secs(config.provider_wait_timeout_secs.max(1)),
-        puppet_hiera_dir: config.hiera.as_ref().map(|(dir, _)| dir.clone()),
+        puppet_hiera_dir: config.hiera_dir.clone(),
         ..dopv::provider::ProviderOptions::new(local_dir)
     };
     // The server reads the catalog, iterations and its records with every request and run.
@@ -369,6 +376,7 @@ pub async fn serve(
             providers: providers.clone(),
             connect_timeout: config.connect_timeout_secs,
             limits: config.limits,
+            lookup: config.lookup.clone(),
         },
         metrics.clone(),
     )
@@ -397,7 +405,8 @@ pub async fn serve(
         monitor,
         metrics,
         providers,
-        hiera: config.hiera.clone(),
+        lookup: Arc::new(config.lookup.clone()),
+        hiera_dir: config.hiera_dir.clone(),
     };
     let app = router(state, config.max_body_bytes);
     let shutdown = async move {

@@ -2040,4 +2040,80 @@ async fn a_reset_execution_resets_only_the_step_set_and_step_it_names() {
     );
     let (_, after) = server.get("/executions?plan=granular").await;
     assert_eq!(before, after, "nothing was queued");
+
+    // The same choice through `PUT /plans/{name}/reset` (no execution): first every record back
+    // to done, so that what the resets below touch shows.
+    for set in ["default", "other"] {
+        let id = server
+            .execute("granular", "run", json!({"step_set": set}))
+            .await;
+        assert_eq!(server.wait(id).await["status"], "done");
+    }
+    assert!(states().await.values().all(|s| s == "done"));
+    let put = |body: Value| server.call(reqwest::Method::PUT, "/plans/granular/reset", Some(body));
+    let (status, body) = put(json!({"step_set": "default", "step": "b", "force": true})).await;
+    assert_eq!((status, &body["reset"]), (200, &json!(2)), "{body}");
+    let now = states().await;
+    let ready: Vec<&String> = now
+        .iter()
+        .filter(|(_, s)| *s != "done")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(ready, ["default/b/g1", "default/b/g2"], "{now:?}");
+    // A step set alone, through `dopc plan reset --stepset`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dopc"))
+        .args(["plan", "reset", "granular", "--stepset", "other", "--force"])
+        .env("DOPC_URL", server.url())
+        .env("DOPC_TOKEN", server.token())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 node record(s) put back to ready\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = states().await;
+    for (key, state) in &now {
+        let expected = if key.starts_with("other/") || key.starts_with("default/b/") {
+            "ready"
+        } else {
+            "done"
+        };
+        assert_eq!(state, expected, "{key}: {now:?}");
+    }
+    // A name the plan does not have: 422, nothing reset.
+    let (status, body) = put(json!({"step_set": "nope", "force": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"], "plan 'granular' has no step set 'nope'; it has: default, other",
+        "{body}"
+    );
+    assert_eq!(states().await, now, "nothing was reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_states_and_resets_resolve_roles_as_dop_conf_says() {
+    let mut server = Server::start().await;
+    // No node has a role in the plan: dop.conf's `role_default` gives them one.
+    server.dopc.set_dop_conf("role_default: web\n");
+    server
+        .plan("name: roled\ninfrastructures: {l: {type: baremetal}}\nnodes: {r1: {infrastructure: l}, r2: {infrastructure: l}}\nsteps:\n  default:\n    - name: webs\n      roles: web\n      command: {plugin: custom, exec: 'true'}\n")
+        .await;
+    let id = server.execute("roled", "run", json!({})).await;
+    let e = server.wait(id).await;
+    assert_eq!(e["status"], "done", "{e}");
+    let (status, state) = server.get("/plans/roled/state").await;
+    assert_eq!(status, 200, "{state}");
+    let nodes = &state["step_sets"][0]["steps"][0]["nodes"];
+    assert_eq!(nodes["r1"]["state"], "done", "{state}");
+    assert_eq!(nodes["r2"]["state"], "done", "{state}");
+    let (status, body) = server
+        .call(
+            reqwest::Method::PUT,
+            "/plans/roled/reset",
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!((status, &body["reset"]), (200, &json!(2)), "{body}");
 }

@@ -204,10 +204,16 @@ impl PlanUpload {
 }
 
 /// `PUT /plans/{name}/reset` (the body is optional).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ResetRequest {
     /// Done work too, not only failed and interrupted work.
     pub force: bool,
+    /// Only this step set (absent: every step set, or `default` when `step` is given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_set: Option<String>,
+    /// Only this step of the step set: its name, or its number from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }

@@ -48,9 +48,10 @@ fn plan_text(body: &PlanUpload) -> Result<String, ApiError> {
     }
 }
 
-/// Loads and checks a plan text (with dopi's plugin checks); the findings on failure.
-fn load(text: &str) -> Result<dop_core::Plan, ApiError> {
-    let loaded = dop_core::load_str(text, None, &LookupSettings::default());
+/// Loads and checks a plan text (with dopi's plugin checks, roles resolved as runs resolve
+/// them); the findings on failure.
+fn load(text: &str, settings: &LookupSettings) -> Result<dop_core::Plan, ApiError> {
+    let loaded = dop_core::load_str(text, None, settings);
     let mut diagnostics = loaded.diagnostics.clone();
     if let Some(plan) = &loaded.plan {
         diagnostics.extend(dopi::cli::plugin_check(plan));
@@ -144,8 +145,9 @@ pub async fn add(
     let store = s.store.clone();
     let runner = s.runner.clone();
     let force = body.force;
+    let lookup = s.lookup.clone();
     let value = blocking(move || {
-        let plan = load(&text)?;
+        let plan = load(&text, &lookup)?;
         if !caller.scope.allows(&plan.name) {
             return Err(ApiError::no_plan(&plan.name));
         }
@@ -176,10 +178,11 @@ fn update_with(
 ) -> impl std::future::Future<Output = Result<Json<PlanStored>, ApiError>> + Send + 'static {
     let store = s.store.clone();
     let runner = s.runner.clone();
+    let lookup = s.lookup.clone();
     async move {
         let text = plan_text(&body)?;
         let value = blocking(move || {
-            let plan = load(&text)?;
+            let plan = load(&text, &lookup)?;
             if !caller.scope.allows(&plan.name) {
                 return Err(ApiError::no_plan(&plan.name));
             }
@@ -328,16 +331,19 @@ pub async fn remove(
 }
 
 /// `PUT /plans/{name}/reset`: dopi's step state back to ready (failed and interrupted work;
-/// with `force` all).
-#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetRequest, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = PlanReset), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody)))]
+/// with `force` all), of every step set, of `step_set`, or of its `step`, as `dopi reset`.
+#[utoipa::path(put, path = "/api/v1/plans/{name}/reset", tag = "plans", request_body(content = ResetRequest, description = "Optional"), params(("name" = String, Path, description = "The plan")), responses((status = 200, description = "`{name, reset}`: node records put back to ready", body = PlanReset), (status = 409, description = "The plan has a running execution", body = crate::openapi::ErrorBody), (status = 422, description = "`invalid_reset`: the plan has no such step set or step (nothing was reset)", body = crate::openapi::ErrorBody)))]
 pub async fn reset(
     State(s): State<AppState>,
     Path(name): Path<String>,
     OptionalBody(body): OptionalBody<ResetRequest>,
 ) -> Result<Json<PlanReset>, ApiError> {
-    let force = body.force;
-    let store = s.store.clone();
-    let runner = s.runner.clone();
+    let ResetRequest {
+        force,
+        step_set,
+        step,
+    } = body;
+    let (store, runner, lookup) = (s.store.clone(), s.runner.clone(), s.lookup.clone());
     blocking(move || {
         if runner.plan_busy(&name) {
             return Err(ApiError::conflict(format!(
@@ -345,16 +351,15 @@ pub async fn reset(
             )));
         }
         let opts = dopi::ResetOptions {
-            step_set: None,
-            step: None,
+            step_set,
+            step,
             filter: dop_core::NodeFilter::all(),
             force,
         };
-        let n =
-            dopi::reset(&store, &name, &opts, &LookupSettings::default()).map_err(|e| match e {
-                dopi::ResetError::Store(e) => ApiError::from(e),
-                other => ApiError::invalid("invalid_reset", other.to_string()),
-            })?;
+        let n = dopi::reset(&store, &name, &opts, &lookup).map_err(|e| match e {
+            dopi::ResetError::Store(e) => ApiError::from(e),
+            other => ApiError::invalid("invalid_reset", other.to_string()),
+        })?;
         Ok(Json(PlanReset {
             name,
             reset: u64::try_from(n).unwrap_or(u64::MAX),

@@ -29,6 +29,7 @@ pub fn combined(
     store: &Store,
     name: &str,
     providers: &dopv::provider::ProviderOptions,
+    settings: &LookupSettings,
 ) -> Result<PlanState, ApiError> {
     let iteration = store.iteration(name, None)?;
     let plan = &iteration.plan;
@@ -38,8 +39,7 @@ pub fn combined(
     })?;
     let dopi_records = store.state(name, App::Dopi)?;
     let dopi = dopi::PlanState::from_records(&dopi_records);
-    let settings = LookupSettings::default();
-    let resolver = Resolver::new(plan, &settings).map_err(|e| ApiError::internal(e.to_string()))?;
+    let resolver = Resolver::new(plan, settings).map_err(|e| ApiError::internal(e.to_string()))?;
     let step_sets = plan
         .step_sets
         .iter()
@@ -158,6 +158,7 @@ impl StateCache {
         store: &std::sync::Arc<Store>,
         name: &str,
         providers: &dopv::provider::ProviderOptions,
+        settings: &std::sync::Arc<LookupSettings>,
         changes: u64,
     ) -> Result<axum::body::Bytes, ApiError> {
         let mut entries = self.entries.lock().await;
@@ -166,9 +167,14 @@ impl StateCache {
                 return Ok(value.clone());
             }
         }
-        let (store, n, p) = (store.clone(), name.to_string(), providers.clone());
+        let (store, n, p, l) = (
+            store.clone(),
+            name.to_string(),
+            providers.clone(),
+            settings.clone(),
+        );
         let value = axum::body::Bytes::from(json_text(
-            &blocking(move || combined(&store, &n, &p)).await?,
+            &blocking(move || combined(&store, &n, &p, &l)).await?,
         ));
         entries.retain(|_, (at, _, _)| at.elapsed() < FRESH);
         entries.insert(
@@ -187,7 +193,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let body = s
         .state_cache
-        .get(&s.store, &name, &s.providers, s.runner.changes())
+        .get(&s.store, &name, &s.providers, &s.lookup, s.runner.changes())
         .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -204,8 +210,13 @@ pub async fn stream(
     Path(name): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let (store, n, p) = (s.store.clone(), name.clone(), s.providers.clone());
-    let first = blocking(move || combined(&store, &n, &p)).await?;
+    let (store, n, p, l) = (
+        s.store.clone(),
+        name.clone(),
+        s.providers.clone(),
+        s.lookup.clone(),
+    );
+    let first = blocking(move || combined(&store, &n, &p, &l)).await?;
     Ok(ws.on_upgrade(move |socket| push(s, caller, name, first, socket)))
 }
 
@@ -247,8 +258,13 @@ async fn push(s: AppState, caller: Caller, name: String, first: PlanState, mut s
                 continue;
             }
         }
-        let (store, n, p) = (s.store.clone(), name.clone(), s.providers.clone());
-        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n, &p)).await
+        let (store, n, p, l) = (
+            s.store.clone(),
+            name.clone(),
+            s.providers.clone(),
+            s.lookup.clone(),
+        );
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || combined(&store, &n, &p, &l)).await
         else {
             // The plan is gone (removed): say so and end.
             let end = StateStreamEnd {
