@@ -3,13 +3,14 @@
 //! flags, the `validate`, `plan-nodes` and `completion` commands, so every tool reads plans,
 //! filters nodes and fails the same way. With the feature `store`, the commands on the plan
 //! store ([`store`]: `plan add|update|…`, `import-store`, `hiera`) and on the execution logs
-//! ([`logs`]: `logs prune`).
+//! ([`logs`]: `logs prune`). [`shown`] writes node fields for people.
 //!
 //! The libraries below (dop-core, dop-store, dop-run) know nothing of clap; this crate is the
 //! one place the binaries' shared flags are spelled.
 
 #[cfg(feature = "store")]
 pub mod logs;
+pub mod shown;
 #[cfg(feature = "store")]
 pub mod store;
 

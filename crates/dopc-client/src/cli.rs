@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use dop_cli::shown::field_value;
 use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
@@ -824,7 +825,9 @@ pub fn drift_text(report: &DriftReport) -> String {
         for d in &n.sync.drift {
             t.push_str(&format!(
                 "      drift {}: {} (deployed: {})\n",
-                d.field, d.actual, d.expected
+                d.field,
+                field_value(&d.field, &d.actual),
+                field_value(&d.field, &d.expected)
             ));
         }
         if !n.sync.pending.is_empty() {

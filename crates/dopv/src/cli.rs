@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use dop_cli::shown::field_value;
 use dop_cli::store::{fail, open, Io};
 use dop_cli::{print_json, LookupArgs, NodeFilterArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use dop_core::Config;
@@ -225,14 +226,6 @@ fn symbol(action: ActionKind) -> &'static str {
     }
 }
 
-fn short(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "(none)".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn render_action(a: &Action, out: &mut dyn Write) {
     let mut line = format!(
         "  {:<3} {:<8} {}  ({})",
@@ -258,8 +251,8 @@ fn render_action(a: &Action, out: &mut dyn Write) {
             out,
             "        {}: {} -> {}  [{}, {}{}]",
             c.field,
-            short(&c.from),
-            short(&c.to),
+            field_value(&c.field, &c.from),
+            field_value(&c.field, &c.to),
             source,
             word(&c.kind),
             if c.destructive { ", destructive" } else { "" }
@@ -422,8 +415,8 @@ pub fn show(args: &ShowArgs, config: &Config, io: &mut Io<'_>) -> u8 {
                         format!(
                             "drift {}: {} != {}",
                             d.field,
-                            short(&d.actual),
-                            short(&d.expected)
+                            field_value(&d.field, &d.actual),
+                            field_value(&d.field, &d.expected)
                         )
                     })
                     .collect();

@@ -115,7 +115,7 @@ fn sync_follows_plan_changes_within_its_flags() {
         port,
         &[
             node("keep", &format!("{p}.1"), ""),
-            node("resize", &format!("{p}.2"), ""),
+            node("resize", &format!("{p}.2"), "    memory: 192M\n"),
             node("retire", &format!("{p}.3"), ""),
             node("move", &format!("{p}.4"), ""),
         ],
@@ -149,7 +149,11 @@ fn sync_follows_plan_changes_within_its_flags() {
                 &format!("{p}.1"),
                 "    dns: {name_servers: [127.0.0.53]}\n",
             ),
-            node("resize", &format!("{p}.2"), "    cores: 4\n"),
+            node(
+                "resize",
+                &format!("{p}.2"),
+                "    cores: 4\n    memory: 256M\n",
+            ),
             node("move", &format!("{p}.14"), ""),
             node("fresh", &format!("{p}.5"), ""),
         ],
@@ -158,6 +162,11 @@ fn sync_follows_plan_changes_within_its_flags() {
     let preview = lab.json(&["sync", "grow", "--noop", "--detailed-exitcode"], 2);
     insta::assert_json_snapshot!("sync_noop_after_plan_change", plan_of(&preview));
     let serial = preview["serial"].as_u64().unwrap();
+    // The same preview for people: sizes as the plan writes them, not bytes.
+    let shown = lab.dopv(&["sync", "grow", "--noop"]);
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout).replace(&format!("serial {serial}"), "serial SERIAL");
+    insta::assert_snapshot!("sync_noop_after_plan_change_text", shown);
 
     // `deploy` only creates: the removed node stays.
     let deployed = lab.json(&["deploy", "grow"], 0);
