@@ -277,7 +277,7 @@ fn store_demo(plan_file: &Path) -> Result<(), String> {
     );
     let settings = dopc::server::ServeConfig {
         local_dir: Some(dir.join("local")),
-        hiera: Some((hiera_dir.clone(), LookupSettings::default())),
+        hiera_dir: Some(hiera_dir.clone()),
         ..Default::default()
     };
     let server = runtime.spawn({
@@ -388,7 +388,7 @@ async fn demo_story(
     }
     println!("\n$ dopc plan update demo.yaml   (web03 removed, web02 moved to 127.0.90.32)");
     let updated = client
-        .update_plan("demo", &changed)
+        .update_plan("demo", &dopc_client::api::PlanUpload::text(&changed, false))
         .await
         .map_err(|e| e.to_string())?;
     println!(

@@ -13,13 +13,14 @@ use dop_core::time::rfc3339;
 use dop_store::StoreError;
 use dop_store::{Store, Stored};
 
-/// The commands that manage stored plans.
+/// The commands that manage stored plans. `U` is what the tool's `update` may do to the tool's
+/// own state with the new iteration (dopi: [`UpdateState`] from `--clear` and `--ignore`).
 #[derive(Subcommand, Clone, Debug)]
-pub enum PlanCommand {
+pub enum PlanCommand<U: UpdateState = NoStateChoice> {
     /// Store a new plan (validated first; its node names must not belong to another plan).
     Add(AddArgs),
     /// Store a new iteration of a plan and show what changed (an unchanged plan is a no-op).
-    Update(UpdateArgs),
+    Update(UpdateArgs<U>),
     /// List the stored plans.
     List(JsonArg),
     /// Remove a plan and its iterations (and its state, unless --keep-state).
@@ -70,7 +71,7 @@ pub struct AddArgs {
 
 /// `update PLANFILE`.
 #[derive(Args, Clone, Debug)]
-pub struct UpdateArgs {
+pub struct UpdateArgs<U: UpdateState = NoStateChoice> {
     /// The plan file.
     #[arg(value_name = "PLANFILE")]
     pub plan_file: PathBuf,
@@ -80,6 +81,51 @@ pub struct UpdateArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub lookup: LookupArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub state: U,
+}
+
+/// The `update` flags of a tool that changes its own state with a new iteration: clap
+/// arguments that are a [`StateChange`].
+pub trait UpdateState: StateChange + Args + Clone + std::fmt::Debug {}
+
+impl<T: StateChange + Args + Clone + std::fmt::Debug> UpdateState for T {}
+
+/// What a tool's `plan update` does to the tool's own state along with the new iteration.
+pub trait StateChange {
+    /// True when the state changes with this update: the new iteration is then stored and the
+    /// state changed within one hold of the plan's run lock, so that no run comes between.
+    fn changes_state(&self) -> bool;
+
+    /// Changes the state of the plan whose new iteration `plan` is (the lock is held); returns
+    /// a line for people saying what changed.
+    fn apply(
+        &self,
+        store: &Store,
+        lock: &dop_store::PlanLock,
+        plan: &dop_core::Plan,
+    ) -> Result<String, StoreError>;
+}
+
+/// A tool whose state reconciles itself with the newest iteration (dopv compares every node
+/// with it at each command): its `update` has no state options.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NoStateChoice {}
+
+impl StateChange for NoStateChoice {
+    fn changes_state(&self) -> bool {
+        false
+    }
+
+    fn apply(
+        &self,
+        _: &Store,
+        _: &dop_store::PlanLock,
+        _: &dop_core::Plan,
+    ) -> Result<String, StoreError> {
+        Ok(String::new())
+    }
 }
 
 /// `remove PLAN`.
@@ -172,8 +218,8 @@ pub type AfterChange<'a> = &'a dyn Fn(&Store, &Config, &mut Io<'_>);
 
 /// Runs a plan command; returns the exit status. `check` adds the tool's own checks of a plan
 /// before it is stored (dopi: its plugins); `changed` runs after a command that wrote.
-pub fn run(
-    command: &PlanCommand,
+pub fn run<U: UpdateState>(
+    command: &PlanCommand<U>,
     config: &Config,
     check: PlanCheck<'_>,
     changed: AfterChange<'_>,
@@ -192,8 +238,15 @@ pub fn run(
             &a.plan_file,
             &a.lookup,
             a.json,
-            Some(a.force),
+            Storing::Add { force: a.force },
         ),
+        PlanCommand::Update(u)
+            if u.state.changes_state()
+                && !u.plan_file.exists()
+                && u.plan_file.to_str().is_some_and(|n| store.entry(n).is_ok()) =>
+        {
+            update_state_only(&store, io, &u.plan_file.to_string_lossy(), &u.state, u.json)
+        }
         PlanCommand::Update(u) => store_plan(
             &store,
             config,
@@ -202,7 +255,7 @@ pub fn run(
             &u.plan_file,
             &u.lookup,
             u.json,
-            None,
+            Storing::Update(&u.state),
         ),
         PlanCommand::List(a) => list(&store, io, a.json),
         PlanCommand::Remove(r) => store.remove(&r.plan, r.keep_state, r.force).map(|()| {
@@ -236,6 +289,13 @@ pub fn run(
     }
 }
 
+/// How [`store_plan`] stores: as `add` (with `--force`: or as the next iteration) or `update`
+/// (with what the tool does to its state).
+enum Storing<'a> {
+    Add { force: bool },
+    Update(&'a dyn StateChange),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn store_plan(
     store: &Store,
@@ -245,7 +305,7 @@ fn store_plan(
     file: &std::path::Path,
     lookup: &LookupArgs,
     json: bool,
-    add: Option<bool>,
+    storing: Storing<'_>,
 ) -> Result<u8, StoreError> {
     let mut loaded = load_file(file, &lookup.settings(config));
     add_checks(&mut loaded, file, check);
@@ -257,9 +317,16 @@ fn store_plan(
             errors: loaded.errors().count(),
         });
     };
-    let stored = match add {
-        Some(force) => store.add(&expanded.text, plan, Some(file), force)?,
-        None => store.update(&expanded.text, plan, Some(file))?,
+    let mut state_change = None;
+    let stored = match storing {
+        Storing::Add { force } => store.add(&expanded.text, plan, Some(file), force)?,
+        Storing::Update(state) if state.changes_state() => {
+            let lock = store.lock(&plan.name, "update")?;
+            let stored = store.update_holding(&lock, &expanded.text, plan, Some(file))?;
+            state_change = Some(state.apply(store, &lock, plan)?);
+            stored
+        }
+        Storing::Update(_) => store.update(&expanded.text, plan, Some(file))?,
     };
     let (status, info) = match &stored {
         Stored::New(info) if info.number == 1 => ("added", info),
@@ -273,7 +340,10 @@ fn store_plan(
     if json {
         json_out(
             io,
-            &json!({ "plan": plan.name, "status": status, "iteration": info, "diff": diff }),
+            &json!({
+                "plan": plan.name, "status": status, "iteration": info, "diff": diff,
+                "state": state_change,
+            }),
         );
         return Ok(EXIT_OK);
     }
@@ -298,6 +368,32 @@ fn store_plan(
     };
     if let Some(diff) = diff {
         let _ = write!(io.out, "{diff}");
+    }
+    if let Some(line) = state_change {
+        let _ = writeln!(io.out, "{line}");
+    }
+    Ok(EXIT_OK)
+}
+
+/// `update NAME --clear|--ignore` with a stored plan's name instead of a file (as the original
+/// tools took it): the state change alone, on the latest iteration.
+fn update_state_only(
+    store: &Store,
+    io: &mut Io<'_>,
+    name: &str,
+    state: &dyn StateChange,
+    json: bool,
+) -> Result<u8, StoreError> {
+    let lock = store.lock(name, "update")?;
+    let plan = store.iteration(name, None)?.plan;
+    let line = state.apply(store, &lock, &plan)?;
+    if json {
+        json_out(
+            io,
+            &json!({ "plan": name, "status": "unchanged", "state": line }),
+        );
+    } else {
+        let _ = writeln!(io.out, "{line}");
     }
     Ok(EXIT_OK)
 }

@@ -298,6 +298,21 @@ impl Store {
         self.store(text, plan, source, Mode::Update, None)
     }
 
+    /// [`update`](Store::update) by a caller that holds the plan's run lock, so that it can
+    /// change the plan's state within the same hold (`dopi update --clear`: no run comes
+    /// between the new iteration and its fresh state). Panics when `lock` is another plan's.
+    pub fn update_holding(
+        &self,
+        lock: &PlanLock,
+        text: &str,
+        plan: &Plan,
+        source: Option<&Path>,
+    ) -> Result<Stored> {
+        assert_eq!(lock.plan, plan.name, "the lock is not the updated plan's");
+        check_name(&plan.name)?;
+        self.store_locked(text, plan, source, Mode::Update, None)
+    }
+
     /// Stores an iteration with a given time (for imports): the first one as an `add`.
     pub(crate) fn store_at(
         &self,
@@ -319,9 +334,21 @@ impl Store {
         mode: Mode,
         time_ms: Option<u64>,
     ) -> Result<Stored> {
+        check_name(&plan.name)?;
+        let _lock = self.lock(&plan.name, mode.command())?;
+        self.store_locked(text, plan, source, mode, time_ms)
+    }
+
+    /// [`store`](Store::store) once the plan's run lock is held.
+    fn store_locked(
+        &self,
+        text: &str,
+        plan: &Plan,
+        source: Option<&Path>,
+        mode: Mode,
+        time_ms: Option<u64>,
+    ) -> Result<Stored> {
         let name = plan.name.as_str();
-        check_name(name)?;
-        let _lock = self.lock(name, mode.command())?;
         let hash = content_hash(text);
         let iterations_path = self.layout.iterations(name);
         let catalog_path = self.layout.catalog();

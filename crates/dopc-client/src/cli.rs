@@ -11,8 +11,8 @@ use dop_cli::{print_json, EXIT_USAGE};
 use serde::Serialize;
 
 use crate::api::{
-    Event, ExecOptions, ExecutionPage, MonitorDocument, NodeSync, PlanState, ResetRequest, Status,
-    SyncCounts, Task,
+    Event, ExecOptions, ExecutionPage, MonitorDocument, NodeSync, PlanState, PlanStored,
+    PlanUpload, ResetRequest, Status, SyncCounts, Task,
 };
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -126,8 +126,15 @@ pub enum PlanCommand {
     },
     /// Store a plan file as the next iteration of its plan; prints what changed.
     Update {
-        /// The plan file.
+        /// The plan file (with --clear or --ignore also a stored plan's name: its latest
+        /// iteration).
         file: PathBuf,
+        /// Remove the plan's dopi step state, so every step is ready again.
+        #[arg(long, short = 'c', conflicts_with = "ignore")]
+        clear: bool,
+        /// Steps whose definition changed keep their dopi state (done work is not run again).
+        #[arg(long, short = 'i')]
+        ignore: bool,
     },
     /// The stored plans.
     List,
@@ -580,6 +587,26 @@ fn plan_file(file: &std::path::Path) -> Result<(String, String), String> {
     }
 }
 
+/// `dopc plan update` for people: what was stored, what changed, what the state got.
+fn stored_text(v: &PlanStored) -> String {
+    let mut t = format!(
+        "{} plan '{}' (iteration {})\n",
+        v.status.name(),
+        v.name,
+        v.iteration.number
+    );
+    if let Some(diff) = &v.diff {
+        t.push_str(&format!(
+            "{}\n",
+            serde_json::to_string(&diff.changes).unwrap_or_default()
+        ));
+    }
+    if let Some(state) = &v.state {
+        t.push_str(&format!("{state}\n"));
+    }
+    t
+}
+
 /// `dopc ping`.
 pub async fn ping(s: &mut Session<'_>) -> u8 {
     match s.client.ping().await {
@@ -607,7 +634,24 @@ pub async fn metrics(s: &mut Session<'_>) -> u8 {
 pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     let mut status = 0;
     let result = match command {
-        PlanCommand::Add { file, .. } | PlanCommand::Update { file } => {
+        PlanCommand::Update {
+            file,
+            clear,
+            ignore,
+        } if (*clear || *ignore) && !file.exists() => {
+            // A stored plan's name, as the original took it: the state change alone.
+            let upload = PlanUpload {
+                plan: Some(file.to_string_lossy().into_owned()),
+                clear: *clear,
+                ignore: *ignore,
+                ..PlanUpload::default()
+            };
+            s.client
+                .update_plan(&file.to_string_lossy(), &upload)
+                .await
+                .map(|v| show(s, &v, stored_text))
+        }
+        PlanCommand::Add { file, .. } | PlanCommand::Update { file, .. } => {
             // Read and checked once; the name is the plan's own.
             let (text, name) = match plan_file(file) {
                 Ok(loaded) => loaded,
@@ -615,6 +659,10 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                     let _ = writeln!(s.err, "{message}");
                     return 1;
                 }
+            };
+            let (clear, ignore) = match command {
+                PlanCommand::Update { clear, ignore, .. } => (*clear, *ignore),
+                _ => (false, false),
             };
             match command {
                 PlanCommand::Add { force, .. } => s.client.add_plan(&text, *force).await.map(|v| {
@@ -627,23 +675,17 @@ pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
                         )
                     });
                 }),
-                _ => s.client.update_plan(&name, &text).await.map(|v| {
-                    show(s, &v, |v| {
-                        let mut t = format!(
-                            "{} plan '{}' (iteration {})\n",
-                            v.status.name(),
-                            v.name,
-                            v.iteration.number
-                        );
-                        if let Some(diff) = &v.diff {
-                            t.push_str(&format!(
-                                "{}\n",
-                                serde_json::to_string(&diff.changes).unwrap_or_default()
-                            ));
-                        }
-                        t
-                    });
-                }),
+                _ => {
+                    let upload = PlanUpload {
+                        clear,
+                        ignore,
+                        ..PlanUpload::text(&text, false)
+                    };
+                    s.client
+                        .update_plan(&name, &upload)
+                        .await
+                        .map(|v| show(s, &v, stored_text))
+                }
             }
         }
         PlanCommand::List => s.client.plans().await.map(|v| {

@@ -344,13 +344,13 @@ impl Client {
     }
 
     /// `PUT /plans/{name}`.
-    pub async fn update_plan(&self, name: &str, text: &str) -> Result<PlanStored, ClientError> {
-        self.call(
-            reqwest::Method::PUT,
-            &plan_root(name)?,
-            Some(&PlanUpload::text(text, false)),
-        )
-        .await
+    pub async fn update_plan(
+        &self,
+        name: &str,
+        upload: &PlanUpload,
+    ) -> Result<PlanStored, ClientError> {
+        self.call(reqwest::Method::PUT, &plan_root(name)?, Some(upload))
+            .await
     }
 
     /// `GET /plans/{name}`.

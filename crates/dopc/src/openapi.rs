@@ -145,7 +145,7 @@ mod tests {
             (
                 "put",
                 "/plans/{name}",
-                client_answer(c.update_plan("p", "")),
+                client_answer(c.update_plan("p", &Default::default())),
                 false,
             ),
             (

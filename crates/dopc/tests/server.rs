@@ -2117,3 +2117,60 @@ async fn runs_states_and_resets_resolve_roles_as_dop_conf_says() {
         .await;
     assert_eq!((status, &body["reset"]), (200, &json!(2)), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_updates_clear_or_keep_the_step_state_as_dopi_update_does() {
+    let server = Server::start().await;
+    let v1 = "name: kept\ninfrastructures: {l: {type: baremetal}}\nnodes: {k1: {infrastructure: l}}\nsteps:\n  default:\n    - name: a\n      nodes: all\n      command: {plugin: custom, exec: 'true'}\n";
+    server.plan(v1).await;
+    let id = server.execute("kept", "run", json!({})).await;
+    assert_eq!(server.wait(id).await["status"], "done");
+    let step_state = || async {
+        let (_, state) = server.get("/plans/kept/state").await;
+        state["step_sets"][0]["steps"][0]["nodes"]["k1"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(step_state().await, "done");
+    let put = |body: Value| server.call(reqwest::Method::PUT, "/plans/kept", Some(body));
+
+    // `ignore`: the changed step keeps its done state.
+    let v2 = v1.replace("exec: 'true'", "exec: 'true # fixed'");
+    let (status, body) = put(json!({"text": v2, "ignore": true})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "updated", "{body}");
+    assert_eq!(
+        body["state"], "dopi state kept: 1 node record(s) of changed steps keep their state",
+        "{body}"
+    );
+    assert_eq!(step_state().await, "done");
+
+    // Both at once: refused, nothing stored.
+    let (status, body) = put(json!({"text": v1, "clear": true, "ignore": true})).await;
+    assert_eq!(status, 422, "{body}");
+    let (_, versions) = server.get("/plans/kept/versions").await;
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(2),
+        "{versions}"
+    );
+
+    // `clear` by the plan's name alone (the original's form), through the command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dopc"))
+        .args(["plan", "update", "kept", "--clear"])
+        .env("DOPC_URL", server.url())
+        .env("DOPC_TOKEN", server.token())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "unchanged plan 'kept' (iteration 2)\ndopi state cleared: 1 node record(s) removed, every step is ready\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(step_state().await, "ready");
+    // Without either, the name alone is still refused: dop keeps state by itself.
+    let (status, body) = put(json!({"plan": "kept"})).await;
+    assert_eq!(status, 422, "{body}");
+}

@@ -30,7 +30,7 @@ pub enum Command {
     /// List the nodes that node-selection flags pick from a plan, without running anything.
     PlanNodes(PlanNodesArgs),
     #[command(flatten)]
-    Plan(PlanCommand),
+    Plan(PlanCommand<crate::cli::UpdateStateArgs>),
     /// Run a step set of a stored plan; done work is never redone.
     Run(RunArgs),
     /// Put failed (with --force: all) work back to ready, by step set, step and node.

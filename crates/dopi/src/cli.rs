@@ -72,6 +72,38 @@ pub enum RedeployedArg {
     Ignore,
 }
 
+/// `update PLANFILE [--clear|--ignore]`: what the new iteration does to the step state.
+#[derive(Args, Clone, Debug, Default)]
+pub struct UpdateStateArgs {
+    /// Start the plan over: remove its step state, so every step is ready on every node.
+    /// With a stored plan's name instead of a file: on its latest iteration.
+    #[arg(long, short = 'c', conflicts_with = "ignore")]
+    pub clear: bool,
+    /// Keep the state of steps whose definition changed (their done work is not run again;
+    /// commands matched by position). Without it a changed step is ready again.
+    #[arg(long, short = 'i')]
+    pub ignore: bool,
+}
+
+impl dop_cli::store::StateChange for UpdateStateArgs {
+    fn changes_state(&self) -> bool {
+        self.clear || self.ignore
+    }
+
+    fn apply(
+        &self,
+        store: &dop_store::Store,
+        lock: &dop_store::PlanLock,
+        plan: &dop_core::Plan,
+    ) -> Result<String, dop_store::StoreError> {
+        let choice = match self.clear {
+            true => crate::update::StateChoice::Clear,
+            false => crate::update::StateChoice::Keep,
+        };
+        choice.apply(store, lock, plan)
+    }
+}
+
 /// `reset PLAN`.
 #[derive(Args, Clone, Debug)]
 pub struct ResetArgs {

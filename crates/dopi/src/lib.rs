@@ -21,6 +21,7 @@ pub mod plugins;
 mod reset;
 pub mod ssh;
 mod state;
+pub mod update;
 
 // How a run shows itself on standard error is part of `RunOptions`.
 pub use dop_run::Echo;

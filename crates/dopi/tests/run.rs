@@ -675,6 +675,81 @@ steps:
 }
 
 #[test]
+fn update_ignore_keeps_changed_steps_done_and_update_clear_starts_over() {
+    let w = World::new();
+    let v1 = "name: fix
+infrastructures: {lab: {type: local}}
+nodes:
+  n{i}.lab: {infrastructure: lab, range: 1..2}
+steps:
+  - name: base
+    nodes: all
+    command: {plugin: custom, exec: 'echo $DOP_NODE_NAME >> WORK/base'}
+  - name: app
+    nodes: all
+    command: {plugin: custom, exec: 'echo VERSION $DOP_NODE_NAME >> WORK/app'}
+";
+    w.add("fix", &v1.replace("VERSION", "v1"));
+    assert_eq!(w.dopi(&["run", "fix"]).status.code(), Some(0));
+    let update = |version: &str, flags: &[&str]| {
+        let file = w.path().join("fix.yaml");
+        let text = v1
+            .replace("VERSION", version)
+            .replace("WORK", w.work().to_str().unwrap());
+        std::fs::write(&file, text).unwrap();
+        let mut args = vec!["update", file.to_str().unwrap()];
+        args.extend(flags);
+        let out = w.dopi(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+        text_of(&out.stdout)
+    };
+
+    // --ignore: 'app' changed, and keeps its done state: the run does nothing again.
+    let out = update("v2", &["--ignore"]);
+    assert!(
+        out.ends_with("dopi state kept: 2 node record(s) of changed steps keep their state\n"),
+        "{out}"
+    );
+    let show = w.show_json("fix");
+    assert_eq!(node_state(&show, 1, "n01.lab"), "done", "{show:#}");
+    assert_eq!(w.dopi(&["run", "fix"]).status.code(), Some(0));
+    assert_eq!(w.lines("app").len(), 2, "{:?}", w.lines("app"));
+    assert_eq!(w.lines("base").len(), 2);
+
+    // --clear, by the stored plan's name as the original took it: every step ready again.
+    let out = w.dopi(&["update", "fix", "--clear"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out.stderr));
+    assert_eq!(
+        text_of(&out.stdout),
+        "dopi state cleared: 4 node record(s) removed, every step is ready\n"
+    );
+    let show = w.show_json("fix");
+    assert_eq!(node_state(&show, 0, "n01.lab"), "ready", "{show:#}");
+    assert_eq!(node_state(&show, 1, "n02.lab"), "ready", "{show:#}");
+    assert_eq!(w.dopi(&["run", "fix"]).status.code(), Some(0));
+    assert_eq!(w.lines("base").len(), 4);
+
+    // Without a flag a changed step is ready again (the default is unchanged).
+    update("v3", &[]);
+    assert_eq!(w.dopi(&["run", "fix"]).status.code(), Some(0));
+    let app = w.lines("app");
+    assert_eq!(
+        app.iter().filter(|l| l.starts_with("v3")).count(),
+        2,
+        "{app:?}"
+    );
+    assert_eq!(
+        w.lines("base").len(),
+        4,
+        "base did not change: not run again"
+    );
+
+    // Both flags at once: a usage error, nothing stored.
+    let out = w.dopi(&["update", "fix", "--clear", "--ignore"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text_of(&out.stderr));
+}
+
+#[test]
 fn a_third_signal_kills_commands_that_ignore_termination() {
     let w = World::new();
     w.add(

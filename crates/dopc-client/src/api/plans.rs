@@ -93,6 +93,9 @@ pub struct PlanStored {
     /// For an update that stored a new iteration: what changed since the one before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<PlanDiffAnswer>,
+    /// With `clear` or `ignore`: what was done to dopi's step state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// `GET /plans/{name}`.
@@ -187,9 +190,17 @@ pub struct PlanUpload {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
     /// The original's `PUT /plans` named the plan by `plan` alone, to update its state only:
-    /// the server refuses that, since dop keeps state across iterations by itself.
+    /// with `clear` or `ignore` that is done on the latest iteration; without, it is refused,
+    /// since dop keeps state across iterations by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// `PUT`: remove dopi's step state with the update, so every step is ready again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear: bool,
+    /// `PUT`: steps whose definition changed keep their dopi state (done work is not run
+    /// again) instead of being ready again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore: bool,
 }
 
 impl PlanUpload {

@@ -11,6 +11,7 @@ use dopc_client::api::{
     Finding, IterationInfo, PlanDiffAnswer, PlanList, PlanRemoved, PlanReset, PlanStored,
     PlanSummary, PlanText, PlanUpload, ResetRequest, StoredStatus, Versions,
 };
+use dopi::update::StateChoice;
 use serde::Deserialize;
 
 use super::blocking;
@@ -20,6 +21,7 @@ use crate::server::AppState;
 
 fn plan_text(body: &PlanUpload) -> Result<String, ApiError> {
     if body.plan.is_some() && body.content.is_none() && body.text.is_none() {
+        // With `clear` or `ignore` the caller handles it before (see `update_with`).
         return Err(ApiError::invalid(
             "invalid_body",
             "send the plan's `content` (base64) or `text`; dop keeps state across iterations by itself",
@@ -108,6 +110,20 @@ fn stored_answer(stored: &Stored, name: &str) -> PlanStored {
         status,
         iteration: iteration(info),
         diff: None,
+        state: None,
+    }
+}
+
+/// What an update does to dopi's step state (`clear`, `ignore`), as `dopi update`.
+fn state_choice(body: &PlanUpload) -> Result<Option<StateChoice>, ApiError> {
+    match (body.clear, body.ignore) {
+        (true, true) => Err(ApiError::invalid(
+            "invalid_body",
+            "`clear` and `ignore` exclude each other: send one",
+        )),
+        (true, false) => Ok(Some(StateChoice::Clear)),
+        (false, true) => Ok(Some(StateChoice::Keep)),
+        (false, false) => Ok(None),
     }
 }
 
@@ -180,6 +196,25 @@ fn update_with(
     let runner = s.runner.clone();
     let lookup = s.lookup.clone();
     async move {
+        let choice = state_choice(&body)?;
+        let named = body.plan.clone().or_else(|| name.clone());
+        if let (Some(choice), Some(named), None, None) = (choice, named, &body.content, &body.text)
+        {
+            return blocking(move || {
+                if !caller.scope.allows(&named) {
+                    return Err(ApiError::no_plan(&named));
+                }
+                if runner.plan_busy(&named) {
+                    return Err(running_execution(&named));
+                }
+                let lock = store.lock(&named, "dopc plan update")?;
+                let latest = store.iteration(&named, None)?;
+                let mut answer = stored_answer(&Stored::Unchanged(latest.info), &named);
+                answer.state = Some(choice.apply(&store, &lock, &latest.plan)?);
+                Ok(Json(answer))
+            })
+            .await;
+        }
         let text = plan_text(&body)?;
         let value = blocking(move || {
             let plan = load(&text, &lookup)?;
@@ -195,8 +230,16 @@ fn update_with(
             if runner.plan_busy(&plan.name) {
                 return Err(running_execution(&plan.name));
             }
-            let stored = store.update(&text, &plan, None)?;
+            let (stored, state) = match choice {
+                Some(choice) => {
+                    let lock = store.lock(&plan.name, "dopc plan update")?;
+                    let stored = store.update_holding(&lock, &text, &plan, None)?;
+                    (stored, Some(choice.apply(&store, &lock, &plan)?))
+                }
+                None => (store.update(&text, &plan, None)?, None),
+            };
             let mut answer = stored_answer(&stored, &plan.name);
+            answer.state = state;
             if matches!(stored, Stored::New(_)) {
                 let (from, to, changes) = store.diff(&plan.name, None, None)?;
                 answer.diff = Some(PlanDiffAnswer {
