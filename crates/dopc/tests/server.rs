@@ -2061,10 +2061,8 @@ async fn a_reset_execution_resets_only_the_step_set_and_step_it_names() {
         .collect();
     assert_eq!(ready, ["default/b/g1", "default/b/g2"], "{now:?}");
     // A step set alone, through `dopc plan reset --stepset`.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dopc"))
-        .args(["plan", "reset", "granular", "--stepset", "other", "--force"])
-        .env("DOPC_URL", server.url())
-        .env("DOPC_TOKEN", server.token())
+    let out = server
+        .client(&["plan", "reset", "granular", "--stepset", "other", "--force"])
         .output()
         .unwrap();
     assert_eq!(
@@ -2157,10 +2155,8 @@ async fn plan_updates_clear_or_keep_the_step_state_as_dopi_update_does() {
     );
 
     // `clear` by the plan's name alone (the original's form), through the command line.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dopc"))
-        .args(["plan", "update", "kept", "--clear"])
-        .env("DOPC_URL", server.url())
-        .env("DOPC_TOKEN", server.token())
+    let out = server
+        .client(&["plan", "update", "kept", "--clear"])
         .output()
         .unwrap();
     assert_eq!(
