@@ -2166,6 +2166,13 @@ async fn plan_updates_clear_or_keep_the_step_state_as_dopi_update_does() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(step_state().await, "ready");
+    // A body naming another plan than the path: refused, that plan untouched.
+    let (status, body) = put(json!({"plan": "other", "clear": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"], "the body names plan 'other', not 'kept'",
+        "{body}"
+    );
     // Without either, the name alone is still refused: dop keeps state by itself.
     let (status, body) = put(json!({"plan": "kept"})).await;
     assert_eq!(status, 422, "{body}");

@@ -197,6 +197,14 @@ fn update_with(
     let lookup = s.lookup.clone();
     async move {
         let choice = state_choice(&body)?;
+        if let (Some(path), Some(named)) = (&name, &body.plan) {
+            if path != named {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    format!("the body names plan '{named}', not '{path}'"),
+                ));
+            }
+        }
         let named = body.plan.clone().or_else(|| name.clone());
         if let (Some(choice), Some(named), None, None) = (choice, named, &body.content, &body.text)
         {
