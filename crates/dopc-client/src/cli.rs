@@ -587,6 +587,15 @@ fn plan_file(file: &std::path::Path) -> Result<(String, String), String> {
     }
 }
 
+/// [`plan_file`], its problems written to standard error (`None`: nothing is to be sent).
+fn read_plan_file(s: &mut Session<'_>, file: &std::path::Path) -> Option<(String, String)> {
+    plan_file(file)
+        .map_err(|message| {
+            let _ = writeln!(s.err, "{message}");
+        })
+        .ok()
+}
+
 /// `dopc plan update` for people: what was stored, what changed, what the state got.
 fn stored_text(v: &PlanStored) -> String {
     let mut t = format!(
@@ -634,59 +643,50 @@ pub async fn metrics(s: &mut Session<'_>) -> u8 {
 pub async fn plan(s: &mut Session<'_>, command: &PlanCommand) -> u8 {
     let mut status = 0;
     let result = match command {
+        PlanCommand::Add { file, force } => {
+            // Read and checked here; the name is the plan's own.
+            let Some((text, _)) = read_plan_file(s, file) else {
+                return 1;
+            };
+            s.client.add_plan(&text, *force).await.map(|v| {
+                show(s, &v, |v| {
+                    format!(
+                        "{} plan '{}' as iteration {}\n",
+                        v.status.name(),
+                        v.name,
+                        v.iteration.number
+                    )
+                });
+            })
+        }
         PlanCommand::Update {
             file,
             clear,
             ignore,
-        } if (*clear || *ignore) && !file.exists() => {
-            // A stored plan's name, as the original took it: the state change alone.
+        } => {
+            let (name, upload) = if (*clear || *ignore) && !file.exists() {
+                // A stored plan's name, as the original took it: the state change alone.
+                let name = file.to_string_lossy().into_owned();
+                let upload = PlanUpload {
+                    plan: Some(name.clone()),
+                    ..PlanUpload::default()
+                };
+                (name, upload)
+            } else {
+                let Some((text, name)) = read_plan_file(s, file) else {
+                    return 1;
+                };
+                (name, PlanUpload::text(&text, false))
+            };
             let upload = PlanUpload {
-                plan: Some(file.to_string_lossy().into_owned()),
                 clear: *clear,
                 ignore: *ignore,
-                ..PlanUpload::default()
+                ..upload
             };
             s.client
-                .update_plan(&file.to_string_lossy(), &upload)
+                .update_plan(&name, &upload)
                 .await
                 .map(|v| show(s, &v, stored_text))
-        }
-        PlanCommand::Add { file, .. } | PlanCommand::Update { file, .. } => {
-            // Read and checked once; the name is the plan's own.
-            let (text, name) = match plan_file(file) {
-                Ok(loaded) => loaded,
-                Err(message) => {
-                    let _ = writeln!(s.err, "{message}");
-                    return 1;
-                }
-            };
-            let (clear, ignore) = match command {
-                PlanCommand::Update { clear, ignore, .. } => (*clear, *ignore),
-                _ => (false, false),
-            };
-            match command {
-                PlanCommand::Add { force, .. } => s.client.add_plan(&text, *force).await.map(|v| {
-                    show(s, &v, |v| {
-                        format!(
-                            "{} plan '{}' as iteration {}\n",
-                            v.status.name(),
-                            v.name,
-                            v.iteration.number
-                        )
-                    });
-                }),
-                _ => {
-                    let upload = PlanUpload {
-                        clear,
-                        ignore,
-                        ..PlanUpload::text(&text, false)
-                    };
-                    s.client
-                        .update_plan(&name, &upload)
-                        .await
-                        .map(|v| show(s, &v, stored_text))
-                }
-            }
         }
         PlanCommand::List => s.client.plans().await.map(|v| {
             show(s, &v, |v| {
